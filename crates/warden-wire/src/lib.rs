@@ -1,1 +1,161 @@
-//! placeholder
+//! PostgreSQL wire protocol codec for Warden: framing, parsing and encoding of the messages Warden
+//! reads and writes, with no I/O (sans-io). Parsers take bytes and return values or errors, never
+//! panicking on input; encoders append to a caller's buffer. The tokio adapter lives in the binary.
+//!
+//! Every length a peer declares is checked against a cap before anything waits for or allocates it.
+
+pub mod backend;
+mod error;
+pub mod frontend;
+pub mod sqlstate;
+
+use bytes::{Bytes, BytesMut};
+
+pub use error::WireError;
+
+/// PostgreSQL's own cap on startup packets.
+pub const MAX_STARTUP_LEN: usize = 10_000;
+/// Default cap on one tagged message (PostgreSQL allows up to 1 GiB for some; Warden bounds memory per session).
+pub const DEFAULT_MAX_MESSAGE_LEN: usize = 64 * 1024 * 1024;
+
+/// One tagged message: 1 tag byte, an i32 length that counts itself, the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub tag: u8,
+    /// The whole message (tag, length, body), ready to relay as it is.
+    pub raw: Bytes,
+}
+
+impl Frame {
+    pub fn body(&self) -> &[u8] {
+        &self.raw[5..]
+    }
+}
+
+/// Splits one complete tagged message off the front of `buf`; `Ok(None)` means more bytes are needed
+/// and leaves `buf` as it was. The declared length is checked as soon as the header is there.
+pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, WireError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let tag = buf[0];
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 {
+        return Err(WireError::InvalidLength { tag, len });
+    }
+    let len = len as usize;
+    if len > max_len {
+        return Err(WireError::MessageTooLarge { tag, len, max: max_len });
+    }
+    if buf.len() < len + 1 {
+        buf.reserve(len + 1 - buf.len());
+        return Ok(None);
+    }
+    let raw = buf.split_to(len + 1).freeze();
+    Ok(Some(Frame { tag, raw }))
+}
+
+/// A cursor over a message body: every read is bounds-checked.
+pub(crate) struct Reader<'a> {
+    buf: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(buf: &'a [u8], what: &'static str) -> Self {
+        Reader { buf, what }
+    }
+
+    fn malformed(&self) -> WireError {
+        WireError::Malformed { what: self.what }
+    }
+
+    pub(crate) fn u8(&mut self) -> Result<u8, WireError> {
+        let (&b, rest) = self.buf.split_first().ok_or_else(|| self.malformed())?;
+        self.buf = rest;
+        Ok(b)
+    }
+
+    pub(crate) fn i16(&mut self) -> Result<i16, WireError> {
+        let b = self.bytes(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+
+    pub(crate) fn i32(&mut self) -> Result<i32, WireError> {
+        let b = self.bytes(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.buf.len() < n {
+            return Err(self.malformed());
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    /// A NUL-terminated UTF-8 string.
+    pub(crate) fn cstr(&mut self) -> Result<&'a str, WireError> {
+        let end = self.buf.iter().position(|&b| b == 0).ok_or_else(|| self.malformed())?;
+        let s = std::str::from_utf8(&self.buf[..end]).map_err(|_| self.malformed())?;
+        self.buf = &self.buf[end + 1..];
+        Ok(s)
+    }
+
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// A count read from the wire, checked against what is left (each item needs at least `min_item` bytes).
+    pub(crate) fn count(&mut self, min_item: usize) -> Result<usize, WireError> {
+        let n = self.i16()?;
+        if n < 0 || (n as usize) * min_item > self.buf.len() {
+            return Err(self.malformed());
+        }
+        Ok(n as usize)
+    }
+}
+
+/// Appends a tagged message: tag, length placeholder, body written by `f`, then the length patched in.
+pub(crate) fn write_tagged(buf: &mut BytesMut, tag: u8, f: impl FnOnce(&mut BytesMut)) {
+    buf.extend_from_slice(&[tag, 0, 0, 0, 0]);
+    let start = buf.len() - 4;
+    f(buf);
+    let len = (buf.len() - start) as i32;
+    buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+pub(crate) fn put_cstr(buf: &mut BytesMut, s: &str) {
+    buf.extend_from_slice(s.as_bytes());
+    buf.extend_from_slice(&[0]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_frames_wait_and_leave_the_buffer_alone() {
+        let mut buf = BytesMut::from(&b"Q\0\0\0\x0dSELECT 1"[..]);
+        assert_eq!(split_frame(&mut buf, 1024).unwrap(), None);
+        assert_eq!(buf.len(), 13);
+        buf.extend_from_slice(b"\0Z\0\0\0\x05I");
+        let f = split_frame(&mut buf, 1024).unwrap().unwrap();
+        assert_eq!(f.tag, b'Q');
+        assert_eq!(f.body(), b"SELECT 1\0");
+        let z = split_frame(&mut buf, 1024).unwrap().unwrap();
+        assert_eq!((z.tag, z.body()), (b'Z', &b"I"[..]));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn bad_lengths_are_refused_before_the_body_arrives() {
+        let mut buf = BytesMut::from(&b"Q\x7f\xff\xff\xff"[..]);
+        assert!(matches!(split_frame(&mut buf, 1024), Err(WireError::MessageTooLarge { tag: b'Q', .. })));
+        let mut buf = BytesMut::from(&b"Q\xff\xff\xff\xff"[..]);
+        assert!(matches!(split_frame(&mut buf, 1024), Err(WireError::InvalidLength { len: -1, .. })));
+        let mut buf = BytesMut::from(&b"Q\0\0\0\x03"[..]);
+        assert!(matches!(split_frame(&mut buf, 1024), Err(WireError::InvalidLength { len: 3, .. })));
+    }
+}

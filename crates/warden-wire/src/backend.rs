@@ -1,0 +1,303 @@
+//! Messages a server sends, plus the encoders Warden uses when it is the server for clients.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::{put_cstr, write_tagged, Frame, Reader, WireError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendMessage<'a> {
+    Authentication(AuthRequest<'a>),
+    ParameterStatus { name: &'a str, value: &'a str },
+    BackendKeyData { process_id: i32, secret_key: i32 },
+    ReadyForQuery { status: u8 },
+    CommandComplete { tag: &'a str },
+    ErrorResponse(ErrorFields<'a>),
+    NoticeResponse(ErrorFields<'a>),
+    EmptyQueryResponse,
+    PortalSuspended,
+    ParseComplete,
+    BindComplete,
+    CloseComplete,
+    NoData,
+    RowDescription,
+    DataRow,
+    ParameterDescription,
+    CopyInResponse,
+    CopyOutResponse,
+    CopyBothResponse,
+    CopyData(&'a [u8]),
+    CopyDone,
+    NotificationResponse { process_id: i32, channel: &'a str, payload: &'a str },
+    NegotiateProtocolVersion,
+    Unknown(u8),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthRequest<'a> {
+    Ok,
+    CleartextPassword,
+    Md5Password { salt: [u8; 4] },
+    Sasl { mechanisms: Vec<&'a str> },
+    SaslContinue(&'a [u8]),
+    SaslFinal(&'a [u8]),
+    Other(i32),
+}
+
+/// The fields of an ErrorResponse or NoticeResponse, by their one-byte codes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ErrorFields<'a> {
+    fields: Vec<(u8, &'a str)>,
+}
+
+impl<'a> ErrorFields<'a> {
+    fn parse(body: &'a [u8], what: &'static str) -> Result<Self, WireError> {
+        let mut r = Reader::new(body, what);
+        let mut fields = Vec::new();
+        loop {
+            let code = r.u8()?;
+            if code == 0 {
+                break;
+            }
+            fields.push((code, r.cstr()?));
+        }
+        Ok(ErrorFields { fields })
+    }
+
+    pub fn field(&self, code: u8) -> Option<&'a str> {
+        self.fields.iter().find(|(c, _)| *c == code).map(|(_, v)| *v)
+    }
+
+    /// The non-localized severity ('V') when present, else 'S'.
+    pub fn severity(&self) -> Option<&'a str> {
+        self.field(b'V').or_else(|| self.field(b'S'))
+    }
+
+    pub fn code(&self) -> Option<&'a str> {
+        self.field(b'C')
+    }
+
+    pub fn message(&self) -> Option<&'a str> {
+        self.field(b'M')
+    }
+}
+
+impl<'a> BackendMessage<'a> {
+    pub fn parse(frame: &'a Frame) -> Result<Self, WireError> {
+        let body = frame.body();
+        Ok(match frame.tag {
+            b'R' => BackendMessage::Authentication(parse_auth(body)?),
+            b'S' => {
+                let mut r = Reader::new(body, "ParameterStatus");
+                BackendMessage::ParameterStatus { name: r.cstr()?, value: r.cstr()? }
+            }
+            b'K' => {
+                let mut r = Reader::new(body, "BackendKeyData");
+                BackendMessage::BackendKeyData { process_id: r.i32()?, secret_key: r.i32()? }
+            }
+            b'Z' => BackendMessage::ReadyForQuery { status: Reader::new(body, "ReadyForQuery").u8()? },
+            b'C' => BackendMessage::CommandComplete { tag: Reader::new(body, "CommandComplete").cstr()? },
+            b'E' => BackendMessage::ErrorResponse(ErrorFields::parse(body, "ErrorResponse")?),
+            b'N' => BackendMessage::NoticeResponse(ErrorFields::parse(body, "NoticeResponse")?),
+            b'I' => BackendMessage::EmptyQueryResponse,
+            b's' => BackendMessage::PortalSuspended,
+            b'1' => BackendMessage::ParseComplete,
+            b'2' => BackendMessage::BindComplete,
+            b'3' => BackendMessage::CloseComplete,
+            b'n' => BackendMessage::NoData,
+            b'T' => BackendMessage::RowDescription,
+            b'D' => BackendMessage::DataRow,
+            b't' => BackendMessage::ParameterDescription,
+            b'G' => BackendMessage::CopyInResponse,
+            b'H' => BackendMessage::CopyOutResponse,
+            b'W' => BackendMessage::CopyBothResponse,
+            b'd' => BackendMessage::CopyData(body),
+            b'c' => BackendMessage::CopyDone,
+            b'A' => {
+                let mut r = Reader::new(body, "NotificationResponse");
+                BackendMessage::NotificationResponse { process_id: r.i32()?, channel: r.cstr()?, payload: r.cstr()? }
+            }
+            b'v' => BackendMessage::NegotiateProtocolVersion,
+            other => BackendMessage::Unknown(other),
+        })
+    }
+}
+
+fn parse_auth(body: &[u8]) -> Result<AuthRequest<'_>, WireError> {
+    let mut r = Reader::new(body, "Authentication");
+    Ok(match r.i32()? {
+        0 => AuthRequest::Ok,
+        3 => AuthRequest::CleartextPassword,
+        5 => {
+            let s = r.bytes(4)?;
+            AuthRequest::Md5Password { salt: [s[0], s[1], s[2], s[3]] }
+        }
+        10 => {
+            let mut mechanisms = Vec::new();
+            loop {
+                let m = r.cstr()?;
+                if m.is_empty() {
+                    break;
+                }
+                mechanisms.push(m);
+            }
+            AuthRequest::Sasl { mechanisms }
+        }
+        11 => AuthRequest::SaslContinue(r.rest()),
+        12 => AuthRequest::SaslFinal(r.rest()),
+        other => AuthRequest::Other(other),
+    })
+}
+
+/// Rows a CommandComplete tag reports: `SELECT 5` -> 5, `INSERT 0 3` -> 3, `BEGIN` -> None.
+pub fn command_rows(tag: &str) -> Option<u64> {
+    let mut words = tag.split(' ');
+    let command = words.next()?;
+    let last = tag.rsplit(' ').next()?;
+    if last == command {
+        return None;
+    }
+    last.parse().ok()
+}
+
+pub fn authentication_ok(buf: &mut BytesMut) {
+    write_tagged(buf, b'R', |b| b.put_i32(0));
+}
+
+pub fn authentication_cleartext_password(buf: &mut BytesMut) {
+    write_tagged(buf, b'R', |b| b.put_i32(3));
+}
+
+pub fn parameter_status(name: &str, value: &str, buf: &mut BytesMut) {
+    write_tagged(buf, b'S', |b| {
+        put_cstr(b, name);
+        put_cstr(b, value);
+    });
+}
+
+pub fn backend_key_data(process_id: i32, secret_key: i32, buf: &mut BytesMut) {
+    write_tagged(buf, b'K', |b| {
+        b.put_i32(process_id);
+        b.put_i32(secret_key);
+    });
+}
+
+pub fn ready_for_query(status: u8, buf: &mut BytesMut) {
+    write_tagged(buf, b'Z', |b| b.put_u8(status));
+}
+
+/// An error or notice Warden itself sends.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorResponse<'a> {
+    pub severity: &'a str,
+    pub code: &'a str,
+    pub message: &'a str,
+    pub detail: Option<&'a str>,
+    pub hint: Option<&'a str>,
+}
+
+impl ErrorResponse<'_> {
+    pub fn encode(&self, buf: &mut BytesMut) {
+        self.encode_tagged(b'E', buf);
+    }
+
+    pub fn encode_notice(&self, buf: &mut BytesMut) {
+        self.encode_tagged(b'N', buf);
+    }
+
+    fn encode_tagged(&self, tag: u8, buf: &mut BytesMut) {
+        write_tagged(buf, tag, |b| {
+            for (code, value) in [(b'S', Some(self.severity)), (b'V', Some(self.severity)), (b'C', Some(self.code)), (b'M', Some(self.message)), (b'D', self.detail), (b'H', self.hint)] {
+                if let Some(v) = value {
+                    b.put_u8(code);
+                    // A NUL inside a field would end it early on the client: drop it.
+                    b.extend_from_slice(v.replace('\0', "").as_bytes());
+                    b.put_u8(0);
+                }
+            }
+            b.put_u8(0);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::split_frame;
+
+    fn parse_one(buf: &mut BytesMut) -> Frame {
+        split_frame(buf, 1 << 20).unwrap().unwrap()
+    }
+
+    #[test]
+    fn encoders_round_trip() {
+        let mut buf = BytesMut::new();
+        authentication_ok(&mut buf);
+        authentication_cleartext_password(&mut buf);
+        parameter_status("server_version", "15.18", &mut buf);
+        backend_key_data(42, -7, &mut buf);
+        ready_for_query(b'I', &mut buf);
+        ErrorResponse { severity: "FATAL", code: "28000", message: "warden: no", detail: Some("d"), hint: None }.encode(&mut buf);
+        let expect = [
+            BackendMessage::Authentication(AuthRequest::Ok),
+            BackendMessage::Authentication(AuthRequest::CleartextPassword),
+            BackendMessage::ParameterStatus { name: "server_version", value: "15.18" },
+            BackendMessage::BackendKeyData { process_id: 42, secret_key: -7 },
+            BackendMessage::ReadyForQuery { status: b'I' },
+        ];
+        for e in expect {
+            let f = parse_one(&mut buf);
+            assert_eq!(BackendMessage::parse(&f).unwrap(), e);
+        }
+        let f = parse_one(&mut buf);
+        let BackendMessage::ErrorResponse(fields) = BackendMessage::parse(&f).unwrap() else { panic!() };
+        assert_eq!((fields.severity(), fields.code(), fields.message()), (Some("FATAL"), Some("28000"), Some("warden: no")));
+        assert_eq!(fields.field(b'D'), Some("d"));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn sasl_and_md5_requests() {
+        let mut buf = BytesMut::new();
+        write_tagged(&mut buf, b'R', |b| {
+            b.put_i32(10);
+            put_cstr(b, "SCRAM-SHA-256-PLUS");
+            put_cstr(b, "SCRAM-SHA-256");
+            b.put_u8(0);
+        });
+        write_tagged(&mut buf, b'R', |b| {
+            b.put_i32(5);
+            b.extend_from_slice(&[1, 2, 3, 4]);
+        });
+        write_tagged(&mut buf, b'R', |b| {
+            b.put_i32(11);
+            b.extend_from_slice(b"r=abc");
+        });
+        let f = parse_one(&mut buf);
+        assert_eq!(BackendMessage::parse(&f).unwrap(), BackendMessage::Authentication(AuthRequest::Sasl { mechanisms: vec!["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"] }));
+        let f = parse_one(&mut buf);
+        assert_eq!(BackendMessage::parse(&f).unwrap(), BackendMessage::Authentication(AuthRequest::Md5Password { salt: [1, 2, 3, 4] }));
+        let f = parse_one(&mut buf);
+        assert_eq!(BackendMessage::parse(&f).unwrap(), BackendMessage::Authentication(AuthRequest::SaslContinue(b"r=abc")));
+    }
+
+    #[test]
+    fn command_tags() {
+        assert_eq!(command_rows("SELECT 5"), Some(5));
+        assert_eq!(command_rows("INSERT 0 3"), Some(3));
+        assert_eq!(command_rows("UPDATE 2"), Some(2));
+        assert_eq!(command_rows("COPY 7"), Some(7));
+        assert_eq!(command_rows("BEGIN"), None);
+        assert_eq!(command_rows("CREATE TABLE"), None);
+        assert_eq!(command_rows(""), None);
+    }
+
+    #[test]
+    fn truncated_bodies_are_errors() {
+        for tag in [b'R', b'S', b'K', b'Z', b'C', b'E', b'A'] {
+            let mut buf = BytesMut::new();
+            write_tagged(&mut buf, tag, |_| {});
+            let f = parse_one(&mut buf);
+            assert!(BackendMessage::parse(&f).is_err(), "tag {}", tag as char);
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The SQLSTATEs Warden sends, listed once.
+
+pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";
+pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+pub const ADMIN_SHUTDOWN: &str = "57P01";
+pub const PROTOCOL_VIOLATION: &str = "08P01";
+pub const CONNECTION_FAILURE: &str = "08006";
+pub const CONNECTION_EXCEPTION: &str = "08000";
+pub const INTERNAL_ERROR: &str = "XX000";
+pub const QUERY_CANCELED: &str = "57014";
+pub const TOO_MANY_CONNECTIONS: &str = "53300";
+pub const CANNOT_CONNECT_NOW: &str = "57P03";
+pub const INVALID_CATALOG_NAME: &str = "3D000";
