@@ -1,0 +1,155 @@
+//! Table grants as written in a role (`public.orders(id, status)`, `public.*`) and the privilege set
+//! a group of roles adds up to, which provisioning turns into PostgreSQL GRANTs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::config::Role;
+
+/// `schema.table` or `schema.*`, identifiers folded to lower case as PostgreSQL folds unquoted names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TableRef {
+    pub schema: String,
+    /// `None` means every table in the schema.
+    pub name: Option<String>,
+}
+
+impl TableRef {
+    pub fn is_all(&self) -> bool {
+        self.name.is_none()
+    }
+}
+
+impl fmt::Display for TableRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.name {
+            Some(n) => write!(f, "{}.{}", self.schema, n),
+            None => write!(f, "{}.*", self.schema),
+        }
+    }
+}
+
+/// One entry of a role's `read` or `write` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableGrant {
+    pub table: TableRef,
+    /// `None`: every column.
+    pub columns: Option<Vec<String>>,
+}
+
+impl TableGrant {
+    /// Parses `schema.table`, `schema.table(col, ...)` or `schema.*`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (head, columns) = match text.find('(') {
+            Some(open) => {
+                let inner = text[open + 1..]
+                    .strip_suffix(')')
+                    .ok_or_else(|| format!("\"{text}\": a column list must end with ')'"))?;
+                let cols: Vec<String> = inner
+                    .split(',')
+                    .map(|c| ident(c.trim(), text))
+                    .collect::<Result<_, _>>()?;
+                (&text[..open], Some(cols))
+            }
+            None => (text, None),
+        };
+        let (schema, name) = head
+            .trim()
+            .split_once('.')
+            .ok_or_else(|| format!("\"{text}\": name the schema, like \"public.{}\"", head.trim()))?;
+        let schema = ident(schema, text)?;
+        let name = if name == "*" {
+            if columns.is_some() {
+                return Err(format!("\"{text}\": a column list needs one table, not \"*\""));
+            }
+            None
+        } else {
+            Some(ident(name, text)?)
+        };
+        Ok(TableGrant {
+            table: TableRef { schema, name },
+            columns,
+        })
+    }
+}
+
+fn ident(s: &str, whole: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
+    if ok {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(format!("\"{whole}\": \"{s}\" is not a plain SQL identifier"))
+    }
+}
+
+/// Which columns a privilege covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub enum ColumnScope {
+    #[default]
+    None,
+    All,
+    Columns(BTreeSet<String>),
+}
+
+impl ColumnScope {
+    fn add(&mut self, columns: Option<&Vec<String>>) {
+        match (columns, &mut *self) {
+            (_, ColumnScope::All) => {}
+            (None, _) => *self = ColumnScope::All,
+            (Some(cols), ColumnScope::Columns(set)) => set.extend(cols.iter().cloned()),
+            (Some(cols), ColumnScope::None) => *self = ColumnScope::Columns(cols.iter().cloned().collect()),
+        }
+    }
+
+    pub fn is_none(&self) -> bool {
+        matches!(self, ColumnScope::None)
+    }
+}
+
+/// What one table (or a whole schema) is granted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TablePrivileges {
+    pub select: ColumnScope,
+    pub insert: ColumnScope,
+    pub update: ColumnScope,
+    pub delete: bool,
+}
+
+/// The union of the privileges of a set of roles: the exact set a provisioned PostgreSQL role should hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct GrantSet {
+    pub tables: BTreeMap<TableRef, TablePrivileges>,
+    /// Row filters by table (`schema.table`), one per role that sets one; rows visible = any filter holds.
+    pub row_filters: BTreeMap<String, Vec<String>>,
+}
+
+impl GrantSet {
+    pub fn from_roles(roles: &[&Role]) -> Self {
+        let mut set = GrantSet::default();
+        for role in roles {
+            for g in &role.read {
+                set.tables.entry(g.table.clone()).or_default().select.add(g.columns.as_ref());
+            }
+            for g in &role.write {
+                let p = set.tables.entry(g.table.clone()).or_default();
+                p.insert.add(g.columns.as_ref());
+                p.update.add(g.columns.as_ref());
+                // DELETE removes whole rows, so only a write grant on every column implies it.
+                p.delete |= g.columns.is_none();
+            }
+            for (table, filter) in &role.row_filter {
+                set.row_filters.entry(table.clone()).or_default().push(filter.clone());
+            }
+        }
+        set
+    }
+
+    /// Schemas the role needs USAGE on.
+    pub fn schemas(&self) -> BTreeSet<&str> {
+        self.tables.keys().map(|t| t.schema.as_str()).collect()
+    }
+}

@@ -1,0 +1,81 @@
+//! The file as written: serde types with spans, so that every later check can name the line.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub server: RawServer,
+    #[serde(default)]
+    pub audit: RawAudit,
+    #[serde(default, rename = "database")]
+    pub databases: Vec<RawDatabase>,
+    #[serde(default, rename = "role")]
+    pub roles: Vec<RawRole>,
+    #[serde(default, rename = "human")]
+    pub humans: Vec<RawIdentity>,
+    #[serde(default, rename = "agent")]
+    pub agents: Vec<RawIdentity>,
+    #[serde(default, rename = "workload")]
+    pub workloads: Vec<RawIdentity>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub postgres_listen: Spanned<String>,
+    pub api_listen: Option<Spanned<String>>,
+    pub data_dir: Option<String>,
+    pub max_message_size: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAudit {
+    pub fsync: Option<Spanned<String>>,
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDatabase {
+    pub name: Spanned<String>,
+    pub url: Spanned<String>,
+    pub upstream_auth: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRole {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub databases: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub read: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub write: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub row_filter: BTreeMap<String, Spanned<String>>,
+    pub max_ttl: Option<Spanned<String>>,
+    pub approval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub approvers: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub requester_may_approve: bool,
+    #[serde(default)]
+    pub allow_do: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawIdentity {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub roles: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub traits: BTreeMap<String, String>,
+    pub max_ttl: Option<Spanned<String>>,
+}

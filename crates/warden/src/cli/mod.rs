@@ -1,0 +1,99 @@
+//! The `warden` command line. Each subcommand lives in its own file; this one only parses and dispatches.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::deployment::CaKind;
+
+mod audit;
+mod init;
+mod issue;
+mod quickstart;
+mod start;
+
+pub use init::SAMPLE_CONFIG;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "warden",
+    version,
+    about = "Warden: an identity-aware access gateway for PostgreSQL.",
+    long_about = "Warden stands between clients and PostgreSQL. Every actor (human, agent or workload) connects with a \
+short-lived certificate or token that names it; each statement is recorded against that actor before PostgreSQL sees it, \
+and each identity reaches PostgreSQL as its own provisioned role.\n\nNew here? Run `warden quickstart`."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new deployment: DIR/warden.toml (a commented sample), the user, host and db CAs, the audit dir.
+    Init {
+        /// Directory for the deployment (created 0700 if missing).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Run the proxy. SIGTERM or Ctrl-C stops accepting and drains open sessions.
+    Start {
+        #[arg(long, env = "WARDEN_CONFIG")]
+        config: PathBuf,
+    },
+    /// Try Warden in one command: a private PostgreSQL with sample data, Warden in front of it, credentials issued.
+    Quickstart {
+        /// Where to keep everything (default: ./warden-quickstart). Reused if it exists.
+        #[arg(long, default_value = "warden-quickstart")]
+        dir: PathBuf,
+        /// Port for Warden's PostgreSQL listener.
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+    },
+    /// Certificate authorities.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Issue a credential (admin, offline): DIR/identity.crt, identity.key, ca.crt, token, profile.toml.
+    Issue(issue::IssueArgs),
+    /// Search and verify the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCommand {
+    /// Print a CA certificate (PEM) to stdout. `host` is what clients use as sslrootcert; `db` is what
+    /// PostgreSQL trusts for Warden's logins (ssl_ca_file).
+    Export {
+        #[arg(value_enum)]
+        which: CaKind,
+        #[arg(long, env = "WARDEN_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init { dir } => init::run(&dir),
+        Command::Start { config } => start::run(&config),
+        Command::Quickstart { dir, port } => quickstart::run(&dir, port),
+        Command::Ca {
+            command: CaCommand::Export { which, config },
+        } => init::export_ca(&config, which),
+        Command::Issue(args) => issue::run(&args),
+        Command::Audit { command } => audit::run(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("warden: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,137 @@
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use warden_audit::{AuditLog, FsyncMode};
+
+use crate::deployment::{self, Authorities};
+use crate::proxy::{self, Shared};
+use crate::tls;
+
+pub fn run(config: &Path) -> Result<ExitCode> {
+    init_logging();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let server = Server::prepare(config).await?;
+        tokio::spawn(stop_on_signals(stop_tx));
+        server.run(stop_rx).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if std::env::var("WARDEN_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// A configured, bound, not yet serving Warden.
+pub struct Server {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    config_path: std::path::PathBuf,
+}
+
+/// Warden's own server certificate is reissued at each start from the host CA; it never leaves memory.
+const SERVER_CERT_VALIDITY: Duration = Duration::days(30);
+
+impl Server {
+    pub async fn prepare(config_path: &Path) -> Result<Self> {
+        let config = deployment::load_config(config_path)?;
+        let cas = Authorities::load(&config.server.data_dir)?;
+        let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        let listen: std::net::SocketAddr = config.server.postgres_listen.parse()?;
+        if !listen.ip().is_unspecified() && !sans.contains(&listen.ip().to_string()) {
+            sans.push(listen.ip().to_string());
+        }
+        let server_cert = cas.host.issue_server(&sans, SERVER_CERT_VALIDITY)?;
+        let tls_config = tls::server_config(vec![server_cert.cert_der.clone(), cas.host.cert_der()], server_cert.key_der)?;
+        let fsync = match config.audit.fsync.as_str() {
+            "always" => FsyncMode::Always,
+            "off" => FsyncMode::Off,
+            _ => FsyncMode::Batch,
+        };
+        if fsync == FsyncMode::Off {
+            tracing::warn!("audit fsync = \"off\": a crash can lose the records of statements that ran");
+        }
+        for db in &config.databases {
+            if db.url.sslmode == warden_policy::SslMode::Require {
+                tracing::warn!(database = %db.name, "sslmode=require: PostgreSQL's certificate is not verified");
+            }
+        }
+        let audit = AuditLog::open(&config.audit.path, fsync)
+            .with_context(|| format!("opening the audit log {}", config.audit.path.display()))?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen} (server.postgres_listen)"))?;
+        let shared = Arc::new(Shared {
+            user_ca_verifier: tls::UserCaVerifier::new(cas.user.cert_der())?,
+            user_ca: cas.user,
+            db_ca: cas.db,
+            acceptor: tokio_rustls::TlsAcceptor::from(tls_config),
+            config: ArcSwap::from_pointee(config),
+            audit,
+            cancels: Default::default(),
+            provisioner: Default::default(),
+        });
+        Ok(Server {
+            shared,
+            listener,
+            config_path: config_path.to_path_buf(),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `stop` flips; reloads the config on SIGHUP.
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        let addr = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(listen = %addr, config = %self.config_path.display(), "warden is accepting PostgreSQL connections");
+        tokio::spawn(reload_on_hangup(self.shared.clone(), self.config_path.clone()));
+        proxy::serve(self.shared, self.listener, stop).await;
+        tracing::info!("warden stopped");
+    }
+}
+
+async fn stop_on_signals(stop: watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
+    }
+    let _ = stop.send(true);
+}
+
+/// Builds the new config fully, then swaps it in; a bad file keeps the old config and says why.
+async fn reload_on_hangup(shared: Arc<Shared>, path: std::path::PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        match deployment::load_config(&path) {
+            Ok(new) => {
+                shared.config.store(Arc::new(new));
+                tracing::info!(config = %path.display(), "configuration reloaded");
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused; keeping the running configuration"),
+        }
+    }
+}

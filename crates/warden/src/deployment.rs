@@ -1,0 +1,108 @@
+//! A deployment on disk: `warden.toml`, and in its data directory the three CAs and the audit log.
+//!
+//! ```text
+//! DATA_DIR/ca/user-ca.{crt,key}   signs client identities (certificates and tokens)
+//! DATA_DIR/ca/host-ca.{crt,key}   signs Warden's own server certificate; clients trust it (ca.crt)
+//! DATA_DIR/ca/db-ca.{crt,key}     signs the short-lived certificates Warden logs in to PostgreSQL with
+//! DATA_DIR/audit/audit.jsonl      the audit log
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use time::Duration;
+use warden_identity::CertificateAuthority;
+use warden_policy::Config;
+
+/// Which CA, as named on the command line (`warden ca export user|db|host`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CaKind {
+    User,
+    Host,
+    Db,
+}
+
+impl CaKind {
+    pub fn file_stem(self) -> &'static str {
+        match self {
+            CaKind::User => "user-ca",
+            CaKind::Host => "host-ca",
+            CaKind::Db => "db-ca",
+        }
+    }
+
+    fn common_name(self) -> &'static str {
+        match self {
+            CaKind::User => "Warden user CA",
+            CaKind::Host => "Warden host CA",
+            CaKind::Db => "Warden db CA",
+        }
+    }
+}
+
+/// CAs are long-lived roots kept only in the data dir; what they sign is short-lived.
+const CA_VALIDITY: Duration = Duration::days(3650);
+
+pub struct Authorities {
+    pub user: CertificateAuthority,
+    pub host: CertificateAuthority,
+    pub db: CertificateAuthority,
+}
+
+pub fn ca_paths(data_dir: &Path, kind: CaKind) -> (PathBuf, PathBuf) {
+    let dir = data_dir.join("ca");
+    (
+        dir.join(format!("{}.crt", kind.file_stem())),
+        dir.join(format!("{}.key", kind.file_stem())),
+    )
+}
+
+impl Authorities {
+    /// Creates the three CAs in `data_dir/ca`; refuses to replace existing ones.
+    pub fn create(data_dir: &Path) -> Result<Self> {
+        let dir = data_dir.join("ca");
+        create_private_dir(&dir)?;
+        let mut made = Vec::new();
+        for kind in [CaKind::User, CaKind::Host, CaKind::Db] {
+            let (crt, key) = ca_paths(data_dir, kind);
+            if key.exists() {
+                bail!("{} already exists; refusing to replace a CA (every credential it signed would stop working)", key.display());
+            }
+            let ca = CertificateAuthority::generate(kind.common_name(), CA_VALIDITY)?;
+            ca.save(&crt, &key)?;
+            made.push(ca);
+        }
+        let db = made.pop().expect("three CAs were made above");
+        let host = made.pop().expect("three CAs were made above");
+        let user = made.pop().expect("three CAs were made above");
+        Ok(Authorities { user, host, db })
+    }
+
+    pub fn load(data_dir: &Path) -> Result<Self> {
+        Ok(Authorities {
+            user: load_ca(data_dir, CaKind::User)?,
+            host: load_ca(data_dir, CaKind::Host)?,
+            db: load_ca(data_dir, CaKind::Db)?,
+        })
+    }
+}
+
+pub fn load_ca(data_dir: &Path, kind: CaKind) -> Result<CertificateAuthority> {
+    let (crt, key) = ca_paths(data_dir, kind);
+    CertificateAuthority::load(&crt, &key)
+        .with_context(|| format!("loading the {} CA from {} (run `warden init` first?)", kind.file_stem(), crt.display()))
+}
+
+pub fn load_config(path: &Path) -> Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+/// Directories holding keys are private to the user running Warden.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}

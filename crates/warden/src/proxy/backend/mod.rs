@@ -1,0 +1,55 @@
+//! The PostgreSQL side: make sure the identity's role exists with exactly its grants, then log in as it.
+
+use std::sync::Arc;
+
+use time::Duration;
+use warden_policy::UpstreamAuth;
+
+use super::error::ProxyError;
+use super::{Session, Shared};
+
+mod connect;
+mod provision;
+
+pub use connect::{Upstream, UpstreamStream};
+pub use provision::{grant_statements, Provisioner};
+
+/// How long the certificate Warden logs in with is valid: only the login itself needs it.
+const LOGIN_CERT_VALIDITY: Duration = Duration::minutes(5);
+
+/// Provisions (when the grants changed) and opens the session's upstream connection.
+pub async fn open(shared: &Arc<Shared>, session: &Session) -> Result<Upstream, ProxyError> {
+    let config = shared.config.load();
+    let db = config
+        .database(&session.database)
+        .ok_or_else(|| ProxyError::Upstream {
+            database: session.database.clone(),
+            reason: "no longer configured".into(),
+        })?
+        .clone();
+    let roles: Vec<_> = session.roles.iter().filter_map(|r| config.role(r)).collect();
+    let grants = config.grants(&roles);
+    shared.provisioner.ensure(&shared.db_ca, &db, &session.db_role, &grants).await?;
+
+    let (client_cert, password) = match db.upstream_auth {
+        UpstreamAuth::Cert => {
+            let cert = shared
+                .db_ca
+                .issue_db_client(&session.db_role, LOGIN_CERT_VALIDITY)
+                .map_err(|e| ProxyError::Provision {
+                    role: session.db_role.clone(),
+                    reason: e.to_string(),
+                })?;
+            (Some((vec![cert.cert_der], cert.key_der)), None)
+        }
+        UpstreamAuth::Password => {
+            let pw = shared.provisioner.one_time_password(&shared.db_ca, &db, &session.db_role).await?;
+            (None, Some(pw))
+        }
+    };
+    let tls = crate::tls::upstream_config(&db.url, client_cert).map_err(|e| ProxyError::Upstream {
+        database: db.name.clone(),
+        reason: e.to_string(),
+    })?;
+    connect::login(&db, Arc::new(tls), session, password.as_deref(), config.server.max_message_size).await
+}

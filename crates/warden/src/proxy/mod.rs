@@ -1,0 +1,104 @@
+//! The data path. `frontend` is the client side (TLS, startup, authentication), `backend` the PostgreSQL
+//! side (provisioning and upstream login), `relay` moves messages between them and records statements.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use warden_audit::{AuditHandle, EventBody, IdentityRecord};
+use warden_identity::{CertificateAuthority, Claims};
+use warden_policy::Config;
+
+pub mod backend;
+pub mod cancel;
+pub mod error;
+pub mod frontend;
+pub mod io;
+pub mod relay;
+
+use crate::tls::UserCaVerifier;
+
+/// Everything sessions share. The config is swapped whole on reload; readers `load()` it per decision.
+pub struct Shared {
+    pub config: ArcSwap<Config>,
+    pub acceptor: TlsAcceptor,
+    pub user_ca: CertificateAuthority,
+    pub user_ca_verifier: UserCaVerifier,
+    pub db_ca: CertificateAuthority,
+    pub audit: AuditHandle,
+    pub cancels: cancel::CancelRegistry,
+    pub provisioner: backend::Provisioner,
+}
+
+/// An authenticated client session: who it is, where it goes, as which PostgreSQL role.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: String,
+    pub claims: Claims,
+    pub database: String,
+    /// Effective roles at connection time (names).
+    pub roles: Vec<String>,
+    /// The provisioned PostgreSQL role this identity logs in as.
+    pub db_role: String,
+    pub client_addr: SocketAddr,
+    /// Startup parameters the client asked for that Warden passes on (encoding, date style, time zone...).
+    pub client_params: Vec<(String, String)>,
+}
+
+impl Session {
+    pub fn identity_record(&self) -> IdentityRecord {
+        IdentityRecord {
+            kind: self.claims.kind.to_string(),
+            name: self.claims.name.clone(),
+            requester: self.claims.requester.as_ref().map(|r| r.to_string()),
+            task: self.claims.task.clone(),
+            roles: self.roles.clone(),
+        }
+    }
+
+    /// An audit event about this session, with the full identity filled in.
+    pub fn event(&self, event: &str) -> EventBody {
+        EventBody {
+            event: event.to_string(),
+            session_id: Some(self.id.clone()),
+            identity: Some(self.identity_record()),
+            credential_id: Some(self.claims.credential_id.clone()),
+            database: Some(self.database.clone()),
+            db_user: Some(self.db_role.clone()),
+            client_addr: Some(self.client_addr.to_string()),
+            ..EventBody::default()
+        }
+    }
+}
+
+/// The PostgreSQL role an identity is provisioned as: `agent:report-bot` names the actor in
+/// `pg_stat_activity` and PostgreSQL's logs, and cannot collide with a role a person would create.
+pub fn db_role_name(claims: &Claims) -> String {
+    format!("{}:{}", claims.kind, claims.name)
+}
+
+/// Accepts connections until `shutdown` flips to true.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    let mut sessions = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let shared = shared.clone();
+                    sessions.spawn(frontend::handle(shared, tcp, peer, shutdown.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    tracing::info!(open = sessions.len(), "stopped accepting; draining sessions");
+    while sessions.join_next().await.is_some() {}
+}
