@@ -89,8 +89,10 @@ pub struct Bind<'a> {
 }
 
 impl Bind<'_> {
-    /// Parameter `i` as text for the audit log: text format as (lossy) UTF-8, binary as `\x` + hex,
-    /// `None` for SQL NULL or an index out of range.
+    /// Parameter `i` as text for the audit log: text format as (lossy) UTF-8; binary format as text too
+    /// when it is printable UTF-8 (drivers such as tokio-postgres send text values in binary format,
+    /// which for text types is the UTF-8 itself), otherwise `\x` + hex. `None` for SQL NULL or an index
+    /// out of range.
     pub fn param_display(&self, i: usize) -> Option<String> {
         let value = (*self.params.get(i)?)?;
         let format = match self.param_formats.len() {
@@ -98,8 +100,11 @@ impl Bind<'_> {
             1 => self.param_formats[0],
             _ => *self.param_formats.get(i).unwrap_or(&0),
         };
+        let printable = |s: &str| !s.is_empty() && s.chars().all(|c| !c.is_control() || c == '\n' || c == '\t');
         if format == 0 {
             Some(String::from_utf8_lossy(value).into_owned())
+        } else if let Some(text) = std::str::from_utf8(value).ok().filter(|s| printable(s)) {
+            Some(text.to_string())
         } else {
             let mut s = String::with_capacity(2 + value.len() * 2);
             s.push_str("\\x");

@@ -27,7 +27,11 @@ pub fn run(config: &Path) -> Result<ExitCode> {
 
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     let _ = if std::env::var("WARDEN_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().try_init()
     } else {
