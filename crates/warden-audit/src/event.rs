@@ -86,11 +86,26 @@ pub fn format_ts(t: OffsetDateTime) -> String {
 }
 
 /// Appends the stored line for a record to `out`; returns its hash.
-pub(crate) fn encode_line(ts: &str, seq: u64, body: &EventBody, prev_hash: &str, out: &mut Vec<u8>) -> String {
+pub(crate) fn encode_line(
+    ts: &str,
+    seq: u64,
+    body: &EventBody,
+    prev_hash: &str,
+    out: &mut Vec<u8>,
+) -> String {
     use sha2::{Digest, Sha256};
     let start = out.len();
     // Serialising plain strings and numbers into a Vec cannot fail.
-    serde_json::to_writer(&mut *out, &Unhashed { ts, seq, body, prev_hash }).expect("audit record serialises");
+    serde_json::to_writer(
+        &mut *out,
+        &Unhashed {
+            ts,
+            seq,
+            body,
+            prev_hash,
+        },
+    )
+    .expect("audit record serialises");
     let hash = hex::encode(Sha256::digest(&out[start..]));
     out.pop(); // the closing '}'
     out.extend_from_slice(b",\"hash\":\"");

@@ -31,9 +31,19 @@ pub enum AuditError {
     #[error("audit log {path}: {reason}")]
     Open { path: PathBuf, reason: String },
     #[error("audit log {path}, line {line}: {reason}")]
-    Read { path: PathBuf, line: usize, reason: String },
+    Read {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
     #[error("audit log {path}: line {line}{}: {reason}\n  {record}", seq.map(|s| format!(" (seq {s})")).unwrap_or_default())]
-    Tampered { path: PathBuf, line: usize, seq: Option<u64>, reason: String, record: String },
+    Tampered {
+        path: PathBuf,
+        line: usize,
+        seq: Option<u64>,
+        reason: String,
+        record: String,
+    },
 }
 
 pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

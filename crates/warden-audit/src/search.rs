@@ -35,7 +35,9 @@ impl SearchFilter {
                 return false;
             }
         }
-        if self.requester.is_some() && id.and_then(|i| i.requester.as_ref()) != self.requester.as_ref() {
+        if self.requester.is_some()
+            && id.and_then(|i| i.requester.as_ref()) != self.requester.as_ref()
+        {
             return false;
         }
         if self.task.is_some() && id.and_then(|i| i.task.as_ref()) != self.task.as_ref() {
@@ -51,7 +53,9 @@ impl SearchFilter {
             return false;
         }
         if self.since.is_some() || self.until.is_some() {
-            let Ok(ts) = OffsetDateTime::parse(&e.ts, &Rfc3339) else { return false };
+            let Ok(ts) = OffsetDateTime::parse(&e.ts, &Rfc3339) else {
+                return false;
+            };
             if self.since.is_some_and(|s| ts < s) || self.until.is_some_and(|u| ts > u) {
                 return false;
             }
@@ -66,7 +70,12 @@ pub fn search(path: &Path, filter: &SearchFilter) -> Result<Vec<Event>, AuditErr
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(AuditError::Open { path: path.to_path_buf(), reason: e.to_string() }),
+        Err(e) => {
+            return Err(AuditError::Open {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })
+        }
     };
     let mut reader = BufReader::new(file);
     let mut out = Vec::new();
@@ -74,15 +83,20 @@ pub fn search(path: &Path, filter: &SearchFilter) -> Result<Vec<Event>, AuditErr
     let mut n = 0;
     loop {
         line.clear();
-        let read = reader
-            .read_line(&mut line)
-            .map_err(|e| AuditError::Read { path: path.to_path_buf(), line: n + 1, reason: e.to_string() })?;
+        let read = reader.read_line(&mut line).map_err(|e| AuditError::Read {
+            path: path.to_path_buf(),
+            line: n + 1,
+            reason: e.to_string(),
+        })?;
         if read == 0 || !line.ends_with('\n') {
             break;
         }
         n += 1;
-        let event: Event = serde_json::from_str(line.trim_end())
-            .map_err(|e| AuditError::Read { path: path.to_path_buf(), line: n, reason: e.to_string() })?;
+        let event: Event = serde_json::from_str(line.trim_end()).map_err(|e| AuditError::Read {
+            path: path.to_path_buf(),
+            line: n,
+            reason: e.to_string(),
+        })?;
         if filter.matches(&event) {
             out.push(event);
             if filter.limit.is_some_and(|l| out.len() >= l) {

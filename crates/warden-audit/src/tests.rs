@@ -20,7 +20,11 @@ fn body(event: &str, name: &str) -> EventBody {
 }
 
 fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap().lines().map(str::to_string).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[tokio::test]
@@ -34,7 +38,9 @@ async fn concurrent_appends_chain_in_every_mode() {
             let log = log.clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0..25 {
-                    log.append(body("query", &format!("bot{t}-{i}"))).await.unwrap();
+                    log.append(body("query", &format!("bot{t}-{i}")))
+                        .await
+                        .unwrap();
                 }
             }));
         }
@@ -43,10 +49,16 @@ async fn concurrent_appends_chain_in_every_mode() {
         }
         let report = verify(&path).unwrap();
         assert_eq!(report.records, 200, "{mode:?}");
-        let seqs: Vec<u64> = lines(&path).iter().map(|l| serde_json::from_str::<Event>(l).unwrap().seq).collect();
+        let seqs: Vec<u64> = lines(&path)
+            .iter()
+            .map(|l| serde_json::from_str::<Event>(l).unwrap().seq)
+            .collect();
         assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }
 
@@ -84,7 +96,12 @@ async fn edits_and_removals_are_caught_with_the_line() {
     edited[2] = edited[2].replace("SELECT 'n2'", "SELECT 'N2'");
     std::fs::write(&path, edited.join("\n") + "\n").unwrap();
     match verify(&path) {
-        Err(AuditError::Tampered { line, reason, record, .. }) => {
+        Err(AuditError::Tampered {
+            line,
+            reason,
+            record,
+            ..
+        }) => {
             assert_eq!(line, 3);
             assert!(reason.contains("hash mismatch"), "{reason}");
             assert!(record.contains("N2"));
@@ -95,13 +112,22 @@ async fn edits_and_removals_are_caught_with_the_line() {
     let mut dropped = original.clone();
     dropped.remove(1);
     std::fs::write(&path, dropped.join("\n") + "\n").unwrap();
-    assert!(matches!(verify(&path), Err(AuditError::Tampered { line: 2, .. })));
+    assert!(matches!(
+        verify(&path),
+        Err(AuditError::Tampered { line: 2, .. })
+    ));
 
     // Rewriting a record with a fresh hash still breaks the link to it.
     let mut forged: Event = serde_json::from_str(&original[2]).unwrap();
     forged.body.statement = Some("SELECT 'forged'".into());
     let mut line = Vec::new();
-    crate::event::encode_line(&forged.ts, forged.seq, &forged.body, &forged.prev_hash, &mut line);
+    crate::event::encode_line(
+        &forged.ts,
+        forged.seq,
+        &forged.body,
+        &forged.prev_hash,
+        &mut line,
+    );
     let mut rewritten = original.clone();
     rewritten[2] = String::from_utf8(line).unwrap().trim_end().to_string();
     std::fs::write(&path, rewritten.join("\n") + "\n").unwrap();
@@ -125,23 +151,93 @@ async fn search_filters() {
     denied.decision = Some("deny".into());
     log.append(denied).await.unwrap();
     let mut human = body("query", "alice");
-    human.identity = Some(IdentityRecord { kind: "human".into(), name: "alice".into(), ..Default::default() });
+    human.identity = Some(IdentityRecord {
+        kind: "human".into(),
+        name: "alice".into(),
+        ..Default::default()
+    });
     log.append(human).await.unwrap();
 
     let find = |f: SearchFilter| search(&path, &f).unwrap().len();
-    assert_eq!(find(SearchFilter { identity: Some("x".into()), ..Default::default() }), 2);
-    assert_eq!(find(SearchFilter { identity: Some("agent:y".into()), ..Default::default() }), 1);
+    assert_eq!(
+        find(SearchFilter {
+            identity: Some("x".into()),
+            ..Default::default()
+        }),
+        2
+    );
+    assert_eq!(
+        find(SearchFilter {
+            identity: Some("agent:y".into()),
+            ..Default::default()
+        }),
+        1
+    );
     // alice's own event, and her agents' events.
-    assert_eq!(find(SearchFilter { identity: Some("human:alice".into()), ..Default::default() }), 4);
-    assert_eq!(find(SearchFilter { requester: Some("human:alice".into()), ..Default::default() }), 3);
-    assert_eq!(find(SearchFilter { session: Some("s-y".into()), ..Default::default() }), 1);
-    assert_eq!(find(SearchFilter { task: Some("task-x".into()), ..Default::default() }), 2);
-    assert_eq!(find(SearchFilter { decision: Some("deny".into()), ..Default::default() }), 1);
-    assert_eq!(find(SearchFilter { event: Some("session.start".into()), ..Default::default() }), 1);
+    assert_eq!(
+        find(SearchFilter {
+            identity: Some("human:alice".into()),
+            ..Default::default()
+        }),
+        4
+    );
+    assert_eq!(
+        find(SearchFilter {
+            requester: Some("human:alice".into()),
+            ..Default::default()
+        }),
+        3
+    );
+    assert_eq!(
+        find(SearchFilter {
+            session: Some("s-y".into()),
+            ..Default::default()
+        }),
+        1
+    );
+    assert_eq!(
+        find(SearchFilter {
+            task: Some("task-x".into()),
+            ..Default::default()
+        }),
+        2
+    );
+    assert_eq!(
+        find(SearchFilter {
+            decision: Some("deny".into()),
+            ..Default::default()
+        }),
+        1
+    );
+    assert_eq!(
+        find(SearchFilter {
+            event: Some("session.start".into()),
+            ..Default::default()
+        }),
+        1
+    );
     let hour = time::Duration::hours(1);
-    assert_eq!(find(SearchFilter { since: Some(time::OffsetDateTime::now_utc() - hour), ..Default::default() }), 4);
-    assert_eq!(find(SearchFilter { since: Some(time::OffsetDateTime::now_utc() + hour), ..Default::default() }), 0);
-    assert_eq!(find(SearchFilter { limit: Some(2), ..Default::default() }), 2);
+    assert_eq!(
+        find(SearchFilter {
+            since: Some(time::OffsetDateTime::now_utc() - hour),
+            ..Default::default()
+        }),
+        4
+    );
+    assert_eq!(
+        find(SearchFilter {
+            since: Some(time::OffsetDateTime::now_utc() + hour),
+            ..Default::default()
+        }),
+        0
+    );
+    assert_eq!(
+        find(SearchFilter {
+            limit: Some(2),
+            ..Default::default()
+        }),
+        2
+    );
 }
 
 #[tokio::test]
@@ -152,7 +248,10 @@ async fn a_failed_write_fails_every_later_append() {
     log.append(body("query", "ok")).await.unwrap();
     log.test_fail_writes();
     for _ in 0..3 {
-        assert!(matches!(log.append(body("query", "later")).await, Err(AuditError::Unavailable { .. })));
+        assert!(matches!(
+            log.append(body("query", "later")).await,
+            Err(AuditError::Unavailable { .. })
+        ));
     }
     assert_eq!(verify(&path).unwrap().records, 1);
 }

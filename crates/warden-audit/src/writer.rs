@@ -55,13 +55,18 @@ impl Future for Pending {
         let path = self.path.clone();
         match self.rx.as_mut() {
             None => Poll::Ready(Err(gone(&path))),
-            Some(rx) => Pin::new(rx).poll(cx).map(|r| r.unwrap_or_else(|_| Err(gone(&path)))),
+            Some(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or_else(|_| Err(gone(&path)))),
         }
     }
 }
 
 fn gone(path: &Path) -> AuditError {
-    AuditError::Unavailable { path: path.to_path_buf(), reason: "the audit writer has stopped".into() }
+    AuditError::Unavailable {
+        path: path.to_path_buf(),
+        reason: "the audit writer has stopped".into(),
+    }
 }
 
 /// Most records one write and one fsync cover.
@@ -70,30 +75,56 @@ const MAX_BATCH: usize = 4096;
 impl AuditLog {
     /// Opens (or creates, 0600) the log, recovers the chain head, and starts the writer thread.
     pub fn open(path: &Path, mode: FsyncMode) -> Result<AuditHandle, AuditError> {
-        let open_err = |reason: String| AuditError::Open { path: path.to_path_buf(), reason };
+        let open_err = |reason: String| AuditError::Open {
+            path: path.to_path_buf(),
+            reason,
+        };
         if let Some(dir) = path.parent() {
             use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| open_err(e.to_string()))?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| open_err(e.to_string()))?;
         }
         let mut file = {
             use std::os::unix::fs::OpenOptionsExt;
-            OpenOptions::new().read(true).append(true).create(true).mode(0o600).open(path).map_err(|e| open_err(e.to_string()))?
+            OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| open_err(e.to_string()))?
         };
         let (recovered_tail, last) = recover(&mut file).map_err(|e| open_err(e.to_string()))?;
         let (seq, prev) = match last {
             None => (0, GENESIS.to_string()),
             Some(line) => {
-                let e: crate::Event = serde_json::from_str(&line).map_err(|e| open_err(format!("last record is not valid: {e}")))?;
+                let e: crate::Event = serde_json::from_str(&line)
+                    .map_err(|e| open_err(format!("last record is not valid: {e}")))?;
                 (e.seq, e.hash)
             }
         };
         let (tx, rx) = mpsc::channel();
-        let mut writer = Writer { file, path: path.to_path_buf(), mode, seq, prev, failed: None, buf: Vec::with_capacity(64 * 1024) };
+        let mut writer = Writer {
+            file,
+            path: path.to_path_buf(),
+            mode,
+            seq,
+            prev,
+            failed: None,
+            buf: Vec::with_capacity(64 * 1024),
+        };
         std::thread::Builder::new()
             .name("warden-audit".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| open_err(e.to_string()))?;
-        Ok(AuditHandle { tx, path: path.to_path_buf(), recovered_tail })
+        Ok(AuditHandle {
+            tx,
+            path: path.to_path_buf(),
+            recovered_tail,
+        })
     }
 }
 
@@ -102,7 +133,10 @@ impl AuditHandle {
     pub fn submit(&self, body: EventBody) -> Pending {
         let (ack, rx) = oneshot::channel();
         let rx = self.tx.send(Request { body, ack }).ok().map(|_| rx);
-        Pending { rx, path: self.path.clone() }
+        Pending {
+            rx,
+            path: self.path.clone(),
+        }
     }
 
     pub async fn append(&self, body: EventBody) -> Result<u64, AuditError> {
@@ -112,7 +146,9 @@ impl AuditHandle {
     /// For command-line tools outside a tokio runtime.
     pub fn append_blocking(&self, body: EventBody) -> Result<u64, AuditError> {
         let (ack, rx) = oneshot::channel();
-        self.tx.send(Request { body, ack }).map_err(|_| gone(&self.path))?;
+        self.tx
+            .send(Request { body, ack })
+            .map_err(|_| gone(&self.path))?;
         rx.blocking_recv().unwrap_or_else(|_| Err(gone(&self.path)))
     }
 
@@ -123,7 +159,13 @@ impl AuditHandle {
     #[cfg(test)]
     pub(crate) fn test_fail_writes(&self) {
         let (ack, _rx) = oneshot::channel();
-        let _ = self.tx.send(Request { body: EventBody { event: FAIL_FOR_TEST.into(), ..Default::default() }, ack });
+        let _ = self.tx.send(Request {
+            body: EventBody {
+                event: FAIL_FOR_TEST.into(),
+                ..Default::default()
+            },
+            ack,
+        });
     }
 }
 
@@ -162,7 +204,10 @@ impl Writer {
         }
         if let Some(reason) = &self.failed {
             for r in batch {
-                let _ = r.ack.send(Err(AuditError::Unavailable { path: self.path.clone(), reason: reason.clone() }));
+                let _ = r.ack.send(Err(AuditError::Unavailable {
+                    path: self.path.clone(),
+                    reason: reason.clone(),
+                }));
             }
             return;
         }
@@ -185,7 +230,10 @@ impl Writer {
         if let Err(e) = result {
             self.failed = Some(e.to_string());
             for (ack, _) in acks {
-                let _ = ack.send(Err(AuditError::Unavailable { path: self.path.clone(), reason: e.to_string() }));
+                let _ = ack.send(Err(AuditError::Unavailable {
+                    path: self.path.clone(),
+                    reason: e.to_string(),
+                }));
             }
             return;
         }
@@ -235,7 +283,11 @@ fn recover(file: &mut File) -> std::io::Result<(usize, Option<String>)> {
     }
     let (mut recovered, mut complete) = (0usize, &tail[..]);
     if !tail.ends_with(b"\n") {
-        let cut = tail.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0);
+        let cut = tail
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map(|i| i + 1)
+            .unwrap_or(0);
         recovered = tail.len() - cut;
         complete = &tail[..cut];
         file.set_len(len - recovered as u64)?;

@@ -33,7 +33,9 @@ impl FromStr for IdentityKind {
             "human" => Ok(IdentityKind::Human),
             "agent" => Ok(IdentityKind::Agent),
             "workload" => Ok(IdentityKind::Workload),
-            _ => Err(IdentityError::BadKind { input: s.to_string() }),
+            _ => Err(IdentityError::BadKind {
+                input: s.to_string(),
+            }),
         }
     }
 }
@@ -49,17 +51,26 @@ impl IdentityName {
     /// Names are 1 to 63 characters of `a-z 0-9 . _ -`, starting with a letter or digit, so that they
     /// are valid PostgreSQL user names, certificate CNs and file names as they are.
     pub fn new(kind: IdentityKind, name: &str) -> Result<Self, IdentityError> {
-        let bad = |reason| IdentityError::BadName { input: name.to_string(), reason };
+        let bad = |reason| IdentityError::BadName {
+            input: name.to_string(),
+            reason,
+        };
         if name.is_empty() || name.len() > 63 {
             return Err(bad("a name has 1 to 63 characters"));
         }
-        if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c)) {
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c))
+        {
             return Err(bad("use lower-case letters, digits, '.', '-' and '_'"));
         }
         if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
             return Err(bad("a name starts with a letter or digit"));
         }
-        Ok(IdentityName { kind, name: name.to_string() })
+        Ok(IdentityName {
+            kind,
+            name: name.to_string(),
+        })
     }
 }
 
@@ -113,7 +124,10 @@ pub struct Claims {
 
 impl Claims {
     pub fn identity(&self) -> IdentityName {
-        IdentityName { kind: self.kind, name: self.name.clone() }
+        IdentityName {
+            kind: self.kind,
+            name: self.name.clone(),
+        }
     }
 }
 
@@ -121,15 +135,20 @@ impl Claims {
 /// validity comes from the certificate itself, and its CN must equal the claimed name. This does not
 /// check the signature: verify the chain first.
 pub fn claims_from_cert(der: &[u8]) -> Result<Claims, IdentityError> {
-    let not = |reason: &str| IdentityError::NotACredential { reason: reason.to_string() };
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| not("not a valid X.509 certificate"))?;
-    let oid = x509_parser::oid_registry::Oid::from(WARDEN_CLAIMS_OID).map_err(|_| not("bad claims OID"))?;
+    let not = |reason: &str| IdentityError::NotACredential {
+        reason: reason.to_string(),
+    };
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|_| not("not a valid X.509 certificate"))?;
+    let oid = x509_parser::oid_registry::Oid::from(WARDEN_CLAIMS_OID)
+        .map_err(|_| not("bad claims OID"))?;
     let ext = cert
         .extensions()
         .iter()
         .find(|e| e.oid == oid)
         .ok_or_else(|| not("it has no Warden claims extension"))?;
-    let mut claims: Claims = serde_json::from_slice(ext.value).map_err(|_| not("its claims extension is malformed"))?;
+    let mut claims: Claims =
+        serde_json::from_slice(ext.value).map_err(|_| not("its claims extension is malformed"))?;
     let cn = cert
         .subject()
         .iter_common_name()
@@ -154,10 +173,21 @@ mod tests {
         let id: IdentityName = "agent:report-bot".parse().unwrap();
         assert_eq!(id.kind, IdentityKind::Agent);
         assert_eq!(id.to_string(), "agent:report-bot");
-        for bad in ["report-bot", "robot:x", "human:", "human:Alice", "human:-x", "human:a b", &format!("human:{}", "a".repeat(64))] {
+        for bad in [
+            "report-bot",
+            "robot:x",
+            "human:",
+            "human:Alice",
+            "human:-x",
+            "human:a b",
+            &format!("human:{}", "a".repeat(64)),
+        ] {
             assert!(bad.parse::<IdentityName>().is_err(), "{bad}");
         }
-        let e = "human:Alice".parse::<IdentityName>().unwrap_err().to_string();
+        let e = "human:Alice"
+            .parse::<IdentityName>()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("Alice") && e.contains("lower-case"), "{e}");
     }
 }

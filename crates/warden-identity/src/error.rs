@@ -22,6 +22,9 @@ pub enum IdentityError {
 
 impl IdentityError {
     pub(crate) fn file(path: &std::path::Path, reason: impl ToString) -> Self {
-        IdentityError::File { path: path.to_path_buf(), reason: reason.to_string() }
+        IdentityError::File {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }
     }
 }

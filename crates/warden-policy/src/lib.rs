@@ -12,7 +12,8 @@ mod raw;
 mod upstream;
 
 pub use config::{
-    Approval, AuditSettings, Config, DatabaseConfig, IdentityConfig, Role, ServerSettings, UpstreamAuth,
+    Approval, AuditSettings, Config, DatabaseConfig, IdentityConfig, Role, ServerSettings,
+    UpstreamAuth,
 };
 pub use error::{ConfigError, Refusal};
 pub use grants::{ColumnScope, GrantSet, TableGrant, TablePrivileges, TableRef};

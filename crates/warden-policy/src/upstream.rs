@@ -31,7 +31,10 @@ impl UpstreamUrl {
     pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
         let url = url::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
-            return Err(format!("scheme must be postgres://, not {}://", url.scheme()));
+            return Err(format!(
+                "scheme must be postgres://, not {}://",
+                url.scheme()
+            ));
         }
         let host = url
             .host_str()
@@ -41,11 +44,15 @@ impl UpstreamUrl {
             .to_string();
         let admin_user = decode(url.username());
         if admin_user.is_empty() {
-            return Err("the URL needs the admin user, like postgres://warden_admin@host/db".into());
+            return Err(
+                "the URL needs the admin user, like postgres://warden_admin@host/db".into(),
+            );
         }
         let dbname = decode(url.path().trim_start_matches('/'));
         if dbname.is_empty() {
-            return Err("the URL needs a database name, like postgres://warden_admin@host/shop".into());
+            return Err(
+                "the URL needs a database name, like postgres://warden_admin@host/shop".into(),
+            );
         }
         let mut sslmode = SslMode::VerifyFull;
         let mut sslrootcert = None;
@@ -83,5 +90,7 @@ impl UpstreamUrl {
 }
 
 fn decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }

@@ -7,10 +7,20 @@ use crate::{put_cstr, write_tagged, Frame, Reader, WireError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendMessage<'a> {
     Authentication(AuthRequest<'a>),
-    ParameterStatus { name: &'a str, value: &'a str },
-    BackendKeyData { process_id: i32, secret_key: i32 },
-    ReadyForQuery { status: u8 },
-    CommandComplete { tag: &'a str },
+    ParameterStatus {
+        name: &'a str,
+        value: &'a str,
+    },
+    BackendKeyData {
+        process_id: i32,
+        secret_key: i32,
+    },
+    ReadyForQuery {
+        status: u8,
+    },
+    CommandComplete {
+        tag: &'a str,
+    },
     ErrorResponse(ErrorFields<'a>),
     NoticeResponse(ErrorFields<'a>),
     EmptyQueryResponse,
@@ -27,7 +37,11 @@ pub enum BackendMessage<'a> {
     CopyBothResponse,
     CopyData(&'a [u8]),
     CopyDone,
-    NotificationResponse { process_id: i32, channel: &'a str, payload: &'a str },
+    NotificationResponse {
+        process_id: i32,
+        channel: &'a str,
+        payload: &'a str,
+    },
     NegotiateProtocolVersion,
     Unknown(u8),
 }
@@ -64,7 +78,10 @@ impl<'a> ErrorFields<'a> {
     }
 
     pub fn field(&self, code: u8) -> Option<&'a str> {
-        self.fields.iter().find(|(c, _)| *c == code).map(|(_, v)| *v)
+        self.fields
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, v)| *v)
     }
 
     /// The non-localized severity ('V') when present, else 'S'.
@@ -88,14 +105,24 @@ impl<'a> BackendMessage<'a> {
             b'R' => BackendMessage::Authentication(parse_auth(body)?),
             b'S' => {
                 let mut r = Reader::new(body, "ParameterStatus");
-                BackendMessage::ParameterStatus { name: r.cstr()?, value: r.cstr()? }
+                BackendMessage::ParameterStatus {
+                    name: r.cstr()?,
+                    value: r.cstr()?,
+                }
             }
             b'K' => {
                 let mut r = Reader::new(body, "BackendKeyData");
-                BackendMessage::BackendKeyData { process_id: r.i32()?, secret_key: r.i32()? }
+                BackendMessage::BackendKeyData {
+                    process_id: r.i32()?,
+                    secret_key: r.i32()?,
+                }
             }
-            b'Z' => BackendMessage::ReadyForQuery { status: Reader::new(body, "ReadyForQuery").u8()? },
-            b'C' => BackendMessage::CommandComplete { tag: Reader::new(body, "CommandComplete").cstr()? },
+            b'Z' => BackendMessage::ReadyForQuery {
+                status: Reader::new(body, "ReadyForQuery").u8()?,
+            },
+            b'C' => BackendMessage::CommandComplete {
+                tag: Reader::new(body, "CommandComplete").cstr()?,
+            },
             b'E' => BackendMessage::ErrorResponse(ErrorFields::parse(body, "ErrorResponse")?),
             b'N' => BackendMessage::NoticeResponse(ErrorFields::parse(body, "NoticeResponse")?),
             b'I' => BackendMessage::EmptyQueryResponse,
@@ -114,7 +141,11 @@ impl<'a> BackendMessage<'a> {
             b'c' => BackendMessage::CopyDone,
             b'A' => {
                 let mut r = Reader::new(body, "NotificationResponse");
-                BackendMessage::NotificationResponse { process_id: r.i32()?, channel: r.cstr()?, payload: r.cstr()? }
+                BackendMessage::NotificationResponse {
+                    process_id: r.i32()?,
+                    channel: r.cstr()?,
+                    payload: r.cstr()?,
+                }
             }
             b'v' => BackendMessage::NegotiateProtocolVersion,
             other => BackendMessage::Unknown(other),
@@ -129,7 +160,9 @@ fn parse_auth(body: &[u8]) -> Result<AuthRequest<'_>, WireError> {
         3 => AuthRequest::CleartextPassword,
         5 => {
             let s = r.bytes(4)?;
-            AuthRequest::Md5Password { salt: [s[0], s[1], s[2], s[3]] }
+            AuthRequest::Md5Password {
+                salt: [s[0], s[1], s[2], s[3]],
+            }
         }
         10 => {
             let mut mechanisms = Vec::new();
@@ -206,7 +239,14 @@ impl ErrorResponse<'_> {
 
     fn encode_tagged(&self, tag: u8, buf: &mut BytesMut) {
         write_tagged(buf, tag, |b| {
-            for (code, value) in [(b'S', Some(self.severity)), (b'V', Some(self.severity)), (b'C', Some(self.code)), (b'M', Some(self.message)), (b'D', self.detail), (b'H', self.hint)] {
+            for (code, value) in [
+                (b'S', Some(self.severity)),
+                (b'V', Some(self.severity)),
+                (b'C', Some(self.code)),
+                (b'M', Some(self.message)),
+                (b'D', self.detail),
+                (b'H', self.hint),
+            ] {
                 if let Some(v) = value {
                     b.put_u8(code);
                     // A NUL inside a field would end it early on the client: drop it.
@@ -236,12 +276,25 @@ mod tests {
         parameter_status("server_version", "15.18", &mut buf);
         backend_key_data(42, -7, &mut buf);
         ready_for_query(b'I', &mut buf);
-        ErrorResponse { severity: "FATAL", code: "28000", message: "warden: no", detail: Some("d"), hint: None }.encode(&mut buf);
+        ErrorResponse {
+            severity: "FATAL",
+            code: "28000",
+            message: "warden: no",
+            detail: Some("d"),
+            hint: None,
+        }
+        .encode(&mut buf);
         let expect = [
             BackendMessage::Authentication(AuthRequest::Ok),
             BackendMessage::Authentication(AuthRequest::CleartextPassword),
-            BackendMessage::ParameterStatus { name: "server_version", value: "15.18" },
-            BackendMessage::BackendKeyData { process_id: 42, secret_key: -7 },
+            BackendMessage::ParameterStatus {
+                name: "server_version",
+                value: "15.18",
+            },
+            BackendMessage::BackendKeyData {
+                process_id: 42,
+                secret_key: -7,
+            },
             BackendMessage::ReadyForQuery { status: b'I' },
         ];
         for e in expect {
@@ -249,8 +302,13 @@ mod tests {
             assert_eq!(BackendMessage::parse(&f).unwrap(), e);
         }
         let f = parse_one(&mut buf);
-        let BackendMessage::ErrorResponse(fields) = BackendMessage::parse(&f).unwrap() else { panic!() };
-        assert_eq!((fields.severity(), fields.code(), fields.message()), (Some("FATAL"), Some("28000"), Some("warden: no")));
+        let BackendMessage::ErrorResponse(fields) = BackendMessage::parse(&f).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (fields.severity(), fields.code(), fields.message()),
+            (Some("FATAL"), Some("28000"), Some("warden: no"))
+        );
         assert_eq!(fields.field(b'D'), Some("d"));
         assert!(buf.is_empty());
     }
@@ -273,11 +331,22 @@ mod tests {
             b.extend_from_slice(b"r=abc");
         });
         let f = parse_one(&mut buf);
-        assert_eq!(BackendMessage::parse(&f).unwrap(), BackendMessage::Authentication(AuthRequest::Sasl { mechanisms: vec!["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"] }));
+        assert_eq!(
+            BackendMessage::parse(&f).unwrap(),
+            BackendMessage::Authentication(AuthRequest::Sasl {
+                mechanisms: vec!["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]
+            })
+        );
         let f = parse_one(&mut buf);
-        assert_eq!(BackendMessage::parse(&f).unwrap(), BackendMessage::Authentication(AuthRequest::Md5Password { salt: [1, 2, 3, 4] }));
+        assert_eq!(
+            BackendMessage::parse(&f).unwrap(),
+            BackendMessage::Authentication(AuthRequest::Md5Password { salt: [1, 2, 3, 4] })
+        );
         let f = parse_one(&mut buf);
-        assert_eq!(BackendMessage::parse(&f).unwrap(), BackendMessage::Authentication(AuthRequest::SaslContinue(b"r=abc")));
+        assert_eq!(
+            BackendMessage::parse(&f).unwrap(),
+            BackendMessage::Authentication(AuthRequest::SaslContinue(b"r=abc"))
+        );
     }
 
     #[test]

@@ -14,8 +14,14 @@ const CANCEL_REQUEST: u32 = 80_877_102;
 pub enum StartupPacket {
     SslRequest,
     GssEncRequest,
-    Cancel { process_id: i32, secret_key: i32 },
-    Startup { protocol: u32, params: Vec<(String, String)> },
+    Cancel {
+        process_id: i32,
+        secret_key: i32,
+    },
+    Startup {
+        protocol: u32,
+        params: Vec<(String, String)>,
+    },
 }
 
 /// Parses one untagged startup-phase packet off the front of `buf`; `Ok(None)` = need more bytes.
@@ -29,7 +35,11 @@ pub fn parse_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, WireEr
     }
     let len = len as usize;
     if len > MAX_STARTUP_LEN {
-        return Err(WireError::MessageTooLarge { tag: 0, len, max: MAX_STARTUP_LEN });
+        return Err(WireError::MessageTooLarge {
+            tag: 0,
+            len,
+            max: MAX_STARTUP_LEN,
+        });
     }
     if buf.len() < len {
         return Ok(None);
@@ -40,8 +50,13 @@ pub fn parse_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, WireEr
     let parsed = match code {
         SSL_REQUEST if len == 8 => StartupPacket::SslRequest,
         GSSENC_REQUEST if len == 8 => StartupPacket::GssEncRequest,
-        CANCEL_REQUEST if len == 16 => StartupPacket::Cancel { process_id: r.i32()?, secret_key: r.i32()? },
-        SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => return Err(WireError::Malformed { what: "startup" }),
+        CANCEL_REQUEST if len == 16 => StartupPacket::Cancel {
+            process_id: r.i32()?,
+            secret_key: r.i32()?,
+        },
+        SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => {
+            return Err(WireError::Malformed { what: "startup" })
+        }
         code if code >> 16 == 3 => {
             let mut params = Vec::new();
             loop {
@@ -52,7 +67,10 @@ pub fn parse_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, WireEr
                 let value = r.cstr()?;
                 params.push((key.to_string(), value.to_string()));
             }
-            StartupPacket::Startup { protocol: code, params }
+            StartupPacket::Startup {
+                protocol: code,
+                params,
+            }
         }
         code => return Err(WireError::UnsupportedProtocol { code }),
     };
@@ -61,18 +79,35 @@ pub fn parse_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, WireEr
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrontendMessage<'a> {
-    Query { sql: &'a str },
-    Parse { name: &'a str, sql: &'a str, param_types: Vec<u32> },
+    Query {
+        sql: &'a str,
+    },
+    Parse {
+        name: &'a str,
+        sql: &'a str,
+        param_types: Vec<u32>,
+    },
     Bind(Bind<'a>),
-    Execute { portal: &'a str, max_rows: i32 },
-    Describe { kind: u8, name: &'a str },
-    Close { kind: u8, name: &'a str },
+    Execute {
+        portal: &'a str,
+        max_rows: i32,
+    },
+    Describe {
+        kind: u8,
+        name: &'a str,
+    },
+    Close {
+        kind: u8,
+        name: &'a str,
+    },
     Sync,
     Flush,
     Terminate,
     CopyData(&'a [u8]),
     CopyDone,
-    CopyFail { message: &'a str },
+    CopyFail {
+        message: &'a str,
+    },
     FunctionCall,
     /// PasswordMessage, SASLInitialResponse and SASLResponse share the tag: the raw body.
     Password(&'a [u8]),
@@ -100,7 +135,8 @@ impl Bind<'_> {
             1 => self.param_formats[0],
             _ => *self.param_formats.get(i).unwrap_or(&0),
         };
-        let printable = |s: &str| !s.is_empty() && s.chars().all(|c| !c.is_control() || c == '\n' || c == '\t');
+        let printable =
+            |s: &str| !s.is_empty() && s.chars().all(|c| !c.is_control() || c == '\n' || c == '\t');
         if format == 0 {
             Some(String::from_utf8_lossy(value).into_owned())
         } else if let Some(text) = std::str::from_utf8(value).ok().filter(|s| printable(s)) {
@@ -120,22 +156,37 @@ impl<'a> FrontendMessage<'a> {
     pub fn parse(frame: &'a Frame) -> Result<Self, WireError> {
         let body = frame.body();
         Ok(match frame.tag {
-            b'Q' => FrontendMessage::Query { sql: Reader::new(body, "Query").cstr()? },
+            b'Q' => FrontendMessage::Query {
+                sql: Reader::new(body, "Query").cstr()?,
+            },
             b'P' => {
                 let mut r = Reader::new(body, "Parse");
                 let name = r.cstr()?;
                 let sql = r.cstr()?;
                 let n = r.count(4)?;
-                let param_types = (0..n).map(|_| r.i32().map(|t| t as u32)).collect::<Result<_, _>>()?;
-                FrontendMessage::Parse { name, sql, param_types }
+                let param_types = (0..n)
+                    .map(|_| r.i32().map(|t| t as u32))
+                    .collect::<Result<_, _>>()?;
+                FrontendMessage::Parse {
+                    name,
+                    sql,
+                    param_types,
+                }
             }
             b'B' => FrontendMessage::Bind(parse_bind(body)?),
             b'E' => {
                 let mut r = Reader::new(body, "Execute");
-                FrontendMessage::Execute { portal: r.cstr()?, max_rows: r.i32()? }
+                FrontendMessage::Execute {
+                    portal: r.cstr()?,
+                    max_rows: r.i32()?,
+                }
             }
             b'D' | b'C' => {
-                let what = if frame.tag == b'D' { "Describe" } else { "Close" };
+                let what = if frame.tag == b'D' {
+                    "Describe"
+                } else {
+                    "Close"
+                };
                 let mut r = Reader::new(body, what);
                 let kind = r.u8()?;
                 if kind != b'S' && kind != b'P' {
@@ -153,7 +204,9 @@ impl<'a> FrontendMessage<'a> {
             b'X' => FrontendMessage::Terminate,
             b'd' => FrontendMessage::CopyData(body),
             b'c' => FrontendMessage::CopyDone,
-            b'f' => FrontendMessage::CopyFail { message: Reader::new(body, "CopyFail").cstr()? },
+            b'f' => FrontendMessage::CopyFail {
+                message: Reader::new(body, "CopyFail").cstr()?,
+            },
             b'F' => FrontendMessage::FunctionCall,
             b'p' => FrontendMessage::Password(body),
             other => FrontendMessage::Unknown(other),
@@ -181,7 +234,13 @@ fn parse_bind(body: &[u8]) -> Result<Bind<'_>, WireError> {
     }
     let nr = r.count(2)?;
     let result_formats = (0..nr).map(|_| r.i16()).collect::<Result<_, _>>()?;
-    Ok(Bind { portal, statement, param_formats, params, result_formats })
+    Ok(Bind {
+        portal,
+        statement,
+        param_formats,
+        params,
+        result_formats,
+    })
 }
 
 /// A cleartext PasswordMessage body: the NUL-terminated password.
@@ -261,11 +320,23 @@ mod tests {
             p,
             StartupPacket::Startup {
                 protocol: PROTOCOL_3_0,
-                params: vec![("user".into(), "report-bot".into()), ("database".into(), "shop".into())]
+                params: vec![
+                    ("user".into(), "report-bot".into()),
+                    ("database".into(), "shop".into())
+                ]
             }
         );
-        assert_eq!(parse_startup(&mut buf).unwrap(), Some(StartupPacket::SslRequest));
-        assert_eq!(parse_startup(&mut buf).unwrap(), Some(StartupPacket::Cancel { process_id: 7, secret_key: -9 }));
+        assert_eq!(
+            parse_startup(&mut buf).unwrap(),
+            Some(StartupPacket::SslRequest)
+        );
+        assert_eq!(
+            parse_startup(&mut buf).unwrap(),
+            Some(StartupPacket::Cancel {
+                process_id: 7,
+                secret_key: -9
+            })
+        );
         assert!(buf.is_empty());
     }
 
@@ -275,13 +346,25 @@ mod tests {
         assert_eq!(parse_startup(&mut partial).unwrap(), None);
         assert_eq!(partial.len(), 6);
         let mut huge = BytesMut::from(&b"\x00\x10\x00\x00"[..]);
-        assert!(matches!(parse_startup(&mut huge), Err(WireError::MessageTooLarge { .. })));
+        assert!(matches!(
+            parse_startup(&mut huge),
+            Err(WireError::MessageTooLarge { .. })
+        ));
         let mut tiny = BytesMut::from(&b"\0\0\0\x04"[..]);
-        assert!(matches!(parse_startup(&mut tiny), Err(WireError::InvalidLength { .. })));
+        assert!(matches!(
+            parse_startup(&mut tiny),
+            Err(WireError::InvalidLength { .. })
+        ));
         let mut v2 = BytesMut::from(&b"\0\0\0\x08\0\x02\0\0"[..]);
-        assert!(matches!(parse_startup(&mut v2), Err(WireError::UnsupportedProtocol { .. })));
+        assert!(matches!(
+            parse_startup(&mut v2),
+            Err(WireError::UnsupportedProtocol { .. })
+        ));
         let mut unterminated = BytesMut::from(&b"\0\0\0\x0c\0\x03\0\0user"[..]);
-        assert!(matches!(parse_startup(&mut unterminated), Err(WireError::Malformed { .. })));
+        assert!(matches!(
+            parse_startup(&mut unterminated),
+            Err(WireError::Malformed { .. })
+        ));
     }
 
     #[test]
@@ -316,17 +399,29 @@ mod tests {
         let f = frame(&mut buf);
         assert_eq!(
             FrontendMessage::parse(&f).unwrap(),
-            FrontendMessage::Parse { name: "s1", sql: "SELECT $1, $2, $3", param_types: vec![23] }
+            FrontendMessage::Parse {
+                name: "s1",
+                sql: "SELECT $1, $2, $3",
+                param_types: vec![23]
+            }
         );
         let f = frame(&mut buf);
-        let FrontendMessage::Bind(bind) = FrontendMessage::parse(&f).unwrap() else { panic!("not a Bind") };
+        let FrontendMessage::Bind(bind) = FrontendMessage::parse(&f).unwrap() else {
+            panic!("not a Bind")
+        };
         assert_eq!(bind.statement, "s1");
         assert_eq!(bind.param_display(0).as_deref(), Some("42"));
         assert_eq!(bind.param_display(1).as_deref(), Some("\\xdead"));
         assert_eq!(bind.param_display(2), None);
         assert_eq!(bind.param_display(3), None);
         let f = frame(&mut buf);
-        assert_eq!(FrontendMessage::parse(&f).unwrap(), FrontendMessage::Execute { portal: "", max_rows: 0 });
+        assert_eq!(
+            FrontendMessage::parse(&f).unwrap(),
+            FrontendMessage::Execute {
+                portal: "",
+                max_rows: 0
+            }
+        );
         let f = frame(&mut buf);
         assert_eq!(FrontendMessage::parse(&f).unwrap(), FrontendMessage::Sync);
     }
@@ -342,7 +437,10 @@ mod tests {
             b.put_i32(1_000_000);
         });
         let f = frame(&mut buf);
-        assert!(matches!(FrontendMessage::parse(&f), Err(WireError::Malformed { what: "Bind" })));
+        assert!(matches!(
+            FrontendMessage::parse(&f),
+            Err(WireError::Malformed { what: "Bind" })
+        ));
         let mut buf = BytesMut::new();
         write_tagged(&mut buf, b'P', |b| {
             put_cstr(b, "");
@@ -353,7 +451,10 @@ mod tests {
         assert!(FrontendMessage::parse(&f).is_err());
         let mut buf = BytesMut::from(&b"Q\0\0\0\x06\xff\0"[..]);
         let f = frame(&mut buf);
-        assert!(FrontendMessage::parse(&f).is_err(), "invalid UTF-8 is refused");
+        assert!(
+            FrontendMessage::parse(&f).is_err(),
+            "invalid UTF-8 is refused"
+        );
     }
 
     #[test]
@@ -361,7 +462,9 @@ mod tests {
         let mut buf = BytesMut::new();
         password_message(b"tok", &mut buf);
         let f = frame(&mut buf);
-        let FrontendMessage::Password(body) = FrontendMessage::parse(&f).unwrap() else { panic!() };
+        let FrontendMessage::Password(body) = FrontendMessage::parse(&f).unwrap() else {
+            panic!()
+        };
         assert_eq!(parse_password(body).unwrap(), "tok");
         sasl_initial_response("SCRAM-SHA-256", b"n,,n=,r=abc", &mut buf);
         let f = frame(&mut buf);
@@ -369,8 +472,14 @@ mod tests {
         query("SELECT 1", &mut buf);
         terminate(&mut buf);
         let f = frame(&mut buf);
-        assert_eq!(FrontendMessage::parse(&f).unwrap(), FrontendMessage::Query { sql: "SELECT 1" });
+        assert_eq!(
+            FrontendMessage::parse(&f).unwrap(),
+            FrontendMessage::Query { sql: "SELECT 1" }
+        );
         let f = frame(&mut buf);
-        assert_eq!(FrontendMessage::parse(&f).unwrap(), FrontendMessage::Terminate);
+        assert_eq!(
+            FrontendMessage::parse(&f).unwrap(),
+            FrontendMessage::Terminate
+        );
     }
 }

@@ -45,7 +45,11 @@ pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, 
     }
     let len = len as usize;
     if len > max_len {
-        return Err(WireError::MessageTooLarge { tag, len, max: max_len });
+        return Err(WireError::MessageTooLarge {
+            tag,
+            len,
+            max: max_len,
+        });
     }
     if buf.len() < len + 1 {
         buf.reserve(len + 1 - buf.len());
@@ -97,7 +101,11 @@ impl<'a> Reader<'a> {
 
     /// A NUL-terminated UTF-8 string.
     pub(crate) fn cstr(&mut self) -> Result<&'a str, WireError> {
-        let end = self.buf.iter().position(|&b| b == 0).ok_or_else(|| self.malformed())?;
+        let end = self
+            .buf
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| self.malformed())?;
         let s = std::str::from_utf8(&self.buf[..end]).map_err(|_| self.malformed())?;
         self.buf = &self.buf[end + 1..];
         Ok(s)
@@ -152,10 +160,19 @@ mod tests {
     #[test]
     fn bad_lengths_are_refused_before_the_body_arrives() {
         let mut buf = BytesMut::from(&b"Q\x7f\xff\xff\xff"[..]);
-        assert!(matches!(split_frame(&mut buf, 1024), Err(WireError::MessageTooLarge { tag: b'Q', .. })));
+        assert!(matches!(
+            split_frame(&mut buf, 1024),
+            Err(WireError::MessageTooLarge { tag: b'Q', .. })
+        ));
         let mut buf = BytesMut::from(&b"Q\xff\xff\xff\xff"[..]);
-        assert!(matches!(split_frame(&mut buf, 1024), Err(WireError::InvalidLength { len: -1, .. })));
+        assert!(matches!(
+            split_frame(&mut buf, 1024),
+            Err(WireError::InvalidLength { len: -1, .. })
+        ));
         let mut buf = BytesMut::from(&b"Q\0\0\0\x03"[..]);
-        assert!(matches!(split_frame(&mut buf, 1024), Err(WireError::InvalidLength { len: 3, .. })));
+        assert!(matches!(
+            split_frame(&mut buf, 1024),
+            Err(WireError::InvalidLength { len: 3, .. })
+        ));
     }
 }

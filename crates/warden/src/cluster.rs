@@ -39,7 +39,13 @@ impl LocalCluster {
         let run_as = unprivileged_user()?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = std::fs::canonicalize(dir)?;
-        let cluster = LocalCluster { dir: dir.clone(), port, bin, run_as, running: false };
+        let cluster = LocalCluster {
+            dir: dir.clone(),
+            port,
+            bin,
+            run_as,
+            running: false,
+        };
         if cluster.run_as.is_some() {
             // The postgres user must be able to reach its own directories inside ours.
             set_mode(&dir, 0o755)?;
@@ -52,7 +58,18 @@ impl LocalCluster {
         }
         cluster.run(
             cluster.tool("initdb"),
-            &["-D", path_str(&pgdata)?, "-U", "postgres", "-E", "UTF8", "--locale=C", "--auth-local=trust", "--auth-host=reject", "--no-instructions"],
+            &[
+                "-D",
+                path_str(&pgdata)?,
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--auth-local=trust",
+                "--auth-host=reject",
+                "--no-instructions",
+            ],
         )?;
         cluster.configure_tls(options)?;
         let mut conf = vec![
@@ -82,7 +99,13 @@ impl LocalCluster {
         if !dir.join("pgdata/PG_VERSION").exists() {
             bail!("{} holds no cluster", dir.display());
         }
-        Ok(LocalCluster { dir, port, bin: find_bin_dir()?, run_as: unprivileged_user()?, running: false })
+        Ok(LocalCluster {
+            dir,
+            port,
+            bin: find_bin_dir()?,
+            run_as: unprivileged_user()?,
+            running: false,
+        })
     }
 
     pub fn pgdata(&self) -> PathBuf {
@@ -104,7 +127,19 @@ impl LocalCluster {
             std::fs::write(&log, "")?;
             self.give_to_postgres(&log)?;
         }
-        self.run(self.tool("pg_ctl"), &["-D", path_str(&self.pgdata())?, "-l", path_str(&log)?, "-w", "-t", "60", "start"])?;
+        self.run(
+            self.tool("pg_ctl"),
+            &[
+                "-D",
+                path_str(&self.pgdata())?,
+                "-l",
+                path_str(&log)?,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        )?;
         self.running = true;
         Ok(())
     }
@@ -113,7 +148,10 @@ impl LocalCluster {
         // A Ctrl-C in a terminal reaches PostgreSQL too, which then stops by itself.
         if self.running && self.pgdata().join("postmaster.pid").exists() {
             self.running = false;
-            self.run(self.tool("pg_ctl"), &["-D", path_str(&self.pgdata())?, "-m", "fast", "-w", "stop"])?;
+            self.run(
+                self.tool("pg_ctl"),
+                &["-D", path_str(&self.pgdata())?, "-m", "fast", "-w", "stop"],
+            )?;
         }
         Ok(())
     }
@@ -123,7 +161,24 @@ impl LocalCluster {
         let sock = self.dir.join("sock");
         let out = self.run(
             self.tool("psql"),
-            &["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", path_str(&sock)?, "-p", &self.port.to_string(), "-U", "postgres", "-d", database, "-c", sql],
+            &[
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                path_str(&sock)?,
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-c",
+                sql,
+            ],
         )?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
@@ -145,7 +200,11 @@ impl LocalCluster {
 
     /// A shell command that stops this cluster at once: for watchdogs that outlive the process.
     pub fn shell_stop_command(&self) -> String {
-        let ctl = format!("{} -D '{}' -m immediate -w stop", self.tool("pg_ctl").display(), self.pgdata().display());
+        let ctl = format!(
+            "{} -D '{}' -m immediate -w stop",
+            self.tool("pg_ctl").display(),
+            self.pgdata().display()
+        );
         match &self.run_as {
             Some(user) => format!("runuser -u {user} -- {ctl}"),
             None => ctl,
@@ -153,8 +212,14 @@ impl LocalCluster {
     }
 
     fn configure_tls(&self, options: &ClusterOptions) -> Result<()> {
-        let ca = CertificateAuthority::generate("Warden local PostgreSQL server CA", Duration::days(3650))?;
-        let cert = ca.issue_server(&["127.0.0.1".into(), "localhost".into(), "::1".into()], SERVER_CERT_VALIDITY)?;
+        let ca = CertificateAuthority::generate(
+            "Warden local PostgreSQL server CA",
+            Duration::days(3650),
+        )?;
+        let cert = ca.issue_server(
+            &["127.0.0.1".into(), "localhost".into(), "::1".into()],
+            SERVER_CERT_VALIDITY,
+        )?;
         let pgdata = self.pgdata();
         let files = [
             ("server.crt", cert.cert_pem.as_str()),
@@ -187,7 +252,11 @@ impl LocalCluster {
 
     fn give_to_postgres(&self, path: &Path) -> Result<()> {
         if let Some(user) = &self.run_as {
-            let status = Command::new("chown").arg("-R").arg(user).arg(path).status()?;
+            let status = Command::new("chown")
+                .arg("-R")
+                .arg(user)
+                .arg(path)
+                .status()?;
             if !status.success() {
                 bail!("chown {user} {} failed", path.display());
             }
@@ -205,7 +274,9 @@ impl LocalCluster {
             None => Command::new(&program),
         };
         cmd.args(args).current_dir(&self.dir).env("PGTZ", "UTC");
-        let out = cmd.output().with_context(|| format!("running {}", program.display()))?;
+        let out = cmd
+            .output()
+            .with_context(|| format!("running {}", program.display()))?;
         if !out.status.success() {
             bail!(
                 "{} {} failed: {}{}",
@@ -222,7 +293,10 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         if let Err(e) = self.stop() {
-            eprintln!("warden: stopping PostgreSQL in {}: {e:#}", self.dir.display());
+            eprintln!(
+                "warden: stopping PostgreSQL in {}: {e:#}",
+                self.dir.display()
+            );
         }
     }
 }
@@ -258,11 +332,18 @@ pub fn find_bin_dir() -> Result<PathBuf> {
 
 /// `Some("postgres")` when running as root (initdb refuses root), `None` otherwise.
 fn unprivileged_user() -> Result<Option<String>> {
-    let uid = Command::new("id").arg("-u").output().context("running id -u")?;
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("running id -u")?;
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         return Ok(None);
     }
-    let exists = Command::new("id").arg("postgres").output().map(|o| o.status.success()).unwrap_or(false);
+    let exists = Command::new("id")
+        .arg("postgres")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !exists {
         bail!("running as root, and PostgreSQL refuses to run as root: create the `postgres` user (installing Debian's postgresql package does), or run as an ordinary user");
     }
@@ -271,14 +352,18 @@ fn unprivileged_user() -> Result<Option<String>> {
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {}", path.display()))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
 }
 
 fn path_str(p: &Path) -> Result<&str> {
-    p.to_str().with_context(|| format!("{} is not valid UTF-8", p.display()))
+    p.to_str()
+        .with_context(|| format!("{} is not valid UTF-8", p.display()))
 }
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

@@ -89,8 +89,13 @@ impl Authorities {
 
 pub fn load_ca(data_dir: &Path, kind: CaKind) -> Result<CertificateAuthority> {
     let (crt, key) = ca_paths(data_dir, kind);
-    CertificateAuthority::load(&crt, &key)
-        .with_context(|| format!("loading the {} CA from {} (run `warden init` first?)", kind.file_stem(), crt.display()))
+    CertificateAuthority::load(&crt, &key).with_context(|| {
+        format!(
+            "loading the {} CA from {} (run `warden init` first?)",
+            kind.file_stem(),
+            crt.display()
+        )
+    })
 }
 
 pub fn load_config(path: &Path) -> Result<Config> {

@@ -12,7 +12,9 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
 use warden_policy::{SslMode, UpstreamUrl};
 
 /// The one crypto provider Warden uses everywhere (ring). Installing it as the process default also
@@ -28,7 +30,9 @@ pub fn server_config(
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let provider = provider();
-    let verifier = Arc::new(DeferredClientVerifier { provider: provider.clone() });
+    let verifier = Arc::new(DeferredClientVerifier {
+        provider: provider.clone(),
+    });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -53,7 +57,9 @@ impl UserCaVerifier {
     }
 
     pub fn verify(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
-        let (end_entity, intermediates) = chain.split_first().ok_or(rustls::Error::NoCertificatesPresented)?;
+        let (end_entity, intermediates) = chain
+            .split_first()
+            .ok_or(rustls::Error::NoCertificatesPresented)?;
         self.inner
             .verify_client_cert(end_entity, intermediates, UnixTime::now())
             .map(|_| ())
@@ -91,7 +97,12 @@ impl ClientCertVerifier for DeferredClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -100,11 +111,18 @@ impl ClientCertVerifier for DeferredClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -115,7 +133,9 @@ pub fn upstream_config(
 ) -> Result<rustls::ClientConfig, UpstreamTlsError> {
     let provider = provider();
     let verifier: Arc<dyn ServerCertVerifier> = match (&url.sslmode, &url.sslrootcert) {
-        (SslMode::Require, _) => Arc::new(AnyServerCert { provider: provider.clone() }),
+        (SslMode::Require, _) => Arc::new(AnyServerCert {
+            provider: provider.clone(),
+        }),
         (mode, Some(path)) => {
             let pem = std::fs::read(path).map_err(|e| UpstreamTlsError::RootCert {
                 path: path.display().to_string(),
@@ -123,22 +143,29 @@ pub fn upstream_config(
             })?;
             let mut roots = RootCertStore::empty();
             for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
-                let cert: CertificateDer<'static> = cert.map_err(|e| UpstreamTlsError::RootCert {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
+                let cert: CertificateDer<'static> =
+                    cert.map_err(|e| UpstreamTlsError::RootCert {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
                 roots.add(cert).map_err(|e| UpstreamTlsError::RootCert {
                     path: path.display().to_string(),
                     reason: e.to_string(),
                 })?;
             }
-            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| UpstreamTlsError::RootCert {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-            Arc::new(ChainVerifier { inner, check_name: *mode == SslMode::VerifyFull })
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| UpstreamTlsError::RootCert {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            Arc::new(ChainVerifier {
+                inner,
+                check_name: *mode == SslMode::VerifyFull,
+            })
         }
         (_, None) => return Err(UpstreamTlsError::MissingRootCert),
     };
@@ -148,7 +175,9 @@ pub fn upstream_config(
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let config = match client_cert {
-        Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(UpstreamTlsError::Tls)?,
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(UpstreamTlsError::Tls)?,
         None => builder.with_no_client_auth(),
     };
     Ok(config)
@@ -187,7 +216,13 @@ impl ServerCertVerifier for ChainVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if !self.check_name => Ok(ServerCertVerified::assertion()),
@@ -242,7 +277,12 @@ impl ServerCertVerifier for AnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -251,10 +291,17 @@ impl ServerCertVerifier for AnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

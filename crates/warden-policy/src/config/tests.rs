@@ -63,11 +63,17 @@ fn name(s: &str) -> IdentityName {
 fn sample_parses_and_resolves_paths() {
     let c = parse(SAMPLE).unwrap();
     assert_eq!(c.server.data_dir, Path::new("/etc/warden/data"));
-    assert_eq!(c.audit.path, Path::new("/etc/warden/data/audit/audit.jsonl"));
+    assert_eq!(
+        c.audit.path,
+        Path::new("/etc/warden/data/audit/audit.jsonl")
+    );
     let db = c.database("shop").unwrap();
     assert_eq!(db.url.port, 5432);
     assert_eq!(db.url.admin_user, "warden_admin");
-    assert_eq!(db.url.sslrootcert.as_deref(), Some(Path::new("/etc/warden/server-ca.pem")));
+    assert_eq!(
+        db.url.sslrootcert.as_deref(),
+        Some(Path::new("/etc/warden/server-ca.pem"))
+    );
     assert_eq!(c.role("writer").unwrap().approval, Approval::Session);
     assert_eq!(c.identities.len(), 3);
 }
@@ -83,28 +89,43 @@ fn unknown_key_names_file_and_line() {
 
 #[test]
 fn unknown_role_is_located() {
-    let text = SAMPLE.replace("roles = [\"analyst\"]\n", "roles = [\"analyst\", \"root\"]\n");
+    let text = SAMPLE.replace(
+        "roles = [\"analyst\"]\n",
+        "roles = [\"analyst\", \"root\"]\n",
+    );
     let e = parse(&text).unwrap_err().to_string();
-    assert!(e.starts_with("/etc/warden/warden.toml:43: `human.roles`: unknown role \"root\""), "{e}");
+    assert!(
+        e.starts_with("/etc/warden/warden.toml:43: `human.roles`: unknown role \"root\""),
+        "{e}"
+    );
 }
 
 #[test]
 fn bad_duration_and_bad_enum_are_located() {
-    let e = parse(&SAMPLE.replace("max_ttl = \"15m\"", "max_ttl = \"15 minutes\"")).unwrap_err().to_string();
+    let e = parse(&SAMPLE.replace("max_ttl = \"15m\"", "max_ttl = \"15 minutes\""))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`agent.max_ttl`"), "{e}");
-    let e = parse(&SAMPLE.replace("fsync = \"batch\"", "fsync = \"sometimes\"")).unwrap_err().to_string();
+    let e = parse(&SAMPLE.replace("fsync = \"batch\"", "fsync = \"sometimes\""))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains(":8: `audit.fsync`"), "{e}");
-    let e = parse(&SAMPLE.replace("upstream_auth = \"cert\"", "upstream_auth = \"trust\"")).unwrap_err().to_string();
+    let e = parse(&SAMPLE.replace("upstream_auth = \"cert\"", "upstream_auth = \"trust\""))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`database.upstream_auth`"), "{e}");
 }
 
 #[test]
 fn bad_grants_and_filters_are_refused() {
-    let e = parse(&SAMPLE.replace("\"public.customers(id, name, region)\"", "\"customers\"")).unwrap_err();
+    let e = parse(&SAMPLE.replace("\"public.customers(id, name, region)\"", "\"customers\""))
+        .unwrap_err();
     assert!(e.to_string().contains("name the schema"), "{e}");
-    let e = parse(&SAMPLE.replace("region = {{traits.region}}", "region = {{traits.region}")).unwrap_err();
+    let e = parse(&SAMPLE.replace("region = {{traits.region}}", "region = {{traits.region}"))
+        .unwrap_err();
     assert!(e.to_string().contains("row_filter"), "{e}");
-    let e = parse(&SAMPLE.replace("region = {{traits.region}}", "region = 'eu'; DROP TABLE x")).unwrap_err();
+    let e = parse(&SAMPLE.replace("region = {{traits.region}}", "region = 'eu'; DROP TABLE x"))
+        .unwrap_err();
     assert!(e.to_string().contains("';'"), "{e}");
     let e = parse(&SAMPLE.replace("sslmode=verify-ca", "sslmode=disable")).unwrap_err();
     assert!(e.to_string().contains("always uses TLS"), "{e}");
@@ -114,12 +135,26 @@ fn bad_grants_and_filters_are_refused() {
 fn effective_roles_intersect_credential_identity_and_requester() {
     let c = parse(SAMPLE).unwrap();
     let bot = name("agent:report-bot");
-    let all = vec!["analyst".to_string(), "writer".to_string(), "dba".to_string()];
+    let all = vec![
+        "analyst".to_string(),
+        "writer".to_string(),
+        "dba".to_string(),
+    ];
     // dba: not configured for the agent; writer: bob lacks it.
-    let roles = c.effective_roles(&bot, Some(&name("human:bob")), &all, "shop").unwrap();
-    assert_eq!(roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["analyst"]);
-    let roles = c.effective_roles(&bot, Some(&name("human:alice")), &all, "shop").unwrap();
-    assert_eq!(roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["analyst", "writer"]);
+    let roles = c
+        .effective_roles(&bot, Some(&name("human:bob")), &all, "shop")
+        .unwrap();
+    assert_eq!(
+        roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["analyst"]
+    );
+    let roles = c
+        .effective_roles(&bot, Some(&name("human:alice")), &all, "shop")
+        .unwrap();
+    assert_eq!(
+        roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["analyst", "writer"]
+    );
     assert!(matches!(
         c.effective_roles(&bot, None, &all, "shop"),
         Err(Refusal::MissingRequester { .. })
@@ -156,14 +191,23 @@ fn grants_union_columns_and_write_privileges() {
     let analyst = c.role("analyst").unwrap();
     let writer = c.role("writer").unwrap();
     let set = c.grants(&[analyst, writer]);
-    let orders = TableRef { schema: "public".into(), name: Some("orders".into()) };
+    let orders = TableRef {
+        schema: "public".into(),
+        name: Some("orders".into()),
+    };
     let p = &set.tables[&orders];
     assert!(matches!(&p.select, crate::ColumnScope::Columns(cols) if cols.len() == 5));
     assert_eq!(p.insert, crate::ColumnScope::All);
     assert!(p.delete);
-    let all_public = TableRef { schema: "public".into(), name: None };
+    let all_public = TableRef {
+        schema: "public".into(),
+        name: None,
+    };
     assert_eq!(set.tables[&all_public].select, crate::ColumnScope::All);
-    assert_eq!(set.row_filters["public.orders"], vec!["region = {{traits.region}}".to_string()]);
+    assert_eq!(
+        set.row_filters["public.orders"],
+        vec!["region = {{traits.region}}".to_string()]
+    );
     assert_eq!(set.schemas().into_iter().collect::<Vec<_>>(), ["public"]);
 }
 
@@ -171,9 +215,15 @@ fn grants_union_columns_and_write_privileges() {
 fn column_write_grant_does_not_imply_delete() {
     let g = TableGrant::parse("public.orders(status)").unwrap();
     assert_eq!(g.columns.as_deref(), Some(&["status".to_string()][..]));
-    let text = SAMPLE.replace("write = [\"public.orders\"]", "write = [\"public.orders(status)\"]");
+    let text = SAMPLE.replace(
+        "write = [\"public.orders\"]",
+        "write = [\"public.orders(status)\"]",
+    );
     let c = parse(&text).unwrap();
     let set = c.grants(&[c.role("writer").unwrap()]);
-    let orders = TableRef { schema: "public".into(), name: Some("orders".into()) };
+    let orders = TableRef {
+        schema: "public".into(),
+        name: Some("orders".into()),
+    };
     assert!(!set.tables[&orders].delete);
 }

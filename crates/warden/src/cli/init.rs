@@ -9,21 +9,33 @@ use crate::deployment::{self, Authorities, CaKind};
 pub fn run(dir: &Path) -> Result<ExitCode> {
     let config = dir.join("warden.toml");
     if config.exists() {
-        bail!("{} already exists; `warden init` makes a new deployment and never overwrites one", config.display());
+        bail!(
+            "{} already exists; `warden init` makes a new deployment and never overwrites one",
+            config.display()
+        );
     }
     deployment::create_private_dir(dir)?;
     Authorities::create(dir)?;
     deployment::create_private_dir(&dir.join("audit"))?;
     write_new(&config, SAMPLE_CONFIG)?;
     println!("Created a Warden deployment in {}:", dir.display());
-    println!("  {}        configuration (edit the [[database]] url and the roles)", config.display());
-    println!("  {}/ca/              user, host and db CAs (keys are 0600; keep them here)", dir.display());
+    println!(
+        "  {}        configuration (edit the [[database]] url and the roles)",
+        config.display()
+    );
+    println!(
+        "  {}/ca/              user, host and db CAs (keys are 0600; keep them here)",
+        dir.display()
+    );
     println!();
     println!("Next:");
     println!("  1. Let PostgreSQL trust Warden's logins:  warden ca export db --config {} > warden-db-ca.pem", config.display());
     println!("     then in postgresql.conf: ssl = on, ssl_ca_file = 'warden-db-ca.pem'");
     println!("     and in pg_hba.conf:      hostssl all all 127.0.0.1/32 cert");
-    println!("  2. Start Warden:            warden start --config {}", config.display());
+    println!(
+        "  2. Start Warden:            warden start --config {}",
+        config.display()
+    );
     println!("  3. Issue an identity:       warden issue --config {} --kind human --name alice --out alice", config.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -115,7 +127,11 @@ max_ttl = "15m"
 mod tests {
     #[test]
     fn sample_config_is_valid() {
-        let c = warden_policy::Config::parse(std::path::Path::new("/tmp/x/warden.toml"), super::SAMPLE_CONFIG).unwrap();
+        let c = warden_policy::Config::parse(
+            std::path::Path::new("/tmp/x/warden.toml"),
+            super::SAMPLE_CONFIG,
+        )
+        .unwrap();
         assert_eq!(c.databases.len(), 1);
         assert_eq!(c.identities.len(), 2);
     }

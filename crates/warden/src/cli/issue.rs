@@ -42,14 +42,30 @@ pub fn run(args: &IssueArgs) -> Result<ExitCode> {
     let config = deployment::load_config(&args.config)?;
     let identity = IdentityName::new(args.kind, &args.name)?;
     let ttl = parse_duration(&args.ttl)?;
-    let claims = claims_for(&config, &identity, args.requester.as_ref(), args.task.as_deref(), &args.roles, ttl)?;
+    let claims = claims_for(
+        &config,
+        &identity,
+        args.requester.as_ref(),
+        args.task.as_deref(),
+        &args.roles,
+        ttl,
+    )?;
     let issued = write_credential(&config, &claims, &args.out, args.force)?;
-    println!("Issued {} for {} (credential {}), valid until {}.", issued.identity, issued.roles, claims.credential_id, issued.expires);
-    println!("Wrote {}/{{identity.crt, identity.key, ca.crt, token, profile.toml}}.", args.out.display());
+    println!(
+        "Issued {} for {} (credential {}), valid until {}.",
+        issued.identity, issued.roles, claims.credential_id, issued.expires
+    );
+    println!(
+        "Wrote {}/{{identity.crt, identity.key, ca.crt, token, profile.toml}}.",
+        args.out.display()
+    );
     if let Some(db) = issued.database {
         println!();
         println!("Connect with:");
-        println!("  psql \"{}\"", psql_conninfo(&config, &claims.name, &db, &args.out));
+        println!(
+            "  psql \"{}\"",
+            psql_conninfo(&config, &claims.name, &db, &args.out)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -72,10 +88,17 @@ pub fn claims_for(
     ttl: Duration,
 ) -> Result<Claims> {
     let Some(configured) = config.identity(identity) else {
-        bail!("{identity} is not in {}; add a [[{}]] section with name = \"{}\"", config.path.display(), identity.kind, identity.name);
+        bail!(
+            "{identity} is not in {}; add a [[{}]] section with name = \"{}\"",
+            config.path.display(),
+            identity.kind,
+            identity.name
+        );
     };
     let requester_roles = match (identity.kind, requester) {
-        (IdentityKind::Agent, None) => bail!("an agent acts for someone: pass --requester human:NAME (and --task ID)"),
+        (IdentityKind::Agent, None) => {
+            bail!("an agent acts for someone: pass --requester human:NAME (and --task ID)")
+        }
         (IdentityKind::Agent, Some(r)) => {
             if r.kind == IdentityKind::Agent {
                 bail!("requester {r} is an agent; an agent acts for a human or a workload");
@@ -91,27 +114,43 @@ pub fn claims_for(
         (_, Some(_)) => bail!("--requester is for agents; {identity} acts for itself"),
         (_, None) => None,
     };
-    let allowed = |r: &String| configured.roles.contains(r) && requester_roles.as_ref().is_none_or(|rr| rr.contains(r));
+    let allowed = |r: &String| {
+        configured.roles.contains(r) && requester_roles.as_ref().is_none_or(|rr| rr.contains(r))
+    };
     let roles: Vec<String> = if roles.is_empty() {
-        configured.roles.iter().filter(|r| allowed(r)).cloned().collect()
+        configured
+            .roles
+            .iter()
+            .filter(|r| allowed(r))
+            .cloned()
+            .collect()
     } else {
         for r in roles {
             if config.role(r).is_none() {
                 bail!("unknown role \"{r}\"");
             }
             if !configured.roles.contains(r) {
-                bail!("{identity} does not hold role \"{r}\" in {}; its roles are: {}", config.path.display(), configured.roles.join(", "));
+                bail!(
+                    "{identity} does not hold role \"{r}\" in {}; its roles are: {}",
+                    config.path.display(),
+                    configured.roles.join(", ")
+                );
             }
             if let (Some(req), Some(rr)) = (requester, &requester_roles) {
                 if !rr.contains(r) {
-                    bail!("requester {req} does not hold role \"{r}\", so its agent may not either");
+                    bail!(
+                        "requester {req} does not hold role \"{r}\", so its agent may not either"
+                    );
                 }
             }
         }
         roles.to_vec()
     };
     if roles.is_empty() {
-        bail!("{identity} would hold no role; give it roles in {}", config.path.display());
+        bail!(
+            "{identity} would hold no role; give it roles in {}",
+            config.path.display()
+        );
     }
     let max = config.max_ttl(identity, requester, &roles);
     if ttl > max {
@@ -122,7 +161,9 @@ pub fn claims_for(
         bail!("--ttl must be longer than zero");
     }
     // Whole seconds: the certificate and the token carry the same instants.
-    let now = OffsetDateTime::now_utc().replace_nanosecond(0).expect("0 is a valid nanosecond");
+    let now = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("0 is a valid nanosecond");
     Ok(Claims {
         kind: identity.kind,
         name: identity.name.clone(),
@@ -137,13 +178,20 @@ pub fn claims_for(
 }
 
 /// Signs `claims` as certificate and token and writes the credential directory.
-pub fn write_credential(config: &Config, claims: &Claims, out: &Path, force: bool) -> Result<Issued> {
+pub fn write_credential(
+    config: &Config,
+    claims: &Claims,
+    out: &Path,
+    force: bool,
+) -> Result<Issued> {
     let data_dir = &config.server.data_dir;
     let user_ca = deployment::load_ca(data_dir, CaKind::User)?;
     let host_ca = deployment::load_ca(data_dir, CaKind::Host)?;
     let cert = user_ca.issue_client(claims)?;
     let token = user_ca.sign_token(claims)?;
-    let expires = claims.not_after.format(&time::format_description::well_known::Rfc3339)?;
+    let expires = claims
+        .not_after
+        .format(&time::format_description::well_known::Rfc3339)?;
     let database = claims
         .roles
         .iter()
@@ -162,7 +210,9 @@ pub fn write_credential(config: &Config, claims: &Claims, out: &Path, force: boo
 }
 
 fn profile_toml(config: &Config, claims: &Claims, expires: &str, database: Option<&str>) -> String {
-    let mut s = String::from("# Written by `warden issue`. Where this credential connects, and what it is.\n");
+    let mut s = String::from(
+        "# Written by `warden issue`. Where this credential connects, and what it is.\n",
+    );
     s += &format!("identity = {:?}\n", claims.identity().to_string());
     if let Some(r) = &claims.requester {
         s += &format!("requester = {:?}\n", r.to_string());

@@ -22,7 +22,9 @@ pub fn run(dir: &Path, port: u16) -> Result<ExitCode> {
     let mut cluster = if config_path.exists() {
         println!("Reusing the quickstart in {}.", dir.display());
         let config = deployment::load_config(&config_path)?;
-        let db = config.database("shop").context("the quickstart config has no database \"shop\"")?;
+        let db = config
+            .database("shop")
+            .context("the quickstart config has no database \"shop\"")?;
         let mut c = LocalCluster::open(&cluster_dir(&dir)?, db.url.port)?;
         c.start()?;
         c
@@ -35,9 +37,17 @@ pub fn run(dir: &Path, port: u16) -> Result<ExitCode> {
     let agent = IdentityName::new(IdentityKind::Agent, "report-bot")?;
     let alice = IdentityName::new(IdentityKind::Human, "alice")?;
     // A fresh short-lived agent credential each run: the point is that they expire.
-    let claims = issue::claims_for(&config, &agent, Some(&alice), Some("quickstart-demo"), &[], time::Duration::minutes(15))?;
+    let claims = issue::claims_for(
+        &config,
+        &agent,
+        Some(&alice),
+        Some("quickstart-demo"),
+        &[],
+        time::Duration::minutes(15),
+    )?;
     issue::write_credential(&config, &claims, &agent_dir, true)?;
-    let alice_claims = issue::claims_for(&config, &alice, None, None, &[], time::Duration::hours(1))?;
+    let alice_claims =
+        issue::claims_for(&config, &alice, None, None, &[], time::Duration::hours(1))?;
     issue::write_credential(&config, &alice_claims, &alice_dir, true)?;
 
     init_logging();
@@ -73,7 +83,10 @@ fn setup(dir: &Path, port: u16) -> Result<LocalCluster> {
         extra_conf: vec!["log_connections = on".into()],
     };
     let cdir = cluster_dir(dir)?;
-    println!("  creating a private PostgreSQL cluster in {} (port {pg_port})", cdir.display());
+    println!(
+        "  creating a private PostgreSQL cluster in {} (port {pg_port})",
+        cdir.display()
+    );
     let mut cluster = LocalCluster::create(&cdir, pg_port, &options)?;
     cluster.start()?;
     cluster.psql("postgres", "CREATE DATABASE shop")?;
@@ -83,7 +96,10 @@ fn setup(dir: &Path, port: u16) -> Result<LocalCluster> {
     let config = QUICKSTART_CONFIG
         .replace("{listen}", &format!("127.0.0.1:{port}"))
         .replace("{pg_port}", &pg_port.to_string())
-        .replace("{server_ca}", &cluster.server_ca_path().display().to_string());
+        .replace(
+            "{server_ca}",
+            &cluster.server_ca_path().display().to_string(),
+        );
     super::init::write_new(&dir.join("warden.toml"), &config)?;
     Ok(cluster)
 }
@@ -92,7 +108,10 @@ fn setup(dir: &Path, port: u16) -> Result<LocalCluster> {
 /// otherwise under /var/tmp, since PostgreSQL cannot run inside a directory its user cannot enter.
 fn cluster_dir(dir: &Path) -> Result<PathBuf> {
     let inside = dir.join("pg");
-    let root = String::from_utf8_lossy(&std::process::Command::new("id").arg("-u").output()?.stdout).trim() == "0";
+    let root =
+        String::from_utf8_lossy(&std::process::Command::new("id").arg("-u").output()?.stdout)
+            .trim()
+            == "0";
     if !root {
         return Ok(inside);
     }
@@ -105,16 +124,31 @@ fn cluster_dir(dir: &Path) -> Result<PathBuf> {
     if reachable {
         return Ok(inside);
     }
-    let name: String = dir.display().to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let name: String = dir
+        .display()
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
     Ok(PathBuf::from("/var/tmp").join(format!("warden-quickstart{name}")))
 }
 
-fn print_next_steps(config: &warden_policy::Config, config_path: &Path, agent_dir: &Path, alice_dir: &Path) {
+fn print_next_steps(
+    config: &warden_policy::Config,
+    config_path: &Path,
+    agent_dir: &Path,
+    alice_dir: &Path,
+) {
     let agent = issue::psql_conninfo(config, "report-bot", "shop", agent_dir);
     let alice = issue::psql_conninfo(config, "alice", "shop", alice_dir);
-    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "warden".into());
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "warden".into());
     println!();
-    println!("Warden is running on {} in front of a private PostgreSQL.", config.server.postgres_listen);
+    println!(
+        "Warden is running on {} in front of a private PostgreSQL.",
+        config.server.postgres_listen
+    );
     println!("Issued: human:alice ({}) and agent:report-bot acting for alice on task quickstart-demo, valid 15 minutes ({}).", alice_dir.display(), agent_dir.display());
     println!();
     println!("Try, in another terminal:");
@@ -123,7 +157,10 @@ fn print_next_steps(config: &warden_policy::Config, config_path: &Path, agent_di
     println!("     psql \"{agent}\" -c \"SELECT id, status, total, region FROM orders\"");
     println!();
     println!("  2. See that query in the audit log, attributed to the agent, its requester and its task:");
-    println!("     {exe} audit search --config {} --identity agent:report-bot", config_path.display());
+    println!(
+        "     {exe} audit search --config {} --identity agent:report-bot",
+        config_path.display()
+    );
     println!();
     println!("  3. A denied statement: the agent's role may not read customer e-mails. PostgreSQL refuses it today");
     println!("     (column grants on the agent's role); with statement enforcement Warden refuses it before it runs:");

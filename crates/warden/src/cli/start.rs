@@ -26,7 +26,8 @@ pub fn run(config: &Path) -> Result<ExitCode> {
 }
 
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "info".into());
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -53,20 +54,29 @@ impl Server {
     pub async fn prepare(config_path: &Path) -> Result<Self> {
         let config = deployment::load_config(config_path)?;
         let cas = Authorities::load(&config.server.data_dir)?;
-        let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        let mut sans = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
         let listen: std::net::SocketAddr = config.server.postgres_listen.parse()?;
         if !listen.ip().is_unspecified() && !sans.contains(&listen.ip().to_string()) {
             sans.push(listen.ip().to_string());
         }
         let server_cert = cas.host.issue_server(&sans, SERVER_CERT_VALIDITY)?;
-        let tls_config = tls::server_config(vec![server_cert.cert_der.clone(), cas.host.cert_der()], server_cert.key_der)?;
+        let tls_config = tls::server_config(
+            vec![server_cert.cert_der.clone(), cas.host.cert_der()],
+            server_cert.key_der,
+        )?;
         let fsync = match config.audit.fsync.as_str() {
             "always" => FsyncMode::Always,
             "off" => FsyncMode::Off,
             _ => FsyncMode::Batch,
         };
         if fsync == FsyncMode::Off {
-            tracing::warn!("audit fsync = \"off\": a crash can lose the records of statements that ran");
+            tracing::warn!(
+                "audit fsync = \"off\": a crash can lose the records of statements that ran"
+            );
         }
         for db in &config.databases {
             if db.url.sslmode == warden_policy::SslMode::Require {
@@ -103,7 +113,10 @@ impl Server {
     pub async fn run(self, stop: watch::Receiver<bool>) {
         let addr = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(listen = %addr, config = %self.config_path.display(), "warden is accepting PostgreSQL connections");
-        tokio::spawn(reload_on_hangup(self.shared.clone(), self.config_path.clone()));
+        tokio::spawn(reload_on_hangup(
+            self.shared.clone(),
+            self.config_path.clone(),
+        ));
         proxy::serve(self.shared, self.listener, stop).await;
         tracing::info!("warden stopped");
     }
@@ -128,14 +141,18 @@ async fn stop_on_signals(stop: watch::Sender<bool>) {
 /// Builds the new config fully, then swaps it in; a bad file keeps the old config and says why.
 async fn reload_on_hangup(shared: Arc<Shared>, path: std::path::PathBuf) {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
     while hup.recv().await.is_some() {
         match deployment::load_config(&path) {
             Ok(new) => {
                 shared.config.store(Arc::new(new));
                 tracing::info!(config = %path.display(), "configuration reloaded");
             }
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused; keeping the running configuration"),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "reload refused; keeping the running configuration")
+            }
         }
     }
 }

@@ -13,15 +13,25 @@ pub enum ProxyError {
     #[error("the client certificate was not issued by this Warden's user CA ({reason}); use a credential from `warden issue` of this deployment")]
     UnknownCa { reason: String },
     #[error("credential expired at {}; issue a new one with warden issue --kind {kind} --name {name}", fmt_ts(*at))]
-    Expired { at: OffsetDateTime, kind: String, name: String },
+    Expired {
+        at: OffsetDateTime,
+        kind: String,
+        name: String,
+    },
     #[error("credential is not valid before {}; check the client's clock", fmt_ts(*at))]
     NotYetValid { at: OffsetDateTime },
-    #[error("the client certificate is not a Warden credential ({reason}); issue one with warden issue")]
+    #[error(
+        "the client certificate is not a Warden credential ({reason}); issue one with warden issue"
+    )]
     BadCertificate { reason: String },
     #[error("the password is not a valid Warden token ({reason}); send the token file of a credential from warden issue")]
     BadToken { reason: String },
     #[error("the connection's user \"{user}\" does not match the credential's identity {identity}; connect with user={name}")]
-    WrongUser { user: String, identity: String, name: String },
+    WrongUser {
+        user: String,
+        identity: String,
+        name: String,
+    },
     #[error("no user in the startup message; connect with user=<your identity name>")]
     MissingUser,
     #[error("{0}")]
@@ -46,11 +56,19 @@ impl ProxyError {
     pub fn sqlstate(&self) -> &'static str {
         use ProxyError::*;
         match self {
-            TlsRequired | NoCredential | UnknownCa { .. } | Expired { .. } | NotYetValid { .. }
-            | BadCertificate { .. } | BadToken { .. } | WrongUser { .. } | MissingUser | Refused(_) => {
-                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION
+            TlsRequired
+            | NoCredential
+            | UnknownCa { .. }
+            | Expired { .. }
+            | NotYetValid { .. }
+            | BadCertificate { .. }
+            | BadToken { .. }
+            | WrongUser { .. }
+            | MissingUser
+            | Refused(_) => sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            Provision { .. } | Upstream { .. } | UpstreamAuth { .. } => {
+                sqlstate::CONNECTION_FAILURE
             }
-            Provision { .. } | Upstream { .. } | UpstreamAuth { .. } => sqlstate::CONNECTION_FAILURE,
             AuditUnavailable { .. } => sqlstate::CANNOT_CONNECT_NOW,
             Protocol(_) => sqlstate::PROTOCOL_VIOLATION,
             Closed | Io(_) => sqlstate::CONNECTION_EXCEPTION,

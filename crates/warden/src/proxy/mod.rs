@@ -81,7 +81,11 @@ pub fn db_role_name(claims: &Claims) -> String {
 }
 
 /// Accepts connections until `shutdown` flips to true.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut sessions = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -99,6 +103,9 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdown: wat
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }
-    tracing::info!(open = sessions.len(), "stopped accepting; draining sessions");
+    tracing::info!(
+        open = sessions.len(),
+        "stopped accepting; draining sessions"
+    );
     while sessions.join_next().await.is_some() {}
 }

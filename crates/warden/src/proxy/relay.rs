@@ -81,7 +81,13 @@ impl Outcome {
 
 type Queue = Arc<Mutex<VecDeque<Pending>>>;
 
-pub async fn run(shared: Arc<Shared>, session: Session, client: Framed<ClientStream>, upstream: Upstream, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    shared: Arc<Shared>,
+    session: Session,
+    client: Framed<ClientStream>,
+    upstream: Upstream,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let session = Arc::new(session);
     let cancel_key = shared.cancels.register(CancelTarget {
         host: upstream.host.clone(),
@@ -99,7 +105,9 @@ pub async fn run(shared: Arc<Shared>, session: Session, client: Framed<ClientStr
     let mut body = session.event("session.start");
     body.reason = Some(format!("backend pid {}", upstream.backend_key.0));
     if let Err(e) = shared.audit.append(body).await {
-        let e = ProxyError::AuditUnavailable { reason: e.to_string() };
+        let e = ProxyError::AuditUnavailable {
+            reason: e.to_string(),
+        };
         let mut buf = BytesMut::new();
         fatal(&e, &mut buf);
         let _ = write_flush(&mut client_wr, &buf).await;
@@ -143,7 +151,14 @@ pub async fn run(shared: Arc<Shared>, session: Session, client: Framed<ClientStr
     if let End::Shutdown | End::Error(_) = &end {
         let mut buf = BytesMut::new();
         let message = format!("warden: session ended ({})", end.reason());
-        ErrorResponse { severity: "FATAL", code: sqlstate::ADMIN_SHUTDOWN, message: &message, detail: None, hint: None }.encode(&mut buf);
+        ErrorResponse {
+            severity: "FATAL",
+            code: sqlstate::ADMIN_SHUTDOWN,
+            message: &message,
+            detail: None,
+            hint: None,
+        }
+        .encode(&mut buf);
         let _ = write_flush(&mut to_client.wr, &buf).await;
     }
     let _ = to_client.wr.shutdown().await;
@@ -159,7 +174,14 @@ pub async fn run(shared: Arc<Shared>, session: Session, client: Framed<ClientStr
 
 fn fatal(e: &ProxyError, buf: &mut BytesMut) {
     let message = e.client_message();
-    ErrorResponse { severity: "FATAL", code: e.sqlstate(), message: &message, detail: None, hint: None }.encode(buf);
+    ErrorResponse {
+        severity: "FATAL",
+        code: e.sqlstate(),
+        message: &message,
+        detail: None,
+        hint: None,
+    }
+    .encode(buf);
 }
 
 /// Client -> PostgreSQL.
@@ -228,12 +250,22 @@ impl ClientSide<'_> {
                 self.statements.insert(name.to_string(), Arc::from(sql));
             }
             FrontendMessage::Bind(bind) => {
-                let sql = self.statements.get(bind.statement).cloned().unwrap_or_else(|| Arc::from(""));
-                let params = (0..bind.params.len()).map(|i| bind.param_display(i)).collect();
+                let sql = self
+                    .statements
+                    .get(bind.statement)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(""));
+                let params = (0..bind.params.len())
+                    .map(|i| bind.param_display(i))
+                    .collect();
                 self.portals.insert(bind.portal.to_string(), (sql, params));
             }
             FrontendMessage::Execute { portal, .. } => {
-                let (sql, params) = self.portals.get(portal).cloned().unwrap_or_else(|| (Arc::from(""), Vec::new()));
+                let (sql, params) = self
+                    .portals
+                    .get(portal)
+                    .cloned()
+                    .unwrap_or_else(|| (Arc::from(""), Vec::new()));
                 let seq = self.record_query(sql.to_string(), Some(params)).await?;
                 self.push(Pending::Execute(Outcome::new(seq)));
             }
@@ -256,7 +288,11 @@ impl ClientSide<'_> {
     }
 
     /// The `query` event, durable before the statement is forwarded.
-    async fn record_query(&self, statement: String, parameters: Option<Vec<Option<String>>>) -> Result<u64, ProxyError> {
+    async fn record_query(
+        &self,
+        statement: String,
+        parameters: Option<Vec<Option<String>>>,
+    ) -> Result<u64, ProxyError> {
         let mut body = self.session.event("query");
         body.statement = Some(statement);
         body.parameters = parameters;
@@ -268,7 +304,10 @@ impl ClientSide<'_> {
     }
 
     fn push(&self, p: Pending) {
-        self.queue.lock().expect("relay queue lock poisoned").push_back(p);
+        self.queue
+            .lock()
+            .expect("relay queue lock poisoned")
+            .push_back(p);
     }
 }
 
@@ -353,7 +392,11 @@ impl ServerSide<'_> {
                 }
             }
             BackendMessage::ErrorResponse(e) => {
-                let text = format!("{}: {}", e.code().unwrap_or("?????"), e.message().unwrap_or(""));
+                let text = format!(
+                    "{}: {}",
+                    e.code().unwrap_or("?????"),
+                    e.message().unwrap_or("")
+                );
                 match q.front_mut() {
                     Some(Pending::Simple(o)) => o.error = Some(text),
                     Some(Pending::Execute(o)) => {
@@ -362,7 +405,8 @@ impl ServerSide<'_> {
                         // PostgreSQL skips the rest of the batch up to Sync.
                         while let Some(Pending::Execute(_)) = q.front() {
                             if let Some(Pending::Execute(mut o)) = q.pop_front() {
-                                o.error = Some("not run: an earlier message of the batch failed".into());
+                                o.error =
+                                    Some("not run: an earlier message of the batch failed".into());
                                 finished.push(o);
                             }
                         }
@@ -413,8 +457,10 @@ fn pop_outcome(q: &mut VecDeque<Pending>, finished: &mut Vec<Outcome>) {
     }
 }
 
-
-async fn write_flush<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+async fn write_flush<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     w.write_all(bytes).await?;
     w.flush().await
 }

@@ -6,7 +6,12 @@ use crate::common::*;
 fn psql_as_agent_reads_data_and_the_audit_names_agent_requester_and_task() {
     let h = harness();
     let cred = h.agent();
-    let out = h.psql(&cred, "report-bot", "shop", "SELECT id, status FROM orders WHERE id <= 2 ORDER BY id");
+    let out = h.psql(
+        &cred,
+        "report-bot",
+        "shop",
+        "SELECT id, status FROM orders WHERE id <= 2 ORDER BY id",
+    );
     assert!(out.status.success(), "psql failed: {}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "1|paid\n2|paid");
 
@@ -23,7 +28,10 @@ fn psql_as_agent_reads_data_and_the_audit_names_agent_requester_and_task() {
     assert_eq!(q["db_user"], "agent:report-bot");
     assert_eq!(q["database"], "shop");
     let seq = q["seq"].as_u64().unwrap();
-    let result = h.wait_for_event(&["--identity", "agent:report-bot", "--event", "query.result"], |e| e["query_id"] == seq);
+    let result = h.wait_for_event(
+        &["--identity", "agent:report-bot", "--event", "query.result"],
+        |e| e["query_id"] == seq,
+    );
     assert_eq!(result["rows"], 2);
     assert!(result.get("error").is_none());
     // Chained: every record names the hash of the one before.
@@ -36,8 +44,14 @@ async fn tokio_postgres_with_certificate_and_with_token() {
     let h = harness();
     let cred = h.agent();
     for use_token in [false, true] {
-        let client = h.connect(&cred, "report-bot", "shop", use_token).await.unwrap_or_else(|e| panic!("token={use_token}: {e}"));
-        let row = client.query_one("SELECT current_user::text, count(*) FROM orders", &[]).await.unwrap();
+        let client = h
+            .connect(&cred, "report-bot", "shop", use_token)
+            .await
+            .unwrap_or_else(|e| panic!("token={use_token}: {e}"));
+        let row = client
+            .query_one("SELECT current_user::text, count(*) FROM orders", &[])
+            .await
+            .unwrap();
         assert_eq!(row.get::<_, String>(0), "agent:report-bot");
         assert!(row.get::<_, i64>(1) >= 4);
     }
@@ -64,10 +78,20 @@ async fn postgres_sees_the_agent_in_pg_stat_activity_and_warden_settings() {
     // As an administrator sees it, directly in PostgreSQL.
     let seen = h
         .cluster
-        .psql("postgres", &format!("SELECT usename || '|' || application_name FROM pg_stat_activity WHERE pid = {pid}"))
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT usename || '|' || application_name FROM pg_stat_activity WHERE pid = {pid}"
+            ),
+        )
         .unwrap();
-    assert_eq!(seen, "agent:report-bot|warden agent:report-bot for human:alice task T-42");
-    let start = h.wait_for_event(&["--session", &session, "--event", "session.start"], |_| true);
+    assert_eq!(
+        seen,
+        "agent:report-bot|warden agent:report-bot for human:alice task T-42"
+    );
+    let start = h.wait_for_event(&["--session", &session, "--event", "session.start"], |_| {
+        true
+    });
     assert_eq!(start["identity"]["name"], "report-bot");
     assert_eq!(start["identity"]["task"], "T-42");
 }
@@ -78,11 +102,20 @@ async fn column_grants_hold_in_postgres_itself() {
     let h = harness();
     let cred = h.issue("human", "bob", &[]);
     let client = h.connect(&cred, "bob", "shop", false).await.unwrap();
-    let err = client.query("SELECT email FROM customers", &[]).await.unwrap_err();
+    let err = client
+        .query("SELECT email FROM customers", &[])
+        .await
+        .unwrap_err();
     assert_eq!(err.code().unwrap().code(), "42501", "{err}");
-    let err = client.query("SELECT * FROM hr.salaries", &[]).await.unwrap_err();
+    let err = client
+        .query("SELECT * FROM hr.salaries", &[])
+        .await
+        .unwrap_err();
     assert_eq!(err.code().unwrap().code(), "42501", "{err}");
-    let rows = client.query("SELECT name FROM customers ORDER BY id", &[]).await.unwrap();
+    let rows = client
+        .query("SELECT name FROM customers ORDER BY id", &[])
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 3);
 }
 
@@ -98,7 +131,11 @@ async fn provisioning_is_cached_and_the_admin_is_not_a_superuser() {
     let provisioned = h
         .warden_log()
         .lines()
-        .filter(|l| l.contains("provisioned") && l.contains("workload:billing") && l.contains("database=shop"))
+        .filter(|l| {
+            l.contains("provisioned")
+                && l.contains("workload:billing")
+                && l.contains("database=shop")
+        })
         .count();
     assert_eq!(provisioned, 1, "{}", h.warden_log());
     // The writer role's grants reached PostgreSQL: table-level on orders including DELETE, and the sequence.
@@ -113,8 +150,14 @@ async fn provisioning_is_cached_and_the_admin_is_not_a_superuser() {
 async fn one_time_password_upstream_auth() {
     let h = harness();
     let cred = h.agent();
-    let client = h.connect(&cred, "report-bot", "shop2", false).await.unwrap();
-    let row = client.query_one("SELECT current_user::text, current_database()::text", &[]).await.unwrap();
+    let client = h
+        .connect(&cred, "report-bot", "shop2", false)
+        .await
+        .unwrap();
+    let row = client
+        .query_one("SELECT current_user::text, current_database()::text", &[])
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, String>(0), "agent:report-bot");
     assert_eq!(row.get::<_, String>(1), "shop2");
 }

@@ -29,41 +29,93 @@ fn quickstart_then_psql_as_agent_then_audit_search() {
         if line.contains("Press Ctrl-C") {
             break;
         }
-        assert!(Instant::now() < deadline, "quickstart is taking too long:\n{}", printed.join("\n"));
+        assert!(
+            Instant::now() < deadline,
+            "quickstart is taking too long:\n{}",
+            printed.join("\n")
+        );
     }
     let text = printed.join("\n");
     let stop = || {
-        Command::new("kill").arg("-INT").arg(pid.to_string()).status().unwrap();
+        Command::new("kill")
+            .arg("-INT")
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
     };
-    let agent_cmd = printed.iter().find(|l| l.trim_start().starts_with("psql \"") && l.contains("user=report-bot"));
+    let agent_cmd = printed
+        .iter()
+        .find(|l| l.trim_start().starts_with("psql \"") && l.contains("user=report-bot"));
     let Some(agent_cmd) = agent_cmd else {
         stop();
         panic!("no psql command for the agent printed:\n{text}");
     };
     // psql "CONNINFO" -c "SQL"
     let conninfo = agent_cmd.split('"').nth(1).unwrap().to_string();
-    let out = Command::new(psql_bin()).arg("-X").arg("-At").arg(&conninfo).arg("-c").arg("SELECT id, status, total, region FROM orders ORDER BY id").output().unwrap();
+    let out = Command::new(psql_bin())
+        .arg("-X")
+        .arg("-At")
+        .arg(&conninfo)
+        .arg("-c")
+        .arg("SELECT id, status, total, region FROM orders ORDER BY id")
+        .output()
+        .unwrap();
     let audit = Command::new(WARDEN)
-        .args(["audit", "search", "--json", "--identity", "agent:report-bot", "--config"])
+        .args([
+            "audit",
+            "search",
+            "--json",
+            "--identity",
+            "agent:report-bot",
+            "--config",
+        ])
         .arg(dir.join("warden.toml"))
         .output()
         .unwrap();
     stop();
     let status = child.wait().unwrap();
-    assert!(out.status.success(), "psql as the agent failed: {}\n{text}", stderr(&out));
-    assert!(stdout(&out).starts_with("1|paid|10.00|eu\n"), "{}", stdout(&out));
-    let events: Vec<serde_json::Value> = stdout(&audit).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        out.status.success(),
+        "psql as the agent failed: {}\n{text}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).starts_with("1|paid|10.00|eu\n"),
+        "{}",
+        stdout(&out)
+    );
+    let events: Vec<serde_json::Value> = stdout(&audit)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let q = events
         .iter()
-        .find(|e| e["event"] == "query" && e["statement"] == "SELECT id, status, total, region FROM orders ORDER BY id")
+        .find(|e| {
+            e["event"] == "query"
+                && e["statement"] == "SELECT id, status, total, region FROM orders ORDER BY id"
+        })
         .unwrap_or_else(|| panic!("query not in the audit log: {}", stdout(&audit)));
     assert_eq!(q["identity"]["name"], "report-bot");
     assert_eq!(q["identity"]["requester"], "human:alice");
     assert_eq!(q["identity"]["task"], "quickstart-demo");
-    assert!(status.success(), "quickstart did not exit cleanly on Ctrl-C: {status}");
+    assert!(
+        status.success(),
+        "quickstart did not exit cleanly on Ctrl-C: {status}"
+    );
     assert!(text.contains("audit search"), "{text}");
     // Ctrl-C stopped PostgreSQL too: nothing listens on its port any more.
     let toml = std::fs::read_to_string(dir.join("warden.toml")).unwrap();
-    let pg_port: u16 = toml.split("@127.0.0.1:").nth(1).unwrap().split('/').next().unwrap().parse().unwrap();
-    assert!(std::net::TcpStream::connect(("127.0.0.1", pg_port)).is_err(), "PostgreSQL still running after Ctrl-C");
+    let pg_port: u16 = toml
+        .split("@127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", pg_port)).is_err(),
+        "PostgreSQL still running after Ctrl-C"
+    );
 }

@@ -23,7 +23,11 @@ fn claims(not_after: OffsetDateTime) -> Claims {
 fn config(db: &str, user: &str) -> tokio_postgres::Config {
     let h = harness();
     let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1").port(h.warden_port).user(user).dbname(db).ssl_mode(SslMode::Require);
+    cfg.host("127.0.0.1")
+        .port(h.warden_port)
+        .user(user)
+        .dbname(db)
+        .ssl_mode(SslMode::Require);
     cfg
 }
 
@@ -33,11 +37,19 @@ fn assert_refused(result: Result<tokio_postgres::Client, tokio_postgres::Error>,
         Ok(_) => panic!("connection was accepted; expected a refusal containing {needle:?}"),
         Err(e) => e,
     };
-    let db = err.as_db_error().unwrap_or_else(|| panic!("expected a PostgreSQL error, got: {err}"));
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected a PostgreSQL error, got: {err}"));
     assert_eq!(db.code().code(), "28000", "{db:?}");
     assert!(db.message().starts_with("warden: "), "{}", db.message());
-    assert!(db.message().contains(needle), "{:?} does not contain {needle:?}", db.message());
-    harness().wait_for_event(&["--event", "auth.failed"], |e| e["reason"].as_str().is_some_and(|r| r.contains(needle)));
+    assert!(
+        db.message().contains(needle),
+        "{:?} does not contain {needle:?}",
+        db.message()
+    );
+    harness().wait_for_event(&["--event", "auth.failed"], |e| {
+        e["reason"].as_str().is_some_and(|r| r.contains(needle))
+    });
 }
 
 #[tokio::test]
@@ -50,13 +62,20 @@ async fn plain_connection_is_refused() {
     // And psql shows the person the same sentence.
     let h = harness();
     let out = std::process::Command::new(psql_bin())
-        .arg(format!("host=127.0.0.1 port={} dbname=shop user=report-bot sslmode=disable", h.warden_port))
+        .arg(format!(
+            "host=127.0.0.1 port={} dbname=shop user=report-bot sslmode=disable",
+            h.warden_port
+        ))
         .arg("-c")
         .arg("SELECT 1")
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("FATAL:  warden: TLS is required"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("FATAL:  warden: TLS is required"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test]
@@ -81,8 +100,15 @@ async fn bad_token_is_refused() {
 async fn certificate_from_an_unknown_ca_is_refused() {
     let h = harness();
     let rogue = CertificateAuthority::generate("Rogue CA", Duration::days(1)).unwrap();
-    let cert = rogue.issue_client(&claims(OffsetDateTime::now_utc() + Duration::minutes(10))).unwrap();
-    let result = connect_with(&config("shop", "report-bot"), &h.deploy.join("ca/host-ca.crt"), Some((vec![cert.cert_der], cert.key_der))).await;
+    let cert = rogue
+        .issue_client(&claims(OffsetDateTime::now_utc() + Duration::minutes(10)))
+        .unwrap();
+    let result = connect_with(
+        &config("shop", "report-bot"),
+        &h.deploy.join("ca/host-ca.crt"),
+        Some((vec![cert.cert_der], cert.key_der)),
+    )
+    .await;
     assert_refused(result, "not issued by this Warden's user CA");
 }
 
@@ -96,10 +122,20 @@ async fn expired_certificate_and_token_are_refused_with_the_expiry_time() {
     let when = expired_at.replace_nanosecond(0).unwrap();
     let stamp = format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        when.year(), u8::from(when.month()), when.day(), when.hour(), when.minute(), when.second()
+        when.year(),
+        u8::from(when.month()),
+        when.day(),
+        when.hour(),
+        when.minute(),
+        when.second()
     );
     let needle = format!("credential expired at {stamp}; issue a new one with warden issue");
-    let result = connect_with(&config("shop", "report-bot"), &h.deploy.join("ca/host-ca.crt"), Some((vec![cert.cert_der], cert.key_der))).await;
+    let result = connect_with(
+        &config("shop", "report-bot"),
+        &h.deploy.join("ca/host-ca.crt"),
+        Some((vec![cert.cert_der], cert.key_der)),
+    )
+    .await;
     assert_refused(result, &needle);
 
     let mut cfg = config("shop", "report-bot");
@@ -113,7 +149,10 @@ async fn wrong_user_is_refused() {
     let h = harness();
     let cred = h.agent();
     let result = h.connect(&cred, "alice", "shop", false).await;
-    assert_refused(result, "does not match the credential's identity agent:report-bot");
+    assert_refused(
+        result,
+        "does not match the credential's identity agent:report-bot",
+    );
 }
 
 #[tokio::test]
@@ -130,11 +169,27 @@ fn bad_config_names_file_line_and_key() {
     let bad = unique_dir(&h.root, "badconf");
     std::fs::create_dir_all(&bad).unwrap();
     let path = bad.join("warden.toml");
-    let text = std::fs::read_to_string(&h.config).unwrap().replace("fsync = \"batch\"", "fsync = \"batch\"\nfsink = true");
+    let text = std::fs::read_to_string(&h.config)
+        .unwrap()
+        .replace("fsync = \"batch\"", "fsync = \"batch\"\nfsink = true");
     std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(WARDEN).args(["start", "--config"]).arg(&path).output().unwrap();
+    let out = std::process::Command::new(WARDEN)
+        .args(["start", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = stderr(&out);
-    let line = std::fs::read_to_string(&path).unwrap().lines().position(|l| l.starts_with("fsink")).unwrap() + 1;
-    assert!(err.contains(&path.display().to_string()) && err.contains("fsink") && err.contains(&format!("line {line}")), "{err}");
+    let line = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("fsink"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&path.display().to_string())
+            && err.contains("fsink")
+            && err.contains(&format!("line {line}")),
+        "{err}"
+    );
 }

@@ -15,14 +15,25 @@ async fn extended_protocol_records_parameters() {
     let client = h.connect(&cred, "report-bot", "shop", false).await.unwrap();
     let marker = "extended-marker";
     let rows = client
-        .query("SELECT id, status FROM orders WHERE status = $1 AND $2::text IS NOT NULL ORDER BY id", &[&"open", &marker])
+        .query(
+            "SELECT id, status FROM orders WHERE status = $1 AND $2::text IS NOT NULL ORDER BY id",
+            &[&"open", &marker],
+        )
         .await
         .unwrap();
     assert_eq!(rows.len(), 2);
-    let q = h.wait_for_event(&["--identity", "agent:report-bot", "--event", "query"], |e| {
-        e["parameters"].as_array().is_some_and(|p| p.iter().any(|v| v == marker))
-    });
-    assert_eq!(q["statement"], "SELECT id, status FROM orders WHERE status = $1 AND $2::text IS NOT NULL ORDER BY id");
+    let q = h.wait_for_event(
+        &["--identity", "agent:report-bot", "--event", "query"],
+        |e| {
+            e["parameters"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|v| v == marker))
+        },
+    );
+    assert_eq!(
+        q["statement"],
+        "SELECT id, status FROM orders WHERE status = $1 AND $2::text IS NOT NULL ORDER BY id"
+    );
     assert_eq!(q["parameters"][0], "open");
     let seq = q["seq"].as_u64().unwrap();
     let r = h.wait_for_event(&["--event", "query.result"], |e| e["query_id"] == seq);
@@ -34,29 +45,66 @@ async fn copy_in_and_copy_out() {
     let h = harness();
     let cred = h.issue("human", "alice", &[]);
     let client = h.connect(&cred, "alice", "shop", false).await.unwrap();
-    let sink = client.copy_in("COPY orders (customer_id, status, total, region) FROM STDIN").await.unwrap();
+    let sink = client
+        .copy_in("COPY orders (customer_id, status, total, region) FROM STDIN")
+        .await
+        .unwrap();
     futures_util::pin_mut!(sink);
-    sink.send(bytes::Bytes::from_static(b"1\tcopied\t1.50\teu\n3\tcopied\t2.50\teu\n")).await.unwrap();
+    sink.send(bytes::Bytes::from_static(
+        b"1\tcopied\t1.50\teu\n3\tcopied\t2.50\teu\n",
+    ))
+    .await
+    .unwrap();
     let n = sink.finish().await.unwrap();
     assert_eq!(n, 2);
 
-    let stream = client.copy_out("COPY (SELECT total FROM orders WHERE status = 'copied' ORDER BY total) TO STDOUT").await.unwrap();
+    let stream = client
+        .copy_out(
+            "COPY (SELECT total FROM orders WHERE status = 'copied' ORDER BY total) TO STDOUT",
+        )
+        .await
+        .unwrap();
     let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
-    let text: String = chunks.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+    let text: String = chunks
+        .iter()
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
     assert!(text.starts_with("1.50\n2.50\n"), "{text}");
-    client.execute("DELETE FROM orders WHERE status = 'copied'", &[]).await.unwrap();
+    client
+        .execute("DELETE FROM orders WHERE status = 'copied'", &[])
+        .await
+        .unwrap();
 }
 
 #[test]
 fn notice_and_notify_reach_psql() {
     let h = harness();
     let cred = h.agent();
-    let out = h.psql(&cred, "report-bot", "shop", "DO $$ BEGIN RAISE NOTICE 'hello from plpgsql'; END $$");
+    let out = h.psql(
+        &cred,
+        "report-bot",
+        "shop",
+        "DO $$ BEGIN RAISE NOTICE 'hello from plpgsql'; END $$",
+    );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("NOTICE:  hello from plpgsql"), "{}", stderr(&out));
-    let out = h.psql(&cred, "report-bot", "shop", "LISTEN jobs; NOTIFY jobs, 'payload-1'");
+    assert!(
+        stderr(&out).contains("NOTICE:  hello from plpgsql"),
+        "{}",
+        stderr(&out)
+    );
+    let out = h.psql(
+        &cred,
+        "report-bot",
+        "shop",
+        "LISTEN jobs; NOTIFY jobs, 'payload-1'",
+    );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("Asynchronous notification \"jobs\" with payload \"payload-1\" received"), "{}", stdout(&out));
+    assert!(
+        stdout(&out)
+            .contains("Asynchronous notification \"jobs\" with payload \"payload-1\" received"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[tokio::test]
@@ -69,7 +117,13 @@ async fn large_results_stream_through() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, i64>(0), 200_000);
-    let rows = client.query("SELECT g, repeat('y', 200) FROM generate_series(1, 50000) g", &[]).await.unwrap();
+    let rows = client
+        .query(
+            "SELECT g, repeat('y', 200) FROM generate_series(1, 50000) g",
+            &[],
+        )
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 50_000);
 }
 
@@ -85,7 +139,10 @@ async fn cancel_request_from_tokio_postgres_cancels_the_right_query() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         token.cancel_query(tls).await
     });
-    let err = client.simple_query("SELECT pg_sleep(20)").await.unwrap_err();
+    let err = client
+        .simple_query("SELECT pg_sleep(20)")
+        .await
+        .unwrap_err();
     assert_eq!(err.code().unwrap().code(), "57014", "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));
     canceller.await.unwrap().unwrap();
@@ -120,8 +177,19 @@ fn psql_ctrl_c_cancels_the_running_query() {
         assert!(Instant::now() < deadline, "query never started");
         std::thread::sleep(Duration::from_millis(100));
     }
-    Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(15), "cancel did not take effect");
-    assert!(stderr(&out).contains("canceling statement due to user request"), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "cancel did not take effect"
+    );
+    assert!(
+        stderr(&out).contains("canceling statement due to user request"),
+        "{}",
+        stderr(&out)
+    );
 }

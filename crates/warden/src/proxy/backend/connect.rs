@@ -49,7 +49,9 @@ pub async fn login(
     plain.send(&buf).await?;
     plain.fill().await?;
     if plain.buf.as_ref() != b"S" {
-        return Err(unreachable("PostgreSQL does not accept TLS (ssl = off?)".into()));
+        return Err(unreachable(
+            "PostgreSQL does not accept TLS (ssl = off?)".into(),
+        ));
     }
     let (tcp, _) = plain.into_parts();
     let name = crate::tls::server_name(&url.host).map_err(|e| unreachable(e.to_string()))?;
@@ -62,7 +64,12 @@ pub async fn login(
     let settings = identity_settings(session);
     let mut params: Vec<(&str, &str)> = vec![("user", &session.db_role), ("database", &url.dbname)];
     params.extend(settings.iter().map(|(k, v)| (*k, v.as_str())));
-    params.extend(session.client_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    params.extend(
+        session
+            .client_params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     buf.clear();
     fe::startup_message(&params, &mut buf);
     conn.send(&buf).await?;
@@ -73,8 +80,13 @@ pub async fn login(
     loop {
         let frame = conn.read_frame().await?;
         match BackendMessage::parse(&frame)? {
-            BackendMessage::ParameterStatus { name, value } => server_params.push((name.to_string(), value.to_string())),
-            BackendMessage::BackendKeyData { process_id, secret_key } => backend_key = (process_id, secret_key),
+            BackendMessage::ParameterStatus { name, value } => {
+                server_params.push((name.to_string(), value.to_string()))
+            }
+            BackendMessage::BackendKeyData {
+                process_id,
+                secret_key,
+            } => backend_key = (process_id, secret_key),
             BackendMessage::ReadyForQuery { .. } => break,
             BackendMessage::ErrorResponse(e) => {
                 return Err(ProxyError::UpstreamAuth {
@@ -97,7 +109,11 @@ pub async fn login(
 /// `application_name` and the `warden.*` settings that make PostgreSQL's own views name the actor.
 fn identity_settings(session: &Session) -> Vec<(&'static str, String)> {
     let c = &session.claims;
-    let requester = c.requester.as_ref().map(|r| r.to_string()).unwrap_or_default();
+    let requester = c
+        .requester
+        .as_ref()
+        .map(|r| r.to_string())
+        .unwrap_or_default();
     let task = c.task.clone().unwrap_or_default();
     let mut app = format!("warden {}:{}", c.kind, c.name);
     if !requester.is_empty() {
@@ -120,12 +136,18 @@ fn identity_settings(session: &Session) -> Vec<(&'static str, String)> {
     ]
 }
 
-async fn authenticate(conn: &mut Framed<UpstreamStream>, session: &Session, password: Option<&str>) -> Result<(), ProxyError> {
+async fn authenticate(
+    conn: &mut Framed<UpstreamStream>,
+    session: &Session,
+    password: Option<&str>,
+) -> Result<(), ProxyError> {
     let refused = |message: String| ProxyError::UpstreamAuth {
         role: session.db_role.clone(),
         message,
     };
-    let need_password = || password.ok_or_else(|| refused("PostgreSQL asked for a password; with upstream_auth = \"cert\" its pg_hba.conf must use `hostssl ... cert` for Warden's roles".into()));
+    let need_password = || {
+        password.ok_or_else(|| refused("PostgreSQL asked for a password; with upstream_auth = \"cert\" its pg_hba.conf must use `hostssl ... cert` for Warden's roles".into()))
+    };
     let mut scram: Option<ScramSha256> = None;
     let mut buf = BytesMut::new();
     loop {
@@ -137,29 +159,42 @@ async fn authenticate(conn: &mut Framed<UpstreamStream>, session: &Session, pass
                 fe::password_message(need_password()?.as_bytes(), &mut buf);
             }
             BackendMessage::Authentication(AuthRequest::Md5Password { salt }) => {
-                let hash = postgres_protocol::authentication::md5_hash(session.db_role.as_bytes(), need_password()?.as_bytes(), salt);
+                let hash = postgres_protocol::authentication::md5_hash(
+                    session.db_role.as_bytes(),
+                    need_password()?.as_bytes(),
+                    salt,
+                );
                 fe::password_message(hash.as_bytes(), &mut buf);
             }
             BackendMessage::Authentication(AuthRequest::Sasl { mechanisms }) => {
                 if !mechanisms.contains(&"SCRAM-SHA-256") {
-                    return Err(refused(format!("unsupported SASL mechanisms {mechanisms:?}")));
+                    return Err(refused(format!(
+                        "unsupported SASL mechanisms {mechanisms:?}"
+                    )));
                 }
-                let s = ScramSha256::new(need_password()?.as_bytes(), ChannelBinding::unsupported());
+                let s =
+                    ScramSha256::new(need_password()?.as_bytes(), ChannelBinding::unsupported());
                 fe::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut buf);
                 scram = Some(s);
             }
             BackendMessage::Authentication(AuthRequest::SaslContinue(data)) => {
-                let s = scram.as_mut().ok_or_else(|| refused("unexpected SASL continue".into()))?;
+                let s = scram
+                    .as_mut()
+                    .ok_or_else(|| refused("unexpected SASL continue".into()))?;
                 s.update(data).map_err(|e| refused(format!("SCRAM: {e}")))?;
                 fe::sasl_response(s.message(), &mut buf);
             }
             BackendMessage::Authentication(AuthRequest::SaslFinal(data)) => {
-                let mut s = scram.take().ok_or_else(|| refused("unexpected SASL final".into()))?;
+                let mut s = scram
+                    .take()
+                    .ok_or_else(|| refused("unexpected SASL final".into()))?;
                 s.finish(data).map_err(|e| refused(format!("SCRAM: {e}")))?;
                 continue;
             }
             BackendMessage::Authentication(other) => {
-                return Err(refused(format!("unsupported authentication request {other:?}")));
+                return Err(refused(format!(
+                    "unsupported authentication request {other:?}"
+                )));
             }
             BackendMessage::ErrorResponse(e) => {
                 return Err(refused(e.message().unwrap_or("error").to_string()));

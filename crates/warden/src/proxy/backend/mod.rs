@@ -27,9 +27,16 @@ pub async fn open(shared: &Arc<Shared>, session: &Session) -> Result<Upstream, P
             reason: "no longer configured".into(),
         })?
         .clone();
-    let roles: Vec<_> = session.roles.iter().filter_map(|r| config.role(r)).collect();
+    let roles: Vec<_> = session
+        .roles
+        .iter()
+        .filter_map(|r| config.role(r))
+        .collect();
     let grants = config.grants(&roles);
-    shared.provisioner.ensure(&shared.db_ca, &db, &session.db_role, &grants).await?;
+    shared
+        .provisioner
+        .ensure(&shared.db_ca, &db, &session.db_role, &grants)
+        .await?;
 
     let (client_cert, password) = match db.upstream_auth {
         UpstreamAuth::Cert => {
@@ -43,13 +50,24 @@ pub async fn open(shared: &Arc<Shared>, session: &Session) -> Result<Upstream, P
             (Some((vec![cert.cert_der], cert.key_der)), None)
         }
         UpstreamAuth::Password => {
-            let pw = shared.provisioner.one_time_password(&shared.db_ca, &db, &session.db_role).await?;
+            let pw = shared
+                .provisioner
+                .one_time_password(&shared.db_ca, &db, &session.db_role)
+                .await?;
             (None, Some(pw))
         }
     };
-    let tls = crate::tls::upstream_config(&db.url, client_cert).map_err(|e| ProxyError::Upstream {
-        database: db.name.clone(),
-        reason: e.to_string(),
-    })?;
-    connect::login(&db, Arc::new(tls), session, password.as_deref(), config.server.max_message_size).await
+    let tls =
+        crate::tls::upstream_config(&db.url, client_cert).map_err(|e| ProxyError::Upstream {
+            database: db.name.clone(),
+            reason: e.to_string(),
+        })?;
+    connect::login(
+        &db,
+        Arc::new(tls),
+        session,
+        password.as_deref(),
+        config.server.max_message_size,
+    )
+    .await
 }

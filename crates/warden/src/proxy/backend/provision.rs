@@ -26,24 +26,47 @@ pub struct Provisioner {
 const ADMIN_CERT_VALIDITY: Duration = Duration::minutes(10);
 
 impl Provisioner {
-    pub async fn ensure(&self, db_ca: &CertificateAuthority, db: &DatabaseConfig, role: &str, grants: &GrantSet) -> Result<(), ProxyError> {
+    pub async fn ensure(
+        &self,
+        db_ca: &CertificateAuthority,
+        db: &DatabaseConfig,
+        role: &str,
+        grants: &GrantSet,
+    ) -> Result<(), ProxyError> {
         let fingerprint = {
             let mut h = DefaultHasher::new();
             grants.hash(&mut h);
             h.finish()
         };
         let key = (db.name.clone(), role.to_string());
-        if self.done.lock().expect("provision cache lock poisoned").get(&key) == Some(&fingerprint) {
+        if self
+            .done
+            .lock()
+            .expect("provision cache lock poisoned")
+            .get(&key)
+            == Some(&fingerprint)
+        {
             return Ok(());
         }
-        let fail = |reason: String| ProxyError::Provision { role: role.to_string(), reason };
+        let fail = |reason: String| ProxyError::Provision {
+            role: role.to_string(),
+            reason,
+        };
         let slot = self.admin_slot(&db.name);
         let mut admin = slot.lock().await;
         // Another session may have provisioned the same role while we waited.
-        if self.done.lock().expect("provision cache lock poisoned").get(&key) == Some(&fingerprint) {
+        if self
+            .done
+            .lock()
+            .expect("provision cache lock poisoned")
+            .get(&key)
+            == Some(&fingerprint)
+        {
             return Ok(());
         }
-        let client = connected(&mut admin, db_ca, db).await.map_err(|e| fail(e.to_string()))?;
+        let client = connected(&mut admin, db_ca, db)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         let result = apply(client, role, grants).await;
         if let Err(e) = &result {
             if client.is_closed() {
@@ -51,15 +74,26 @@ impl Provisioner {
             }
             return Err(fail(e.to_string()));
         }
-        self.done.lock().expect("provision cache lock poisoned").insert(key, fingerprint);
+        self.done
+            .lock()
+            .expect("provision cache lock poisoned")
+            .insert(key, fingerprint);
         tracing::info!(database = %db.name, role, "provisioned");
         Ok(())
     }
 
     /// `upstream_auth = "password"`: a fresh random password, valid for a minute, stored as a SCRAM
     /// verifier so that the clear text never reaches PostgreSQL's logs.
-    pub async fn one_time_password(&self, db_ca: &CertificateAuthority, db: &DatabaseConfig, role: &str) -> Result<String, ProxyError> {
-        let fail = |reason: String| ProxyError::Provision { role: role.to_string(), reason };
+    pub async fn one_time_password(
+        &self,
+        db_ca: &CertificateAuthority,
+        db: &DatabaseConfig,
+        role: &str,
+    ) -> Result<String, ProxyError> {
+        let fail = |reason: String| ProxyError::Provision {
+            role: role.to_string(),
+            reason,
+        };
         let password = hex::encode(rand::random::<[u8; 24]>());
         let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
         let valid_until = (time::OffsetDateTime::now_utc() + Duration::minutes(1))
@@ -67,14 +101,19 @@ impl Provisioner {
             .map_err(|e| fail(e.to_string()))?;
         let slot = self.admin_slot(&db.name);
         let mut admin = slot.lock().await;
-        let client = connected(&mut admin, db_ca, db).await.map_err(|e| fail(e.to_string()))?;
+        let client = connected(&mut admin, db_ca, db)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         let sql = format!(
             "ALTER ROLE {} WITH LOGIN PASSWORD {} VALID UNTIL {}",
             quote_ident(role),
             quote_literal(&verifier),
             quote_literal(&valid_until)
         );
-        client.batch_execute(&sql).await.map_err(|e| fail(describe(&e)))?;
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| fail(describe(&e)))?;
         Ok(password)
     }
 
@@ -102,7 +141,10 @@ async fn connected<'a>(
     Ok(slot.as_ref().expect("set just above"))
 }
 
-async fn connect_admin(db_ca: &CertificateAuthority, db: &DatabaseConfig) -> Result<tokio_postgres::Client, Box<dyn std::error::Error + Send + Sync>> {
+async fn connect_admin(
+    db_ca: &CertificateAuthority,
+    db: &DatabaseConfig,
+) -> Result<tokio_postgres::Client, Box<dyn std::error::Error + Send + Sync>> {
     let url = &db.url;
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&url.host)
@@ -122,7 +164,9 @@ async fn connect_admin(db_ca: &CertificateAuthority, db: &DatabaseConfig) -> Res
         }
     };
     let tls = crate::tls::upstream_config(url, client_cert)?;
-    let (client, connection) = cfg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls)).await?;
+    let (client, connection) = cfg
+        .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+        .await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "admin connection closed");
@@ -133,9 +177,16 @@ async fn connect_admin(db_ca: &CertificateAuthority, db: &DatabaseConfig) -> Res
 
 /// Brings `role` to exactly `grants` in one transaction: create if missing, revoke what it holds from
 /// us, grant what it should hold.
-async fn apply(client: &tokio_postgres::Client, role: &str, grants: &GrantSet) -> Result<(), ApplyError> {
+async fn apply(
+    client: &tokio_postgres::Client,
+    role: &str,
+    grants: &GrantSet,
+) -> Result<(), ApplyError> {
     let existing = client
-        .query_opt("SELECT rolsuper OR rolbypassrls OR rolreplication FROM pg_roles WHERE rolname = $1", &[&role])
+        .query_opt(
+            "SELECT rolsuper OR rolbypassrls OR rolreplication FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
         .await?;
     let mut sql = String::from("BEGIN;\n");
     let r = quote_ident(role);
@@ -148,7 +199,10 @@ async fn apply(client: &tokio_postgres::Client, role: &str, grants: &GrantSet) -
     } else {
         sql += &format!("CREATE ROLE {r} WITH LOGIN NOINHERIT;\n");
     }
-    sql += &format!("COMMENT ON ROLE {r} IS {};\n", quote_literal("managed by Warden: privileges are reset at each connection"));
+    sql += &format!(
+        "COMMENT ON ROLE {r} IS {};\n",
+        quote_literal("managed by Warden: privileges are reset at each connection")
+    );
     let held = client
         .query(
             "SELECT format('%I.%I', n.nspname, c.relname), c.relkind = 'S' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -230,7 +284,10 @@ pub fn grant_statements(role: &str, grants: &GrantSet) -> Vec<String> {
     let r = quote_ident(role);
     let mut out = Vec::new();
     for schema in grants.schemas() {
-        out.push(format!("GRANT USAGE ON SCHEMA {} TO {r}", quote_ident(schema)));
+        out.push(format!(
+            "GRANT USAGE ON SCHEMA {} TO {r}",
+            quote_ident(schema)
+        ));
     }
     for (table, privs) in &grants.tables {
         out.extend(table_grants(&r, table, privs));
@@ -244,13 +301,20 @@ fn table_grants(r: &str, table: &TableRef, p: &TablePrivileges) -> Vec<String> {
         None => format!("ALL TABLES IN SCHEMA {}", quote_ident(&table.schema)),
     };
     let mut out = Vec::new();
-    for (privilege, scope) in [("SELECT", &p.select), ("INSERT", &p.insert), ("UPDATE", &p.update)] {
+    for (privilege, scope) in [
+        ("SELECT", &p.select),
+        ("INSERT", &p.insert),
+        ("UPDATE", &p.update),
+    ] {
         match scope {
             ColumnScope::None => {}
             ColumnScope::All => out.push(format!("GRANT {privilege} ON {target} TO {r}")),
             ColumnScope::Columns(cols) => {
                 let cols: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
-                out.push(format!("GRANT {privilege} ({}) ON {target} TO {r}", cols.join(", ")));
+                out.push(format!(
+                    "GRANT {privilege} ({}) ON {target} TO {r}",
+                    cols.join(", ")
+                ));
             }
         }
     }
@@ -282,7 +346,11 @@ mod tests {
 
     #[test]
     fn grants_follow_the_roles() {
-        let config = Config::parse(std::path::Path::new("/x/warden.toml"), crate::cli::SAMPLE_CONFIG).unwrap();
+        let config = Config::parse(
+            std::path::Path::new("/x/warden.toml"),
+            crate::cli::SAMPLE_CONFIG,
+        )
+        .unwrap();
         let set = config.grants(&[config.role("analyst").unwrap()]);
         let sql = grant_statements("agent:report-bot", &set);
         assert_eq!(
@@ -295,8 +363,12 @@ mod tests {
         );
         let set = config.grants(&[config.role("writer").unwrap()]);
         let sql = grant_statements("human:alice", &set);
-        assert!(sql.contains(&"GRANT SELECT ON ALL TABLES IN SCHEMA \"public\" TO \"human:alice\"".to_string()));
-        assert!(sql.contains(&"GRANT DELETE ON TABLE \"public\".\"orders\" TO \"human:alice\"".to_string()));
+        assert!(sql.contains(
+            &"GRANT SELECT ON ALL TABLES IN SCHEMA \"public\" TO \"human:alice\"".to_string()
+        ));
+        assert!(sql.contains(
+            &"GRANT DELETE ON TABLE \"public\".\"orders\" TO \"human:alice\"".to_string()
+        ));
     }
 
     #[test]

@@ -47,7 +47,10 @@ INSERT INTO hr.salaries VALUES (1, 'Ada', 100000);
 impl Harness {
     fn start() -> anyhow::Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let root = tempfile::Builder::new().prefix("warden-e2e-").tempdir_in("/tmp")?.keep();
+        let root = tempfile::Builder::new()
+            .prefix("warden-e2e-")
+            .tempdir_in("/tmp")?
+            .keep();
         set_mode(&root, 0o755);
         let deploy = root.join("deploy");
         run_ok(Command::new(WARDEN).args(["init", "--dir"]).arg(&deploy));
@@ -60,11 +63,19 @@ impl Harness {
                 "hostssl shop2 warden_admin 127.0.0.1/32 cert".into(),
                 "hostssl shop2 all 127.0.0.1/32 scram-sha-256".into(),
             ],
-            extra_conf: vec!["log_statement = 'all'".into(), "log_connections = on".into(), "fsync = off".into()],
+            extra_conf: vec![
+                "log_statement = 'all'".into(),
+                "log_connections = on".into(),
+                "fsync = off".into(),
+            ],
         };
         let mut cluster = LocalCluster::create(&root.join("pg"), pg_port, &options)?;
         cluster.start()?;
-        watchdog(&format!("{}; rm -rf '{}'", cluster.shell_stop_command(), root.display()));
+        watchdog(&format!(
+            "{}; rm -rf '{}'",
+            cluster.shell_stop_command(),
+            root.display()
+        ));
         for db in ["shop", "shop2"] {
             cluster.psql("postgres", &format!("CREATE DATABASE {db}"))?;
             cluster.psql(db, SCHEMA)?;
@@ -81,7 +92,10 @@ impl Harness {
         }
         let warden_port = free_port()?;
         let config = deploy.join("warden.toml");
-        std::fs::write(&config, test_config(warden_port, pg_port, &cluster.server_ca_path()))?;
+        std::fs::write(
+            &config,
+            test_config(warden_port, pg_port, &cluster.server_ca_path()),
+        )?;
         let warden_log = root.join("warden.log");
         let child = Command::new(WARDEN)
             .args(["start", "--config"])
@@ -93,21 +107,37 @@ impl Harness {
         let warden_pid = child.id();
         watchdog(&format!("kill {warden_pid}"));
         wait_for_port(warden_port, &warden_log);
-        Ok(Harness { root, deploy, config, cluster, warden_port, warden_log, warden_pid })
+        Ok(Harness {
+            root,
+            deploy,
+            config,
+            cluster,
+            warden_port,
+            warden_log,
+            warden_pid,
+        })
     }
 
     /// `warden issue` into a fresh directory; returns the directory.
     pub fn issue(&self, kind: &str, name: &str, extra: &[&str]) -> PathBuf {
         let out = unique_dir(&self.root, &format!("cred-{name}"));
         let mut cmd = Command::new(WARDEN);
-        cmd.args(["issue", "--config"]).arg(&self.config).args(["--kind", kind, "--name", name, "--out"]).arg(&out).args(extra);
+        cmd.args(["issue", "--config"])
+            .arg(&self.config)
+            .args(["--kind", kind, "--name", name, "--out"])
+            .arg(&out)
+            .args(extra);
         run_ok(&mut cmd);
         out
     }
 
     /// The usual agent: report-bot acting for alice on task T-42.
     pub fn agent(&self) -> PathBuf {
-        self.issue("agent", "report-bot", &["--requester", "human:alice", "--task", "T-42"])
+        self.issue(
+            "agent",
+            "report-bot",
+            &["--requester", "human:alice", "--task", "T-42"],
+        )
     }
 
     pub fn conninfo(&self, cred: &Path, user: &str, db: &str) -> String {
@@ -135,7 +165,12 @@ impl Harness {
 
     /// Audit events as stored, through `warden audit search --json`.
     pub fn audit(&self, args: &[&str]) -> Vec<Value> {
-        let out = run_ok(Command::new(WARDEN).args(["audit", "search", "--json", "--config"]).arg(&self.config).args(args));
+        let out = run_ok(
+            Command::new(WARDEN)
+                .args(["audit", "search", "--json", "--config"])
+                .arg(&self.config)
+                .args(args),
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| serde_json::from_str(l).expect("audit search prints JSON lines"))
@@ -149,7 +184,10 @@ impl Harness {
             if let Some(e) = self.audit(args).into_iter().find(|e| pred(e)) {
                 return e;
             }
-            assert!(Instant::now() < deadline, "no matching audit event for {args:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no matching audit event for {args:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -159,13 +197,27 @@ impl Harness {
     }
 
     pub fn user_ca(&self) -> warden_identity::CertificateAuthority {
-        warden_identity::CertificateAuthority::load(&self.deploy.join("ca/user-ca.crt"), &self.deploy.join("ca/user-ca.key")).unwrap()
+        warden_identity::CertificateAuthority::load(
+            &self.deploy.join("ca/user-ca.crt"),
+            &self.deploy.join("ca/user-ca.key"),
+        )
+        .unwrap()
     }
 
     /// A tokio-postgres connection through Warden: with the credential's certificate, or with its token as password.
-    pub async fn connect(&self, cred: &Path, user: &str, db: &str, use_token: bool) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    pub async fn connect(
+        &self,
+        cred: &Path,
+        user: &str,
+        db: &str,
+        use_token: bool,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let mut cfg = tokio_postgres::Config::new();
-        cfg.host("127.0.0.1").port(self.warden_port).user(user).dbname(db).ssl_mode(tokio_postgres::config::SslMode::Require);
+        cfg.host("127.0.0.1")
+            .port(self.warden_port)
+            .user(user)
+            .dbname(db)
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
         let client_cert = if use_token {
             cfg.password(std::fs::read_to_string(cred.join("token")).unwrap().trim());
             None
@@ -182,19 +234,29 @@ pub async fn connect_with(
     client_cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let tls = tls_config(server_ca, client_cert);
-    let (client, conn) = cfg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls)).await?;
+    let (client, conn) = cfg
+        .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+        .await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
     Ok(client)
 }
 
-pub fn tls_config(server_ca: &Path, client_cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>) -> rustls::ClientConfig {
+pub fn tls_config(
+    server_ca: &Path,
+    client_cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> rustls::ClientConfig {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_file(server_ca).unwrap()).unwrap();
+    roots
+        .add(CertificateDer::from_pem_file(server_ca).unwrap())
+        .unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let b = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots);
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
     match client_cert {
         Some((chain, key)) => b.with_client_auth_cert(chain, key).unwrap(),
         None => b.with_no_client_auth(),
@@ -276,7 +338,9 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 }
 
 pub fn psql_bin() -> PathBuf {
-    let bin = warden::cluster::find_bin_dir().expect("PostgreSQL binaries").join("psql");
+    let bin = warden::cluster::find_bin_dir()
+        .expect("PostgreSQL binaries")
+        .join("psql");
     if bin.exists() {
         bin
     } else {
@@ -291,8 +355,13 @@ pub fn unique_dir(root: &Path, stem: &str) -> PathBuf {
 }
 
 /// A shell that waits for this test process to exit, then runs `then`.
+// The watchdog must outlive this process, so it is deliberately never waited for.
+#[allow(clippy::zombie_processes)]
 pub fn watchdog(then: &str) {
-    let script = format!("while kill -0 {} 2>/dev/null; do sleep 0.5; done; {then}", std::process::id());
+    let script = format!(
+        "while kill -0 {} 2>/dev/null; do sleep 0.5; done; {then}",
+        std::process::id()
+    );
     Command::new("sh")
         .arg("-c")
         .arg(script)
@@ -306,7 +375,11 @@ pub fn watchdog(then: &str) {
 fn wait_for_port(port: u16, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "warden did not start listening:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "warden did not start listening:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
