@@ -387,7 +387,7 @@ mod tests {
             b.put_i32(2);
             b.extend_from_slice(b"42");
             b.put_i32(2);
-            b.extend_from_slice(&[0xde, 0xad]);
+            b.extend_from_slice(&[0x00, 0xff]);
             b.put_i32(-1);
             b.put_i16(0);
         });
@@ -411,7 +411,7 @@ mod tests {
         };
         assert_eq!(bind.statement, "s1");
         assert_eq!(bind.param_display(0).as_deref(), Some("42"));
-        assert_eq!(bind.param_display(1).as_deref(), Some("\\xdead"));
+        assert_eq!(bind.param_display(1).as_deref(), Some("\\x00ff"));
         assert_eq!(bind.param_display(2), None);
         assert_eq!(bind.param_display(3), None);
         let f = frame(&mut buf);

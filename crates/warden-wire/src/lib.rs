@@ -7,6 +7,8 @@
 pub mod backend;
 mod error;
 pub mod frontend;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod sqlstate;
 
 use bytes::{Bytes, BytesMut};
