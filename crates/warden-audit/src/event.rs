@@ -1,4 +1,5 @@
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 /// Who: the full identity behind a session.
@@ -17,6 +18,7 @@ pub struct IdentityRecord {
 /// What a caller fills in; the writer adds `ts`, `seq`, `prev_hash` and `hash`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EventBody {
+    /// `session.start`, `query`, `query.result`, `session.end`, `auth.failed`, `credential.issued`, ...
     pub event: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
@@ -49,10 +51,12 @@ pub struct EventBody {
     pub query_id: Option<u64>,
 }
 
-/// A stored record.
+/// A stored record: the caller's body plus what the writer assigns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
+    /// When the writer took the record, as [`format_ts`] writes it.
     pub ts: String,
+    /// 1 for the first record of the log, then one more per record.
     pub seq: u64,
     #[serde(flatten)]
     pub body: EventBody,
@@ -93,34 +97,42 @@ pub(crate) fn encode_line(
     prev_hash: &str,
     out: &mut Vec<u8>,
 ) -> String {
-    use sha2::{Digest, Sha256};
     let start = out.len();
-    // Serialising plain strings and numbers into a Vec cannot fail.
-    serde_json::to_writer(
-        &mut *out,
-        &Unhashed {
-            ts,
-            seq,
-            body,
-            prev_hash,
-        },
-    )
-    .expect("audit record serialises");
+    let unhashed = Unhashed {
+        ts,
+        seq,
+        body,
+        prev_hash,
+    };
+    // Serialising strings, numbers and sequences into a Vec cannot fail: no maps with non-string
+    // keys, no custom Serialize impls, no I/O.
+    serde_json::to_writer(&mut *out, &unhashed).expect("audit record serialises");
     let hash = hex::encode(Sha256::digest(&out[start..]));
     out.pop(); // the closing '}'
-    out.extend_from_slice(b",\"hash\":\"");
+    out.extend_from_slice(HASH_KEY);
     out.extend_from_slice(hash.as_bytes());
     out.extend_from_slice(b"\"}\n");
     hash
 }
 
-/// Splits a stored line into (the bytes that were hashed, the stored hash).
-pub(crate) fn split_hash(line: &str) -> Option<(String, &str)> {
-    const SUFFIX_LEN: usize = ",\"hash\":\"".len() + 64 + "\"}".len();
-    if line.len() < SUFFIX_LEN || !line.ends_with("\"}") {
-        return None;
-    }
-    let (head, tail) = line.split_at(line.len() - SUFFIX_LEN);
-    let hash = tail.strip_prefix(",\"hash\":\"")?.strip_suffix("\"}")?;
-    Some((format!("{head}}}"), hash))
+const HASH_KEY: &[u8] = b",\"hash\":\"";
+
+/// Splits a stored line (without its `\n`) into S minus its closing `}`, and the stored hash.
+/// `None` when the line does not end in `,"hash":"<64 chars>"}`.
+pub(crate) fn split_hash(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let suffix_len = HASH_KEY.len() + 64 + b"\"}".len();
+    let cut = line.len().checked_sub(suffix_len)?;
+    let (head, tail) = line.split_at(cut);
+    let hash = tail.strip_prefix(HASH_KEY)?.strip_suffix(b"\"}")?;
+    Some((head, hash))
+}
+
+/// The hash of a record, from the head `split_hash` returned.
+pub(crate) fn chain_hash(head: &[u8]) -> String {
+    hex::encode(
+        Sha256::new()
+            .chain_update(head)
+            .chain_update(b"}")
+            .finalize(),
+    )
 }

@@ -6,14 +6,16 @@ use time::OffsetDateTime;
 
 use crate::{AuditError, Event};
 
+/// Every field that is set must match; unset fields match everything.
 #[derive(Debug, Clone, Default)]
 pub struct SearchFilter {
     /// `kind:name` or a bare name; also matches events of agents acting for that identity.
     pub identity: Option<String>,
-    /// `kind:name` of the human or workload agents acted for.
+    /// `kind:name` or bare name of the human or workload agents acted for.
     pub requester: Option<String>,
     pub session: Option<String>,
     pub task: Option<String>,
+    /// Inclusive bounds on `ts`.
     pub since: Option<OffsetDateTime>,
     pub until: Option<OffsetDateTime>,
     pub decision: Option<String>,
@@ -26,19 +28,19 @@ impl SearchFilter {
     pub fn matches(&self, e: &Event) -> bool {
         let b = &e.body;
         let id = b.identity.as_ref();
+        let requester = id.and_then(|i| i.requester.as_deref());
         if let Some(want) = &self.identity {
             let hit = id.is_some_and(|i| {
-                let full = format!("{}:{}", i.kind, i.name);
-                &full == want || &i.name == want || i.requester.as_ref() == Some(want)
+                names(want, &i.kind, &i.name) || requester.is_some_and(|r| names_full(want, r))
             });
             if !hit {
                 return false;
             }
         }
-        if self.requester.is_some()
-            && id.and_then(|i| i.requester.as_ref()) != self.requester.as_ref()
-        {
-            return false;
+        if let Some(want) = &self.requester {
+            if !requester.is_some_and(|r| names_full(want, r)) {
+                return false;
+            }
         }
         if self.task.is_some() && id.and_then(|i| i.task.as_ref()) != self.task.as_ref() {
             return false;
@@ -64,6 +66,19 @@ impl SearchFilter {
     }
 }
 
+/// Whether `want` (`kind:name` or a bare name) names the identity `kind`, `name`.
+fn names(want: &str, kind: &str, name: &str) -> bool {
+    want == name || want.split_once(':') == Some((kind, name))
+}
+
+/// Same, for an identity stored as one `kind:name` string (a requester).
+fn names_full(want: &str, full: &str) -> bool {
+    match full.split_once(':') {
+        Some((kind, name)) => names(want, kind, name),
+        None => want == full,
+    }
+}
+
 /// Scans the log line by line and returns the matching events in log order. A missing log is empty.
 /// An incomplete last line (a record being written right now) is skipped.
 pub fn search(path: &Path, filter: &SearchFilter) -> Result<Vec<Event>, AuditError> {
@@ -79,29 +94,26 @@ pub fn search(path: &Path, filter: &SearchFilter) -> Result<Vec<Event>, AuditErr
     };
     let mut reader = BufReader::new(file);
     let mut out = Vec::new();
-    let mut line = String::new();
+    let mut line = Vec::new();
     let mut n = 0;
-    loop {
+    while filter.limit.is_none_or(|l| out.len() < l) {
         line.clear();
-        let read = reader.read_line(&mut line).map_err(|e| AuditError::Read {
+        let read_err = |reason: String| AuditError::Read {
             path: path.to_path_buf(),
             line: n + 1,
-            reason: e.to_string(),
-        })?;
-        if read == 0 || !line.ends_with('\n') {
-            break;
-        }
+            reason,
+        };
+        reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| read_err(e.to_string()))?;
+        let Some(text) = line.strip_suffix(b"\n") else {
+            break; // end of file, or a record still being written
+        };
+        let event: Event = serde_json::from_slice(text)
+            .map_err(|e| read_err(format!("not a valid audit record: {e}")))?;
         n += 1;
-        let event: Event = serde_json::from_str(line.trim_end()).map_err(|e| AuditError::Read {
-            path: path.to_path_buf(),
-            line: n,
-            reason: e.to_string(),
-        })?;
         if filter.matches(&event) {
             out.push(event);
-            if filter.limit.is_some_and(|l| out.len() >= l) {
-                break;
-            }
         }
     }
     Ok(out)

@@ -27,7 +27,32 @@ fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
+fn events(path: &Path) -> Vec<Event> {
+    lines(path)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A log of `n` records in a fresh directory.
+async fn log_of(n: usize) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let log = AuditLog::open(&path, FsyncMode::Off).unwrap();
+    for i in 0..n {
+        log.append(body("query", &format!("n{i}"))).await.unwrap();
+    }
+    (dir, path)
+}
+
+fn tampered(path: &Path) -> (usize, String) {
+    match verify(path) {
+        Err(AuditError::Tampered { line, reason, .. }) => (line, reason),
+        other => panic!("not caught: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_chain_in_every_mode() {
     for mode in [FsyncMode::Always, FsyncMode::Batch, FsyncMode::Off] {
         let dir = tempfile::tempdir().unwrap();
@@ -37,91 +62,177 @@ async fn concurrent_appends_chain_in_every_mode() {
         for t in 0..8 {
             let log = log.clone();
             tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
                 for i in 0..25 {
-                    log.append(body("query", &format!("bot{t}-{i}")))
-                        .await
-                        .unwrap();
+                    let b = body("query", &format!("bot{t}-{i}"));
+                    seqs.push(log.append(b).await.unwrap());
                 }
+                seqs
             }));
         }
+        let mut acked = Vec::new();
         for t in tasks {
-            t.await.unwrap();
+            acked.extend(t.await.unwrap());
         }
         let report = verify(&path).unwrap();
         assert_eq!(report.records, 200, "{mode:?}");
-        let seqs: Vec<u64> = lines(&path)
-            .iter()
-            .map(|l| serde_json::from_str::<Event>(l).unwrap().seq)
-            .collect();
-        assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+        let stored = events(&path);
+        let seqs: Vec<u64> = stored.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=200).collect::<Vec<_>>(), "{mode:?}");
+        assert_eq!(report.last_hash, stored[199].hash);
+        // Every acknowledged seq is the record that caller wrote.
+        acked.sort_unstable();
+        assert_eq!(acked, seqs);
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        let mode_bits = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode_bits(&path), 0o600);
+        assert_eq!(mode_bits(path.parent().unwrap()), 0o700);
     }
 }
 
 #[tokio::test]
-async fn reopening_continues_the_chain_and_trims_a_torn_tail() {
+async fn submit_keeps_the_order_of_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(&dir.path().join("a.jsonl"), FsyncMode::Batch).unwrap();
+    let pending: Vec<Pending> = (0..100)
+        .map(|i| log.submit(body("query", &format!("q{i}"))))
+        .collect();
+    let mut seqs = Vec::new();
+    for p in pending {
+        seqs.push(p.await.unwrap());
+    }
+    assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+    let stored = events(log.path());
+    assert_eq!(stored[41].body.statement.as_deref(), Some("SELECT 'q41'"));
+}
+
+#[test]
+fn append_blocking_outside_a_runtime() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.jsonl");
-    {
-        let log = AuditLog::open(&path, FsyncMode::Batch).unwrap();
-        for i in 0..3 {
-            log.append(body("query", &format!("a{i}"))).await.unwrap();
-        }
-    }
-    // A crash in the middle of a write leaves half a line.
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text.push_str("{\"ts\":\"2026-");
-    std::fs::write(&path, &text).unwrap();
+    let log = AuditLog::open(&path, FsyncMode::Always).unwrap();
+    assert_eq!(
+        log.append_blocking(body("credential.issued", "a")).unwrap(),
+        1
+    );
+    assert_eq!(
+        log.append_blocking(body("credential.revoked", "a"))
+            .unwrap(),
+        2
+    );
+    assert_eq!(verify(&path).unwrap().records, 2);
+}
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync + Clone>() {}
+    check::<AuditHandle>();
+}
+
+#[tokio::test]
+async fn reopening_continues_the_chain() {
+    let (_dir, path) = log_of(3).await;
+    let last = events(&path).pop().unwrap();
     let log = AuditLog::open(&path, FsyncMode::Batch).unwrap();
-    assert_eq!(log.recovered_tail, 12);
+    assert_eq!(log.recovered_tail, None);
     assert_eq!(log.append(body("query", "after")).await.unwrap(), 4);
+    let next = events(&path).pop().unwrap();
+    assert_eq!((next.seq, next.prev_hash), (4, last.hash));
     assert_eq!(verify(&path).unwrap().records, 4);
 }
 
 #[tokio::test]
-async fn edits_and_removals_are_caught_with_the_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.jsonl");
-    let log = AuditLog::open(&path, FsyncMode::Off).unwrap();
-    for i in 0..5 {
-        log.append(body("query", &format!("n{i}"))).await.unwrap();
+async fn a_torn_final_line_is_cut_on_open_and_the_chain_continues() {
+    let (_dir, path) = log_of(3).await;
+    let whole = std::fs::read(&path).unwrap();
+    // A crash in the middle of a write leaves part of a line.
+    let mut torn = whole.clone();
+    torn.extend_from_slice(b"{\"ts\":\"2026-");
+    std::fs::write(&path, &torn).unwrap();
+    assert!(matches!(
+        verify(&path),
+        Err(AuditError::Tampered { line: 4, .. })
+    ));
+
+    let log = AuditLog::open(&path, FsyncMode::Batch).unwrap();
+    assert_eq!(log.recovered_tail, Some(12));
+    assert_eq!(std::fs::read(&path).unwrap(), whole);
+    assert_eq!(log.append(body("query", "after")).await.unwrap(), 4);
+    assert_eq!(verify(&path).unwrap().records, 4);
+
+    // A crash during the very first write leaves no complete line at all.
+    std::fs::write(&path, b"{\"ts\":").unwrap();
+    let log = AuditLog::open(&path, FsyncMode::Batch).unwrap();
+    assert_eq!(log.recovered_tail, Some(6));
+    assert_eq!(log.append(body("query", "first")).await.unwrap(), 1);
+    assert_eq!(verify(&path).unwrap().records, 1);
+}
+
+#[tokio::test]
+async fn a_corrupt_last_record_refuses_to_open() {
+    let (_dir, path) = log_of(2).await;
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("garbage\n");
+    std::fs::write(&path, text).unwrap();
+    assert!(matches!(
+        AuditLog::open(&path, FsyncMode::Batch),
+        Err(AuditError::Open { .. })
+    ));
+}
+
+#[tokio::test]
+async fn every_one_byte_edit_is_caught_on_its_line() {
+    let (_dir, path) = log_of(3).await;
+    let original = std::fs::read(&path).unwrap();
+    let line_of = |i: usize| 1 + original[..i].iter().filter(|&&b| b == b'\n').count();
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    for (i, &byte) in original.iter().enumerate() {
+        for edit in [byte ^ 0x01, 0xff] {
+            file.write_all_at(&[edit], i as u64).unwrap();
+            let (line, reason) = tampered(&path);
+            assert_eq!(line, line_of(i), "byte {i} -> {edit:#x}: {reason}");
+        }
+        file.write_all_at(&[byte], i as u64).unwrap();
     }
+}
+
+#[tokio::test]
+async fn the_reasons_name_what_broke() {
+    let (_dir, path) = log_of(5).await;
     let original = lines(&path);
+    let write = |ls: &[String]| std::fs::write(&path, ls.join("\n") + "\n").unwrap();
 
     let mut edited = original.clone();
     edited[2] = edited[2].replace("SELECT 'n2'", "SELECT 'N2'");
-    std::fs::write(&path, edited.join("\n") + "\n").unwrap();
+    write(&edited);
     match verify(&path) {
         Err(AuditError::Tampered {
             line,
+            seq,
             reason,
             record,
             ..
         }) => {
-            assert_eq!(line, 3);
-            assert!(reason.contains("hash mismatch"), "{reason}");
+            assert_eq!((line, seq, reason.as_str()), (3, Some(3), "hash mismatch"));
             assert!(record.contains("N2"));
         }
-        other => panic!("edit not caught: {:?}", other.map(|r| r.records)),
+        other => panic!("edit not caught: {other:?}"),
     }
 
     let mut dropped = original.clone();
     dropped.remove(1);
-    std::fs::write(&path, dropped.join("\n") + "\n").unwrap();
-    assert!(matches!(
-        verify(&path),
-        Err(AuditError::Tampered { line: 2, .. })
-    ));
+    write(&dropped);
+    assert_eq!(
+        tampered(&path),
+        (2, "seq gap: expected 2 found 3".to_string())
+    );
 
     // Rewriting a record with a fresh hash still breaks the link to it.
     let mut forged: Event = serde_json::from_str(&original[2]).unwrap();
     forged.body.statement = Some("SELECT 'forged'".into());
     let mut line = Vec::new();
-    crate::event::encode_line(
+    event::encode_line(
         &forged.ts,
         forged.seq,
         &forged.body,
@@ -130,14 +241,150 @@ async fn edits_and_removals_are_caught_with_the_line() {
     );
     let mut rewritten = original.clone();
     rewritten[2] = String::from_utf8(line).unwrap().trim_end().to_string();
-    std::fs::write(&path, rewritten.join("\n") + "\n").unwrap();
-    match verify(&path) {
-        Err(AuditError::Tampered { line, reason, .. }) => {
-            assert_eq!(line, 4);
-            assert!(reason.contains("prev_hash"), "{reason}");
-        }
-        other => panic!("forgery not caught: {:?}", other.map(|r| r.records)),
+    write(&rewritten);
+    assert_eq!(
+        tampered(&path),
+        (4, "prev_hash does not link to line 3".to_string())
+    );
+
+    write(&["{\"ts\":1}".to_string()]);
+    assert_eq!(tampered(&path), (1, "not valid JSON".to_string()));
+}
+
+#[tokio::test]
+async fn verify_waits_for_a_record_in_progress() {
+    use std::io::Write;
+    let (_dir, path) = log_of(2).await;
+    let text = std::fs::read(&path).unwrap();
+    let cut = text[..text.len() - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .unwrap()
+        + 1;
+    let (first, second) = text.split_at(cut);
+    std::fs::write(&path, first).unwrap();
+    // Another writer holds the lock and has written half of its record.
+    let mut other = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    other.lock().unwrap();
+    other.write_all(&second[..40]).unwrap();
+    let verifier = std::thread::spawn({
+        let path = path.clone();
+        move || verify(&path)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    other.write_all(&second[40..]).unwrap();
+    other.unlock().unwrap();
+    assert_eq!(verifier.join().unwrap().unwrap().records, 2);
+}
+
+#[tokio::test]
+async fn a_missing_log_verifies_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = verify(&dir.path().join("none.jsonl")).unwrap();
+    assert_eq!(report.records, 0);
+    assert_eq!(report.last_hash, GENESIS);
+    let found = search(&dir.path().join("none.jsonl"), &SearchFilter::default()).unwrap();
+    assert!(found.is_empty());
+}
+
+#[tokio::test]
+async fn two_writers_on_one_file_share_one_chain() {
+    let (_dir, path) = log_of(0).await;
+    // The proxy and a CLI command, each with its own writer.
+    let proxy = AuditLog::open(&path, FsyncMode::Batch).unwrap();
+    let cli = AuditLog::open(&path, FsyncMode::Always).unwrap();
+    for i in 0..10 {
+        let a = proxy.append(body("query", &format!("p{i}")));
+        let b = cli.append(body("credential.issued", &format!("c{i}")));
+        let (a, b) = tokio::join!(a, b);
+        a.unwrap();
+        b.unwrap();
     }
+    assert_eq!(verify(&path).unwrap().records, 20);
+}
+
+#[test]
+fn format_ts_is_utc_with_microseconds() {
+    let t = time::macros::datetime!(2026-11-23 07:44:19.1234567 +01:00);
+    assert_eq!(format_ts(t), "2026-11-23T06:44:19.123456Z");
+    let t = time::macros::datetime!(2026-01-02 03:04:05 UTC);
+    assert_eq!(format_ts(t), "2026-01-02T03:04:05.000000Z");
+}
+
+#[tokio::test]
+async fn stored_lines_follow_the_documented_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let log = AuditLog::open(&path, FsyncMode::Batch).unwrap();
+    let full = EventBody {
+        event: "query".into(),
+        session_id: Some("s1".into()),
+        identity: Some(IdentityRecord {
+            kind: "agent".into(),
+            name: "bot".into(),
+            requester: Some("human:alice".into()),
+            task: Some("T-1".into()),
+            roles: vec!["analyst".into()],
+        }),
+        credential_id: Some("c1".into()),
+        database: Some("app".into()),
+        db_user: Some("warden_bot".into()),
+        client_addr: Some("127.0.0.1:5000".into()),
+        statement: Some("SELECT $1 -- \"quoted\" \u{e9}".into()),
+        parameters: Some(vec![Some("x".into()), None]),
+        decision: Some("allow".into()),
+        reason: Some("role analyst".into()),
+        rows: Some(3),
+        duration_us: Some(120),
+        error: Some("none".into()),
+        query_id: Some(7),
+    };
+    log.append(full.clone()).await.unwrap();
+    log.append(body("session.end", "bot")).await.unwrap();
+
+    let mut prev = GENESIS.to_string();
+    for (n, line) in lines(&path).iter().enumerate() {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        let hash = value["hash"].as_str().unwrap().to_string();
+        let suffix = format!(",\"hash\":\"{hash}\"}}");
+        let s = format!("{}}}", line.strip_suffix(&suffix).unwrap());
+        use sha2::Digest;
+        assert_eq!(hex::encode(sha2::Sha256::digest(s.as_bytes())), hash);
+        assert_eq!(value["prev_hash"], prev.as_str());
+        assert_eq!(value["seq"], n as u64 + 1);
+        prev = hash;
+    }
+    let first = &lines(&path)[0];
+    let keys = [
+        "ts",
+        "seq",
+        "event",
+        "session_id",
+        "identity",
+        "credential_id",
+        "database",
+        "db_user",
+        "client_addr",
+        "statement",
+        "parameters",
+        "decision",
+        "reason",
+        "rows",
+        "duration_us",
+        "error",
+        "query_id",
+        "prev_hash",
+        "hash",
+    ];
+    let at: Vec<usize> = keys
+        .iter()
+        .map(|k| first.find(&format!("\"{k}\":")).unwrap())
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "field order: {first}");
+    assert_eq!(events(&path)[0].body, full);
 }
 
 #[tokio::test]
@@ -158,100 +405,137 @@ async fn search_filters() {
     });
     log.append(human).await.unwrap();
 
-    let find = |f: SearchFilter| search(&path, &f).unwrap().len();
-    assert_eq!(
+    let find = |f: SearchFilter| -> Vec<u64> {
+        search(&path, &f).unwrap().iter().map(|e| e.seq).collect()
+    };
+    let by_identity = |s: &str| {
         find(SearchFilter {
-            identity: Some("x".into()),
+            identity: Some(s.into()),
             ..Default::default()
-        }),
-        2
-    );
-    assert_eq!(
+        })
+    };
+    assert_eq!(by_identity("x"), [1, 2]);
+    assert_eq!(by_identity("agent:y"), [3]);
+    assert!(by_identity("human:y").is_empty());
+    // Alice's own event, and her agents' events, by kind:name or by bare name.
+    assert_eq!(by_identity("human:alice"), [1, 2, 3, 4]);
+    assert_eq!(by_identity("alice"), [1, 2, 3, 4]);
+    let by_requester = |s: &str| {
         find(SearchFilter {
-            identity: Some("agent:y".into()),
+            requester: Some(s.into()),
             ..Default::default()
-        }),
-        1
-    );
-    // alice's own event, and her agents' events.
+        })
+    };
+    assert_eq!(by_requester("human:alice"), [1, 2, 3]);
+    assert_eq!(by_requester("alice"), [1, 2, 3]);
+    assert!(by_requester("human:bob").is_empty());
+    let f = |f: fn(&mut SearchFilter)| {
+        let mut filter = SearchFilter::default();
+        f(&mut filter);
+        find(filter)
+    };
+    assert_eq!(f(|f| f.session = Some("s-y".into())), [3]);
+    assert_eq!(f(|f| f.task = Some("task-x".into())), [1, 2]);
+    assert_eq!(f(|f| f.decision = Some("deny".into())), [3]);
+    assert_eq!(f(|f| f.event = Some("session.start".into())), [1]);
+    assert_eq!(f(|f| f.limit = Some(2)), [1, 2]);
     assert_eq!(
-        find(SearchFilter {
-            identity: Some("human:alice".into()),
-            ..Default::default()
+        f(|f| {
+            f.identity = Some("x".into());
+            f.event = Some("query".into());
         }),
-        4
-    );
-    assert_eq!(
-        find(SearchFilter {
-            requester: Some("human:alice".into()),
-            ..Default::default()
-        }),
-        3
-    );
-    assert_eq!(
-        find(SearchFilter {
-            session: Some("s-y".into()),
-            ..Default::default()
-        }),
-        1
-    );
-    assert_eq!(
-        find(SearchFilter {
-            task: Some("task-x".into()),
-            ..Default::default()
-        }),
-        2
-    );
-    assert_eq!(
-        find(SearchFilter {
-            decision: Some("deny".into()),
-            ..Default::default()
-        }),
-        1
-    );
-    assert_eq!(
-        find(SearchFilter {
-            event: Some("session.start".into()),
-            ..Default::default()
-        }),
-        1
+        [2]
     );
     let hour = time::Duration::hours(1);
+    let now = time::OffsetDateTime::now_utc();
     assert_eq!(
         find(SearchFilter {
-            since: Some(time::OffsetDateTime::now_utc() - hour),
+            since: Some(now - hour),
             ..Default::default()
         }),
-        4
+        [1, 2, 3, 4]
     );
+    assert!(find(SearchFilter {
+        since: Some(now + hour),
+        ..Default::default()
+    })
+    .is_empty());
+    assert!(find(SearchFilter {
+        until: Some(now - hour),
+        ..Default::default()
+    })
+    .is_empty());
+    // `since` is inclusive: the exact ts of record 3 finds it.
+    let ts3 = time::OffsetDateTime::parse(
+        &events(&path)[2].ts,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
     assert_eq!(
         find(SearchFilter {
-            since: Some(time::OffsetDateTime::now_utc() + hour),
+            since: Some(ts3),
+            until: Some(ts3),
             ..Default::default()
-        }),
-        0
-    );
-    assert_eq!(
-        find(SearchFilter {
-            limit: Some(2),
-            ..Default::default()
-        }),
-        2
+        })
+        .first(),
+        Some(&3)
     );
 }
 
 #[tokio::test]
-async fn a_failed_write_fails_every_later_append() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.jsonl");
-    let log = AuditLog::open(&path, FsyncMode::Batch).unwrap();
-    log.append(body("query", "ok")).await.unwrap();
-    log.test_fail_writes();
-    for _ in 0..3 {
-        assert!(matches!(
-            log.append(body("query", "later")).await,
-            Err(AuditError::Unavailable { .. })
-        ));
+async fn search_names_the_line_of_a_bad_record_and_skips_a_partial_one() {
+    let (_dir, path) = log_of(2).await;
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("{\"ts\":\"2026-"); // being written right now
+    std::fs::write(&path, &text).unwrap();
+    assert_eq!(search(&path, &SearchFilter::default()).unwrap().len(), 2);
+    text.push('\n');
+    std::fs::write(&path, &text).unwrap();
+    match search(&path, &SearchFilter::default()) {
+        Err(AuditError::Read { line, path: p, .. }) => assert_eq!((line, p), (3, path)),
+        other => panic!("{other:?}"),
     }
-    assert_eq!(verify(&path).unwrap().records, 1);
+}
+
+#[tokio::test]
+async fn a_failed_write_fails_every_later_append() {
+    for mode in [FsyncMode::Always, FsyncMode::Batch, FsyncMode::Off] {
+        let (_dir, path) = log_of(0).await;
+        let log = AuditLog::open(&path, mode).unwrap();
+        log.append(body("query", "ok")).await.unwrap();
+        log.fail_writes();
+        for _ in 0..3 {
+            match log.append(body("query", "later")).await {
+                Err(AuditError::Unavailable { path: p, reason }) => {
+                    assert_eq!(p, path);
+                    assert!(reason.contains("No space left"), "{reason}");
+                }
+                other => panic!("{mode:?}: {other:?}"),
+            }
+        }
+        let blocking = log.clone();
+        let err = tokio::task::spawn_blocking(move || blocking.append_blocking(body("q", "z")))
+            .await
+            .unwrap();
+        assert!(matches!(err, Err(AuditError::Unavailable { .. })));
+        assert_eq!(verify(&path).unwrap().records, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_closed() {
+    // /dev/full accepts the open and fails every write with ENOSPC: a real OS failure.
+    let path = Path::new("/dev/full");
+    if !path.exists() {
+        return;
+    }
+    let log = AuditLog::open(path, FsyncMode::Batch).unwrap();
+    for _ in 0..2 {
+        match log.append(body("query", "x")).await {
+            Err(AuditError::Unavailable { reason, .. }) => {
+                assert!(reason.contains("No space left"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

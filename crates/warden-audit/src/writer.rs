@@ -1,9 +1,12 @@
+//! The writer: one thread owns the file; callers talk to it through a channel and wait on a oneshot.
+
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, Write};
+use std::path::Path;
 use std::pin::Pin;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::task::{Context, Poll};
 
 use serde::{Deserialize, Serialize};
@@ -11,30 +14,33 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::event::{encode_line, format_ts, EventBody};
-use crate::{AuditError, GENESIS};
+use crate::recover::{lock_exclusive, recover_head};
+use crate::AuditError;
 
 /// When a record counts as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FsyncMode {
-    /// fsync after each record.
+    /// fsync after each record, before it is acknowledged.
     Always,
-    /// fsync once per batch of whatever was queued together (group commit).
+    /// One fsync for whatever was queued together (group commit), before any of it is acknowledged.
     #[default]
     Batch,
-    /// No fsync: a crash can lose records of statements that ran. Unsafe.
+    /// No fsync: a crash can lose records of statements that ran.
     Off,
 }
 
 pub struct AuditLog;
 
-/// A handle to the writer thread; cheap to clone.
+/// A handle to the writer thread; cheap to clone. The thread stops when the last handle is dropped.
 #[derive(Clone)]
 pub struct AuditHandle {
     tx: mpsc::Sender<Request>,
-    path: PathBuf,
-    /// Bytes of a torn final line removed when the log was opened (a crash mid-write).
-    pub recovered_tail: usize,
+    path: Arc<Path>,
+    /// Bytes of a torn final line (a crash mid-write) cut when the log was opened.
+    pub recovered_tail: Option<usize>,
+    #[cfg(test)]
+    fail_writes: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Request {
@@ -45,91 +51,113 @@ struct Request {
 /// An enqueued record; resolves to its `seq` once it is written (and durable, per the mode).
 pub struct Pending {
     rx: Option<oneshot::Receiver<Result<u64, AuditError>>>,
-    path: PathBuf,
+    path: Arc<Path>,
 }
 
 impl Future for Pending {
     type Output = Result<u64, AuditError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let path = self.path.clone();
-        match self.rx.as_mut() {
-            None => Poll::Ready(Err(gone(&path))),
-            Some(rx) => Pin::new(rx)
-                .poll(cx)
-                .map(|r| r.unwrap_or_else(|_| Err(gone(&path)))),
-        }
+        let this = &mut *self;
+        let Some(rx) = this.rx.as_mut() else {
+            return Poll::Ready(Err(stopped(&this.path)));
+        };
+        Pin::new(rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(stopped(&this.path))))
     }
 }
 
-fn gone(path: &Path) -> AuditError {
+/// The thread is gone (it panicked): nothing can be recorded any more.
+fn stopped(path: &Path) -> AuditError {
     AuditError::Unavailable {
         path: path.to_path_buf(),
         reason: "the audit writer has stopped".into(),
     }
 }
 
-/// Most records one write and one fsync cover.
+/// Most records one write and one fsync cover, so one batch cannot hold acks back for long.
 const MAX_BATCH: usize = 4096;
+/// The write buffer is reused; one very large batch should not pin its memory forever.
+const BUF_INITIAL: usize = 64 * 1024;
+const BUF_RETAINED_MAX: usize = 8 * 1024 * 1024;
 
 impl AuditLog {
-    /// Opens (or creates, 0600) the log, recovers the chain head, and starts the writer thread.
+    /// Opens (or creates, 0600, in a 0700 directory) the log, cuts a torn tail, finds the chain head,
+    /// and starts the writer thread.
     pub fn open(path: &Path, mode: FsyncMode) -> Result<AuditHandle, AuditError> {
-        let open_err = |reason: String| AuditError::Open {
+        let open_err = |e: io::Error| AuditError::Open {
             path: path.to_path_buf(),
-            reason,
+            reason: e.to_string(),
         };
-        if let Some(dir) = path.parent() {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| open_err(e.to_string()))?;
-        }
-        let mut file = {
-            use std::os::unix::fs::OpenOptionsExt;
-            OpenOptions::new()
-                .read(true)
-                .append(true)
-                .create(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| open_err(e.to_string()))?
-        };
-        let (recovered_tail, last) = recover(&mut file).map_err(|e| open_err(e.to_string()))?;
-        let (seq, prev) = match last {
-            None => (0, GENESIS.to_string()),
-            Some(line) => {
-                let e: crate::Event = serde_json::from_str(&line)
-                    .map_err(|e| open_err(format!("last record is not valid: {e}")))?;
-                (e.seq, e.hash)
-            }
+        let mut file = create(path).map_err(open_err)?;
+        // Another process may be appending right now: only under its lock is a tail without '\n'
+        // known to be torn rather than in progress.
+        lock_exclusive(&file).map_err(open_err)?;
+        let head = recover_head(&mut file);
+        let unlocked = file.unlock();
+        let head = head.map_err(open_err)?;
+        unlocked.map_err(open_err)?;
+
+        let path: Arc<Path> = Arc::from(path);
+        #[cfg(test)]
+        let fail_writes = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = Writer {
+            file,
+            path: path.clone(),
+            mode,
+            seq: head.seq,
+            prev: head.prev,
+            len: head.len,
+            failed: None,
+            buf: Vec::with_capacity(BUF_INITIAL),
+            #[cfg(test)]
+            fail_writes: fail_writes.clone(),
         };
         let (tx, rx) = mpsc::channel();
-        let mut writer = Writer {
-            file,
-            path: path.to_path_buf(),
-            mode,
-            seq,
-            prev,
-            failed: None,
-            buf: Vec::with_capacity(64 * 1024),
-        };
         std::thread::Builder::new()
             .name("warden-audit".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| open_err(e.to_string()))?;
+            .map_err(open_err)?;
         Ok(AuditHandle {
             tx,
-            path: path.to_path_buf(),
-            recovered_tail,
+            path,
+            recovered_tail: head.torn,
+            #[cfg(test)]
+            fail_writes,
         })
     }
 }
 
+/// Opens the log for appending, creating it and its directory private to this user.
+fn create(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let existed = path.exists();
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
+    if !existed {
+        // A new file's name is only durable once its directory is: otherwise a crash could lose the
+        // whole log, fsynced records and all.
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(file)
+}
+
 impl AuditHandle {
-    /// Enqueues now (so records keep the order of the calls) and resolves when written.
+    /// Enqueues now, so records keep the order of the calls, and resolves when the record is written.
+    /// For callers that must not wait but must keep order (a `query.result` awaited in the background).
     pub fn submit(&self, body: EventBody) -> Pending {
         let (ack, rx) = oneshot::channel();
         let rx = self.tx.send(Request { body, ack }).ok().map(|_| rx);
@@ -139,109 +167,133 @@ impl AuditHandle {
         }
     }
 
+    /// Resolves to the record's `seq` once it is written and, per the mode, durable. After any write
+    /// or fsync failure this and every later call fail with [`AuditError::Unavailable`].
     pub async fn append(&self, body: EventBody) -> Result<u64, AuditError> {
         self.submit(body).await
     }
 
-    /// For command-line tools outside a tokio runtime.
+    /// For command-line tools. Panics inside a tokio runtime (use [`AuditHandle::append`] there).
     pub fn append_blocking(&self, body: EventBody) -> Result<u64, AuditError> {
         let (ack, rx) = oneshot::channel();
         self.tx
             .send(Request { body, ack })
-            .map_err(|_| gone(&self.path))?;
-        rx.blocking_recv().unwrap_or_else(|_| Err(gone(&self.path)))
+            .map_err(|_| stopped(&self.path))?;
+        rx.blocking_recv()
+            .unwrap_or_else(|_| Err(stopped(&self.path)))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Makes every later write fail as a full disk would, through the same error path.
     #[cfg(test)]
-    pub(crate) fn test_fail_writes(&self) {
-        let (ack, _rx) = oneshot::channel();
-        let _ = self.tx.send(Request {
-            body: EventBody {
-                event: FAIL_FOR_TEST.into(),
-                ..Default::default()
-            },
-            ack,
-        });
+    pub(crate) fn fail_writes(&self) {
+        self.fail_writes
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
-
-#[cfg(test)]
-const FAIL_FOR_TEST: &str = "\u{0}test.fail";
 
 struct Writer {
     file: File,
-    path: PathBuf,
+    path: Arc<Path>,
     mode: FsyncMode,
+    /// The last record's seq and hash: where the next record links.
     seq: u64,
     prev: String,
-    /// Once a write or fsync fails, the file's state is unknown: every later record is refused.
+    /// The file's length after our last write; any other length means another writer appended.
+    len: u64,
+    /// Once a write or fsync fails, what reached the disk is unknown: every later record is refused.
     failed: Option<String>,
     buf: Vec<u8>,
+    #[cfg(test)]
+    fail_writes: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Writer {
-    fn run(&mut self, rx: mpsc::Receiver<Request>) {
+    fn run(mut self, rx: mpsc::Receiver<Request>) {
+        let mut batch = VecDeque::new();
         while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
+            batch.push_back(first);
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(r) => batch.push(r),
+                    Ok(r) => batch.push_back(r),
                     Err(_) => break,
                 }
             }
-            self.write_batch(batch);
+            self.write_batch(&mut batch);
+            if self.buf.capacity() > BUF_RETAINED_MAX {
+                self.buf = Vec::with_capacity(BUF_INITIAL);
+            }
         }
     }
 
-    fn write_batch(&mut self, batch: Vec<Request>) {
-        #[cfg(test)]
-        if batch.iter().any(|r| r.body.event == FAIL_FOR_TEST) {
-            self.failed = Some("injected test failure".into());
+    /// Writes and acknowledges the batch; on failure, refuses what was not made durable.
+    fn write_batch(&mut self, batch: &mut VecDeque<Request>) {
+        if self.failed.is_none() {
+            if let Err(e) = self.commit(batch) {
+                self.failed = Some(e.to_string());
+            }
         }
+        // `commit` removes what it acknowledged; anything left was not (durably) written.
         if let Some(reason) = &self.failed {
-            for r in batch {
+            for r in batch.drain(..) {
                 let _ = r.ack.send(Err(AuditError::Unavailable {
-                    path: self.path.clone(),
+                    path: self.path.to_path_buf(),
                     reason: reason.clone(),
                 }));
             }
-            return;
-        }
-        let mut acks = Vec::with_capacity(batch.len());
-        let result = if self.mode == FsyncMode::Always {
-            batch.into_iter().try_for_each(|r| {
-                self.buf.clear();
-                let seq = self.encode(&r.body);
-                acks.push((r.ack, seq));
-                self.flush()
-            })
-        } else {
-            self.buf.clear();
-            for r in batch {
-                let seq = self.encode(&r.body);
-                acks.push((r.ack, seq));
-            }
-            self.flush()
-        };
-        if let Err(e) = result {
-            self.failed = Some(e.to_string());
-            for (ack, _) in acks {
-                let _ = ack.send(Err(AuditError::Unavailable {
-                    path: self.path.clone(),
-                    reason: e.to_string(),
-                }));
-            }
-            return;
-        }
-        for (ack, seq) in acks {
-            let _ = ack.send(Ok(seq));
         }
     }
 
+    fn commit(&mut self, batch: &mut VecDeque<Request>) -> io::Result<()> {
+        lock_exclusive(&self.file)?;
+        let written = self.commit_locked(batch);
+        let unlocked = self.file.unlock();
+        written.and(unlocked)
+    }
+
+    fn commit_locked(&mut self, batch: &mut VecDeque<Request>) -> io::Result<()> {
+        self.follow_other_writers()?;
+        if self.mode == FsyncMode::Always {
+            // Each record is acknowledged as soon as its own fsync returns.
+            while let Some(r) = batch.pop_front() {
+                self.buf.clear();
+                let seq = self.encode(&r.body);
+                if let Err(e) = self.flush() {
+                    batch.push_front(r);
+                    return Err(e);
+                }
+                let _ = r.ack.send(Ok(seq));
+            }
+            return Ok(());
+        }
+        self.buf.clear();
+        let first = self.seq + 1;
+        for r in batch.iter() {
+            self.encode(&r.body);
+        }
+        self.flush()?;
+        for (seq, r) in (first..).zip(batch.drain(..)) {
+            let _ = r.ack.send(Ok(seq));
+        }
+        Ok(())
+    }
+
+    /// A CLI command beside the proxy may have appended since our last write: continue after its
+    /// last record instead of forking the chain.
+    fn follow_other_writers(&mut self) -> io::Result<()> {
+        if self.file.metadata()?.len() != self.len {
+            let head = recover_head(&mut self.file)?;
+            self.seq = head.seq;
+            self.prev = head.prev;
+            self.len = head.len;
+        }
+        Ok(())
+    }
+
+    /// Appends one record to `buf`; returns its seq.
     fn encode(&mut self, body: &EventBody) -> u64 {
         self.seq += 1;
         let ts = format_ts(OffsetDateTime::now_utc());
@@ -249,57 +301,16 @@ impl Writer {
         self.seq
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
+    fn flush(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if self.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+        }
         self.file.write_all(&self.buf)?;
+        self.len += self.buf.len() as u64;
         if self.mode != FsyncMode::Off {
             self.file.sync_data()?;
         }
         Ok(())
     }
-}
-
-/// Finds the last complete line; truncates a torn tail (bytes after the last newline).
-fn recover(file: &mut File) -> std::io::Result<(usize, Option<String>)> {
-    let len = file.seek(SeekFrom::End(0))?;
-    if len == 0 {
-        return Ok((0, None));
-    }
-    // Read backwards in chunks until two newlines (or the start) bound the last complete line.
-    let mut tail: Vec<u8> = Vec::new();
-    let mut pos = len;
-    let chunk = 64 * 1024u64;
-    loop {
-        let start = pos.saturating_sub(chunk);
-        let mut part = vec![0u8; (pos - start) as usize];
-        file.seek(SeekFrom::Start(start))?;
-        file.read_exact(&mut part)?;
-        part.extend_from_slice(&tail);
-        tail = part;
-        pos = start;
-        // Two newlines bound the last complete line (a torn tail has none of its own).
-        if pos == 0 || tail.iter().filter(|&&b| b == b'\n').count() >= 2 {
-            break;
-        }
-    }
-    let (mut recovered, mut complete) = (0usize, &tail[..]);
-    if !tail.ends_with(b"\n") {
-        let cut = tail
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map(|i| i + 1)
-            .unwrap_or(0);
-        recovered = tail.len() - cut;
-        complete = &tail[..cut];
-        file.set_len(len - recovered as u64)?;
-        file.sync_data()?;
-    }
-    let body = complete.strip_suffix(b"\n").unwrap_or(complete);
-    let last = match body.iter().rposition(|&b| b == b'\n') {
-        Some(i) => &body[i + 1..],
-        None => body,
-    };
-    if last.is_empty() {
-        return Ok((recovered, None));
-    }
-    Ok((recovered, Some(String::from_utf8_lossy(last).into_owned())))
 }
