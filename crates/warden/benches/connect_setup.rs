@@ -15,14 +15,28 @@ use common::*;
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("CONNECT_SETUP_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let n: usize = std::env::var("CONNECT_SETUP_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let h = harness();
     let cred = h.agent();
 
     // Direct: a role of its own, logging in with a db-CA certificate as Warden does, TLS verified.
-    h.cluster.psql("shop", "CREATE ROLE direct_bench LOGIN; GRANT SELECT ON public.orders TO direct_bench").unwrap();
-    let db_ca = warden_identity::CertificateAuthority::load(&h.deploy.join("ca/db-ca.crt"), &h.deploy.join("ca/db-ca.key")).unwrap();
-    let direct_cert = db_ca.issue_db_client("direct_bench", time::Duration::hours(1)).unwrap();
+    h.cluster
+        .psql(
+            "shop",
+            "CREATE ROLE direct_bench LOGIN; GRANT SELECT ON public.orders TO direct_bench",
+        )
+        .unwrap();
+    let db_ca = warden_identity::CertificateAuthority::load(
+        &h.deploy.join("ca/db-ca.crt"),
+        &h.deploy.join("ca/db-ca.key"),
+    )
+    .unwrap();
+    let direct_cert = db_ca
+        .issue_db_client("direct_bench", time::Duration::hours(1))
+        .unwrap();
     let mut direct = tokio_postgres::Config::new();
     direct
         .host("127.0.0.1")
@@ -34,7 +48,16 @@ async fn main() {
 
     // Warm both paths once (provisioning, TLS session caches).
     h.connect(&cred, "report-bot", "shop", false).await.unwrap();
-    connect_with(&direct, &server_ca, Some((vec![direct_cert.cert_der.clone()], direct_cert.key_der.clone_key()))).await.unwrap();
+    connect_with(
+        &direct,
+        &server_ca,
+        Some((
+            vec![direct_cert.cert_der.clone()],
+            direct_cert.key_der.clone_key(),
+        )),
+    )
+    .await
+    .unwrap();
 
     let (mut via, mut straight) = (Vec::new(), Vec::new());
     for _ in 0..n {
@@ -45,15 +68,34 @@ async fn main() {
         via.push(t.elapsed());
 
         let t = Instant::now();
-        let c = connect_with(&direct, &server_ca, Some((vec![direct_cert.cert_der.clone()], direct_cert.key_der.clone_key()))).await.unwrap();
+        let c = connect_with(
+            &direct,
+            &server_ca,
+            Some((
+                vec![direct_cert.cert_der.clone()],
+                direct_cert.key_der.clone_key(),
+            )),
+        )
+        .await
+        .unwrap();
         c.simple_query("SELECT 1").await.unwrap();
         drop(c);
         straight.push(t.elapsed());
     }
     let (w, d) = (median(&mut via), median(&mut straight));
-    println!("connection setup (connect + SELECT 1 + close), TLS with client certificates, n = {n}");
-    println!("  direct to PostgreSQL : median {:>7.2} ms   p90 {:>7.2} ms", ms(d), ms(p90(&straight)));
-    println!("  through Warden       : median {:>7.2} ms   p90 {:>7.2} ms", ms(w), ms(p90(&via)));
+    println!(
+        "connection setup (connect + SELECT 1 + close), TLS with client certificates, n = {n}"
+    );
+    println!(
+        "  direct to PostgreSQL : median {:>7.2} ms   p90 {:>7.2} ms",
+        ms(d),
+        ms(p90(&straight))
+    );
+    println!(
+        "  through Warden       : median {:>7.2} ms   p90 {:>7.2} ms",
+        ms(w),
+        ms(p90(&via))
+    );
     println!("  ratio Warden/direct  : {:.2}", ms(w) / ms(d));
 }
 

@@ -111,3 +111,18 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))
 }
+
+pub fn audit_mode(config: &Config) -> warden_audit::FsyncMode {
+    match config.audit.fsync.as_str() {
+        "always" => warden_audit::FsyncMode::Always,
+        "off" => warden_audit::FsyncMode::Off,
+        // The config parser admits only the three names.
+        _ => warden_audit::FsyncMode::Batch,
+    }
+}
+
+/// Opens the deployment's audit log; the proxy and CLI commands share it (appends are locked).
+pub fn open_audit(config: &Config) -> Result<warden_audit::AuditHandle> {
+    warden_audit::AuditLog::open(&config.audit.path, audit_mode(config))
+        .with_context(|| format!("opening the audit log {}", config.audit.path.display()))
+}

@@ -7,7 +7,7 @@ use arc_swap::ArcSwap;
 use time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use warden_audit::{AuditLog, FsyncMode};
+use warden_audit::FsyncMode;
 
 use crate::deployment::{self, Authorities};
 use crate::proxy::{self, Shared};
@@ -68,12 +68,7 @@ impl Server {
             vec![server_cert.cert_der.clone(), cas.host.cert_der()],
             server_cert.key_der,
         )?;
-        let fsync = match config.audit.fsync.as_str() {
-            "always" => FsyncMode::Always,
-            "off" => FsyncMode::Off,
-            _ => FsyncMode::Batch,
-        };
-        if fsync == FsyncMode::Off {
+        if deployment::audit_mode(&config) == FsyncMode::Off {
             tracing::warn!(
                 "audit fsync = \"off\": a crash can lose the records of statements that ran"
             );
@@ -83,8 +78,7 @@ impl Server {
                 tracing::warn!(database = %db.name, "sslmode=require: PostgreSQL's certificate is not verified");
             }
         }
-        let audit = AuditLog::open(&config.audit.path, fsync)
-            .with_context(|| format!("opening the audit log {}", config.audit.path.display()))?;
+        let audit = deployment::open_audit(&config)?;
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("listening on {listen} (server.postgres_listen)"))?;

@@ -50,13 +50,7 @@ pub struct Session {
 
 impl Session {
     pub fn identity_record(&self) -> IdentityRecord {
-        IdentityRecord {
-            kind: self.claims.kind.to_string(),
-            name: self.claims.name.clone(),
-            requester: self.claims.requester.as_ref().map(|r| r.to_string()),
-            task: self.claims.task.clone(),
-            roles: self.roles.clone(),
-        }
+        identity_record(&self.claims, &self.roles)
     }
 
     /// An audit event about this session, with the full identity filled in.
@@ -71,6 +65,17 @@ impl Session {
             client_addr: Some(self.client_addr.to_string()),
             ..EventBody::default()
         }
+    }
+}
+
+/// Who a credential names, as the audit log records it; `roles` are the effective ones where known.
+pub fn identity_record(claims: &Claims, roles: &[String]) -> IdentityRecord {
+    IdentityRecord {
+        kind: claims.kind.to_string(),
+        name: claims.name.clone(),
+        requester: claims.requester.as_ref().map(|r| r.to_string()),
+        task: claims.task.clone(),
+        roles: roles.to_vec(),
     }
 }
 

@@ -34,6 +34,11 @@ fn psql_as_agent_reads_data_and_the_audit_names_agent_requester_and_task() {
     );
     assert_eq!(result["rows"], 2);
     assert!(result.get("error").is_none());
+    // The credential's issue is in the same chain, with the credential id the session used.
+    let issued = h.wait_for_event(&["--event", "credential.issued", "--task", "T-42"], |e| {
+        e["credential_id"] == q["credential_id"]
+    });
+    assert_eq!(issued["identity"]["requester"], "human:alice");
     // Chained: every record names the hash of the one before.
     assert_eq!(q["hash"].as_str().unwrap().len(), 64);
     assert_eq!(q["prev_hash"].as_str().unwrap().len(), 64);

@@ -162,13 +162,7 @@ async fn record_auth_failure(
         ..EventBody::default()
     };
     if let Some(c) = claims {
-        body.identity = Some(warden_audit::IdentityRecord {
-            kind: c.kind.to_string(),
-            name: c.name.clone(),
-            requester: c.requester.as_ref().map(|r| r.to_string()),
-            task: c.task.clone(),
-            roles: c.roles.clone(),
-        });
+        body.identity = Some(super::identity_record(c, &c.roles));
         body.credential_id = Some(c.credential_id.clone());
     }
     if let Err(err) = shared.audit.append(body).await {
