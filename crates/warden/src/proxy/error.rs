@@ -12,11 +12,11 @@ pub enum ProxyError {
     NoCredential,
     #[error("the client certificate was not issued by this Warden's user CA ({reason}); use a credential from `warden issue` of this deployment")]
     UnknownCa { reason: String },
-    #[error("credential expired at {}; issue a new one with warden issue --kind {kind} --name {name}", fmt_ts(*at))]
+    #[error("credential expired at {}; issue a new one with {reissue}", fmt_ts(*at))]
     Expired {
         at: OffsetDateTime,
-        kind: String,
-        name: String,
+        /// The `warden issue` command that makes a fresh one for the same identity.
+        reissue: String,
     },
     #[error("credential is not valid before {}; check the client's clock", fmt_ts(*at))]
     NotYetValid { at: OffsetDateTime },
@@ -34,6 +34,8 @@ pub enum ProxyError {
     },
     #[error("no user in the startup message; connect with user=<your identity name>")]
     MissingUser,
+    #[error("replication connections are not supported through Warden; connect to PostgreSQL directly for replication")]
+    Replication,
     #[error("{0}")]
     Refused(#[from] Refusal),
     #[error("cannot prepare PostgreSQL role {role}: {reason}")]
@@ -65,6 +67,7 @@ impl ProxyError {
             | BadToken { .. }
             | WrongUser { .. }
             | MissingUser
+            | Replication
             | Refused(_) => sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
             Provision { .. } | Upstream { .. } | UpstreamAuth { .. } => {
                 sqlstate::CONNECTION_FAILURE

@@ -33,7 +33,11 @@ enum End {
     Client,
     Server,
     Shutdown,
-    Error(String),
+    /// Ended by Warden: the SQLSTATE the client is told, and why.
+    Failed {
+        code: &'static str,
+        reason: String,
+    },
 }
 
 impl End {
@@ -42,7 +46,21 @@ impl End {
             End::Client => "client".into(),
             End::Server => "server closed the connection".into(),
             End::Shutdown => "warden shutdown".into(),
-            End::Error(e) => format!("error: {e}"),
+            End::Failed { reason, .. } => format!("error: {reason}"),
+        }
+    }
+
+    fn protocol(reason: String) -> Self {
+        End::Failed {
+            code: sqlstate::PROTOCOL_VIOLATION,
+            reason,
+        }
+    }
+
+    fn io(reason: String) -> Self {
+        End::Failed {
+            code: sqlstate::CONNECTION_FAILURE,
+            reason,
         }
     }
 }
@@ -148,12 +166,19 @@ pub async fn run(
         e = to_client.run() => e,
         _ = shutdown.wait_for(|s| *s) => End::Shutdown,
     };
-    if let End::Shutdown | End::Error(_) = &end {
+    let farewell = match &end {
+        End::Shutdown => Some((
+            sqlstate::ADMIN_SHUTDOWN,
+            "warden: Warden is shutting down; reconnect in a moment".to_string(),
+        )),
+        End::Failed { code, reason } => Some((*code, format!("warden: session ended: {reason}"))),
+        End::Client | End::Server => None,
+    };
+    if let Some((code, message)) = farewell {
         let mut buf = BytesMut::new();
-        let message = format!("warden: session ended ({})", end.reason());
         ErrorResponse {
             severity: "FATAL",
-            code: sqlstate::ADMIN_SHUTDOWN,
+            code,
             message: &message,
             detail: None,
             hint: None,
@@ -207,7 +232,7 @@ impl ClientSide<'_> {
                 let frame = match split_frame(&mut self.buf, self.max) {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
-                    Err(e) => return End::Error(format!("client sent a bad message: {e}")),
+                    Err(e) => return End::protocol(format!("client sent a bad message: {e}")),
                 };
                 match self.inspect(&frame).await {
                     Ok(Step::Forward) => out.extend_from_slice(&frame.raw),
@@ -218,13 +243,16 @@ impl ClientSide<'_> {
                     }
                     Err(e) => {
                         let _ = write_flush(&mut self.wr, &out).await;
-                        return End::Error(e.to_string());
+                        return End::Failed {
+                            code: e.sqlstate(),
+                            reason: e.to_string(),
+                        };
                     }
                 }
             }
             if !out.is_empty() {
                 if let Err(e) = write_flush(&mut self.wr, &out).await {
-                    return End::Error(format!("writing to PostgreSQL: {e}"));
+                    return End::io(format!("writing to PostgreSQL: {e}"));
                 }
                 out.clear();
             }
@@ -234,7 +262,7 @@ impl ClientSide<'_> {
             match self.rd.read_buf(&mut self.buf).await {
                 Ok(0) => return End::Client,
                 Ok(_) => {}
-                Err(e) => return End::Error(format!("reading from client: {e}")),
+                Err(e) => return End::io(format!("reading from client: {e}")),
             }
         }
     }
@@ -337,16 +365,16 @@ impl ServerSide<'_> {
                 let frame = match split_frame(&mut self.buf, self.max) {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
-                    Err(e) => return End::Error(format!("PostgreSQL sent a bad message: {e}")),
+                    Err(e) => return End::protocol(format!("PostgreSQL sent a bad message: {e}")),
                 };
                 if let Err(e) = self.observe(&frame, &mut finished) {
-                    return End::Error(e.to_string());
+                    return End::protocol(e.to_string());
                 }
                 out.extend_from_slice(&frame.raw);
             }
             if !out.is_empty() {
                 if let Err(e) = write_flush(&mut self.wr, &out).await {
-                    return End::Error(format!("writing to client: {e}"));
+                    return End::io(format!("writing to client: {e}"));
                 }
                 out.clear();
             }
@@ -359,7 +387,7 @@ impl ServerSide<'_> {
             match self.rd.read_buf(&mut self.buf).await {
                 Ok(0) => return End::Server,
                 Ok(_) => {}
-                Err(e) => return End::Error(format!("reading from PostgreSQL: {e}")),
+                Err(e) => return End::io(format!("reading from PostgreSQL: {e}")),
             }
         }
     }

@@ -129,7 +129,7 @@ async fn expired_certificate_and_token_are_refused_with_the_expiry_time() {
         when.minute(),
         when.second()
     );
-    let needle = format!("credential expired at {stamp}; issue a new one with warden issue");
+    let needle = format!("credential expired at {stamp}; issue a new one with warden issue --kind agent --name report-bot --requester human:alice --task T-old");
     let result = connect_with(
         &config("shop", "report-bot"),
         &h.deploy.join("ca/host-ca.crt"),

@@ -41,12 +41,7 @@ pub(super) async fn authenticate(
     let user = param("user").ok_or((ProxyError::MissingUser, None))?;
     let database = param("database").unwrap_or_else(|| user.clone());
     if param("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
-        return Err((
-            ProxyError::BadCertificate {
-                reason: "replication connections are not supported".into(),
-            },
-            None,
-        ));
+        return Err((ProxyError::Replication, None));
     }
 
     let claims = credential(shared, client).await.map_err(|e| (e, None))?;
@@ -154,9 +149,15 @@ async fn credential(
 }
 
 fn expired(c: &Claims) -> ProxyError {
+    let mut reissue = format!("warden issue --kind {} --name {}", c.kind, c.name);
+    if let Some(r) = &c.requester {
+        reissue += &format!(" --requester {r}");
+    }
+    if let Some(t) = &c.task {
+        reissue += &format!(" --task {t}");
+    }
     ProxyError::Expired {
         at: c.not_after,
-        kind: c.kind.to_string(),
-        name: c.name.clone(),
+        reissue,
     }
 }
