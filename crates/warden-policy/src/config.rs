@@ -353,7 +353,7 @@ fn build_server(cx: &Locator, base: &Path, raw: &RawConfig) -> Result<ServerSett
     Ok(ServerSettings {
         postgres_listen: s.postgres_listen.get_ref().clone(),
         api_listen: s.api_listen.as_ref().map(|a| a.get_ref().clone()),
-        data_dir: base.join(s.data_dir.as_deref().unwrap_or(".")),
+        data_dir: clean(&base.join(s.data_dir.as_deref().unwrap_or("."))),
         max_message_size,
     })
 }
@@ -361,6 +361,13 @@ fn build_server(cx: &Locator, base: &Path, raw: &RawConfig) -> Result<ServerSett
 /// PostgreSQL's own limit on most messages is 1 GiB; Warden caps lower by default to bound memory per session.
 fn default_max_message_size() -> usize {
     64 * 1024 * 1024
+}
+
+/// `dir/./audit` reads as `dir/audit` in every message that shows it.
+fn clean(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
 }
 
 fn check_listen(cx: &Locator, v: &Spanned<String>, key: &str) -> Result<(), ConfigError> {
@@ -398,7 +405,7 @@ fn build_audit(
         }
     };
     let path = match &raw.audit.path {
-        Some(p) => cx.path.parent().unwrap_or(Path::new(".")).join(p),
+        Some(p) => clean(&cx.path.parent().unwrap_or(Path::new(".")).join(p)),
         None => server.data_dir.join("audit").join("audit.jsonl"),
     };
     Ok(AuditSettings { fsync, path })
