@@ -1,0 +1,102 @@
+use std::collections::HashMap;
+
+use crate::QualifiedName;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Volatility {
+    Immutable,
+    Stable,
+    Volatile,
+    /// Not in the catalog: treated as volatile.
+    Unknown,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RelationInfo {
+    pub columns: Vec<String>,
+}
+
+/// What Warden knows of one database's schema: relations with their columns, functions with their
+/// volatility. Loaded from the catalog by the proxy, refreshed on a miss.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub relations: HashMap<QualifiedName, RelationInfo>,
+    /// Function name (unqualified) -> the most volatile of its overloads, per schema.
+    pub functions: HashMap<(String, String), Volatility>,
+}
+
+impl Catalog {
+    pub fn add_relation(&mut self, schema: &str, name: &str, columns: Vec<String>) {
+        self.relations.insert(
+            QualifiedName {
+                schema: schema.into(),
+                name: name.into(),
+            },
+            RelationInfo { columns },
+        );
+    }
+
+    pub fn add_function(&mut self, schema: &str, name: &str, v: Volatility) {
+        let e = self
+            .functions
+            .entry((schema.into(), name.into()))
+            .or_insert(v);
+        *e = (*e).max(v);
+    }
+
+    /// Resolves a relation as PostgreSQL would: an explicit schema, else pg_catalog, then the path.
+    pub fn resolve(
+        &self,
+        schema: Option<&str>,
+        name: &str,
+        search_path: &[String],
+    ) -> Option<QualifiedName> {
+        if let Some(s) = schema {
+            let q = QualifiedName {
+                schema: s.into(),
+                name: name.into(),
+            };
+            return self.relations.contains_key(&q).then_some(q);
+        }
+        std::iter::once("pg_catalog")
+            .chain(search_path.iter().map(String::as_str))
+            .map(|s| QualifiedName {
+                schema: s.into(),
+                name: name.into(),
+            })
+            .find(|q| self.relations.contains_key(q))
+    }
+
+    pub fn columns(&self, rel: &QualifiedName) -> &[String] {
+        self.relations
+            .get(rel)
+            .map(|r| r.columns.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// A function's name as resolved and its volatility (pg_catalog first, then the path).
+    pub fn function(
+        &self,
+        schema: Option<&str>,
+        name: &str,
+        search_path: &[String],
+    ) -> (String, Volatility) {
+        let candidates: Vec<&str> = match schema {
+            Some(s) => vec![s],
+            None => std::iter::once("pg_catalog")
+                .chain(search_path.iter().map(String::as_str))
+                .collect(),
+        };
+        for s in candidates {
+            if let Some(v) = self.functions.get(&(s.to_string(), name.to_string())) {
+                return (format!("{s}.{name}"), *v);
+            }
+        }
+        (
+            schema
+                .map(|s| format!("{s}.{name}"))
+                .unwrap_or_else(|| name.to_string()),
+            Volatility::Unknown,
+        )
+    }
+}

@@ -1,0 +1,228 @@
+use super::*;
+
+pub(crate) fn shop() -> Catalog {
+    let mut c = Catalog::default();
+    let cols = |s: &str| {
+        s.split(',')
+            .map(|x| x.trim().to_string())
+            .collect::<Vec<_>>()
+    };
+    c.add_relation("public", "customers", cols("id, name, email, region"));
+    c.add_relation(
+        "public",
+        "orders",
+        cols("id, customer_id, status, total, region"),
+    );
+    c.add_relation("hr", "salaries", cols("id, employee, amount"));
+    c.add_relation("hr", "orders", cols("id, secret"));
+    c.add_relation(
+        "pg_catalog",
+        "pg_stat_activity",
+        cols("pid, usename, query, state"),
+    );
+    for (f, v) in [
+        ("now", Volatility::Stable),
+        ("count", Volatility::Immutable),
+        ("sum", Volatility::Immutable),
+        ("row_to_json", Volatility::Stable),
+        ("to_jsonb", Volatility::Stable),
+        ("pg_terminate_backend", Volatility::Volatile),
+        ("set_config", Volatility::Volatile),
+    ] {
+        c.add_function("pg_catalog", f, v);
+    }
+    c.add_function("public", "reset_orders", Volatility::Volatile);
+    c
+}
+
+fn one(sql: &str) -> StatementAccess {
+    let mut v = analyze(sql, &shop(), &SessionContext::default()).unwrap();
+    assert_eq!(v.len(), 1, "{sql}");
+    v.pop().unwrap()
+}
+
+fn q(s: &str) -> QualifiedName {
+    let (schema, name) = s.split_once('.').unwrap();
+    QualifiedName {
+        schema: schema.into(),
+        name: name.into(),
+    }
+}
+
+fn cols(a: &StatementAccess, rel: &str) -> Vec<String> {
+    a.reads
+        .get(&q(rel))
+        .map(|c| c.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn star_and_whole_row_expand_from_the_catalog() {
+    assert_eq!(
+        cols(&one("SELECT * FROM customers"), "public.customers"),
+        ["email", "id", "name", "region"]
+    );
+    assert_eq!(
+        cols(&one("SELECT c.* FROM customers c"), "public.customers").len(),
+        4
+    );
+    assert_eq!(
+        cols(
+            &one("SELECT row_to_json(c) FROM customers c"),
+            "public.customers"
+        )
+        .len(),
+        4
+    );
+    assert_eq!(
+        cols(
+            &one("SELECT to_jsonb(customers) FROM customers"),
+            "public.customers"
+        )
+        .len(),
+        4
+    );
+    assert_eq!(
+        cols(&one("SELECT c FROM customers c"), "public.customers").len(),
+        4
+    );
+}
+
+#[test]
+fn columns_in_where_join_order_and_functions_count() {
+    let a = one("SELECT id FROM customers WHERE email LIKE 'a%'");
+    assert_eq!(cols(&a, "public.customers"), ["email", "id"]);
+    let a = one("SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY c.email");
+    assert_eq!(cols(&a, "public.customers"), ["email", "id", "name"]);
+    assert_eq!(cols(&a, "public.orders"), ["customer_id", "id"]);
+    let a = one("SELECT upper(email) FROM customers");
+    assert_eq!(cols(&a, "public.customers"), ["email"]);
+    assert_eq!(a.functions.get("upper"), Some(&Volatility::Unknown));
+}
+
+#[test]
+fn ctes_subqueries_and_correlation() {
+    let a = one("WITH x AS (SELECT id, total FROM orders) SELECT sum(total) FROM x");
+    assert_eq!(cols(&a, "public.orders"), ["id", "total"]);
+    assert!(a.forbidden.is_empty(), "{:?}", a.forbidden);
+    let a = one("SELECT name FROM customers c WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id AND email = 'x')");
+    assert_eq!(cols(&a, "public.customers"), ["email", "id", "name"]);
+    let a = one("SELECT email FROM (SELECT * FROM customers) s");
+    assert_eq!(cols(&a, "public.customers").len(), 4);
+}
+
+#[test]
+fn writes_hidden_anywhere_are_found() {
+    let a = one("WITH d AS (DELETE FROM orders RETURNING *) SELECT count(*) FROM d");
+    assert_eq!(a.class(), Class::Write);
+    assert!(a.writes[&q("public.orders")].0.contains(&WriteKind::Delete));
+    let a = one("/* just a read */ UPDATE orders SET status = 'void' WHERE total > 1");
+    assert_eq!(
+        a.writes[&q("public.orders")].1.iter().collect::<Vec<_>>(),
+        ["status"]
+    );
+    assert_eq!(cols(&a, "public.orders"), ["total"]);
+    let a = one("INSERT INTO orders (customer_id, status, total, region) VALUES (1, 'x', 1, 'eu') RETURNING id");
+    assert_eq!(a.writes[&q("public.orders")].1.len(), 4);
+    assert_eq!(cols(&a, "public.orders"), ["id"]);
+    let a = one("TRUNCATE orders");
+    assert!(a.writes[&q("public.orders")]
+        .0
+        .contains(&WriteKind::Truncate));
+    let a = one("EXPLAIN ANALYZE DELETE FROM orders");
+    assert!(a.explain_analyze);
+    assert_eq!(a.class(), Class::Write);
+    let a = one("PREPARE p AS DELETE FROM orders");
+    assert_eq!(a.class(), Class::Write);
+    assert_eq!(a.effects, [SessionEffect::Prepare("p".into())]);
+}
+
+#[test]
+fn schema_resolution_follows_the_search_path() {
+    let hr = SessionContext {
+        search_path: vec!["hr".into(), "public".into()],
+    };
+    let a = analyze("SELECT * FROM orders", &shop(), &hr)
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(cols(&a, "hr.orders"), ["id", "secret"]);
+    let a = one("SELECT * FROM orders");
+    assert_eq!(cols(&a, "public.orders").len(), 5);
+    let a = one("SELECT * FROM nowhere");
+    assert_eq!(a.forbidden, [Forbidden::UnknownRelation("nowhere".into())]);
+    let a = one("SET search_path TO hr, public");
+    assert_eq!(
+        a.effects,
+        [SessionEffect::SearchPath(vec![
+            "hr".into(),
+            "public".into()
+        ])]
+    );
+}
+
+#[test]
+fn classes_and_never_allowed() {
+    assert_eq!(one("DROP TABLE orders").class(), Class::Ddl);
+    assert_eq!(
+        one("CREATE TABLE leak AS SELECT * FROM orders").class(),
+        Class::Ddl
+    );
+    assert_eq!(
+        one("ALTER TABLE orders ADD COLUMN x int").class(),
+        Class::Ddl
+    );
+    assert_eq!(
+        one("GRANT ALL ON orders TO PUBLIC").class(),
+        Class::Privilege
+    );
+    assert_eq!(one("BEGIN").class(), Class::Transaction);
+    assert_eq!(one("SHOW search_path").class(), Class::Session);
+    assert_eq!(
+        one("SET ROLE postgres").forbidden,
+        [Forbidden::ProtectedSetting("role".into())]
+    );
+    assert_eq!(
+        one("SET warden.identity = 'x'").forbidden,
+        [Forbidden::ProtectedSetting("warden.identity".into())]
+    );
+    assert_eq!(
+        one("SELECT set_config('role', 'postgres', false)").forbidden,
+        [Forbidden::ProtectedSetting("role".into())]
+    );
+    assert_eq!(one("RESET ALL").effects, [SessionEffect::ResetAll]);
+    assert_eq!(
+        one("COPY orders TO PROGRAM 'true'").forbidden,
+        [Forbidden::CopyProgram]
+    );
+    assert_eq!(
+        one("COPY orders FROM '/etc/passwd'").forbidden,
+        [Forbidden::CopyFile]
+    );
+    assert_eq!(
+        one("DO $$ BEGIN DELETE FROM orders; END $$").effects,
+        [SessionEffect::DoBlock]
+    );
+    assert!(matches!(one("VACUUM orders").class(), Class::Ddl));
+    assert!(!one("CHECKPOINT").forbidden.is_empty());
+    let a = one("SELECT pg_terminate_backend(pid) FROM pg_stat_activity");
+    assert_eq!(
+        a.functions.get("pg_catalog.pg_terminate_backend"),
+        Some(&Volatility::Volatile)
+    );
+    assert_eq!(cols(&a, "pg_catalog.pg_stat_activity"), ["pid"]);
+}
+
+#[test]
+fn several_statements_are_each_reported() {
+    let v = analyze(
+        "SELECT 1; DELETE FROM orders",
+        &shop(),
+        &SessionContext::default(),
+    )
+    .unwrap();
+    assert_eq!(v.len(), 2);
+    assert_eq!(v[1].class(), Class::Write);
+    assert_eq!(v[1].text, "DELETE FROM orders");
+    assert!(analyze("SELEC 1", &shop(), &SessionContext::default()).is_err());
+}
