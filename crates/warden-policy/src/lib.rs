@@ -6,6 +6,7 @@
 //! do those roles add up to (`GrantSet`). It does no I/O beyond reading the config file.
 
 mod config;
+mod decide;
 mod error;
 mod grants;
 mod raw;
@@ -15,6 +16,7 @@ pub use config::{
     Approval, AuditSettings, Config, DatabaseConfig, IdentityConfig, Role, ServerSettings,
     UpstreamAuth,
 };
+pub use decide::{decide, Decision};
 pub use error::{ConfigError, Refusal};
 pub use grants::{ColumnScope, GrantSet, TableGrant, TablePrivileges, TableRef};
 pub use upstream::{SslMode, UpstreamUrl};

@@ -1,0 +1,289 @@
+//! The decision: one value, Allow or Deny { rule, reason }, from a statement's analysis and the
+//! session's effective roles. Forwarding, audit and the error the client sees all act on this value.
+
+use warden_sql::{
+    Class, Forbidden, QualifiedName, SessionEffect, StatementAccess, Volatility, WriteKind,
+};
+
+use crate::config::Role;
+use crate::grants::TableGrant;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny {
+        /// A short name of the rule that refused: `read`, `write`, `ddl`, `privilege`, `function`, ...
+        rule: &'static str,
+        /// A sentence naming the role and what it may not do.
+        reason: String,
+        /// What the person can do about it.
+        hint: String,
+    },
+}
+
+impl Decision {
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Decision::Allow)
+    }
+}
+
+/// Built-in functions that reach outside the session (other backends, the server's files, the
+/// server's configuration): never through Warden, whatever the role.
+const NEVER: &[&str] = &[
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_ls_dir",
+    "pg_stat_file",
+    "pg_ls_logdir",
+    "pg_ls_waldir",
+    "pg_ls_tmpdir",
+    "pg_ls_archive_statusdir",
+    "pg_file_write",
+    "lo_import",
+    "lo_export",
+    "pg_switch_wal",
+    "pg_promote",
+    "pg_create_restore_point",
+    "pg_backup_start",
+    "pg_backup_stop",
+    "pg_logical_emit_message",
+    "pg_create_physical_replication_slot",
+    "pg_create_logical_replication_slot",
+    "pg_drop_replication_slot",
+    "dblink",
+    "dblink_exec",
+    "dblink_connect",
+    "dblink_connect_u",
+];
+
+/// Volatile built-ins that change nothing: read-only roles may call them.
+const HARMLESS_VOLATILE: &[&str] = &[
+    "random",
+    "clock_timestamp",
+    "timeofday",
+    "gen_random_uuid",
+    "pg_sleep",
+    "set_config",
+];
+
+/// Schemas of PostgreSQL's own catalog: readable by every role (PostgreSQL's privileges still apply).
+const SYSTEM_SCHEMAS: &[&str] = &["pg_catalog", "information_schema"];
+
+/// Decides a whole statement string: denied as a whole if any statement in it is denied.
+pub fn decide(statements: &[StatementAccess], roles: &[&Role]) -> Decision {
+    for s in statements {
+        let d = decide_one(s, roles);
+        if !d.is_allow() {
+            return d;
+        }
+    }
+    Decision::Allow
+}
+
+fn decide_one(s: &StatementAccess, roles: &[&Role]) -> Decision {
+    let who = role_names(roles);
+    let read_only = roles.iter().all(|r| r.write.is_empty());
+    if let Some(f) = s.forbidden.first() {
+        let rule = match f {
+            Forbidden::ProtectedSetting(_) => "privilege",
+            Forbidden::UnknownRelation(_) => "unknown-relation",
+            _ => "never",
+        };
+        return deny(rule, f.to_string(), "this is refused for every role".into());
+    }
+    match s.class() {
+        Class::Ddl => {
+            return deny("ddl", format!("{who} may not change the schema (DDL)"), "schema changes go through your migration process, not through Warden".into())
+        }
+        Class::Privilege => {
+            return deny(
+                "privilege",
+                format!("{who} may not change roles or privileges"),
+                "Warden provisions this session's PostgreSQL role; ask an administrator to change warden.toml".into(),
+            )
+        }
+        _ => {}
+    }
+    for e in &s.effects {
+        match e {
+            SessionEffect::DoBlock if !roles.iter().any(|r| r.allow_do) => {
+                return deny(
+                    "do",
+                    format!("{who} may not run DO blocks"),
+                    "run the statements themselves, or ask for a role with allow_do = true".into(),
+                )
+            }
+            SessionEffect::ResetAll if read_only => {
+                return deny(
+                    "session",
+                    format!("{who} is read-only and may not RESET ALL"),
+                    "reset single settings by name".into(),
+                )
+            }
+            SessionEffect::Notify if read_only => {
+                return deny(
+                    "write",
+                    format!("{who} is read-only and may not NOTIFY"),
+                    "ask for a role that may write".into(),
+                )
+            }
+            _ => {}
+        }
+    }
+    for (rel, cols) in &s.reads {
+        if let Some(d) = check_read(rel, cols.iter(), roles, &who) {
+            return d;
+        }
+    }
+    for (rel, (kinds, cols)) in &s.writes {
+        for kind in kinds {
+            if let Some(d) = check_write(rel, *kind, cols.iter(), roles, &who) {
+                return d;
+            }
+        }
+    }
+    if let Some(d) = check_functions(s, &who, read_only) {
+        return d;
+    }
+    Decision::Allow
+}
+
+fn check_functions(s: &StatementAccess, who: &str, read_only: bool) -> Option<Decision> {
+    for (name, volatility) in &s.functions {
+        let base = name.rsplit('.').next().unwrap_or(name);
+        if NEVER.contains(&base) {
+            return Some(deny(
+                "function",
+                format!("function {base} is never allowed through Warden"),
+                "it acts outside your session".into(),
+            ));
+        }
+        let may_write = matches!(volatility, Volatility::Volatile | Volatility::Unknown);
+        if read_only && may_write && !HARMLESS_VOLATILE.contains(&base) {
+            let why = if *volatility == Volatility::Unknown {
+                "is not in the catalog"
+            } else {
+                "is volatile and may change data"
+            };
+            return Some(deny(
+                "function",
+                format!("{who} is read-only: function {name} {why}"),
+                "call only stable or immutable functions, or ask for a role that may write".into(),
+            ));
+        }
+    }
+    None
+}
+
+fn check_read<'a>(
+    rel: &QualifiedName,
+    cols: impl Iterator<Item = &'a String>,
+    roles: &[&Role],
+    who: &str,
+) -> Option<Decision> {
+    if SYSTEM_SCHEMAS.contains(&rel.schema.as_str()) {
+        return None;
+    }
+    let grants: Vec<&TableGrant> = roles
+        .iter()
+        .flat_map(|r| &r.read)
+        .filter(|g| matches(g, rel))
+        .collect();
+    if grants.is_empty() {
+        return Some(deny(
+            "read",
+            format!("{who} may not read table {rel}"),
+            format!("ask for a role whose read list includes {rel}"),
+        ));
+    }
+    for col in cols {
+        if !grants
+            .iter()
+            .any(|g| g.columns.as_ref().is_none_or(|c| c.contains(col)))
+        {
+            return Some(deny(
+                "read",
+                format!("{who} may not read column {rel}.{col}"),
+                "name only the columns your role may read (SELECT * and whole-row references include every column)".into(),
+            ));
+        }
+    }
+    None
+}
+
+fn check_write<'a>(
+    rel: &QualifiedName,
+    kind: WriteKind,
+    cols: impl Iterator<Item = &'a String>,
+    roles: &[&Role],
+    who: &str,
+) -> Option<Decision> {
+    let grants: Vec<&TableGrant> = roles
+        .iter()
+        .flat_map(|r| &r.write)
+        .filter(|g| matches(g, rel))
+        .collect();
+    let hint = || format!("ask for a role whose write list includes {rel}");
+    if grants.is_empty() {
+        let what = if roles.iter().all(|r| r.write.is_empty()) {
+            format!("{who} is read-only and may not {kind} {rel}")
+        } else {
+            format!("{who} may not {kind} {rel}")
+        };
+        return Some(deny("write", what, hint()));
+    }
+    match kind {
+        WriteKind::Insert | WriteKind::Update => {
+            for col in cols {
+                if !grants
+                    .iter()
+                    .any(|g| g.columns.as_ref().is_none_or(|c| c.contains(col)))
+                {
+                    return Some(deny(
+                        "write",
+                        format!("{who} may not write column {rel}.{col}"),
+                        hint(),
+                    ));
+                }
+            }
+        }
+        WriteKind::Delete | WriteKind::Truncate | WriteKind::Lock => {
+            if !grants.iter().any(|g| g.columns.is_none()) {
+                return Some(deny(
+                    "write",
+                    format!("{who} may not {kind} {rel}: its write grant is limited to columns"),
+                    hint(),
+                ));
+            }
+        }
+    }
+    None
+}
+
+fn matches(g: &TableGrant, rel: &QualifiedName) -> bool {
+    g.table.schema == rel.schema && g.table.name.as_ref().is_none_or(|n| n == &rel.name)
+}
+
+fn role_names(roles: &[&Role]) -> String {
+    match roles {
+        [one] => format!("role {}", one.name),
+        many => format!(
+            "roles {}",
+            many.iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn deny(rule: &'static str, reason: String, hint: String) -> Decision {
+    Decision::Deny { rule, reason, hint }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,206 @@
+use std::path::Path;
+
+use warden_sql::{analyze, Catalog, SessionContext, Volatility};
+
+use super::*;
+use crate::Config;
+
+const ROLES: &str = r#"
+[server]
+postgres_listen = "127.0.0.1:6432"
+[[database]]
+name = "shop"
+url = "postgres://warden_admin@127.0.0.1/shop?sslmode=require"
+[[role]]
+name = "analyst"
+databases = ["shop"]
+read  = ["public.orders(id, customer_id, status, total, region)", "public.customers(id, name, region)"]
+[[role]]
+name = "writer"
+databases = ["shop"]
+read  = ["public.*"]
+write = ["public.orders"]
+[[role]]
+name = "status-writer"
+databases = ["shop"]
+read  = ["public.orders(id, status)"]
+write = ["public.orders(status)"]
+"#;
+
+fn catalog() -> Catalog {
+    let mut c = Catalog::default();
+    let cols = |s: &str| s.split(", ").map(str::to_string).collect::<Vec<_>>();
+    c.add_relation("public", "customers", cols("id, name, email, region"));
+    c.add_relation(
+        "public",
+        "orders",
+        cols("id, customer_id, status, total, region"),
+    );
+    c.add_relation("hr", "salaries", cols("id, employee, amount"));
+    c.add_relation("pg_catalog", "pg_stat_activity", cols("pid, query"));
+    for (f, v) in [
+        ("now", Volatility::Stable),
+        ("count", Volatility::Immutable),
+        ("sum", Volatility::Immutable),
+        ("pg_terminate_backend", Volatility::Volatile),
+        ("pg_sleep", Volatility::Volatile),
+    ] {
+        c.add_function("pg_catalog", f, v);
+    }
+    c.add_function("public", "reset_orders", Volatility::Volatile);
+    c
+}
+
+fn verdict(sql: &str, role_names: &[&str]) -> Decision {
+    let config = Config::parse(Path::new("/x/warden.toml"), ROLES).unwrap();
+    let roles: Vec<&Role> = role_names.iter().map(|n| config.role(n).unwrap()).collect();
+    let stmts = analyze(sql, &catalog(), &SessionContext::default()).unwrap();
+    decide(&stmts, &roles)
+}
+
+fn reason(d: &Decision) -> &str {
+    match d {
+        Decision::Deny { reason, .. } => reason,
+        Decision::Allow => "allowed",
+    }
+}
+
+#[test]
+fn analyst_corpus() {
+    let denied = [
+        (
+            "DELETE FROM orders",
+            "role analyst is read-only and may not delete from public.orders",
+        ),
+        (
+            "UPDATE orders SET total = 0",
+            "may not update public.orders",
+        ),
+        ("TRUNCATE orders", "may not truncate public.orders"),
+        (
+            "DROP TABLE orders",
+            "role analyst may not change the schema (DDL)",
+        ),
+        (
+            "WITH d AS (DELETE FROM orders RETURNING *) SELECT count(*) FROM d",
+            "delete from public.orders",
+        ),
+        ("SELECT 1; DELETE FROM orders", "delete from public.orders"),
+        ("COPY orders TO PROGRAM 'true'", "PROGRAM"),
+        (
+            "DO $$ BEGIN DELETE FROM orders; END $$",
+            "may not run DO blocks",
+        ),
+        ("SET ROLE postgres", "setting role is managed by Warden"),
+        (
+            "SELECT email FROM customers",
+            "role analyst may not read column public.customers.email",
+        ),
+        (
+            "SELECT * FROM customers",
+            "may not read column public.customers.email",
+        ),
+        (
+            "SELECT * FROM hr.salaries",
+            "role analyst may not read table hr.salaries",
+        ),
+        ("CREATE TABLE leak AS SELECT * FROM orders", "DDL"),
+        (
+            "PREPARE p AS DELETE FROM orders",
+            "delete from public.orders",
+        ),
+        (
+            "GRANT ALL ON orders TO PUBLIC",
+            "may not change roles or privileges",
+        ),
+        (
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
+            "function pg_terminate_backend is never allowed",
+        ),
+        (
+            "SELECT id FROM customers WHERE email LIKE 'a%'",
+            "column public.customers.email",
+        ),
+        (
+            "SELECT reset_orders()",
+            "read-only: function public.reset_orders is volatile",
+        ),
+        (
+            "SELECT row_to_json(c) FROM customers c",
+            "column public.customers.email",
+        ),
+        ("RESET ALL", "may not RESET ALL"),
+        (
+            "SELECT set_config('warden.identity', 'x', false)",
+            "warden.identity is managed by Warden",
+        ),
+        (
+            "EXPLAIN ANALYZE DELETE FROM orders",
+            "delete from public.orders",
+        ),
+    ];
+    for (sql, want) in denied {
+        let d = verdict(sql, &["analyst"]);
+        assert!(reason(&d).contains(want), "{sql}: {d:?}");
+    }
+    for sql in [
+        "SELECT id, status FROM orders ORDER BY id",
+        "SELECT count(*) FROM orders",
+        "WITH x AS (SELECT id, total FROM orders) SELECT sum(total) FROM x",
+        "SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.customer_id",
+        "BEGIN; SELECT 1; COMMIT",
+        "SHOW search_path",
+        "SELECT now()",
+        "EXPLAIN SELECT id FROM orders",
+        "SELECT id, name FROM customers WHERE region = 'eu'",
+        "SELECT id, total FROM orders WHERE id = $1",
+        "SELECT pg_sleep(0)",
+        "SELECT query FROM pg_stat_activity",
+    ] {
+        assert_eq!(verdict(sql, &["analyst"]), Decision::Allow, "{sql}");
+    }
+}
+
+#[test]
+fn writers_and_column_limited_writes() {
+    assert_eq!(
+        verdict("UPDATE orders SET total = 0 WHERE id = 1", &["writer"]),
+        Decision::Allow
+    );
+    assert_eq!(
+        verdict("DELETE FROM orders WHERE id = 1", &["writer"]),
+        Decision::Allow
+    );
+    assert!(reason(&verdict("DELETE FROM customers", &["writer"]))
+        .contains("may not delete from public.customers"));
+    assert_eq!(
+        verdict(
+            "UPDATE orders SET status = 'x' WHERE id = 1",
+            &["status-writer"]
+        ),
+        Decision::Allow
+    );
+    assert!(reason(&verdict(
+        "UPDATE orders SET total = 0 WHERE id = 1",
+        &["status-writer"]
+    ))
+    .contains("may not write column public.orders.total"));
+    assert!(
+        reason(&verdict("DELETE FROM orders", &["status-writer"])).contains("limited to columns")
+    );
+    // Reads in WHERE still need read grants.
+    assert!(reason(&verdict(
+        "UPDATE orders SET status = 'x' WHERE total > 5",
+        &["status-writer"]
+    ))
+    .contains("column public.orders.total"));
+    // Roles add up.
+    assert_eq!(
+        verdict("SELECT email FROM customers", &["analyst", "writer"]),
+        Decision::Allow
+    );
+    assert!(
+        reason(&verdict("DROP TABLE orders", &["analyst", "writer"]))
+            .starts_with("roles analyst, writer may not")
+    );
+}
