@@ -90,13 +90,7 @@ pub fn format_ts(t: OffsetDateTime) -> String {
 }
 
 /// Appends the stored line for a record to `out`; returns its hash.
-pub(crate) fn encode_line(
-    ts: &str,
-    seq: u64,
-    body: &EventBody,
-    prev_hash: &str,
-    out: &mut Vec<u8>,
-) -> String {
+pub(crate) fn encode_line(ts: &str, seq: u64, body: &EventBody, prev_hash: &str, out: &mut Vec<u8>) -> String {
     let start = out.len();
     let unhashed = Unhashed {
         ts,
@@ -129,10 +123,5 @@ pub(crate) fn split_hash(line: &[u8]) -> Option<(&[u8], &[u8])> {
 
 /// The hash of a record, from the head `split_hash` returned.
 pub(crate) fn chain_hash(head: &[u8]) -> String {
-    hex::encode(
-        Sha256::new()
-            .chain_update(head)
-            .chain_update(b"}")
-            .finalize(),
-    )
+    hex::encode(Sha256::new().chain_update(head).chain_update(b"}").finalize())
 }

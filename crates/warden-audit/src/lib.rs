@@ -64,11 +64,7 @@ pub enum AuditError {
     Open { path: PathBuf, reason: String },
     /// A reader could not read or parse a line.
     #[error("audit log {path}, line {line}: {reason}")]
-    Read {
-        path: PathBuf,
-        line: usize,
-        reason: String,
-    },
+    Read { path: PathBuf, line: usize, reason: String },
     /// `verify` found a record that is not what the writer wrote.
     #[error("audit log {path}: line {line}{}: {reason}\n  {record}", seq.map(|s| format!(" (seq {s})")).unwrap_or_default())]
     Tampered {

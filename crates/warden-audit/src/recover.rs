@@ -41,10 +41,7 @@ pub(crate) fn recover_head(file: &mut File) -> io::Result<Head> {
             torn,
         });
     };
-    let last = body
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(body, |i| &body[i + 1..]);
+    let last = body.iter().rposition(|&b| b == b'\n').map_or(body, |i| &body[i + 1..]);
     let event: Event = serde_json::from_slice(last).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,

@@ -30,9 +30,8 @@ impl SearchFilter {
         let id = b.identity.as_ref();
         let requester = id.and_then(|i| i.requester.as_deref());
         if let Some(want) = &self.identity {
-            let hit = id.is_some_and(|i| {
-                names(want, &i.kind, &i.name) || requester.is_some_and(|r| names_full(want, r))
-            });
+            let hit =
+                id.is_some_and(|i| names(want, &i.kind, &i.name) || requester.is_some_and(|r| names_full(want, r)));
             if !hit {
                 return false;
             }
@@ -109,8 +108,8 @@ pub fn search(path: &Path, filter: &SearchFilter) -> Result<Vec<Event>, AuditErr
         let Some(text) = line.strip_suffix(b"\n") else {
             break; // end of file, or a record still being written
         };
-        let event: Event = serde_json::from_slice(text)
-            .map_err(|e| read_err(format!("not a valid audit record: {e}")))?;
+        let event: Event =
+            serde_json::from_slice(text).map_err(|e| read_err(format!("not a valid audit record: {e}")))?;
         n += 1;
         if filter.matches(&event) {
             out.push(event);

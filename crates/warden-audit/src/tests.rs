@@ -28,10 +28,7 @@ fn lines(path: &Path) -> Vec<String> {
 }
 
 fn events(path: &Path) -> Vec<Event> {
-    lines(path)
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    lines(path).iter().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 /// A log of `n` records in a fresh directory.
@@ -94,9 +91,7 @@ async fn concurrent_appends_chain_in_every_mode() {
 async fn submit_keeps_the_order_of_calls() {
     let dir = tempfile::tempdir().unwrap();
     let log = AuditLog::open(&dir.path().join("a.jsonl"), FsyncMode::Batch).unwrap();
-    let pending: Vec<Pending> = (0..100)
-        .map(|i| log.submit(body("query", &format!("q{i}"))))
-        .collect();
+    let pending: Vec<Pending> = (0..100).map(|i| log.submit(body("query", &format!("q{i}")))).collect();
     let mut seqs = Vec::new();
     for p in pending {
         seqs.push(p.await.unwrap());
@@ -111,15 +106,8 @@ fn append_blocking_outside_a_runtime() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.jsonl");
     let log = AuditLog::open(&path, FsyncMode::Always).unwrap();
-    assert_eq!(
-        log.append_blocking(body("credential.issued", "a")).unwrap(),
-        1
-    );
-    assert_eq!(
-        log.append_blocking(body("credential.revoked", "a"))
-            .unwrap(),
-        2
-    );
+    assert_eq!(log.append_blocking(body("credential.issued", "a")).unwrap(), 1);
+    assert_eq!(log.append_blocking(body("credential.revoked", "a")).unwrap(), 2);
     assert_eq!(verify(&path).unwrap().records, 2);
 }
 
@@ -149,10 +137,7 @@ async fn a_torn_final_line_is_cut_on_open_and_the_chain_continues() {
     let mut torn = whole.clone();
     torn.extend_from_slice(b"{\"ts\":\"2026-");
     std::fs::write(&path, &torn).unwrap();
-    assert!(matches!(
-        verify(&path),
-        Err(AuditError::Tampered { line: 4, .. })
-    ));
+    assert!(matches!(verify(&path), Err(AuditError::Tampered { line: 4, .. })));
 
     let log = AuditLog::open(&path, FsyncMode::Batch).unwrap();
     assert_eq!(log.recovered_tail, Some(12));
@@ -223,29 +208,17 @@ async fn the_reasons_name_what_broke() {
     let mut dropped = original.clone();
     dropped.remove(1);
     write(&dropped);
-    assert_eq!(
-        tampered(&path),
-        (2, "seq gap: expected 2 found 3".to_string())
-    );
+    assert_eq!(tampered(&path), (2, "seq gap: expected 2 found 3".to_string()));
 
     // Rewriting a record with a fresh hash still breaks the link to it.
     let mut forged: Event = serde_json::from_str(&original[2]).unwrap();
     forged.body.statement = Some("SELECT 'forged'".into());
     let mut line = Vec::new();
-    event::encode_line(
-        &forged.ts,
-        forged.seq,
-        &forged.body,
-        &forged.prev_hash,
-        &mut line,
-    );
+    event::encode_line(&forged.ts, forged.seq, &forged.body, &forged.prev_hash, &mut line);
     let mut rewritten = original.clone();
     rewritten[2] = String::from_utf8(line).unwrap().trim_end().to_string();
     write(&rewritten);
-    assert_eq!(
-        tampered(&path),
-        (4, "prev_hash does not link to line 3".to_string())
-    );
+    assert_eq!(tampered(&path), (4, "prev_hash does not link to line 3".to_string()));
 
     write(&["{\"ts\":1}".to_string()]);
     assert_eq!(tampered(&path), (1, "not valid JSON".to_string()));
@@ -256,18 +229,11 @@ async fn verify_waits_for_a_record_in_progress() {
     use std::io::Write;
     let (_dir, path) = log_of(2).await;
     let text = std::fs::read(&path).unwrap();
-    let cut = text[..text.len() - 1]
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .unwrap()
-        + 1;
+    let cut = text[..text.len() - 1].iter().rposition(|&b| b == b'\n').unwrap() + 1;
     let (first, second) = text.split_at(cut);
     std::fs::write(&path, first).unwrap();
     // Another writer holds the lock and has written half of its record.
-    let mut other = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .unwrap();
+    let mut other = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
     other.lock().unwrap();
     other.write_all(&second[..40]).unwrap();
     let verifier = std::thread::spawn({
@@ -379,10 +345,7 @@ async fn stored_lines_follow_the_documented_rule() {
         "prev_hash",
         "hash",
     ];
-    let at: Vec<usize> = keys
-        .iter()
-        .map(|k| first.find(&format!("\"{k}\":")).unwrap())
-        .collect();
+    let at: Vec<usize> = keys.iter().map(|k| first.find(&format!("\"{k}\":")).unwrap()).collect();
     assert!(at.windows(2).all(|w| w[0] < w[1]), "field order: {first}");
     assert_eq!(events(&path)[0].body, full);
 }
@@ -405,9 +368,7 @@ async fn search_filters() {
     });
     log.append(human).await.unwrap();
 
-    let find = |f: SearchFilter| -> Vec<u64> {
-        search(&path, &f).unwrap().iter().map(|e| e.seq).collect()
-    };
+    let find = |f: SearchFilter| -> Vec<u64> { search(&path, &f).unwrap().iter().map(|e| e.seq).collect() };
     let by_identity = |s: &str| {
         find(SearchFilter {
             identity: Some(s.into()),
@@ -466,11 +427,8 @@ async fn search_filters() {
     })
     .is_empty());
     // `since` is inclusive: the exact ts of record 3 finds it.
-    let ts3 = time::OffsetDateTime::parse(
-        &events(&path)[2].ts,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .unwrap();
+    let ts3 =
+        time::OffsetDateTime::parse(&events(&path)[2].ts, &time::format_description::well_known::Rfc3339).unwrap();
     assert_eq!(
         find(SearchFilter {
             since: Some(ts3),

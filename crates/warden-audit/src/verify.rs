@@ -58,18 +58,16 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
             reader.read_until(b'\n', &mut line).map_err(read_err)?;
         }
         n += 1;
-        chain
-            .check(&line, n)
-            .map_err(|(seq, reason)| AuditError::Tampered {
-                path: path.to_path_buf(),
-                line: n,
-                seq,
-                reason,
-                record: String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line))
-                    .chars()
-                    .take(500)
-                    .collect(),
-            })?;
+        chain.check(&line, n).map_err(|(seq, reason)| AuditError::Tampered {
+            path: path.to_path_buf(),
+            line: n,
+            seq,
+            reason,
+            record: String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line))
+                .chars()
+                .take(500)
+                .collect(),
+        })?;
     }
     Ok(VerifyReport {
         records: chain.next_seq - 1,
@@ -88,13 +86,11 @@ impl Chain {
         let Some(text) = line.strip_suffix(b"\n") else {
             return Err((None, "incomplete last record (no newline)".into()));
         };
-        let event: Event =
-            serde_json::from_slice(text).map_err(|_| (None, "not valid JSON".to_string()))?;
+        let event: Event = serde_json::from_slice(text).map_err(|_| (None, "not valid JSON".to_string()))?;
         let seq = Some(event.seq);
         // The stored bytes are hashed as they are; re-serialising could hide an edit.
-        let hash_ok = split_hash(text).is_some_and(|(head, stored)| {
-            stored == event.hash.as_bytes() && chain_hash(head) == event.hash
-        });
+        let hash_ok = split_hash(text)
+            .is_some_and(|(head, stored)| stored == event.hash.as_bytes() && chain_hash(head) == event.hash);
         if !hash_ok {
             return Err((seq, "hash mismatch".into()));
         }

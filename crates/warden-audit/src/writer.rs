@@ -136,10 +136,7 @@ fn create(path: &Path) -> io::Result<File> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     let existed = path.exists();
     let file = OpenOptions::new()
         .read(true)
@@ -176,11 +173,8 @@ impl AuditHandle {
     /// For command-line tools. Panics inside a tokio runtime (use [`AuditHandle::append`] there).
     pub fn append_blocking(&self, body: EventBody) -> Result<u64, AuditError> {
         let (ack, rx) = oneshot::channel();
-        self.tx
-            .send(Request { body, ack })
-            .map_err(|_| stopped(&self.path))?;
-        rx.blocking_recv()
-            .unwrap_or_else(|_| Err(stopped(&self.path)))
+        self.tx.send(Request { body, ack }).map_err(|_| stopped(&self.path))?;
+        rx.blocking_recv().unwrap_or_else(|_| Err(stopped(&self.path)))
     }
 
     pub fn path(&self) -> &Path {
@@ -190,8 +184,7 @@ impl AuditHandle {
     /// Makes every later write fail as a full disk would, through the same error path.
     #[cfg(test)]
     pub(crate) fn fail_writes(&self) {
-        self.fail_writes
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.fail_writes.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -2,8 +2,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
@@ -55,15 +55,12 @@ impl CertificateAuthority {
     }
 
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, IdentityError> {
-        let cert_pem =
-            std::fs::read_to_string(cert_path).map_err(|e| IdentityError::file(cert_path, e))?;
-        let key_pem =
-            std::fs::read_to_string(key_path).map_err(|e| IdentityError::file(key_path, e))?;
+        let cert_pem = std::fs::read_to_string(cert_path).map_err(|e| IdentityError::file(cert_path, e))?;
+        let key_pem = std::fs::read_to_string(key_path).map_err(|e| IdentityError::file(key_path, e))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| IdentityError::file(key_path, e))?;
         let der = rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
             .map_err(|e: rustls_pki_types::pem::Error| IdentityError::file(cert_path, e))?;
-        let issuer =
-            Issuer::from_ca_cert_der(&der, key).map_err(|e| IdentityError::file(cert_path, e))?;
+        let issuer = Issuer::from_ca_cert_der(&der, key).map_err(|e| IdentityError::file(cert_path, e))?;
         Ok(CertificateAuthority {
             cert_pem,
             cert_der: der,
@@ -95,22 +92,15 @@ impl CertificateAuthority {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        let json = serde_json::to_vec(claims).map_err(|e| IdentityError::NotACredential {
-            reason: e.to_string(),
-        })?;
+        let json = serde_json::to_vec(claims).map_err(|e| IdentityError::NotACredential { reason: e.to_string() })?;
         params.custom_extensions = vec![CustomExtension::from_oid_content(WARDEN_CLAIMS_OID, json)];
         self.sign(params)
     }
 
     /// Warden's server certificate: IP SANs for addresses, DNS SANs otherwise; serverAuth.
-    pub fn issue_server(
-        &self,
-        sans: &[String],
-        validity: Duration,
-    ) -> Result<IssuedCert, IdentityError> {
+    pub fn issue_server(&self, sans: &[String], validity: Duration) -> Result<IssuedCert, IdentityError> {
         let mut params = CertificateParams::default();
-        params.distinguished_name =
-            name(sans.first().map(String::as_str).unwrap_or("warden"), None);
+        params.distinguished_name = name(sans.first().map(String::as_str).unwrap_or("warden"), None);
         params.subject_alt_names = sans
             .iter()
             .map(|s| match s.parse::<IpAddr>() {
@@ -124,11 +114,7 @@ impl CertificateAuthority {
     }
 
     /// A login certificate for PostgreSQL's `cert` authentication: CN = the role, clientAuth.
-    pub fn issue_db_client(
-        &self,
-        role: &str,
-        validity: Duration,
-    ) -> Result<IssuedCert, IdentityError> {
+    pub fn issue_db_client(&self, role: &str, validity: Duration) -> Result<IssuedCert, IdentityError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = name(role, None);
         self.leaf(&mut params, validity);

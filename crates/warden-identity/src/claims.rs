@@ -33,9 +33,7 @@ impl FromStr for IdentityKind {
             "human" => Ok(IdentityKind::Human),
             "agent" => Ok(IdentityKind::Agent),
             "workload" => Ok(IdentityKind::Workload),
-            _ => Err(IdentityError::BadKind {
-                input: s.to_string(),
-            }),
+            _ => Err(IdentityError::BadKind { input: s.to_string() }),
         }
     }
 }
@@ -138,17 +136,14 @@ pub fn claims_from_cert(der: &[u8]) -> Result<Claims, IdentityError> {
     let not = |reason: &str| IdentityError::NotACredential {
         reason: reason.to_string(),
     };
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|_| not("not a valid X.509 certificate"))?;
-    let oid = x509_parser::oid_registry::Oid::from(WARDEN_CLAIMS_OID)
-        .map_err(|_| not("bad claims OID"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| not("not a valid X.509 certificate"))?;
+    let oid = x509_parser::oid_registry::Oid::from(WARDEN_CLAIMS_OID).map_err(|_| not("bad claims OID"))?;
     let ext = cert
         .extensions()
         .iter()
         .find(|e| e.oid == oid)
         .ok_or_else(|| not("it has no Warden claims extension"))?;
-    let mut claims: Claims =
-        serde_json::from_slice(ext.value).map_err(|_| not("its claims extension is malformed"))?;
+    let mut claims: Claims = serde_json::from_slice(ext.value).map_err(|_| not("its claims extension is malformed"))?;
     let cn = cert
         .subject()
         .iter_common_name()
@@ -184,10 +179,7 @@ mod tests {
         ] {
             assert!(bad.parse::<IdentityName>().is_err(), "{bad}");
         }
-        let e = "human:Alice"
-            .parse::<IdentityName>()
-            .unwrap_err()
-            .to_string();
+        let e = "human:Alice".parse::<IdentityName>().unwrap_err().to_string();
         assert!(e.contains("Alice") && e.contains("lower-case"), "{e}");
     }
 }

@@ -51,6 +51,5 @@ pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<(), Identity
         .mode(0o600)
         .open(path)
         .map_err(|e| IdentityError::file(path, e))?;
-    f.write_all(contents)
-        .map_err(|e| IdentityError::file(path, e))
+    f.write_all(contents).map_err(|e| IdentityError::file(path, e))
 }

@@ -28,9 +28,7 @@ struct TokenClaims {
 const ISSUER: &str = "warden";
 
 pub(crate) fn sign(key: &KeyPair, claims: &Claims) -> Result<String, IdentityError> {
-    let bad = |e: jsonwebtoken::errors::Error| IdentityError::BadToken {
-        reason: e.to_string(),
-    };
+    let bad = |e: jsonwebtoken::errors::Error| IdentityError::BadToken { reason: e.to_string() };
     let encoding = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).map_err(bad)?;
     let body = TokenClaims {
         iss: ISSUER.into(),
@@ -55,19 +53,14 @@ pub(crate) fn verify(public_key: &[u8], token: &str) -> Result<Claims, IdentityE
     validation.validate_nbf = false;
     validation.set_issuer(&[ISSUER]);
     validation.set_required_spec_claims(&["exp", "nbf", "iss", "sub"]);
-    let data = jsonwebtoken::decode::<TokenClaims>(
-        token,
-        &DecodingKey::from_ec_der(public_key),
-        &validation,
-    )
-    .map_err(|e| bad(e.to_string()))?;
+    let data = jsonwebtoken::decode::<TokenClaims>(token, &DecodingKey::from_ec_der(public_key), &validation)
+        .map_err(|e| bad(e.to_string()))?;
     let t = data.claims;
     let identity = IdentityName::new(t.kind, &t.name)?;
     if t.sub != identity.to_string() {
         return Err(bad("subject and name disagree".into()));
     }
-    let time =
-        |secs: i64| OffsetDateTime::from_unix_timestamp(secs).map_err(|e| bad(e.to_string()));
+    let time = |secs: i64| OffsetDateTime::from_unix_timestamp(secs).map_err(|e| bad(e.to_string()));
     Ok(Claims {
         kind: t.kind,
         name: t.name,

@@ -31,6 +31,8 @@ pub struct ServerSettings {
     pub api_listen: Option<String>,
     pub data_dir: PathBuf,
     pub max_message_size: usize,
+    /// Test-only (see raw.rs): statements are forwarded undecided; audit records say so.
+    pub danger_disable_statement_checks: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -138,11 +140,9 @@ impl Config {
                 known: known.join(", "),
             });
         }
-        let configured = self
-            .identity(identity)
-            .ok_or_else(|| Refusal::UnknownIdentity {
-                identity: identity.clone(),
-            })?;
+        let configured = self.identity(identity).ok_or_else(|| Refusal::UnknownIdentity {
+            identity: identity.clone(),
+        })?;
         let requester_roles: Option<&[String]> = match (identity.kind, requester) {
             (IdentityKind::Agent, None) => {
                 return Err(Refusal::MissingRequester {
@@ -151,12 +151,10 @@ impl Config {
             }
             (_, None) => None,
             (_, Some(req)) => {
-                let r = self
-                    .identity(req)
-                    .ok_or_else(|| Refusal::UnknownRequester {
-                        identity: identity.clone(),
-                        requester: req.clone(),
-                    })?;
+                let r = self.identity(req).ok_or_else(|| Refusal::UnknownRequester {
+                    identity: identity.clone(),
+                    requester: req.clone(),
+                })?;
                 Some(&r.roles)
             }
         };
@@ -188,12 +186,7 @@ impl Config {
 
     /// The longest lifetime a credential for `identity` (acting for `requester`) with `roles` may have:
     /// the smallest `max_ttl` among the identity, the requester and the roles.
-    pub fn max_ttl(
-        &self,
-        identity: &IdentityName,
-        requester: Option<&IdentityName>,
-        roles: &[String],
-    ) -> Duration {
+    pub fn max_ttl(&self, identity: &IdentityName, requester: Option<&IdentityName>, roles: &[String]) -> Duration {
         let mut ttl = DEFAULT_MAX_TTL;
         let mut bound = |d: Option<Duration>| {
             if let Some(d) = d {
@@ -201,11 +194,7 @@ impl Config {
             }
         };
         bound(self.identity(identity).and_then(|i| i.max_ttl));
-        bound(
-            requester
-                .and_then(|r| self.identity(r))
-                .and_then(|i| i.max_ttl),
-        );
+        bound(requester.and_then(|r| self.identity(r)).and_then(|i| i.max_ttl));
         for r in roles.iter().filter_map(|r| self.role(r)) {
             bound(r.max_ttl);
         }
@@ -234,11 +223,7 @@ impl Locator<'_> {
         }
     }
 
-    fn duration(
-        &self,
-        value: &Option<Spanned<String>>,
-        key: &str,
-    ) -> Result<Option<Duration>, ConfigError> {
+    fn duration(&self, value: &Option<Spanned<String>>, key: &str) -> Result<Option<Duration>, ConfigError> {
         let Some(v) = value else { return Ok(None) };
         match parse_duration(v.get_ref()) {
             Ok(d) if d.is_positive() => Ok(Some(d)),
@@ -263,8 +248,7 @@ fn build(cx: &Locator, raw: RawConfig) -> Result<Config, ConfigError> {
                 format!("database \"{name}\" is defined twice"),
             ));
         }
-        let url = UpstreamUrl::parse(db.url.get_ref(), base)
-            .map_err(|e| cx.invalid(&db.url, "database.url", e))?;
+        let url = UpstreamUrl::parse(db.url.get_ref(), base).map_err(|e| cx.invalid(&db.url, "database.url", e))?;
         let upstream_auth = match db.upstream_auth.as_ref().map(|s| s.get_ref().as_str()) {
             None | Some("cert") => UpstreamAuth::Cert,
             Some("password") => UpstreamAuth::Password,
@@ -288,11 +272,7 @@ fn build(cx: &Locator, raw: RawConfig) -> Result<Config, ConfigError> {
     for r in &raw.roles {
         let role = build_role(cx, r, &databases)?;
         if roles.iter().any(|x: &Role| x.name == role.name) {
-            return Err(cx.invalid(
-                &r.name,
-                "role.name",
-                format!("role \"{}\" is defined twice", role.name),
-            ));
+            return Err(cx.invalid(&r.name, "role.name", format!("role \"{}\" is defined twice", role.name)));
         }
         roles.push(role);
     }
@@ -313,10 +293,7 @@ fn build(cx: &Locator, raw: RawConfig) -> Result<Config, ConfigError> {
     for (kind, list, table) in kinds {
         for i in list.iter() {
             let ident = build_identity(cx, kind, table, i, &roles)?;
-            if identities
-                .iter()
-                .any(|x: &IdentityConfig| x.identity == ident.identity)
-            {
+            if identities.iter().any(|x: &IdentityConfig| x.identity == ident.identity) {
                 return Err(cx.invalid(
                     &i.name,
                     &format!("{table}.name"),
@@ -355,6 +332,7 @@ fn build_server(cx: &Locator, base: &Path, raw: &RawConfig) -> Result<ServerSett
         api_listen: s.api_listen.as_ref().map(|a| a.get_ref().clone()),
         data_dir: clean(&base.join(s.data_dir.as_deref().unwrap_or("."))),
         max_message_size,
+        danger_disable_statement_checks: s.danger_disable_statement_checks,
     })
 }
 
@@ -371,36 +349,24 @@ fn clean(path: &Path) -> PathBuf {
 }
 
 fn check_listen(cx: &Locator, v: &Spanned<String>, key: &str) -> Result<(), ConfigError> {
-    v.get_ref()
-        .parse::<std::net::SocketAddr>()
-        .map(|_| ())
-        .map_err(|_| {
-            cx.invalid(
-                v,
-                key,
-                format!("\"{}\" is not an address like 127.0.0.1:6432", v.get_ref()),
-            )
-        })
+    v.get_ref().parse::<std::net::SocketAddr>().map(|_| ()).map_err(|_| {
+        cx.invalid(
+            v,
+            key,
+            format!("\"{}\" is not an address like 127.0.0.1:6432", v.get_ref()),
+        )
+    })
 }
 
-fn build_audit(
-    cx: &Locator,
-    server: &ServerSettings,
-    raw: &RawConfig,
-) -> Result<AuditSettings, ConfigError> {
+fn build_audit(cx: &Locator, server: &ServerSettings, raw: &RawConfig) -> Result<AuditSettings, ConfigError> {
     let fsync = match &raw.audit.fsync {
         None => "batch".to_string(),
-        Some(v) if ["always", "batch", "off"].contains(&v.get_ref().as_str()) => {
-            v.get_ref().clone()
-        }
+        Some(v) if ["always", "batch", "off"].contains(&v.get_ref().as_str()) => v.get_ref().clone(),
         Some(v) => {
             return Err(cx.invalid(
                 v,
                 "audit.fsync",
-                format!(
-                    "\"{}\" is not one of \"always\", \"batch\", \"off\"",
-                    v.get_ref()
-                ),
+                format!("\"{}\" is not one of \"always\", \"batch\", \"off\"", v.get_ref()),
             ))
         }
     };
@@ -411,20 +377,12 @@ fn build_audit(
     Ok(AuditSettings { fsync, path })
 }
 
-fn build_role(
-    cx: &Locator,
-    r: &RawRole,
-    databases: &[DatabaseConfig],
-) -> Result<Role, ConfigError> {
+fn build_role(cx: &Locator, r: &RawRole, databases: &[DatabaseConfig]) -> Result<Role, ConfigError> {
     let name = identifier(cx, &r.name, "role.name")?;
     let mut dbs = Vec::new();
     for d in &r.databases {
         if !databases.iter().any(|x| &x.name == d.get_ref()) {
-            return Err(cx.invalid(
-                d,
-                "role.databases",
-                format!("unknown database \"{}\"", d.get_ref()),
-            ));
+            return Err(cx.invalid(d, "role.databases", format!("unknown database \"{}\"", d.get_ref())));
         }
         dbs.push(d.get_ref().clone());
     }
@@ -438,11 +396,7 @@ fn build_role(
         let key = format!("role.row_filter.\"{table}\"");
         let t = TableGrant::parse(table).map_err(|e| cx.invalid(filter, &key, e))?;
         if t.columns.is_some() || t.table.is_all() {
-            return Err(cx.invalid(
-                filter,
-                &key,
-                "a row filter names one table, like \"public.orders\"",
-            ));
+            return Err(cx.invalid(filter, &key, "a row filter names one table, like \"public.orders\""));
         }
         check_filter(filter.get_ref()).map_err(|e| cx.invalid(filter, &key, e))?;
         row_filter.insert(t.table.to_string(), filter.get_ref().clone());
@@ -506,11 +460,8 @@ fn identifier(cx: &Locator, v: &Spanned<String>, key: &str) -> Result<String, Co
     let s = v.get_ref();
     let ok = !s.is_empty()
         && s.len() <= 63
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-        && s.chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
     if ok {
         Ok(s.clone())
     } else {
@@ -549,18 +500,12 @@ fn check_filter(filter: &str) -> Result<(), String> {
     let mut rest = filter;
     while let Some(start) = rest.find("{{") {
         let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .ok_or("a {{ placeholder is not closed with }}")?;
+        let end = after.find("}}").ok_or("a {{ placeholder is not closed with }}")?;
         let name = after[..end].trim();
-        let trait_name = name.strip_prefix("traits.").ok_or_else(|| {
-            format!("unknown placeholder {{{{{name}}}}}; use {{{{traits.NAME}}}}")
-        })?;
-        if trait_name.is_empty()
-            || !trait_name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
+        let trait_name = name
+            .strip_prefix("traits.")
+            .ok_or_else(|| format!("unknown placeholder {{{{{name}}}}}; use {{{{traits.NAME}}}}"))?;
+        if trait_name.is_empty() || !trait_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!("bad trait name in {{{{{name}}}}}"));
         }
         rest = &after[end + 2..];

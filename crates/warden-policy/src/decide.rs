@@ -1,9 +1,7 @@
 //! The decision: one value, Allow or Deny { rule, reason }, from a statement's analysis and the
 //! session's effective roles. Forwarding, audit and the error the client sees all act on this value.
 
-use warden_sql::{
-    Class, Forbidden, QualifiedName, SessionEffect, StatementAccess, Volatility, WriteKind,
-};
+use warden_sql::{Class, Forbidden, QualifiedName, SessionEffect, StatementAccess, Volatility, WriteKind};
 
 use crate::config::Role;
 use crate::grants::TableGrant;
@@ -97,7 +95,11 @@ fn decide_one(s: &StatementAccess, roles: &[&Role]) -> Decision {
     }
     match s.class() {
         Class::Ddl => {
-            return deny("ddl", format!("{who} may not change the schema (DDL)"), "schema changes go through your migration process, not through Warden".into())
+            return deny(
+                "ddl",
+                format!("{who} may not change the schema (DDL)"),
+                "schema changes go through your migration process, not through Warden".into(),
+            )
         }
         Class::Privilege => {
             return deny(
@@ -188,11 +190,7 @@ fn check_read<'a>(
     if SYSTEM_SCHEMAS.contains(&rel.schema.as_str()) {
         return None;
     }
-    let grants: Vec<&TableGrant> = roles
-        .iter()
-        .flat_map(|r| &r.read)
-        .filter(|g| matches(g, rel))
-        .collect();
+    let grants: Vec<&TableGrant> = roles.iter().flat_map(|r| &r.read).filter(|g| matches(g, rel)).collect();
     if grants.is_empty() {
         return Some(deny(
             "read",
@@ -208,7 +206,8 @@ fn check_read<'a>(
             return Some(deny(
                 "read",
                 format!("{who} may not read column {rel}.{col}"),
-                "name only the columns your role may read (SELECT * and whole-row references include every column)".into(),
+                "name only the columns your role may read (SELECT * and whole-row references include every column)"
+                    .into(),
             ));
         }
     }
@@ -243,11 +242,7 @@ fn check_write<'a>(
                     .iter()
                     .any(|g| g.columns.as_ref().is_none_or(|c| c.contains(col)))
                 {
-                    return Some(deny(
-                        "write",
-                        format!("{who} may not write column {rel}.{col}"),
-                        hint(),
-                    ));
+                    return Some(deny("write", format!("{who} may not write column {rel}.{col}"), hint()));
                 }
             }
         }
@@ -273,10 +268,7 @@ fn role_names(roles: &[&Role]) -> String {
         [one] => format!("role {}", one.name),
         many => format!(
             "roles {}",
-            many.iter()
-                .map(|r| r.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            many.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
         ),
     }
 }

@@ -54,18 +54,14 @@ impl TableGrant {
             }
             None => (text, None),
         };
-        let (schema, name) = head.trim().split_once('.').ok_or_else(|| {
-            format!(
-                "\"{text}\": name the schema, like \"public.{}\"",
-                head.trim()
-            )
-        })?;
+        let (schema, name) = head
+            .trim()
+            .split_once('.')
+            .ok_or_else(|| format!("\"{text}\": name the schema, like \"public.{}\"", head.trim()))?;
         let schema = ident(schema, text)?;
         let name = if name == "*" {
             if columns.is_some() {
-                return Err(format!(
-                    "\"{text}\": a column list needs one table, not \"*\""
-                ));
+                return Err(format!("\"{text}\": a column list needs one table, not \"*\""));
             }
             None
         } else {
@@ -81,17 +77,12 @@ impl TableGrant {
 fn ident(s: &str, whole: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 63
-        && s.chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
     if ok {
         Ok(s.to_ascii_lowercase())
     } else {
-        Err(format!(
-            "\"{whole}\": \"{s}\" is not a plain SQL identifier"
-        ))
+        Err(format!("\"{whole}\": \"{s}\" is not a plain SQL identifier"))
     }
 }
 
@@ -110,9 +101,7 @@ impl ColumnScope {
             (_, ColumnScope::All) => {}
             (None, _) => *self = ColumnScope::All,
             (Some(cols), ColumnScope::Columns(set)) => set.extend(cols.iter().cloned()),
-            (Some(cols), ColumnScope::None) => {
-                *self = ColumnScope::Columns(cols.iter().cloned().collect())
-            }
+            (Some(cols), ColumnScope::None) => *self = ColumnScope::Columns(cols.iter().cloned().collect()),
         }
     }
 
@@ -157,10 +146,7 @@ impl GrantSet {
                 p.delete |= g.columns.is_none();
             }
             for (table, filter) in &role.row_filter {
-                set.row_filters
-                    .entry(table.clone())
-                    .or_default()
-                    .push(filter.clone());
+                set.row_filters.entry(table.clone()).or_default().push(filter.clone());
             }
         }
         set

@@ -12,10 +12,7 @@ mod grants;
 mod raw;
 mod upstream;
 
-pub use config::{
-    Approval, AuditSettings, Config, DatabaseConfig, IdentityConfig, Role, ServerSettings,
-    UpstreamAuth,
-};
+pub use config::{Approval, AuditSettings, Config, DatabaseConfig, IdentityConfig, Role, ServerSettings, UpstreamAuth};
 pub use decide::{decide, Decision};
 pub use error::{ConfigError, Refusal};
 pub use grants::{ColumnScope, GrantSet, TableGrant, TablePrivileges, TableRef};

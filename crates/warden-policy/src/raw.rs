@@ -30,6 +30,10 @@ pub(crate) struct RawServer {
     pub api_listen: Option<Spanned<String>>,
     pub data_dir: Option<String>,
     pub max_message_size: Option<Spanned<usize>>,
+    /// Test-only: forward statements without analysing them, to prove PostgreSQL's own privileges
+    /// hold on their own. Never set this in a deployment.
+    #[serde(default)]
+    pub danger_disable_statement_checks: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -31,10 +31,7 @@ impl UpstreamUrl {
     pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
         let url = url::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
-            return Err(format!(
-                "scheme must be postgres://, not {}://",
-                url.scheme()
-            ));
+            return Err(format!("scheme must be postgres://, not {}://", url.scheme()));
         }
         let host = url
             .host_str()
@@ -44,15 +41,11 @@ impl UpstreamUrl {
             .to_string();
         let admin_user = decode(url.username());
         if admin_user.is_empty() {
-            return Err(
-                "the URL needs the admin user, like postgres://warden_admin@host/db".into(),
-            );
+            return Err("the URL needs the admin user, like postgres://warden_admin@host/db".into());
         }
         let dbname = decode(url.path().trim_start_matches('/'));
         if dbname.is_empty() {
-            return Err(
-                "the URL needs a database name, like postgres://warden_admin@host/shop".into(),
-            );
+            return Err("the URL needs a database name, like postgres://warden_admin@host/shop".into());
         }
         let mut sslmode = SslMode::VerifyFull;
         let mut sslrootcert = None;
@@ -75,7 +68,10 @@ impl UpstreamUrl {
             }
         }
         if sslmode != SslMode::Require && sslrootcert.is_none() {
-            return Err("sslmode verify-ca/verify-full needs sslrootcert=FILE (the CA of PostgreSQL's server certificate)".into());
+            return Err(
+                "sslmode verify-ca/verify-full needs sslrootcert=FILE (the CA of PostgreSQL's server certificate)"
+                    .into(),
+            );
         }
         Ok(UpstreamUrl {
             host,
@@ -90,7 +86,5 @@ impl UpstreamUrl {
 }
 
 fn decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8_lossy()
-        .into_owned()
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }

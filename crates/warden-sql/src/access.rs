@@ -78,13 +78,25 @@ pub enum Forbidden {
 impl fmt::Display for Forbidden {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Forbidden::CopyProgram => write!(f, "COPY ... PROGRAM runs a program on the database server and is never allowed"),
-            Forbidden::CopyFile => write!(f, "COPY to or from a server file is never allowed; use COPY ... FROM STDIN / TO STDOUT"),
-            Forbidden::UnknownRelation(r) => write!(f, "relation {r} is not in the catalog; Warden denies what it cannot identify"),
+            Forbidden::CopyProgram => write!(
+                f,
+                "COPY ... PROGRAM runs a program on the database server and is never allowed"
+            ),
+            Forbidden::CopyFile => write!(
+                f,
+                "COPY to or from a server file is never allowed; use COPY ... FROM STDIN / TO STDOUT"
+            ),
+            Forbidden::UnknownRelation(r) => write!(
+                f,
+                "relation {r} is not in the catalog; Warden denies what it cannot identify"
+            ),
             Forbidden::Unsupported(what) => write!(f, "{what} is not supported through Warden"),
             Forbidden::ProtectedSetting(s) => write!(f, "setting {s} is managed by Warden and cannot be changed"),
             Forbidden::DynamicSetConfig => write!(f, "set_config with a computed setting name cannot be checked"),
-            Forbidden::PreparedTransaction => write!(f, "two-phase commit (PREPARE TRANSACTION) is not supported through Warden"),
+            Forbidden::PreparedTransaction => write!(
+                f,
+                "two-phase commit (PREPARE TRANSACTION) is not supported through Warden"
+            ),
         }
     }
 }
@@ -132,12 +144,7 @@ impl StatementAccess {
         self.reads.entry(rel.clone()).or_default().extend(columns);
     }
 
-    pub(crate) fn write(
-        &mut self,
-        rel: &QualifiedName,
-        kind: WriteKind,
-        columns: impl IntoIterator<Item = String>,
-    ) {
+    pub(crate) fn write(&mut self, rel: &QualifiedName, kind: WriteKind, columns: impl IntoIterator<Item = String>) {
         let e = self.writes.entry(rel.clone()).or_default();
         e.0.insert(kind);
         e.1.extend(columns);

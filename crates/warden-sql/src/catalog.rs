@@ -37,20 +37,12 @@ impl Catalog {
     }
 
     pub fn add_function(&mut self, schema: &str, name: &str, v: Volatility) {
-        let e = self
-            .functions
-            .entry((schema.into(), name.into()))
-            .or_insert(v);
+        let e = self.functions.entry((schema.into(), name.into())).or_insert(v);
         *e = (*e).max(v);
     }
 
     /// Resolves a relation as PostgreSQL would: an explicit schema, else pg_catalog, then the path.
-    pub fn resolve(
-        &self,
-        schema: Option<&str>,
-        name: &str,
-        search_path: &[String],
-    ) -> Option<QualifiedName> {
+    pub fn resolve(&self, schema: Option<&str>, name: &str, search_path: &[String]) -> Option<QualifiedName> {
         if let Some(s) = schema {
             let q = QualifiedName {
                 schema: s.into(),
@@ -68,19 +60,11 @@ impl Catalog {
     }
 
     pub fn columns(&self, rel: &QualifiedName) -> &[String] {
-        self.relations
-            .get(rel)
-            .map(|r| r.columns.as_slice())
-            .unwrap_or(&[])
+        self.relations.get(rel).map(|r| r.columns.as_slice()).unwrap_or(&[])
     }
 
     /// A function's name as resolved and its volatility (pg_catalog first, then the path).
-    pub fn function(
-        &self,
-        schema: Option<&str>,
-        name: &str,
-        search_path: &[String],
-    ) -> (String, Volatility) {
+    pub fn function(&self, schema: Option<&str>, name: &str, search_path: &[String]) -> (String, Volatility) {
         let candidates: Vec<&str> = match schema {
             Some(s) => vec![s],
             None => std::iter::once("pg_catalog")

@@ -35,14 +35,9 @@ pub enum SqlError {
 }
 
 /// Analyses every statement of `sql` (a simple-protocol string may hold several).
-pub fn analyze(
-    sql: &str,
-    catalog: &Catalog,
-    session: &SessionContext,
-) -> Result<Vec<StatementAccess>, SqlError> {
+pub fn analyze(sql: &str, catalog: &Catalog, session: &SessionContext) -> Result<Vec<StatementAccess>, SqlError> {
     let parsed = pg_query::parse(sql, 0).map_err(|e| SqlError::Parse(e.to_string()))?;
-    let tree =
-        serde_json::to_value(&parsed.protobuf).map_err(|e| SqlError::Parse(e.to_string()))?;
+    let tree = serde_json::to_value(&parsed.protobuf).map_err(|e| SqlError::Parse(e.to_string()))?;
     let mut out = Vec::new();
     for raw in tree["stmts"].as_array().into_iter().flatten() {
         let start = raw["stmt_location"].as_u64().unwrap_or(0) as usize;

@@ -11,11 +11,7 @@ use crate::access::{Class, Forbidden, SessionEffect, StatementAccess, WriteKind}
 use crate::catalog::Catalog;
 use crate::{QualifiedName, SessionContext};
 
-pub(crate) fn statement(
-    stmt: &Value,
-    catalog: &Catalog,
-    session: &SessionContext,
-) -> StatementAccess {
+pub(crate) fn statement(stmt: &Value, catalog: &Catalog, session: &SessionContext) -> StatementAccess {
     let mut w = Walker {
         catalog,
         session,
@@ -113,16 +109,17 @@ impl Walker<'_> {
             "DeallocateStmt" => {
                 self.access.raise(Class::Session);
                 let name = str_field(body, "name");
-                self.access.effects.push(SessionEffect::Deallocate(
-                    (!name.is_empty()).then(|| name.to_string()),
-                ));
+                self.access
+                    .effects
+                    .push(SessionEffect::Deallocate((!name.is_empty()).then(|| name.to_string())));
             }
             "DeclareCursorStmt" => {
                 self.access.raise(Class::Session);
                 self.stmt(&body["query"]);
             }
-            "FetchStmt" | "ClosePortalStmt" | "VariableShowStmt" | "ListenStmt"
-            | "UnlistenStmt" | "DiscardStmt" => self.access.raise(Class::Session),
+            "FetchStmt" | "ClosePortalStmt" | "VariableShowStmt" | "ListenStmt" | "UnlistenStmt" | "DiscardStmt" => {
+                self.access.raise(Class::Session)
+            }
             "NotifyStmt" => {
                 self.access.raise(Class::Session);
                 self.access.effects.push(SessionEffect::Notify);
@@ -222,12 +219,7 @@ impl Walker<'_> {
         ] {
             self.expr_list(&s[key]);
         }
-        for key in [
-            "where_clause",
-            "having_clause",
-            "limit_count",
-            "limit_offset",
-        ] {
+        for key in ["where_clause", "having_clause", "limit_count", "limit_offset"] {
             self.expr(&s[key]);
         }
         self.expr_list(&s["locking_clause"]);
@@ -240,14 +232,9 @@ impl Walker<'_> {
         if with.is_null() {
             return false;
         }
-        let ctes: Vec<&Value> = items(&with["ctes"])
-            .filter_map(|c| node(c).map(|(_, b)| b))
-            .collect();
-        self.ctes.push(
-            ctes.iter()
-                .map(|c| str_field(c, "ctename").to_string())
-                .collect(),
-        );
+        let ctes: Vec<&Value> = items(&with["ctes"]).filter_map(|c| node(c).map(|(_, b)| b)).collect();
+        self.ctes
+            .push(ctes.iter().map(|c| str_field(c, "ctename").to_string()).collect());
         for c in ctes {
             self.stmt(&c["ctequery"]);
         }
@@ -261,9 +248,7 @@ impl Walker<'_> {
     }
 
     fn is_cte(&self, name: &str) -> bool {
-        self.ctes
-            .iter()
-            .any(|level| level.iter().any(|c| c == name))
+        self.ctes.iter().any(|level| level.iter().any(|c| c == name))
     }
 
     /// A FROM item: adds entries to the innermost scope.
@@ -277,9 +262,7 @@ impl Walker<'_> {
                     .as_str()
                     .unwrap_or(str_field(body, "relname"))
                     .to_string();
-                let base = if str_field(body, "schemaname").is_empty()
-                    && self.is_cte(str_field(body, "relname"))
-                {
+                let base = if str_field(body, "schemaname").is_empty() && self.is_cte(str_field(body, "relname")) {
                     None
                 } else {
                     self.relation(body)
@@ -318,9 +301,7 @@ impl Walker<'_> {
                 }
             }
             _ => {
-                self.forbid(Forbidden::Unsupported(format!(
-                    "a FROM item of type {kind}"
-                )));
+                self.forbid(Forbidden::Unsupported(format!("a FROM item of type {kind}")));
             }
         }
     }
@@ -335,11 +316,9 @@ impl Walker<'_> {
     fn relation(&mut self, rv: &Value) -> Option<QualifiedName> {
         let schema = str_field(rv, "schemaname");
         let name = str_field(rv, "relname");
-        let found = self.catalog.resolve(
-            (!schema.is_empty()).then_some(schema),
-            name,
-            &self.session.search_path,
-        );
+        let found = self
+            .catalog
+            .resolve((!schema.is_empty()).then_some(schema), name, &self.session.search_path);
         if found.is_none() {
             let shown = if schema.is_empty() {
                 name.to_string()
@@ -430,10 +409,7 @@ impl Walker<'_> {
             .as_str()
             .unwrap_or(str_field(&s["relation"], "relname"))
             .to_string();
-        self.scopes.push(vec![Entry {
-            alias,
-            base: target,
-        }]);
+        self.scopes.push(vec![Entry { alias, base: target }]);
         for item in items(&s["using_clause"]) {
             self.from_item(item);
         }
@@ -459,10 +435,7 @@ impl Walker<'_> {
             .as_str()
             .unwrap_or(str_field(&s["relation"], "relname"))
             .to_string();
-        self.scopes.push(vec![Entry {
-            alias,
-            base: target,
-        }]);
+        self.scopes.push(vec![Entry { alias, base: target }]);
         self.from_item(&s["source_relation"]);
         self.expr(&s["join_condition"]);
         self.generic(&s["merge_when_clauses"]);
@@ -546,9 +519,7 @@ impl Walker<'_> {
             let path = match kind {
                 1 => items(&s["args"])
                     .filter_map(|a| match node(a) {
-                        Some(("AConst", c)) => {
-                            c["val"]["Sval"]["sval"].as_str().map(str::to_string)
-                        }
+                        Some(("AConst", c)) => c["val"]["Sval"]["sval"].as_str().map(str::to_string),
                         _ => None,
                     })
                     .collect(),
@@ -572,10 +543,9 @@ impl Walker<'_> {
         match node(v) {
             Some(("ColumnRef", c)) => self.column_ref(c),
             Some(("FuncCall", f)) => self.func_call(f),
-            Some(("SelectStmt", _))
-            | Some(("InsertStmt", _))
-            | Some(("UpdateStmt", _))
-            | Some(("DeleteStmt", _)) => self.stmt(v),
+            Some(("SelectStmt", _)) | Some(("InsertStmt", _)) | Some(("UpdateStmt", _)) | Some(("DeleteStmt", _)) => {
+                self.stmt(v)
+            }
             Some((_, body)) => self.generic(body),
             None => self.generic(v),
         }
@@ -614,9 +584,7 @@ impl Walker<'_> {
             [s, n] => (Some(s.as_str()), n.as_str()),
             _ => (None, ""),
         };
-        let (resolved, volatility) = self
-            .catalog
-            .function(schema, name, &self.session.search_path);
+        let (resolved, volatility) = self.catalog.function(schema, name, &self.session.search_path);
         if name == "set_config" {
             match items(&f["args"]).next().and_then(|a| match node(a) {
                 Some(("AConst", c)) => c["val"]["Sval"]["sval"].as_str(),

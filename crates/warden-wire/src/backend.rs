@@ -77,11 +77,24 @@ impl<'a> ErrorFields<'a> {
         Ok(ErrorFields { fields })
     }
 
+    /// Every field, in the order received.
+    pub fn fields(&self) -> &[(u8, &'a str)] {
+        &self.fields
+    }
+
+    /// Re-encodes the fields as an ErrorResponse, leaving out those in `skip`.
+    pub fn encode_without(&self, skip: &[u8], buf: &mut BytesMut) {
+        write_tagged(buf, b'E', |b| {
+            for (code, value) in self.fields.iter().filter(|(c, _)| !skip.contains(c)) {
+                b.put_u8(*code);
+                put_cstr(b, value);
+            }
+            b.put_u8(0);
+        });
+    }
+
     pub fn field(&self, code: u8) -> Option<&'a str> {
-        self.fields
-            .iter()
-            .find(|(c, _)| *c == code)
-            .map(|(_, v)| *v)
+        self.fields.iter().find(|(c, _)| *c == code).map(|(_, v)| *v)
     }
 
     /// The non-localized severity ('V') when present, else 'S'.
@@ -310,6 +323,13 @@ mod tests {
             (Some("FATAL"), Some("28000"), Some("warden: no"))
         );
         assert_eq!(fields.field(b'D'), Some("d"));
+        let mut again = BytesMut::new();
+        fields.encode_without(&[b'D'], &mut again);
+        let f = parse_one(&mut again);
+        let BackendMessage::ErrorResponse(fields) = BackendMessage::parse(&f).unwrap() else {
+            panic!()
+        };
+        assert_eq!((fields.code(), fields.field(b'D')), (Some("28000"), None));
         assert!(buf.is_empty());
     }
 
@@ -367,6 +387,90 @@ mod tests {
             write_tagged(&mut buf, tag, |_| {});
             let f = parse_one(&mut buf);
             assert!(BackendMessage::parse(&f).is_err(), "tag {}", tag as char);
+        }
+    }
+
+    #[test]
+    fn notices_carry_both_severities_and_no_inner_nul() {
+        let mut buf = BytesMut::new();
+        ErrorResponse {
+            severity: "WARNING",
+            code: "01000",
+            message: "a\0b",
+            detail: None,
+            hint: Some("try again"),
+        }
+        .encode_notice(&mut buf);
+        let f = parse_one(&mut buf);
+        assert_eq!(f.tag, b'N');
+        let BackendMessage::NoticeResponse(fields) = BackendMessage::parse(&f).unwrap() else {
+            panic!("not a notice")
+        };
+        let codes: Vec<u8> = fields.fields().iter().map(|(c, _)| *c).collect();
+        assert_eq!(codes, b"SVCMH");
+        assert_eq!(fields.field(b'S'), Some("WARNING"));
+        assert_eq!(fields.severity(), Some("WARNING"));
+        assert_eq!(fields.message(), Some("ab"));
+        assert_eq!(fields.field(b'H'), Some("try again"));
+        assert_eq!(fields.field(b'D'), None);
+    }
+
+    #[test]
+    fn the_other_server_messages() {
+        let mut buf = BytesMut::new();
+        for (tag, body) in [
+            (b'A', &b"\0\0\0\x2ajobs\0run 7\0"[..]),
+            (b'R', b"\0\0\0\x0cdone"),
+            (b'R', b"\0\0\0\x07"),
+            (b'C', b"INSERT 0 3\0"),
+            (b'd', b"row"),
+            (b'I', b""),
+            (b'T', b"\0\0"),
+            (b'v', b"\0\0\0\0\0\0\0\0"),
+            (b'?', b""),
+        ] {
+            write_tagged(&mut buf, tag, |b| b.extend_from_slice(body));
+        }
+        let expect = [
+            BackendMessage::NotificationResponse {
+                process_id: 42,
+                channel: "jobs",
+                payload: "run 7",
+            },
+            BackendMessage::Authentication(AuthRequest::SaslFinal(b"done")),
+            BackendMessage::Authentication(AuthRequest::Other(7)),
+            BackendMessage::CommandComplete { tag: "INSERT 0 3" },
+            BackendMessage::CopyData(b"row"),
+            BackendMessage::EmptyQueryResponse,
+            BackendMessage::RowDescription,
+            BackendMessage::NegotiateProtocolVersion,
+            BackendMessage::Unknown(b'?'),
+        ];
+        for e in expect {
+            let f = parse_one(&mut buf);
+            assert_eq!(BackendMessage::parse(&f).unwrap(), e);
+        }
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn malformed_server_bodies_are_errors() {
+        for (tag, body) in [
+            (b'R', &b"\0\0\0\x05\x01\x02"[..]),   // MD5 salt cut short
+            (b'R', b"\0\0\0\x0aSCRAM-SHA-256\0"), // mechanism list not terminated
+            (b'E', b"SERROR\0C42501"),            // field not terminated
+            (b'E', b"SERROR\0"),                  // no final zero
+            (b'S', b"name\0\xff\0"),              // value not UTF-8
+            (b'K', b"\0\0\0\x01"),
+        ] {
+            let mut buf = BytesMut::new();
+            write_tagged(&mut buf, tag, |b| b.extend_from_slice(body));
+            let f = parse_one(&mut buf);
+            assert!(
+                matches!(BackendMessage::parse(&f), Err(WireError::Malformed { .. })),
+                "tag {} body {body:?}",
+                tag as char
+            );
         }
     }
 }

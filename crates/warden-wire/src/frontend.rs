@@ -9,6 +9,7 @@ const PROTOCOL_3_0: u32 = 196_608;
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
 const CANCEL_REQUEST: u32 = 80_877_102;
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartupPacket {
@@ -54,9 +55,7 @@ pub fn parse_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, WireEr
             process_id: r.i32()?,
             secret_key: r.i32()?,
         },
-        SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => {
-            return Err(WireError::Malformed { what: "startup" })
-        }
+        SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => return Err(WireError::Malformed { what: "startup" }),
         code if code >> 16 == 3 => {
             let mut params = Vec::new();
             loop {
@@ -67,10 +66,11 @@ pub fn parse_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, WireEr
                 let value = r.cstr()?;
                 params.push((key.to_string(), value.to_string()));
             }
-            StartupPacket::Startup {
-                protocol: code,
-                params,
+            // PostgreSQL refuses bytes after the terminator too.
+            if !r.rest().is_empty() {
+                return Err(WireError::Malformed { what: "startup" });
             }
+            StartupPacket::Startup { protocol: code, params }
         }
         code => return Err(WireError::UnsupportedProtocol { code }),
     };
@@ -135,8 +135,7 @@ impl Bind<'_> {
             1 => self.param_formats[0],
             _ => *self.param_formats.get(i).unwrap_or(&0),
         };
-        let printable =
-            |s: &str| !s.is_empty() && s.chars().all(|c| !c.is_control() || c == '\n' || c == '\t');
+        let printable = |s: &str| !s.is_empty() && s.chars().all(|c| !c.is_control() || c == '\n' || c == '\t');
         if format == 0 {
             Some(String::from_utf8_lossy(value).into_owned())
         } else if let Some(text) = std::str::from_utf8(value).ok().filter(|s| printable(s)) {
@@ -145,7 +144,8 @@ impl Bind<'_> {
             let mut s = String::with_capacity(2 + value.len() * 2);
             s.push_str("\\x");
             for b in value {
-                s.push_str(&format!("{b:02x}"));
+                s.push(HEX[usize::from(b >> 4)] as char);
+                s.push(HEX[usize::from(b & 0xf)] as char);
             }
             Some(s)
         }
@@ -164,14 +164,8 @@ impl<'a> FrontendMessage<'a> {
                 let name = r.cstr()?;
                 let sql = r.cstr()?;
                 let n = r.count(4)?;
-                let param_types = (0..n)
-                    .map(|_| r.i32().map(|t| t as u32))
-                    .collect::<Result<_, _>>()?;
-                FrontendMessage::Parse {
-                    name,
-                    sql,
-                    param_types,
-                }
+                let param_types = (0..n).map(|_| r.i32().map(|t| t as u32)).collect::<Result<_, _>>()?;
+                FrontendMessage::Parse { name, sql, param_types }
             }
             b'B' => FrontendMessage::Bind(parse_bind(body)?),
             b'E' => {
@@ -182,11 +176,7 @@ impl<'a> FrontendMessage<'a> {
                 }
             }
             b'D' | b'C' => {
-                let what = if frame.tag == b'D' {
-                    "Describe"
-                } else {
-                    "Close"
-                };
+                let what = if frame.tag == b'D' { "Describe" } else { "Close" };
                 let mut r = Reader::new(body, what);
                 let kind = r.u8()?;
                 if kind != b'S' && kind != b'P' {
@@ -221,6 +211,10 @@ fn parse_bind(body: &[u8]) -> Result<Bind<'_>, WireError> {
     let nf = r.count(2)?;
     let param_formats = (0..nf).map(|_| r.i16()).collect::<Result<_, _>>()?;
     let np = r.count(4)?;
+    // One format applies to all parameters; otherwise there must be one per parameter (as PostgreSQL checks).
+    if nf > 1 && nf != np {
+        return Err(WireError::Malformed { what: "Bind" });
+    }
     let mut params = Vec::with_capacity(np);
     for _ in 0..np {
         let len = r.i32()?;
@@ -292,6 +286,33 @@ pub fn sasl_response(data: &[u8], buf: &mut BytesMut) {
     write_tagged(buf, b'p', |b| b.extend_from_slice(data));
 }
 
+/// Parse with no parameter types.
+pub fn parse_message(name: &str, sql: &str, buf: &mut BytesMut) {
+    write_tagged(buf, b'P', |b| {
+        put_cstr(b, name);
+        put_cstr(b, sql);
+        b.put_i16(0);
+    });
+}
+
+/// Bind with no parameters and default (text) result formats.
+pub fn bind_message(portal: &str, statement: &str, buf: &mut BytesMut) {
+    write_tagged(buf, b'B', |b| {
+        put_cstr(b, portal);
+        put_cstr(b, statement);
+        b.put_i16(0);
+        b.put_i16(0);
+        b.put_i16(0);
+    });
+}
+
+pub fn execute_message(portal: &str, max_rows: i32, buf: &mut BytesMut) {
+    write_tagged(buf, b'E', |b| {
+        put_cstr(b, portal);
+        b.put_i32(max_rows);
+    });
+}
+
 pub fn query(sql: &str, buf: &mut BytesMut) {
     write_tagged(buf, b'Q', |b| put_cstr(b, sql));
 }
@@ -320,16 +341,10 @@ mod tests {
             p,
             StartupPacket::Startup {
                 protocol: PROTOCOL_3_0,
-                params: vec![
-                    ("user".into(), "report-bot".into()),
-                    ("database".into(), "shop".into())
-                ]
+                params: vec![("user".into(), "report-bot".into()), ("database".into(), "shop".into())]
             }
         );
-        assert_eq!(
-            parse_startup(&mut buf).unwrap(),
-            Some(StartupPacket::SslRequest)
-        );
+        assert_eq!(parse_startup(&mut buf).unwrap(), Some(StartupPacket::SslRequest));
         assert_eq!(
             parse_startup(&mut buf).unwrap(),
             Some(StartupPacket::Cancel {
@@ -351,10 +366,7 @@ mod tests {
             Err(WireError::MessageTooLarge { .. })
         ));
         let mut tiny = BytesMut::from(&b"\0\0\0\x04"[..]);
-        assert!(matches!(
-            parse_startup(&mut tiny),
-            Err(WireError::InvalidLength { .. })
-        ));
+        assert!(matches!(parse_startup(&mut tiny), Err(WireError::InvalidLength { .. })));
         let mut v2 = BytesMut::from(&b"\0\0\0\x08\0\x02\0\0"[..]);
         assert!(matches!(
             parse_startup(&mut v2),
@@ -451,10 +463,7 @@ mod tests {
         assert!(FrontendMessage::parse(&f).is_err());
         let mut buf = BytesMut::from(&b"Q\0\0\0\x06\xff\0"[..]);
         let f = frame(&mut buf);
-        assert!(
-            FrontendMessage::parse(&f).is_err(),
-            "invalid UTF-8 is refused"
-        );
+        assert!(FrontendMessage::parse(&f).is_err(), "invalid UTF-8 is refused");
     }
 
     #[test]
@@ -469,6 +478,31 @@ mod tests {
         sasl_initial_response("SCRAM-SHA-256", b"n,,n=,r=abc", &mut buf);
         let f = frame(&mut buf);
         assert_eq!(&f.body()[..14], b"SCRAM-SHA-256\0");
+        parse_message("s", "SELECT 1", &mut buf);
+        bind_message("", "s", &mut buf);
+        execute_message("", 0, &mut buf);
+        let f = frame(&mut buf);
+        assert_eq!(
+            FrontendMessage::parse(&f).unwrap(),
+            FrontendMessage::Parse {
+                name: "s",
+                sql: "SELECT 1",
+                param_types: vec![]
+            }
+        );
+        let f = frame(&mut buf);
+        assert!(matches!(
+            FrontendMessage::parse(&f).unwrap(),
+            FrontendMessage::Bind(Bind { statement: "s", .. })
+        ));
+        let f = frame(&mut buf);
+        assert_eq!(
+            FrontendMessage::parse(&f).unwrap(),
+            FrontendMessage::Execute {
+                portal: "",
+                max_rows: 0
+            }
+        );
         query("SELECT 1", &mut buf);
         terminate(&mut buf);
         let f = frame(&mut buf);
@@ -477,9 +511,123 @@ mod tests {
             FrontendMessage::Query { sql: "SELECT 1" }
         );
         let f = frame(&mut buf);
+        assert_eq!(FrontendMessage::parse(&f).unwrap(), FrontendMessage::Terminate);
+    }
+
+    #[test]
+    fn startup_packets_of_the_wrong_shape_are_refused() {
+        let mut gss = BytesMut::from(&b"\0\0\0\x08\x04\xd2\x16\x30"[..]);
+        assert_eq!(parse_startup(&mut gss).unwrap(), Some(StartupPacket::GssEncRequest));
+        for bad in [
+            &b"\0\0\0\x0c\x04\xd2\x16\x2e\0\0\0\x01"[..], // cancel without its key
+            b"\0\0\0\x0c\x04\xd2\x16\x2f\0\0\0\0",        // SslRequest with a payload
+            b"\0\0\0\x0b\0\x03\0\0\0x\0",                 // bytes after the terminator
+            b"\0\0\0\x0e\0\x03\0\0a\0\xff\0\0\0",         // value not UTF-8
+        ] {
+            let mut buf = BytesMut::from(bad);
+            assert!(
+                matches!(parse_startup(&mut buf), Err(WireError::Malformed { .. })),
+                "{bad:?}"
+            );
+        }
+        let mut negative = BytesMut::from(&b"\xff\xff\xff\xf0"[..]);
+        assert!(matches!(
+            parse_startup(&mut negative),
+            Err(WireError::InvalidLength { tag: 0, len: -16 })
+        ));
+    }
+
+    #[test]
+    fn sasl_encoders_round_trip_as_password_bodies() {
+        let mut buf = BytesMut::new();
+        sasl_initial_response("SCRAM-SHA-256", b"n,,n=,r=abc", &mut buf);
+        sasl_response(b"c=biws,r=abcdef,p=xyz", &mut buf);
+        let f = frame(&mut buf);
+        let FrontendMessage::Password(body) = FrontendMessage::parse(&f).unwrap() else {
+            panic!("not a 'p' message")
+        };
+        let mut r = Reader::new(body, "SASLInitialResponse");
+        assert_eq!(r.cstr().unwrap(), "SCRAM-SHA-256");
+        assert_eq!(r.i32().unwrap(), 11);
+        assert_eq!(r.rest(), b"n,,n=,r=abc");
+        let f = frame(&mut buf);
         assert_eq!(
             FrontendMessage::parse(&f).unwrap(),
-            FrontendMessage::Terminate
+            FrontendMessage::Password(b"c=biws,r=abcdef,p=xyz")
         );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn bind_formats_one_for_all_or_one_each() {
+        let bind = |formats: &[i16]| {
+            let mut buf = BytesMut::new();
+            write_tagged(&mut buf, b'B', |b| {
+                put_cstr(b, "");
+                put_cstr(b, "");
+                b.put_i16(formats.len() as i16);
+                formats.iter().for_each(|&f| b.put_i16(f));
+                b.put_i16(2);
+                for v in [&[0x01u8, 0x02][..], &[0x00, 0x0a]] {
+                    b.put_i32(2);
+                    b.extend_from_slice(v);
+                }
+                b.put_i16(0);
+            });
+            frame(&mut buf)
+        };
+        let f = bind(&[1]);
+        let FrontendMessage::Bind(b) = FrontendMessage::parse(&f).unwrap() else {
+            panic!("not a Bind")
+        };
+        assert_eq!(b.param_display(0).as_deref(), Some("\\x0102"));
+        assert_eq!(b.param_display(1).as_deref(), Some("\\x000a"));
+        let f = bind(&[0, 1, 0]);
+        assert!(matches!(
+            FrontendMessage::parse(&f),
+            Err(WireError::Malformed { what: "Bind" })
+        ));
+    }
+
+    #[test]
+    fn the_other_client_messages() {
+        let mut buf = BytesMut::new();
+        for (tag, body) in [
+            (b'D', &b"Sst\0"[..]),
+            (b'C', b"Pportal\0"),
+            (b'H', b""),
+            (b'd', b"1\t2\n"),
+            (b'c', b""),
+            (b'f', b"client gave up\0"),
+            (b'F', b"\0\0\0\x01"),
+            (b'?', b"anything"),
+        ] {
+            write_tagged(&mut buf, tag, |b| b.extend_from_slice(body));
+        }
+        let expect = [
+            FrontendMessage::Describe { kind: b'S', name: "st" },
+            FrontendMessage::Close {
+                kind: b'P',
+                name: "portal",
+            },
+            FrontendMessage::Flush,
+            FrontendMessage::CopyData(b"1\t2\n"),
+            FrontendMessage::CopyDone,
+            FrontendMessage::CopyFail {
+                message: "client gave up",
+            },
+            FrontendMessage::FunctionCall,
+            FrontendMessage::Unknown(b'?'),
+        ];
+        for e in expect {
+            let f = frame(&mut buf);
+            assert_eq!(FrontendMessage::parse(&f).unwrap(), e);
+        }
+        for (tag, body) in [(b'D', &b"X\0"[..]), (b'C', b""), (b'E', b"\0\0"), (b'P', b"a\0b\0\0")] {
+            write_tagged(&mut buf, tag, |b| b.extend_from_slice(body));
+            let f = frame(&mut buf);
+            assert!(FrontendMessage::parse(&f).is_err(), "tag {}", tag as char);
+        }
+        assert!(parse_password(b"no terminator").is_err());
     }
 }

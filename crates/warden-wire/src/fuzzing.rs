@@ -15,10 +15,9 @@ pub fn decode_frontend(data: &[u8]) {
     // Startup phase: packets until one that is not a negotiation request.
     loop {
         match parse_startup(&mut buf) {
-            Ok(Some(
-                crate::frontend::StartupPacket::SslRequest
-                | crate::frontend::StartupPacket::GssEncRequest,
-            )) => continue,
+            Ok(Some(crate::frontend::StartupPacket::SslRequest | crate::frontend::StartupPacket::GssEncRequest)) => {
+                continue
+            }
             Ok(Some(_)) => break,
             Ok(None) | Err(_) => return,
         }

@@ -19,6 +19,9 @@ pub use error::WireError;
 pub const MAX_STARTUP_LEN: usize = 10_000;
 /// Default cap on one tagged message (PostgreSQL allows up to 1 GiB for some; Warden bounds memory per session).
 pub const DEFAULT_MAX_MESSAGE_LEN: usize = 64 * 1024 * 1024;
+/// How much room [`split_frame`] reserves ahead for a partial message: a declared length alone must not
+/// make Warden allocate up to the cap for every connection that sends five bytes and stalls.
+const RESERVE_AHEAD: usize = 64 * 1024;
 
 /// One tagged message: 1 tag byte, an i32 length that counts itself, the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +32,10 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// The bytes after the tag and length. Empty for a hand-built `Frame` shorter than a header
+    /// (frames from [`split_frame`] always have one).
     pub fn body(&self) -> &[u8] {
-        &self.raw[5..]
+        self.raw.get(5..).unwrap_or_default()
     }
 }
 
@@ -47,14 +52,10 @@ pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, 
     }
     let len = len as usize;
     if len > max_len {
-        return Err(WireError::MessageTooLarge {
-            tag,
-            len,
-            max: max_len,
-        });
+        return Err(WireError::MessageTooLarge { tag, len, max: max_len });
     }
     if buf.len() < len + 1 {
-        buf.reserve(len + 1 - buf.len());
+        buf.reserve((len + 1 - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
     let raw = buf.split_to(len + 1).freeze();
@@ -103,11 +104,7 @@ impl<'a> Reader<'a> {
 
     /// A NUL-terminated UTF-8 string.
     pub(crate) fn cstr(&mut self) -> Result<&'a str, WireError> {
-        let end = self
-            .buf
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| self.malformed())?;
+        let end = self.buf.iter().position(|&b| b == 0).ok_or_else(|| self.malformed())?;
         let s = std::str::from_utf8(&self.buf[..end]).map_err(|_| self.malformed())?;
         self.buf = &self.buf[end + 1..];
         Ok(s)
@@ -157,6 +154,54 @@ mod tests {
         let z = split_frame(&mut buf, 1024).unwrap().unwrap();
         assert_eq!((z.tag, z.body()), (b'Z', &b"I"[..]));
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_partial_header_waits() {
+        for n in 0..5 {
+            let mut buf = BytesMut::from(&b"Q\0\0\0\x09"[..n]);
+            assert_eq!(split_frame(&mut buf, 1024).unwrap(), None);
+            assert_eq!(buf.len(), n);
+        }
+    }
+
+    #[test]
+    fn pipelined_frames_split_one_by_one_without_copying() {
+        let mut buf = BytesMut::new();
+        for (tag, body) in [
+            (b'P', &b"\0SELECT 1\0\0\0"[..]),
+            (b'B', b"\0\0\0\0\0\0\0\0"),
+            (b'S', b""),
+        ] {
+            write_tagged(&mut buf, tag, |b| b.extend_from_slice(body));
+        }
+        buf.extend_from_slice(b"X\0\0"); // the next message, cut short
+        let mut tags = Vec::new();
+        let mut next_at = buf.as_ptr();
+        while let Some(f) = split_frame(&mut buf, 1024).unwrap() {
+            // Each frame is a view of the read buffer, right after the previous one.
+            assert_eq!(f.raw.as_ptr(), next_at);
+            next_at = f.raw.as_ptr().wrapping_add(f.raw.len());
+            tags.push(f.tag);
+        }
+        assert_eq!(tags, b"PBS");
+        assert_eq!(&buf[..], b"X\0\0");
+    }
+
+    #[test]
+    fn a_declared_length_alone_does_not_reserve_the_cap() {
+        let mut buf = BytesMut::from(&b"d\x03\xff\xff\xff"[..]);
+        assert_eq!(split_frame(&mut buf, DEFAULT_MAX_MESSAGE_LEN).unwrap(), None);
+        assert!(buf.capacity() <= 2 * RESERVE_AHEAD, "{}", buf.capacity());
+    }
+
+    #[test]
+    fn a_hand_built_short_frame_has_an_empty_body() {
+        let f = Frame {
+            tag: b'Q',
+            raw: Bytes::from_static(b"Q"),
+        };
+        assert_eq!(f.body(), b"");
     }
 
     #[test]

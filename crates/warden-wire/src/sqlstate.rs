@@ -11,3 +11,4 @@ pub const QUERY_CANCELED: &str = "57014";
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
 pub const CANNOT_CONNECT_NOW: &str = "57P03";
 pub const INVALID_CATALOG_NAME: &str = "3D000";
+pub const SYNTAX_ERROR: &str = "42601";

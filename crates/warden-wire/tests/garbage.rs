@@ -88,10 +88,7 @@ fn random_and_mutated_input_never_panics() {
 fn the_seeds_themselves_decode() {
     // The mutation base must be valid, or the test above would only exercise the first byte.
     let mut buf = BytesMut::from(&seed_frontend()[..]);
-    assert!(matches!(
-        warden_wire::frontend::parse_startup(&mut buf),
-        Ok(Some(_))
-    ));
+    assert!(matches!(warden_wire::frontend::parse_startup(&mut buf), Ok(Some(_))));
     let mut frames = 0;
     while let Some(f) = warden_wire::split_frame(&mut buf, 1 << 16).unwrap() {
         warden_wire::frontend::FrontendMessage::parse(&f).unwrap();

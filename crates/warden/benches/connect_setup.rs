@@ -29,14 +29,10 @@ async fn main() {
             "CREATE ROLE direct_bench LOGIN; GRANT SELECT ON public.orders TO direct_bench",
         )
         .unwrap();
-    let db_ca = warden_identity::CertificateAuthority::load(
-        &h.deploy.join("ca/db-ca.crt"),
-        &h.deploy.join("ca/db-ca.key"),
-    )
-    .unwrap();
-    let direct_cert = db_ca
-        .issue_db_client("direct_bench", time::Duration::hours(1))
-        .unwrap();
+    let db_ca =
+        warden_identity::CertificateAuthority::load(&h.deploy.join("ca/db-ca.crt"), &h.deploy.join("ca/db-ca.key"))
+            .unwrap();
+    let direct_cert = db_ca.issue_db_client("direct_bench", time::Duration::hours(1)).unwrap();
     let mut direct = tokio_postgres::Config::new();
     direct
         .host("127.0.0.1")
@@ -51,10 +47,7 @@ async fn main() {
     connect_with(
         &direct,
         &server_ca,
-        Some((
-            vec![direct_cert.cert_der.clone()],
-            direct_cert.key_der.clone_key(),
-        )),
+        Some((vec![direct_cert.cert_der.clone()], direct_cert.key_der.clone_key())),
     )
     .await
     .unwrap();
@@ -71,10 +64,7 @@ async fn main() {
         let c = connect_with(
             &direct,
             &server_ca,
-            Some((
-                vec![direct_cert.cert_der.clone()],
-                direct_cert.key_der.clone_key(),
-            )),
+            Some((vec![direct_cert.cert_der.clone()], direct_cert.key_der.clone_key())),
         )
         .await
         .unwrap();
@@ -83,9 +73,7 @@ async fn main() {
         straight.push(t.elapsed());
     }
     let (w, d) = (median(&mut via), median(&mut straight));
-    println!(
-        "connection setup (connect + SELECT 1 + close), TLS with client certificates, n = {n}"
-    );
+    println!("connection setup (connect + SELECT 1 + close), TLS with client certificates, n = {n}");
     println!(
         "  direct to PostgreSQL : median {:>7.2} ms   p90 {:>7.2} ms",
         ms(d),

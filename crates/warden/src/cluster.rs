@@ -212,10 +212,7 @@ impl LocalCluster {
     }
 
     fn configure_tls(&self, options: &ClusterOptions) -> Result<()> {
-        let ca = CertificateAuthority::generate(
-            "Warden local PostgreSQL server CA",
-            Duration::days(3650),
-        )?;
+        let ca = CertificateAuthority::generate("Warden local PostgreSQL server CA", Duration::days(3650))?;
         let cert = ca.issue_server(
             &["127.0.0.1".into(), "localhost".into(), "::1".into()],
             SERVER_CERT_VALIDITY,
@@ -252,11 +249,7 @@ impl LocalCluster {
 
     fn give_to_postgres(&self, path: &Path) -> Result<()> {
         if let Some(user) = &self.run_as {
-            let status = Command::new("chown")
-                .arg("-R")
-                .arg(user)
-                .arg(path)
-                .status()?;
+            let status = Command::new("chown").arg("-R").arg(user).arg(path).status()?;
             if !status.success() {
                 bail!("chown {user} {} failed", path.display());
             }
@@ -274,9 +267,7 @@ impl LocalCluster {
             None => Command::new(&program),
         };
         cmd.args(args).current_dir(&self.dir).env("PGTZ", "UTC");
-        let out = cmd
-            .output()
-            .with_context(|| format!("running {}", program.display()))?;
+        let out = cmd.output().with_context(|| format!("running {}", program.display()))?;
         if !out.status.success() {
             bail!(
                 "{} {} failed: {}{}",
@@ -293,10 +284,7 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         if let Err(e) = self.stop() {
-            eprintln!(
-                "warden: stopping PostgreSQL in {}: {e:#}",
-                self.dir.display()
-            );
+            eprintln!("warden: stopping PostgreSQL in {}: {e:#}", self.dir.display());
         }
     }
 }
@@ -332,10 +320,7 @@ pub fn find_bin_dir() -> Result<PathBuf> {
 
 /// `Some("postgres")` when running as root (initdb refuses root), `None` otherwise.
 fn unprivileged_user() -> Result<Option<String>> {
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .context("running id -u")?;
+    let uid = Command::new("id").arg("-u").output().context("running id -u")?;
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         return Ok(None);
     }
@@ -363,7 +348,5 @@ fn path_str(p: &Path) -> Result<&str> {
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

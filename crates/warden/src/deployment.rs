@@ -66,7 +66,10 @@ impl Authorities {
         for kind in [CaKind::User, CaKind::Host, CaKind::Db] {
             let (crt, key) = ca_paths(data_dir, kind);
             if key.exists() {
-                bail!("{} already exists; refusing to replace a CA (every credential it signed would stop working)", key.display());
+                bail!(
+                    "{} already exists; refusing to replace a CA (every credential it signed would stop working)",
+                    key.display()
+                );
             }
             let ca = CertificateAuthority::generate(kind.common_name(), CA_VALIDITY)?;
             ca.save(&crt, &key)?;

@@ -29,10 +29,7 @@ fn save_and_load_keep_the_key_private() {
     let ca = CertificateAuthority::generate("Test CA", Duration::days(1)).unwrap();
     let (crt, key) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
     ca.save(&crt, &key).unwrap();
-    assert_eq!(
-        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
     let loaded = CertificateAuthority::load(&crt, &key).unwrap();
     assert_eq!(loaded.cert_pem(), ca.cert_pem());
     // A leaf signed by the loaded CA verifies against the original certificate.
@@ -64,16 +61,12 @@ fn tokens_round_trip_and_reject_forgeries() {
     let mut tampered = token.clone().into_bytes();
     let mid = token.find('.').unwrap() + 5;
     tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
-    assert!(ca
-        .verify_token(std::str::from_utf8(&tampered).unwrap())
-        .is_err());
+    assert!(ca.verify_token(std::str::from_utf8(&tampered).unwrap()).is_err());
     assert!(ca.verify_token("not-a-token").is_err());
     // Expired tokens still verify; the caller reports the expiry time.
     let old = claims(-5);
     assert_eq!(
-        ca.verify_token(&ca.sign_token(&old).unwrap())
-            .unwrap()
-            .not_after,
+        ca.verify_token(&ca.sign_token(&old).unwrap()).unwrap().not_after,
         old.not_after
     );
 }
@@ -86,19 +79,15 @@ fn server_and_db_certificates() {
         .unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(&s.cert_der).unwrap();
     let san = cert.subject_alternative_name().unwrap().unwrap().value;
-    assert!(san.general_names.iter().any(|n| matches!(n, x509_parser::extensions::GeneralName::IPAddress(ip) if *ip == [127, 0, 0, 1])));
+    assert!(san
+        .general_names
+        .iter()
+        .any(|n| matches!(n, x509_parser::extensions::GeneralName::IPAddress(ip) if *ip == [127, 0, 0, 1])));
     assert!(verifies(&ca, &s));
-    let d = ca
-        .issue_db_client("agent:report-bot", Duration::minutes(5))
-        .unwrap();
+    let d = ca.issue_db_client("agent:report-bot", Duration::minutes(5)).unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(&d.cert_der).unwrap();
     assert_eq!(
-        cert.subject()
-            .iter_common_name()
-            .next()
-            .unwrap()
-            .as_str()
-            .unwrap(),
+        cert.subject().iter_common_name().next().unwrap().as_str().unwrap(),
         "agent:report-bot"
     );
 }

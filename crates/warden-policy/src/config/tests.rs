@@ -63,10 +63,7 @@ fn name(s: &str) -> IdentityName {
 fn sample_parses_and_resolves_paths() {
     let c = parse(SAMPLE).unwrap();
     assert_eq!(c.server.data_dir, Path::new("/etc/warden/data"));
-    assert_eq!(
-        c.audit.path,
-        Path::new("/etc/warden/data/audit/audit.jsonl")
-    );
+    assert_eq!(c.audit.path, Path::new("/etc/warden/data/audit/audit.jsonl"));
     let db = c.database("shop").unwrap();
     assert_eq!(db.url.port, 5432);
     assert_eq!(db.url.admin_user, "warden_admin");
@@ -89,10 +86,7 @@ fn unknown_key_names_file_and_line() {
 
 #[test]
 fn unknown_role_is_located() {
-    let text = SAMPLE.replace(
-        "roles = [\"analyst\"]\n",
-        "roles = [\"analyst\", \"root\"]\n",
-    );
+    let text = SAMPLE.replace("roles = [\"analyst\"]\n", "roles = [\"analyst\", \"root\"]\n");
     let e = parse(&text).unwrap_err().to_string();
     assert!(
         e.starts_with("/etc/warden/warden.toml:43: `human.roles`: unknown role \"root\""),
@@ -118,14 +112,11 @@ fn bad_duration_and_bad_enum_are_located() {
 
 #[test]
 fn bad_grants_and_filters_are_refused() {
-    let e = parse(&SAMPLE.replace("\"public.customers(id, name, region)\"", "\"customers\""))
-        .unwrap_err();
+    let e = parse(&SAMPLE.replace("\"public.customers(id, name, region)\"", "\"customers\"")).unwrap_err();
     assert!(e.to_string().contains("name the schema"), "{e}");
-    let e = parse(&SAMPLE.replace("region = {{traits.region}}", "region = {{traits.region}"))
-        .unwrap_err();
+    let e = parse(&SAMPLE.replace("region = {{traits.region}}", "region = {{traits.region}")).unwrap_err();
     assert!(e.to_string().contains("row_filter"), "{e}");
-    let e = parse(&SAMPLE.replace("region = {{traits.region}}", "region = 'eu'; DROP TABLE x"))
-        .unwrap_err();
+    let e = parse(&SAMPLE.replace("region = {{traits.region}}", "region = 'eu'; DROP TABLE x")).unwrap_err();
     assert!(e.to_string().contains("';'"), "{e}");
     let e = parse(&SAMPLE.replace("sslmode=verify-ca", "sslmode=disable")).unwrap_err();
     assert!(e.to_string().contains("always uses TLS"), "{e}");
@@ -135,19 +126,10 @@ fn bad_grants_and_filters_are_refused() {
 fn effective_roles_intersect_credential_identity_and_requester() {
     let c = parse(SAMPLE).unwrap();
     let bot = name("agent:report-bot");
-    let all = vec![
-        "analyst".to_string(),
-        "writer".to_string(),
-        "dba".to_string(),
-    ];
+    let all = vec!["analyst".to_string(), "writer".to_string(), "dba".to_string()];
     // dba: not configured for the agent; writer: bob lacks it.
-    let roles = c
-        .effective_roles(&bot, Some(&name("human:bob")), &all, "shop")
-        .unwrap();
-    assert_eq!(
-        roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
-        ["analyst"]
-    );
+    let roles = c.effective_roles(&bot, Some(&name("human:bob")), &all, "shop").unwrap();
+    assert_eq!(roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["analyst"]);
     let roles = c
         .effective_roles(&bot, Some(&name("human:alice")), &all, "shop")
         .unwrap();
@@ -215,10 +197,7 @@ fn grants_union_columns_and_write_privileges() {
 fn column_write_grant_does_not_imply_delete() {
     let g = TableGrant::parse("public.orders(status)").unwrap();
     assert_eq!(g.columns.as_deref(), Some(&["status".to_string()][..]));
-    let text = SAMPLE.replace(
-        "write = [\"public.orders\"]",
-        "write = [\"public.orders(status)\"]",
-    );
+    let text = SAMPLE.replace("write = [\"public.orders\"]", "write = [\"public.orders(status)\"]");
     let c = parse(&text).unwrap();
     let set = c.grants(&[c.role("writer").unwrap()]);
     let orders = TableRef {

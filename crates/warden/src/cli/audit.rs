@@ -88,11 +88,7 @@ pub fn run(command: AuditCommand) -> Result<ExitCode> {
                 }
             }
             if !json {
-                eprintln!(
-                    "{} event(s) in {}",
-                    events.len(),
-                    config.audit.path.display()
-                );
+                eprintln!("{} event(s) in {}", events.len(), config.audit.path.display());
             }
             Ok(ExitCode::SUCCESS)
         }

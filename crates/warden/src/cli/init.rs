@@ -29,14 +29,20 @@ pub fn run(dir: &Path) -> Result<ExitCode> {
     );
     println!();
     println!("Next:");
-    println!("  1. Let PostgreSQL trust Warden's logins:  warden ca export db --config {} > warden-db-ca.pem", config.display());
+    println!(
+        "  1. Let PostgreSQL trust Warden's logins:  warden ca export db --config {} > warden-db-ca.pem",
+        config.display()
+    );
     println!("     then in postgresql.conf: ssl = on, ssl_ca_file = 'warden-db-ca.pem'");
     println!("     and in pg_hba.conf:      hostssl all all 127.0.0.1/32 cert");
     println!(
         "  2. Start Warden:            warden start --config {}",
         config.display()
     );
-    println!("  3. Issue an identity:       warden issue --config {} --kind human --name alice --out alice", config.display());
+    println!(
+        "  3. Issue an identity:       warden issue --config {} --kind human --name alice --out alice",
+        config.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -127,11 +133,7 @@ max_ttl = "15m"
 mod tests {
     #[test]
     fn sample_config_is_valid() {
-        let c = warden_policy::Config::parse(
-            std::path::Path::new("/tmp/x/warden.toml"),
-            super::SAMPLE_CONFIG,
-        )
-        .unwrap();
+        let c = warden_policy::Config::parse(std::path::Path::new("/tmp/x/warden.toml"), super::SAMPLE_CONFIG).unwrap();
         assert_eq!(c.databases.len(), 1);
         assert_eq!(c.identities.len(), 2);
     }

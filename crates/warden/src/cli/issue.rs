@@ -62,10 +62,7 @@ pub fn run(args: &IssueArgs) -> Result<ExitCode> {
     if let Some(db) = issued.database {
         println!();
         println!("Connect with:");
-        println!(
-            "  psql \"{}\"",
-            psql_conninfo(&config, &claims.name, &db, &args.out)
-        );
+        println!("  psql \"{}\"", psql_conninfo(&config, &claims.name, &db, &args.out));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -114,16 +111,9 @@ pub fn claims_for(
         (_, Some(_)) => bail!("--requester is for agents; {identity} acts for itself"),
         (_, None) => None,
     };
-    let allowed = |r: &String| {
-        configured.roles.contains(r) && requester_roles.as_ref().is_none_or(|rr| rr.contains(r))
-    };
+    let allowed = |r: &String| configured.roles.contains(r) && requester_roles.as_ref().is_none_or(|rr| rr.contains(r));
     let roles: Vec<String> = if roles.is_empty() {
-        configured
-            .roles
-            .iter()
-            .filter(|r| allowed(r))
-            .cloned()
-            .collect()
+        configured.roles.iter().filter(|r| allowed(r)).cloned().collect()
     } else {
         for r in roles {
             if config.role(r).is_none() {
@@ -138,9 +128,7 @@ pub fn claims_for(
             }
             if let (Some(req), Some(rr)) = (requester, &requester_roles) {
                 if !rr.contains(r) {
-                    bail!(
-                        "requester {req} does not hold role \"{r}\", so its agent may not either"
-                    );
+                    bail!("requester {req} does not hold role \"{r}\", so its agent may not either");
                 }
             }
         }
@@ -178,12 +166,7 @@ pub fn claims_for(
 }
 
 /// Signs `claims` as certificate and token and writes the credential directory.
-pub fn write_credential(
-    config: &Config,
-    claims: &Claims,
-    out: &Path,
-    force: bool,
-) -> Result<Issued> {
+pub fn write_credential(config: &Config, claims: &Claims, out: &Path, force: bool) -> Result<Issued> {
     let data_dir = &config.server.data_dir;
     let user_ca = deployment::load_ca(data_dir, CaKind::User)?;
     let host_ca = deployment::load_ca(data_dir, CaKind::Host)?;
@@ -224,9 +207,7 @@ fn record_issue(config: &Config, claims: &Claims, expires: &str) -> Result<()> {
 }
 
 fn profile_toml(config: &Config, claims: &Claims, expires: &str, database: Option<&str>) -> String {
-    let mut s = String::from(
-        "# Written by `warden issue`. Where this credential connects, and what it is.\n",
-    );
+    let mut s = String::from("# Written by `warden issue`. Where this credential connects, and what it is.\n");
     s += &format!("identity = {:?}\n", claims.identity().to_string());
     if let Some(r) = &claims.requester {
         s += &format!("requester = {:?}\n", r.to_string());

@@ -46,8 +46,7 @@ pub fn run(dir: &Path, port: u16) -> Result<ExitCode> {
         time::Duration::minutes(15),
     )?;
     issue::write_credential(&config, &claims, &agent_dir, true)?;
-    let alice_claims =
-        issue::claims_for(&config, &alice, None, None, &[], time::Duration::hours(1))?;
+    let alice_claims = issue::claims_for(&config, &alice, None, None, &[], time::Duration::hours(1))?;
     issue::write_credential(&config, &alice_claims, &alice_dir, true)?;
 
     init_logging();
@@ -96,10 +95,7 @@ fn setup(dir: &Path, port: u16) -> Result<LocalCluster> {
     let config = QUICKSTART_CONFIG
         .replace("{listen}", &format!("127.0.0.1:{port}"))
         .replace("{pg_port}", &pg_port.to_string())
-        .replace(
-            "{server_ca}",
-            &cluster.server_ca_path().display().to_string(),
-        );
+        .replace("{server_ca}", &cluster.server_ca_path().display().to_string());
     super::init::write_new(&dir.join("warden.toml"), &config)?;
     Ok(cluster)
 }
@@ -108,10 +104,7 @@ fn setup(dir: &Path, port: u16) -> Result<LocalCluster> {
 /// otherwise under /var/tmp, since PostgreSQL cannot run inside a directory its user cannot enter.
 fn cluster_dir(dir: &Path) -> Result<PathBuf> {
     let inside = dir.join("pg");
-    let root =
-        String::from_utf8_lossy(&std::process::Command::new("id").arg("-u").output()?.stdout)
-            .trim()
-            == "0";
+    let root = String::from_utf8_lossy(&std::process::Command::new("id").arg("-u").output()?.stdout).trim() == "0";
     if !root {
         return Ok(inside);
     }
@@ -133,12 +126,7 @@ fn cluster_dir(dir: &Path) -> Result<PathBuf> {
     Ok(PathBuf::from("/var/tmp").join(format!("warden-quickstart{name}")))
 }
 
-fn print_next_steps(
-    config: &warden_policy::Config,
-    config_path: &Path,
-    agent_dir: &Path,
-    alice_dir: &Path,
-) {
+fn print_next_steps(config: &warden_policy::Config, config_path: &Path, agent_dir: &Path, alice_dir: &Path) {
     let agent = issue::psql_conninfo(config, "report-bot", "shop", agent_dir);
     let alice = issue::psql_conninfo(config, "alice", "shop", alice_dir);
     let exe = std::env::current_exe()

@@ -26,8 +26,7 @@ pub fn run(config: &Path) -> Result<ExitCode> {
 }
 
 pub fn init_logging() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "info".into());
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -54,11 +53,7 @@ impl Server {
     pub async fn prepare(config_path: &Path) -> Result<Self> {
         let config = deployment::load_config(config_path)?;
         let cas = Authorities::load(&config.server.data_dir)?;
-        let mut sans = vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-            "::1".to_string(),
-        ];
+        let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
         let listen: std::net::SocketAddr = config.server.postgres_listen.parse()?;
         if !listen.ip().is_unspecified() && !sans.contains(&listen.ip().to_string()) {
             sans.push(listen.ip().to_string());
@@ -69,9 +64,7 @@ impl Server {
             server_cert.key_der,
         )?;
         if deployment::audit_mode(&config) == FsyncMode::Off {
-            tracing::warn!(
-                "audit fsync = \"off\": a crash can lose the records of statements that ran"
-            );
+            tracing::warn!("audit fsync = \"off\": a crash can lose the records of statements that ran");
         }
         for db in &config.databases {
             if db.url.sslmode == warden_policy::SslMode::Require {
@@ -107,10 +100,7 @@ impl Server {
     pub async fn run(self, stop: watch::Receiver<bool>) {
         let addr = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(listen = %addr, config = %self.config_path.display(), "warden is accepting PostgreSQL connections");
-        tokio::spawn(reload_on_hangup(
-            self.shared.clone(),
-            self.config_path.clone(),
-        ));
+        tokio::spawn(reload_on_hangup(self.shared.clone(), self.config_path.clone()));
         proxy::serve(self.shared, self.listener, stop).await;
         tracing::info!("warden stopped");
     }

@@ -35,10 +35,7 @@ impl CancelRegistry {
     }
 
     pub fn remove(&self, key: (i32, i32)) {
-        self.targets
-            .lock()
-            .expect("cancel registry lock poisoned")
-            .remove(&key);
+        self.targets.lock().expect("cancel registry lock poisoned").remove(&key);
     }
 
     /// Forwards a cancel. Unknown keys are dropped silently, as PostgreSQL does, so keys cannot be probed.

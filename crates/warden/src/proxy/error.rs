@@ -20,11 +20,11 @@ pub enum ProxyError {
     },
     #[error("credential is not valid before {}; check the client's clock", fmt_ts(*at))]
     NotYetValid { at: OffsetDateTime },
-    #[error(
-        "the client certificate is not a Warden credential ({reason}); issue one with warden issue"
-    )]
+    #[error("the client certificate is not a Warden credential ({reason}); issue one with warden issue")]
     BadCertificate { reason: String },
-    #[error("the password is not a valid Warden token ({reason}); send the token file of a credential from warden issue")]
+    #[error(
+        "the password is not a valid Warden token ({reason}); send the token file of a credential from warden issue"
+    )]
     BadToken { reason: String },
     #[error("the connection's user \"{user}\" does not match the credential's identity {identity}; connect with user={name}")]
     WrongUser {
@@ -34,7 +34,9 @@ pub enum ProxyError {
     },
     #[error("no user in the startup message; connect with user=<your identity name>")]
     MissingUser,
-    #[error("replication connections are not supported through Warden; connect to PostgreSQL directly for replication")]
+    #[error(
+        "replication connections are not supported through Warden; connect to PostgreSQL directly for replication"
+    )]
     Replication,
     #[error("{0}")]
     Refused(#[from] Refusal),
@@ -69,9 +71,7 @@ impl ProxyError {
             | MissingUser
             | Replication
             | Refused(_) => sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-            Provision { .. } | Upstream { .. } | UpstreamAuth { .. } => {
-                sqlstate::CONNECTION_FAILURE
-            }
+            Provision { .. } | Upstream { .. } | UpstreamAuth { .. } => sqlstate::CONNECTION_FAILURE,
             AuditUnavailable { .. } => sqlstate::CANNOT_CONNECT_NOW,
             Protocol(_) => sqlstate::PROTOCOL_VIOLATION,
             Closed | Io(_) => sqlstate::CONNECTION_EXCEPTION,

@@ -14,6 +14,7 @@ use warden_policy::Config;
 
 pub mod backend;
 pub mod cancel;
+pub mod enforce;
 pub mod error;
 pub mod frontend;
 pub mod io;
@@ -86,11 +87,7 @@ pub fn db_role_name(claims: &Claims) -> String {
 }
 
 /// Accepts connections until `shutdown` flips to true.
-pub async fn serve(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
     let mut sessions = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -108,9 +105,6 @@ pub async fn serve(
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }
-    tracing::info!(
-        open = sessions.len(),
-        "stopped accepting; draining sessions"
-    );
+    tracing::info!(open = sessions.len(), "stopped accepting; draining sessions");
     while sessions.join_next().await.is_some() {}
 }

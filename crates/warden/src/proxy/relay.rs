@@ -8,6 +8,7 @@
 //! message; nothing buffers more than one message.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -15,11 +16,12 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::watch;
 use warden_wire::backend::{command_rows, BackendMessage, ErrorResponse};
-use warden_wire::frontend::FrontendMessage;
+use warden_wire::frontend::{self as fe, FrontendMessage};
 use warden_wire::{split_frame, sqlstate, Frame};
 
 use super::backend::Upstream;
 use super::cancel::CancelTarget;
+use super::enforce::{denial_statement, parse_search_path, Enforcer, Verdict};
 use super::error::ProxyError;
 use super::frontend::{greeting, ClientStream};
 use super::io::Framed;
@@ -83,6 +85,8 @@ struct Outcome {
     rows: u64,
     data_rows: u64,
     error: Option<String>,
+    /// Warden's stand-in for a denied statement: its error is the denial (shown without PL/pgSQL context).
+    denied: bool,
 }
 
 impl Outcome {
@@ -93,8 +97,23 @@ impl Outcome {
             rows: 0,
             data_rows: 0,
             error: None,
+            denied: false,
         }
     }
+
+    fn denied(query_seq: u64) -> Self {
+        Outcome {
+            denied: true,
+            ..Outcome::new(query_seq)
+        }
+    }
+}
+
+/// Responses to messages Warden added (the Parse and Bind of a stand-in): dropped, not relayed.
+#[derive(Default)]
+struct Swallow {
+    parse_complete: AtomicUsize,
+    bind_complete: AtomicUsize,
 }
 
 type Queue = Arc<Mutex<VecDeque<Pending>>>;
@@ -123,9 +142,7 @@ pub async fn run(
     let mut body = session.event("session.start");
     body.reason = Some(format!("backend pid {}", upstream.backend_key.0));
     if let Err(e) = shared.audit.append(body).await {
-        let e = ProxyError::AuditUnavailable {
-            reason: e.to_string(),
-        };
+        let e = ProxyError::AuditUnavailable { reason: e.to_string() };
         let mut buf = BytesMut::new();
         fatal(&e, &mut buf);
         let _ = write_flush(&mut client_wr, &buf).await;
@@ -141,21 +158,26 @@ pub async fn run(
     tracing::info!(session = %session.id, identity = %session.claims.identity(), db_role = %session.db_role, database = %session.database, "session started");
 
     let queue: Queue = Arc::default();
+    let swallow = Arc::new(Swallow::default());
+    let db_role = session.db_role.clone();
     let mut to_server = ClientSide {
         shared: &shared,
         session: &session,
         queue: queue.clone(),
+        swallow: swallow.clone(),
         rd: client_rd,
         buf: client_buf,
         wr: server_wr,
         max,
         statements: HashMap::new(),
         portals: HashMap::new(),
+        enforcer: Enforcer::new(parse_search_path(&upstream.search_path, &db_role)),
     };
     let mut to_client = ServerSide {
         shared: &shared,
         session: &session,
         queue,
+        swallow,
         rd: server_rd,
         buf: upstream_buf,
         wr: client_wr,
@@ -218,10 +240,19 @@ struct ClientSide<'a> {
     buf: BytesMut,
     wr: WriteHalf<UpstreamStream>,
     max: usize,
-    /// Prepared statement name -> text, so an Execute can be recorded with the statement it runs.
-    statements: HashMap<String, Arc<str>>,
-    /// Portal name -> (statement text, parameters as bound).
-    portals: HashMap<String, (Arc<str>, Vec<Option<String>>)>,
+    swallow: Arc<Swallow>,
+    /// Prepared statement name -> (text, denied at Parse), so an Execute is recorded with what it runs.
+    statements: HashMap<String, (Arc<str>, bool)>,
+    /// Portal name -> (statement text, parameters as bound, denied).
+    portals: HashMap<String, Portal>,
+    enforcer: Enforcer,
+}
+
+#[derive(Clone)]
+struct Portal {
+    sql: Arc<str>,
+    params: Vec<Option<String>>,
+    denied: bool,
 }
 
 impl ClientSide<'_> {
@@ -236,6 +267,7 @@ impl ClientSide<'_> {
                 };
                 match self.inspect(&frame).await {
                     Ok(Step::Forward) => out.extend_from_slice(&frame.raw),
+                    Ok(Step::Replace(instead)) => out.extend_from_slice(&instead),
                     Ok(Step::Terminate) => {
                         out.extend_from_slice(&frame.raw);
                         let _ = write_flush(&mut self.wr, &out).await;
@@ -267,35 +299,61 @@ impl ClientSide<'_> {
         }
     }
 
-    /// Records what must be recorded before `frame` goes on.
+    /// Decides and records what must be decided and recorded before `frame` goes on.
     async fn inspect(&mut self, frame: &Frame) -> Result<Step, ProxyError> {
         match FrontendMessage::parse(frame)? {
             FrontendMessage::Query { sql } => {
-                let seq = self.record_query(sql.to_string(), None).await?;
-                self.push(Pending::Simple(Outcome::new(seq)));
+                let verdict = self.enforcer.check(self.shared, self.session, sql).await?;
+                return self.simple(sql, verdict).await;
             }
             FrontendMessage::Parse { name, sql, .. } => {
-                self.statements.insert(name.to_string(), Arc::from(sql));
+                let verdict = self.enforcer.check(self.shared, self.session, sql).await?;
+                match verdict {
+                    Verdict::Allow { effects, texts } => {
+                        self.enforcer.applied(&effects, &texts, &self.session.db_role);
+                        self.statements.insert(name.to_string(), (Arc::from(sql), false));
+                    }
+                    Verdict::Deny { code, reason, hint } => {
+                        let seq = self.record_query(sql.to_string(), None, Some(&reason)).await?;
+                        self.statements.insert(name.to_string(), (Arc::from(sql), true));
+                        self.push(Pending::Execute(Outcome::denied(seq)));
+                        // A stand-in that fails at Execute with the denial; PostgreSQL then skips the
+                        // client's own Bind/Execute up to Sync, as after any failed Parse.
+                        self.swallow.parse_complete.fetch_add(1, Ordering::SeqCst);
+                        self.swallow.bind_complete.fetch_add(1, Ordering::SeqCst);
+                        let mut instead = BytesMut::new();
+                        let stmt = denial_statement(code, &reason, &hint);
+                        fe::parse_message("", &stmt, &mut instead);
+                        fe::bind_message("", "", &mut instead);
+                        fe::execute_message("", 0, &mut instead);
+                        return Ok(Step::Replace(instead));
+                    }
+                }
             }
             FrontendMessage::Bind(bind) => {
-                let sql = self
+                let (sql, denied) = self
                     .statements
                     .get(bind.statement)
                     .cloned()
-                    .unwrap_or_else(|| Arc::from(""));
-                let params = (0..bind.params.len())
-                    .map(|i| bind.param_display(i))
-                    .collect();
-                self.portals.insert(bind.portal.to_string(), (sql, params));
+                    .unwrap_or_else(|| (Arc::from(""), false));
+                let params = (0..bind.params.len()).map(|i| bind.param_display(i)).collect();
+                self.portals
+                    .insert(bind.portal.to_string(), Portal { sql, params, denied });
             }
             FrontendMessage::Execute { portal, .. } => {
-                let (sql, params) = self
-                    .portals
-                    .get(portal)
-                    .cloned()
-                    .unwrap_or_else(|| (Arc::from(""), Vec::new()));
-                let seq = self.record_query(sql.to_string(), Some(params)).await?;
-                self.push(Pending::Execute(Outcome::new(seq)));
+                let p = self.portals.get(portal).cloned();
+                match p {
+                    // Denied at Parse: PostgreSQL is skipping to Sync and will not run it.
+                    Some(Portal { denied: true, .. }) => {}
+                    Some(Portal { sql, params, .. }) => {
+                        let seq = self.record_query(sql.to_string(), Some(params), None).await?;
+                        self.push(Pending::Execute(Outcome::new(seq)));
+                    }
+                    None => {
+                        let seq = self.record_query(String::new(), None, None).await?;
+                        self.push(Pending::Execute(Outcome::new(seq)));
+                    }
+                }
             }
             FrontendMessage::Close { kind, name } => {
                 if kind == b'S' {
@@ -306,8 +364,17 @@ impl ClientSide<'_> {
             }
             FrontendMessage::Sync => self.push(Pending::Sync),
             FrontendMessage::FunctionCall => {
-                let seq = self.record_query("<function call>".into(), None).await?;
-                self.push(Pending::Simple(Outcome::new(seq)));
+                // The fast-path call names a function by OID, past any statement analysis: refused.
+                return self
+                    .simple(
+                        "<fast-path function call>",
+                        Verdict::Deny {
+                            code: sqlstate::INSUFFICIENT_PRIVILEGE,
+                            reason: "fast-path function calls are not supported through Warden".into(),
+                            hint: "call the function in a SELECT".into(),
+                        },
+                    )
+                    .await;
             }
             FrontendMessage::Terminate => return Ok(Step::Terminate),
             _ => {}
@@ -315,16 +382,37 @@ impl ClientSide<'_> {
         Ok(Step::Forward)
     }
 
+    /// A simple-protocol statement (or a fast-path call): forwarded, or replaced by its denial.
+    async fn simple(&mut self, sql: &str, verdict: Verdict) -> Result<Step, ProxyError> {
+        match verdict {
+            Verdict::Allow { effects, texts } => {
+                let seq = self.record_query(sql.to_string(), None, None).await?;
+                self.push(Pending::Simple(Outcome::new(seq)));
+                self.enforcer.applied(&effects, &texts, &self.session.db_role);
+                Ok(Step::Forward)
+            }
+            Verdict::Deny { code, reason, hint } => {
+                let seq = self.record_query(sql.to_string(), None, Some(&reason)).await?;
+                self.push(Pending::Simple(Outcome::denied(seq)));
+                let mut instead = BytesMut::new();
+                fe::query(&denial_statement(code, &reason, &hint), &mut instead);
+                Ok(Step::Replace(instead))
+            }
+        }
+    }
+
     /// The `query` event, durable before the statement is forwarded.
     async fn record_query(
         &self,
         statement: String,
         parameters: Option<Vec<Option<String>>>,
+        denied: Option<&str>,
     ) -> Result<u64, ProxyError> {
         let mut body = self.session.event("query");
         body.statement = Some(statement);
         body.parameters = parameters;
-        body.decision = Some("allow".into());
+        body.decision = Some(if denied.is_some() { "deny" } else { "allow" }.into());
+        body.reason = denied.map(str::to_string);
         self.shared.audit.append(body).await.map_err(|e| {
             tracing::error!(session = %self.session.id, error = %e, "audit unavailable: refusing statements");
             ProxyError::AuditUnavailable { reason: e.to_string() }
@@ -332,15 +420,14 @@ impl ClientSide<'_> {
     }
 
     fn push(&self, p: Pending) {
-        self.queue
-            .lock()
-            .expect("relay queue lock poisoned")
-            .push_back(p);
+        self.queue.lock().expect("relay queue lock poisoned").push_back(p);
     }
 }
 
 enum Step {
     Forward,
+    /// Send these bytes instead of the message (a denied statement's stand-in).
+    Replace(BytesMut),
     Terminate,
 }
 
@@ -353,6 +440,14 @@ struct ServerSide<'a> {
     buf: BytesMut,
     wr: WriteHalf<ClientStream>,
     max: usize,
+    swallow: Arc<Swallow>,
+}
+
+/// What happens to one message from PostgreSQL.
+enum Relay {
+    Forward,
+    Drop,
+    Rewrite(BytesMut),
 }
 
 impl ServerSide<'_> {
@@ -367,10 +462,12 @@ impl ServerSide<'_> {
                     Ok(None) => break,
                     Err(e) => return End::protocol(format!("PostgreSQL sent a bad message: {e}")),
                 };
-                if let Err(e) = self.observe(&frame, &mut finished) {
-                    return End::protocol(e.to_string());
+                match self.observe(&frame, &mut finished) {
+                    Ok(Relay::Forward) => out.extend_from_slice(&frame.raw),
+                    Ok(Relay::Drop) => {}
+                    Ok(Relay::Rewrite(bytes)) => out.extend_from_slice(&bytes),
+                    Err(e) => return End::protocol(e.to_string()),
                 }
-                out.extend_from_slice(&frame.raw);
             }
             if !out.is_empty() {
                 if let Err(e) = write_flush(&mut self.wr, &out).await {
@@ -393,16 +490,25 @@ impl ServerSide<'_> {
     }
 
     /// Tracks results against the statements in flight.
-    fn observe(&self, frame: &Frame, finished: &mut Vec<Outcome>) -> Result<(), ProxyError> {
-        if !matches!(frame.tag, b'C' | b'E' | b'I' | b's' | b'Z' | b'D') {
-            return Ok(());
+    fn observe(&self, frame: &Frame, finished: &mut Vec<Outcome>) -> Result<Relay, ProxyError> {
+        let swallow = |counter: &AtomicUsize| {
+            counter
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        };
+        match frame.tag {
+            b'1' if swallow(&self.swallow.parse_complete) => return Ok(Relay::Drop),
+            b'2' if swallow(&self.swallow.bind_complete) => return Ok(Relay::Drop),
+            b'C' | b'E' | b'I' | b's' | b'Z' | b'D' => {}
+            _ => return Ok(Relay::Forward),
         }
+        let mut relay = Relay::Forward;
         let mut q = self.queue.lock().expect("relay queue lock poisoned");
         if frame.tag == b'D' {
             if let Some(Pending::Simple(o) | Pending::Execute(o)) = q.front_mut() {
                 o.data_rows += 1;
             }
-            return Ok(());
+            return Ok(relay);
         }
         match BackendMessage::parse(frame)? {
             BackendMessage::CommandComplete { tag } => match q.front_mut() {
@@ -420,11 +526,15 @@ impl ServerSide<'_> {
                 }
             }
             BackendMessage::ErrorResponse(e) => {
-                let text = format!(
-                    "{}: {}",
-                    e.code().unwrap_or("?????"),
-                    e.message().unwrap_or("")
-                );
+                let text = format!("{}: {}", e.code().unwrap_or("?????"), e.message().unwrap_or(""));
+                if let Some(Pending::Simple(o) | Pending::Execute(o)) = q.front() {
+                    if o.denied {
+                        // The denial, raised by Warden's stand-in: shown without its PL/pgSQL context.
+                        let mut clean = BytesMut::new();
+                        e.encode_without(&[b'W'], &mut clean);
+                        relay = Relay::Rewrite(clean);
+                    }
+                }
                 match q.front_mut() {
                     Some(Pending::Simple(o)) => o.error = Some(text),
                     Some(Pending::Execute(o)) => {
@@ -433,8 +543,7 @@ impl ServerSide<'_> {
                         // PostgreSQL skips the rest of the batch up to Sync.
                         while let Some(Pending::Execute(_)) = q.front() {
                             if let Some(Pending::Execute(mut o)) = q.pop_front() {
-                                o.error =
-                                    Some("not run: an earlier message of the batch failed".into());
+                                o.error = Some("not run: an earlier message of the batch failed".into());
                                 finished.push(o);
                             }
                         }
@@ -457,7 +566,7 @@ impl ServerSide<'_> {
             }
             _ => {}
         }
-        Ok(())
+        Ok(relay)
     }
 
     /// `query.result`: written without holding up the client (the statement already ran).
@@ -485,10 +594,7 @@ fn pop_outcome(q: &mut VecDeque<Pending>, finished: &mut Vec<Outcome>) {
     }
 }
 
-async fn write_flush<W: tokio::io::AsyncWrite + Unpin>(
-    w: &mut W,
-    bytes: &[u8],
-) -> std::io::Result<()> {
+async fn write_flush<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
     w.write_all(bytes).await?;
     w.flush().await
 }

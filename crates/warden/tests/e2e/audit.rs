@@ -10,9 +10,7 @@ fn verify_passes_and_catches_a_one_byte_edit() {
     let cred = h.agent();
     let out = h.psql(&cred, "report-bot", "shop", "SELECT 'verify-me'");
     assert!(out.status.success(), "{}", stderr(&out));
-    h.wait_for_event(&["--event", "query"], |e| {
-        e["statement"] == "SELECT 'verify-me'"
-    });
+    h.wait_for_event(&["--event", "query"], |e| e["statement"] == "SELECT 'verify-me'");
 
     // Work on a copy cut at the last complete line: the live log keeps growing under the other tests.
     let live = std::fs::read_to_string(h.deploy.join("audit/audit.jsonl")).unwrap();
@@ -75,9 +73,7 @@ fn search_filters_by_requester_and_task() {
     });
     assert_eq!(by_task["identity"]["requester"], "human:alice");
     let by_requester = h.audit(&["--requester", "human:alice", "--task", "T-search"]);
-    assert!(by_requester
-        .iter()
-        .all(|e| e["identity"]["task"] == "T-search"));
+    assert!(by_requester.iter().all(|e| e["identity"]["task"] == "T-search"));
     assert!(by_requester.iter().any(|e| e["event"] == "session.start"));
     let human_readable = Command::new(WARDEN)
         .args(["audit", "search", "--task", "T-search", "--config"])

@@ -28,10 +28,9 @@ fn psql_as_agent_reads_data_and_the_audit_names_agent_requester_and_task() {
     assert_eq!(q["db_user"], "agent:report-bot");
     assert_eq!(q["database"], "shop");
     let seq = q["seq"].as_u64().unwrap();
-    let result = h.wait_for_event(
-        &["--identity", "agent:report-bot", "--event", "query.result"],
-        |e| e["query_id"] == seq,
-    );
+    let result = h.wait_for_event(&["--identity", "agent:report-bot", "--event", "query.result"], |e| {
+        e["query_id"] == seq
+    });
     assert_eq!(result["rows"], 2);
     assert!(result.get("error").is_none());
     // The credential's issue is in the same chain, with the credential id the session used.
@@ -85,38 +84,35 @@ async fn postgres_sees_the_agent_in_pg_stat_activity_and_warden_settings() {
         .cluster
         .psql(
             "postgres",
-            &format!(
-                "SELECT usename || '|' || application_name FROM pg_stat_activity WHERE pid = {pid}"
-            ),
+            &format!("SELECT usename || '|' || application_name FROM pg_stat_activity WHERE pid = {pid}"),
         )
         .unwrap();
     assert_eq!(
         seen,
         "agent:report-bot|warden agent:report-bot for human:alice task T-42"
     );
-    let start = h.wait_for_event(&["--session", &session, "--event", "session.start"], |_| {
-        true
-    });
+    let start = h.wait_for_event(&["--session", &session, "--event", "session.start"], |_| true);
     assert_eq!(start["identity"]["name"], "report-bot");
     assert_eq!(start["identity"]["task"], "T-42");
 }
 
 #[tokio::test]
-async fn column_grants_hold_in_postgres_itself() {
-    // Defence in depth: the provisioned role lacks the column, whatever Warden's analyzer decides.
+async fn denied_reads_are_refused_by_warden_with_the_rule() {
     let h = harness();
     let cred = h.issue("human", "bob", &[]);
     let client = h.connect(&cred, "bob", "shop", false).await.unwrap();
-    let err = client
-        .query("SELECT email FROM customers", &[])
-        .await
-        .unwrap_err();
+    let err = client.query("SELECT email FROM customers", &[]).await.unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "42501", "{err}");
+    assert_eq!(
+        db.message(),
+        "warden: role analyst may not read column public.customers.email"
+    );
+    assert!(db.hint().is_some());
+    assert!(db.where_().is_none(), "the stand-in's PL/pgSQL context is not shown");
+    let err = client.simple_query("SELECT * FROM hr.salaries").await.unwrap_err();
     assert_eq!(err.code().unwrap().code(), "42501", "{err}");
-    let err = client
-        .query("SELECT * FROM hr.salaries", &[])
-        .await
-        .unwrap_err();
-    assert_eq!(err.code().unwrap().code(), "42501", "{err}");
+    // The session goes on.
     let rows = client
         .query("SELECT name FROM customers ORDER BY id", &[])
         .await
@@ -127,7 +123,15 @@ async fn column_grants_hold_in_postgres_itself() {
 #[tokio::test]
 async fn provisioning_is_cached_and_the_admin_is_not_a_superuser() {
     let h = harness();
-    assert_eq!(h.cluster.psql("postgres", "SELECT rolsuper::text || rolcreaterole::text FROM pg_roles WHERE rolname = 'warden_admin'").unwrap(), "falsetrue");
+    assert_eq!(
+        h.cluster
+            .psql(
+                "postgres",
+                "SELECT rolsuper::text || rolcreaterole::text FROM pg_roles WHERE rolname = 'warden_admin'"
+            )
+            .unwrap(),
+        "falsetrue"
+    );
     let cred = h.issue("workload", "billing", &[]);
     for _ in 0..3 {
         let client = h.connect(&cred, "billing", "shop", false).await.unwrap();
@@ -136,11 +140,7 @@ async fn provisioning_is_cached_and_the_admin_is_not_a_superuser() {
     let provisioned = h
         .warden_log()
         .lines()
-        .filter(|l| {
-            l.contains("provisioned")
-                && l.contains("workload:billing")
-                && l.contains("database=shop")
-        })
+        .filter(|l| l.contains("provisioned") && l.contains("workload:billing") && l.contains("database=shop"))
         .count();
     assert_eq!(provisioned, 1, "{}", h.warden_log());
     // The writer role's grants reached PostgreSQL: table-level on orders including DELETE, and the sequence.
@@ -155,10 +155,7 @@ async fn provisioning_is_cached_and_the_admin_is_not_a_superuser() {
 async fn one_time_password_upstream_auth() {
     let h = harness();
     let cred = h.agent();
-    let client = h
-        .connect(&cred, "report-bot", "shop2", false)
-        .await
-        .unwrap();
+    let client = h.connect(&cred, "report-bot", "shop2", false).await.unwrap();
     let row = client
         .query_one("SELECT current_user::text, current_database()::text", &[])
         .await

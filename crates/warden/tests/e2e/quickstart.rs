@@ -37,11 +37,7 @@ fn quickstart_then_psql_as_agent_then_audit_search() {
     }
     let text = printed.join("\n");
     let stop = || {
-        Command::new("kill")
-            .arg("-INT")
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
+        Command::new("kill").arg("-INT").arg(pid.to_string()).status().unwrap();
     };
     let agent_cmd = printed
         .iter()
@@ -79,29 +75,19 @@ fn quickstart_then_psql_as_agent_then_audit_search() {
         "psql as the agent failed: {}\n{text}",
         stderr(&out)
     );
-    assert!(
-        stdout(&out).starts_with("1|paid|10.00|eu\n"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).starts_with("1|paid|10.00|eu\n"), "{}", stdout(&out));
     let events: Vec<serde_json::Value> = stdout(&audit)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let q = events
         .iter()
-        .find(|e| {
-            e["event"] == "query"
-                && e["statement"] == "SELECT id, status, total, region FROM orders ORDER BY id"
-        })
+        .find(|e| e["event"] == "query" && e["statement"] == "SELECT id, status, total, region FROM orders ORDER BY id")
         .unwrap_or_else(|| panic!("query not in the audit log: {}", stdout(&audit)));
     assert_eq!(q["identity"]["name"], "report-bot");
     assert_eq!(q["identity"]["requester"], "human:alice");
     assert_eq!(q["identity"]["task"], "quickstart-demo");
-    assert!(
-        status.success(),
-        "quickstart did not exit cleanly on Ctrl-C: {status}"
-    );
+    assert!(status.success(), "quickstart did not exit cleanly on Ctrl-C: {status}");
     assert!(text.contains("audit search"), "{text}");
     // Ctrl-C stopped PostgreSQL too: nothing listens on its port any more.
     let toml = std::fs::read_to_string(dir.join("warden.toml")).unwrap();

@@ -149,10 +149,7 @@ async fn wrong_user_is_refused() {
     let h = harness();
     let cred = h.agent();
     let result = h.connect(&cred, "alice", "shop", false).await;
-    assert_refused(
-        result,
-        "does not match the credential's identity agent:report-bot",
-    );
+    assert_refused(result, "does not match the credential's identity agent:report-bot");
 }
 
 #[tokio::test]
@@ -187,9 +184,7 @@ fn bad_config_names_file_line_and_key() {
         .unwrap()
         + 1;
     assert!(
-        err.contains(&path.display().to_string())
-            && err.contains("fsink")
-            && err.contains(&format!("line {line}")),
+        err.contains(&path.display().to_string()) && err.contains("fsink") && err.contains(&format!("line {line}")),
         "{err}"
     );
 }

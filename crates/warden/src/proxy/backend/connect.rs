@@ -21,6 +21,8 @@ pub struct Upstream {
     pub conn: Framed<UpstreamStream>,
     /// ParameterStatus values PostgreSQL reported, to pass on to the client.
     pub params: Vec<(String, String)>,
+    /// The session's search_path as PostgreSQL reports it (`SHOW search_path`), for name resolution.
+    pub search_path: String,
     /// The backend's own cancel key (the client gets Warden's).
     pub backend_key: (i32, i32),
     pub host: String,
@@ -49,9 +51,7 @@ pub async fn login(
     plain.send(&buf).await?;
     plain.fill().await?;
     if plain.buf.as_ref() != b"S" {
-        return Err(unreachable(
-            "PostgreSQL does not accept TLS (ssl = off?)".into(),
-        ));
+        return Err(unreachable("PostgreSQL does not accept TLS (ssl = off?)".into()));
     }
     let (tcp, _) = plain.into_parts();
     let name = crate::tls::server_name(&url.host).map_err(|e| unreachable(e.to_string()))?;
@@ -64,12 +64,7 @@ pub async fn login(
     let settings = identity_settings(session);
     let mut params: Vec<(&str, &str)> = vec![("user", &session.db_role), ("database", &url.dbname)];
     params.extend(settings.iter().map(|(k, v)| (*k, v.as_str())));
-    params.extend(
-        session
-            .client_params
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str())),
-    );
+    params.extend(session.client_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     buf.clear();
     fe::startup_message(&params, &mut buf);
     conn.send(&buf).await?;
@@ -83,10 +78,7 @@ pub async fn login(
             BackendMessage::ParameterStatus { name, value } => {
                 server_params.push((name.to_string(), value.to_string()))
             }
-            BackendMessage::BackendKeyData {
-                process_id,
-                secret_key,
-            } => backend_key = (process_id, secret_key),
+            BackendMessage::BackendKeyData { process_id, secret_key } => backend_key = (process_id, secret_key),
             BackendMessage::ReadyForQuery { .. } => break,
             BackendMessage::ErrorResponse(e) => {
                 return Err(ProxyError::UpstreamAuth {
@@ -97,23 +89,44 @@ pub async fn login(
             _ => {}
         }
     }
+    let search_path = show_search_path(&mut conn).await?;
     Ok(Upstream {
         conn,
         params: server_params,
+        search_path,
         backend_key,
         host: url.host.clone(),
         port: url.port,
     })
 }
 
+/// Asks the fresh session for its search_path (database and role defaults apply), before the client
+/// can send anything.
+async fn show_search_path(conn: &mut Framed<UpstreamStream>) -> Result<String, ProxyError> {
+    let mut buf = BytesMut::new();
+    fe::query("SHOW search_path", &mut buf);
+    conn.send(&buf).await?;
+    let mut value = String::new();
+    loop {
+        let frame = conn.read_frame().await?;
+        if frame.tag == b'D' {
+            // DataRow: i16 count, i32 length, bytes.
+            let body = frame.body();
+            if body.len() >= 6 {
+                value = String::from_utf8_lossy(&body[6..]).into_owned();
+            }
+            continue;
+        }
+        if let BackendMessage::ReadyForQuery { .. } = BackendMessage::parse(&frame)? {
+            return Ok(value);
+        }
+    }
+}
+
 /// `application_name` and the `warden.*` settings that make PostgreSQL's own views name the actor.
 fn identity_settings(session: &Session) -> Vec<(&'static str, String)> {
     let c = &session.claims;
-    let requester = c
-        .requester
-        .as_ref()
-        .map(|r| r.to_string())
-        .unwrap_or_default();
+    let requester = c.requester.as_ref().map(|r| r.to_string()).unwrap_or_default();
     let task = c.task.clone().unwrap_or_default();
     let mut app = format!("warden {}:{}", c.kind, c.name);
     if !requester.is_empty() {
@@ -168,12 +181,9 @@ async fn authenticate(
             }
             BackendMessage::Authentication(AuthRequest::Sasl { mechanisms }) => {
                 if !mechanisms.contains(&"SCRAM-SHA-256") {
-                    return Err(refused(format!(
-                        "unsupported SASL mechanisms {mechanisms:?}"
-                    )));
+                    return Err(refused(format!("unsupported SASL mechanisms {mechanisms:?}")));
                 }
-                let s =
-                    ScramSha256::new(need_password()?.as_bytes(), ChannelBinding::unsupported());
+                let s = ScramSha256::new(need_password()?.as_bytes(), ChannelBinding::unsupported());
                 fe::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut buf);
                 scram = Some(s);
             }
@@ -185,16 +195,12 @@ async fn authenticate(
                 fe::sasl_response(s.message(), &mut buf);
             }
             BackendMessage::Authentication(AuthRequest::SaslFinal(data)) => {
-                let mut s = scram
-                    .take()
-                    .ok_or_else(|| refused("unexpected SASL final".into()))?;
+                let mut s = scram.take().ok_or_else(|| refused("unexpected SASL final".into()))?;
                 s.finish(data).map_err(|e| refused(format!("SCRAM: {e}")))?;
                 continue;
             }
             BackendMessage::Authentication(other) => {
-                return Err(refused(format!(
-                    "unsupported authentication request {other:?}"
-                )));
+                return Err(refused(format!("unsupported authentication request {other:?}")));
             }
             BackendMessage::ErrorResponse(e) => {
                 return Err(refused(e.message().unwrap_or("error").to_string()));

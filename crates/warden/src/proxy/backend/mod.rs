@@ -8,6 +8,7 @@ use warden_policy::UpstreamAuth;
 use super::error::ProxyError;
 use super::{Session, Shared};
 
+mod catalog;
 mod connect;
 mod provision;
 
@@ -27,11 +28,7 @@ pub async fn open(shared: &Arc<Shared>, session: &Session) -> Result<Upstream, P
             reason: "no longer configured".into(),
         })?
         .clone();
-    let roles: Vec<_> = session
-        .roles
-        .iter()
-        .filter_map(|r| config.role(r))
-        .collect();
+    let roles: Vec<_> = session.roles.iter().filter_map(|r| config.role(r)).collect();
     let grants = config.grants(&roles);
     shared
         .provisioner
@@ -57,11 +54,10 @@ pub async fn open(shared: &Arc<Shared>, session: &Session) -> Result<Upstream, P
             (None, Some(pw))
         }
     };
-    let tls =
-        crate::tls::upstream_config(&db.url, client_cert).map_err(|e| ProxyError::Upstream {
-            database: db.name.clone(),
-            reason: e.to_string(),
-        })?;
+    let tls = crate::tls::upstream_config(&db.url, client_cert).map_err(|e| ProxyError::Upstream {
+        database: db.name.clone(),
+        reason: e.to_string(),
+    })?;
     connect::login(
         &db,
         Arc::new(tls),

@@ -20,6 +20,8 @@ use crate::proxy::error::ProxyError;
 pub struct Provisioner {
     admins: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<tokio_postgres::Client>>>>>,
     done: std::sync::Mutex<HashMap<(String, String), u64>>,
+    /// Each database's catalog as last loaded, for statement analysis.
+    catalogs: std::sync::Mutex<HashMap<String, Arc<warden_sql::Catalog>>>,
 }
 
 /// Admin logins use a db-CA certificate valid only long enough to log in.
@@ -39,13 +41,7 @@ impl Provisioner {
             h.finish()
         };
         let key = (db.name.clone(), role.to_string());
-        if self
-            .done
-            .lock()
-            .expect("provision cache lock poisoned")
-            .get(&key)
-            == Some(&fingerprint)
-        {
+        if self.done.lock().expect("provision cache lock poisoned").get(&key) == Some(&fingerprint) {
             return Ok(());
         }
         let fail = |reason: String| ProxyError::Provision {
@@ -55,13 +51,7 @@ impl Provisioner {
         let slot = self.admin_slot(&db.name);
         let mut admin = slot.lock().await;
         // Another session may have provisioned the same role while we waited.
-        if self
-            .done
-            .lock()
-            .expect("provision cache lock poisoned")
-            .get(&key)
-            == Some(&fingerprint)
-        {
+        if self.done.lock().expect("provision cache lock poisoned").get(&key) == Some(&fingerprint) {
             return Ok(());
         }
         let client = connected(&mut admin, db_ca, db)
@@ -110,11 +100,38 @@ impl Provisioner {
             quote_literal(&verifier),
             quote_literal(&valid_until)
         );
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| fail(describe(&e)))?;
+        client.batch_execute(&sql).await.map_err(|e| fail(describe(&e)))?;
         Ok(password)
+    }
+
+    /// The database's catalog: cached, loaded on first use and when `refresh` is set (a miss).
+    pub async fn catalog(
+        &self,
+        db_ca: &CertificateAuthority,
+        db: &DatabaseConfig,
+        refresh: bool,
+    ) -> Result<Arc<warden_sql::Catalog>, ProxyError> {
+        if !refresh {
+            if let Some(c) = self.catalogs.lock().expect("catalog lock poisoned").get(&db.name) {
+                return Ok(c.clone());
+            }
+        }
+        let fail = |reason: String| ProxyError::Upstream {
+            database: db.name.clone(),
+            reason: format!("loading the catalog: {reason}"),
+        };
+        let slot = self.admin_slot(&db.name);
+        let mut admin = slot.lock().await;
+        let client = connected(&mut admin, db_ca, db)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let catalog = super::catalog::load(client).await.map_err(|e| fail(describe(&e)))?;
+        let catalog = Arc::new(catalog);
+        self.catalogs
+            .lock()
+            .expect("catalog lock poisoned")
+            .insert(db.name.clone(), catalog.clone());
+        Ok(catalog)
     }
 
     fn admin_slot(&self, db: &str) -> Arc<Mutex<Option<tokio_postgres::Client>>> {
@@ -164,9 +181,7 @@ async fn connect_admin(
         }
     };
     let tls = crate::tls::upstream_config(url, client_cert)?;
-    let (client, connection) = cfg
-        .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
-        .await?;
+    let (client, connection) = cfg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls)).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "admin connection closed");
@@ -177,11 +192,7 @@ async fn connect_admin(
 
 /// Brings `role` to exactly `grants` in one transaction: create if missing, revoke what it holds from
 /// us, grant what it should hold.
-async fn apply(
-    client: &tokio_postgres::Client,
-    role: &str,
-    grants: &GrantSet,
-) -> Result<(), ApplyError> {
+async fn apply(client: &tokio_postgres::Client, role: &str, grants: &GrantSet) -> Result<(), ApplyError> {
     let existing = client
         .query_opt(
             "SELECT rolsuper OR rolbypassrls OR rolreplication FROM pg_roles WHERE rolname = $1",
@@ -284,10 +295,7 @@ pub fn grant_statements(role: &str, grants: &GrantSet) -> Vec<String> {
     let r = quote_ident(role);
     let mut out = Vec::new();
     for schema in grants.schemas() {
-        out.push(format!(
-            "GRANT USAGE ON SCHEMA {} TO {r}",
-            quote_ident(schema)
-        ));
+        out.push(format!("GRANT USAGE ON SCHEMA {} TO {r}", quote_ident(schema)));
     }
     for (table, privs) in &grants.tables {
         out.extend(table_grants(&r, table, privs));
@@ -301,20 +309,13 @@ fn table_grants(r: &str, table: &TableRef, p: &TablePrivileges) -> Vec<String> {
         None => format!("ALL TABLES IN SCHEMA {}", quote_ident(&table.schema)),
     };
     let mut out = Vec::new();
-    for (privilege, scope) in [
-        ("SELECT", &p.select),
-        ("INSERT", &p.insert),
-        ("UPDATE", &p.update),
-    ] {
+    for (privilege, scope) in [("SELECT", &p.select), ("INSERT", &p.insert), ("UPDATE", &p.update)] {
         match scope {
             ColumnScope::None => {}
             ColumnScope::All => out.push(format!("GRANT {privilege} ON {target} TO {r}")),
             ColumnScope::Columns(cols) => {
                 let cols: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
-                out.push(format!(
-                    "GRANT {privilege} ({}) ON {target} TO {r}",
-                    cols.join(", ")
-                ));
+                out.push(format!("GRANT {privilege} ({}) ON {target} TO {r}", cols.join(", ")));
             }
         }
     }
@@ -346,11 +347,7 @@ mod tests {
 
     #[test]
     fn grants_follow_the_roles() {
-        let config = Config::parse(
-            std::path::Path::new("/x/warden.toml"),
-            crate::cli::SAMPLE_CONFIG,
-        )
-        .unwrap();
+        let config = Config::parse(std::path::Path::new("/x/warden.toml"), crate::cli::SAMPLE_CONFIG).unwrap();
         let set = config.grants(&[config.role("analyst").unwrap()]);
         let sql = grant_statements("agent:report-bot", &set);
         assert_eq!(
@@ -363,12 +360,8 @@ mod tests {
         );
         let set = config.grants(&[config.role("writer").unwrap()]);
         let sql = grant_statements("human:alice", &set);
-        assert!(sql.contains(
-            &"GRANT SELECT ON ALL TABLES IN SCHEMA \"public\" TO \"human:alice\"".to_string()
-        ));
-        assert!(sql.contains(
-            &"GRANT DELETE ON TABLE \"public\".\"orders\" TO \"human:alice\"".to_string()
-        ));
+        assert!(sql.contains(&"GRANT SELECT ON ALL TABLES IN SCHEMA \"public\" TO \"human:alice\"".to_string()));
+        assert!(sql.contains(&"GRANT DELETE ON TABLE \"public\".\"orders\" TO \"human:alice\"".to_string()));
     }
 
     #[test]

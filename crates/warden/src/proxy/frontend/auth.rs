@@ -32,12 +32,7 @@ pub(super) async fn authenticate(
     params: Vec<(String, String)>,
     peer: SocketAddr,
 ) -> AuthResult {
-    let param = |k: &str| {
-        params
-            .iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
-    };
+    let param = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
     let user = param("user").ok_or((ProxyError::MissingUser, None))?;
     let database = param("database").unwrap_or_else(|| user.clone());
     if param("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
@@ -51,9 +46,7 @@ pub(super) async fn authenticate(
         return Err(fail(expired(&claims)));
     }
     if now < claims.not_before {
-        return Err(fail(ProxyError::NotYetValid {
-            at: claims.not_before,
-        }));
+        return Err(fail(ProxyError::NotYetValid { at: claims.not_before }));
     }
     if user != claims.name {
         return Err(fail(ProxyError::WrongUser {
@@ -64,12 +57,7 @@ pub(super) async fn authenticate(
     }
     let config = shared.config.load();
     let roles = config
-        .effective_roles(
-            &claims.identity(),
-            claims.requester.as_ref(),
-            &claims.roles,
-            &database,
-        )
+        .effective_roles(&claims.identity(), claims.requester.as_ref(), &claims.roles, &database)
         .map_err(|r| fail(ProxyError::Refused(r)))?
         .iter()
         .map(|r| r.name.clone())
@@ -91,10 +79,7 @@ pub(super) async fn authenticate(
 }
 
 /// The credential's claims, verified: from the TLS client certificate, else from the token password.
-async fn credential(
-    shared: &Shared,
-    client: &mut Framed<ClientStream>,
-) -> Result<Claims, ProxyError> {
+async fn credential(shared: &Shared, client: &mut Framed<ClientStream>) -> Result<Claims, ProxyError> {
     let chain = client
         .stream
         .get_ref()
@@ -104,28 +89,20 @@ async fn credential(
         .unwrap_or_default();
     if let Some(leaf) = chain.first() {
         return match shared.user_ca_verifier.verify(&chain) {
-            Ok(()) => claims_from_cert(leaf).map_err(|e| ProxyError::BadCertificate {
-                reason: e.to_string(),
-            }),
+            Ok(()) => claims_from_cert(leaf).map_err(|e| ProxyError::BadCertificate { reason: e.to_string() }),
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::Expired | CertificateError::ExpiredContext { .. },
             )) => match claims_from_cert(leaf) {
                 Ok(c) => Err(expired(&c)),
-                Err(e) => Err(ProxyError::BadCertificate {
-                    reason: e.to_string(),
-                }),
+                Err(e) => Err(ProxyError::BadCertificate { reason: e.to_string() }),
             },
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
             )) => match claims_from_cert(leaf) {
                 Ok(c) => Err(ProxyError::NotYetValid { at: c.not_before }),
-                Err(e) => Err(ProxyError::BadCertificate {
-                    reason: e.to_string(),
-                }),
+                Err(e) => Err(ProxyError::BadCertificate { reason: e.to_string() }),
             },
-            Err(e) => Err(ProxyError::UnknownCa {
-                reason: e.to_string(),
-            }),
+            Err(e) => Err(ProxyError::UnknownCa { reason: e.to_string() }),
         };
     }
     let mut buf = BytesMut::new();
@@ -143,9 +120,7 @@ async fn credential(
     shared
         .user_ca
         .verify_token(token)
-        .map_err(|e| ProxyError::BadToken {
-            reason: e.to_string(),
-        })
+        .map_err(|e| ProxyError::BadToken { reason: e.to_string() })
 }
 
 fn expired(c: &Claims) -> ProxyError {

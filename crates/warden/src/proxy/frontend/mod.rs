@@ -21,12 +21,7 @@ mod auth;
 
 pub type ClientStream = tokio_rustls::server::TlsStream<TcpStream>;
 
-pub async fn handle(
-    shared: Arc<Shared>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    shutdown: watch::Receiver<bool>,
-) {
+pub async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown: watch::Receiver<bool>) {
     let _ = tcp.set_nodelay(true);
     let client = match expect_ssl_request(&shared, Framed::new(tcp, MAX_STARTUP_LEN), peer).await {
         Some(c) => c,
@@ -35,10 +30,7 @@ pub async fn handle(
     let mut client = Framed::new(client, shared.config.load().server.max_message_size);
     let params = match client.read_startup().await {
         Ok(StartupPacket::Startup { params, .. }) => params,
-        Ok(StartupPacket::Cancel {
-            process_id,
-            secret_key,
-        }) => {
+        Ok(StartupPacket::Cancel { process_id, secret_key }) => {
             let _ = shared.cancels.cancel(process_id, secret_key).await;
             return;
         }
@@ -73,29 +65,19 @@ pub async fn handle(
 }
 
 /// Plain TCP phase: only SSLRequest leads on; a plain startup is refused, a cancel is routed.
-async fn expect_ssl_request(
-    shared: &Shared,
-    mut plain: Framed<TcpStream>,
-    peer: SocketAddr,
-) -> Option<ClientStream> {
+async fn expect_ssl_request(shared: &Shared, mut plain: Framed<TcpStream>, peer: SocketAddr) -> Option<ClientStream> {
     loop {
         match plain.read_startup().await {
             Ok(StartupPacket::SslRequest) => break,
             Ok(StartupPacket::GssEncRequest) => {
                 plain.send(b"N").await.ok()?;
             }
-            Ok(StartupPacket::Cancel {
-                process_id,
-                secret_key,
-            }) => {
+            Ok(StartupPacket::Cancel { process_id, secret_key }) => {
                 let _ = shared.cancels.cancel(process_id, secret_key).await;
                 return None;
             }
             Ok(StartupPacket::Startup { params, .. }) => {
-                let user = params
-                    .iter()
-                    .find(|(k, _)| k == "user")
-                    .map(|(_, v)| v.clone());
+                let user = params.iter().find(|(k, _)| k == "user").map(|(_, v)| v.clone());
                 let e = ProxyError::TlsRequired;
                 record_auth_failure(shared, peer, &e, None, user.as_deref()).await;
                 send_error(&mut plain, "FATAL", &e).await;
@@ -170,11 +152,7 @@ async fn record_auth_failure(
     }
 }
 
-pub async fn send_error<S: AsyncRead + AsyncWrite + Unpin>(
-    client: &mut Framed<S>,
-    severity: &str,
-    e: &ProxyError,
-) {
+pub async fn send_error<S: AsyncRead + AsyncWrite + Unpin>(client: &mut Framed<S>, severity: &str, e: &ProxyError) {
     let mut buf = BytesMut::new();
     let message = e.client_message();
     ErrorResponse {

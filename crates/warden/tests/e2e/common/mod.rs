@@ -92,10 +92,7 @@ impl Harness {
         }
         let warden_port = free_port()?;
         let config = deploy.join("warden.toml");
-        std::fs::write(
-            &config,
-            test_config(warden_port, pg_port, &cluster.server_ca_path()),
-        )?;
+        std::fs::write(&config, test_config(warden_port, pg_port, &cluster.server_ca_path()))?;
         let warden_log = root.join("warden.log");
         let child = Command::new(WARDEN)
             .args(["start", "--config"])
@@ -133,11 +130,7 @@ impl Harness {
 
     /// The usual agent: report-bot acting for alice on task T-42.
     pub fn agent(&self) -> PathBuf {
-        self.issue(
-            "agent",
-            "report-bot",
-            &["--requester", "human:alice", "--task", "T-42"],
-        )
+        self.issue("agent", "report-bot", &["--requester", "human:alice", "--task", "T-42"])
     }
 
     pub fn conninfo(&self, cred: &Path, user: &str, db: &str) -> String {
@@ -184,10 +177,7 @@ impl Harness {
             if let Some(e) = self.audit(args).into_iter().find(|e| pred(e)) {
                 return e;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no matching audit event for {args:?}"
-            );
+            assert!(Instant::now() < deadline, "no matching audit event for {args:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -234,9 +224,7 @@ pub async fn connect_with(
     client_cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let tls = tls_config(server_ca, client_cert);
-    let (client, conn) = cfg
-        .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
-        .await?;
+    let (client, conn) = cfg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -249,9 +237,7 @@ pub fn tls_config(
 ) -> rustls::ClientConfig {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(server_ca).unwrap())
-        .unwrap();
+    roots.add(CertificateDer::from_pem_file(server_ca).unwrap()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let b = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

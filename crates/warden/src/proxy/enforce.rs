@@ -1,0 +1,198 @@
+//! Deciding each statement before it is forwarded, and what the client sees when one is denied.
+//!
+//! A denied statement never reaches PostgreSQL. In its place Warden sends a `DO` block that raises the
+//! denial as an error, so that PostgreSQL itself answers in order with the right SQLSTATE, aborts an
+//! open transaction exactly as a failed statement would, and logs the refusal in its own log.
+
+use std::collections::HashMap;
+
+use warden_policy::{decide, Decision, Role};
+use warden_sql::{analyze, Forbidden, SessionContext, SessionEffect, StatementAccess};
+use warden_wire::sqlstate;
+
+use super::error::ProxyError;
+use super::{Session, Shared};
+
+/// The outcome for one statement string.
+pub enum Verdict {
+    Allow {
+        effects: Vec<SessionEffect>,
+        texts: Vec<String>,
+    },
+    Deny {
+        code: &'static str,
+        reason: String,
+        hint: String,
+    },
+}
+
+/// Per-session state the decision depends on.
+pub struct Enforcer {
+    search_path: Vec<String>,
+    /// SQL-level prepared statements (PREPARE name AS ...): name -> the PREPARE text, re-decided at EXECUTE.
+    prepared: HashMap<String, String>,
+}
+
+impl Enforcer {
+    pub fn new(search_path: Vec<String>) -> Self {
+        Enforcer {
+            search_path,
+            prepared: HashMap::new(),
+        }
+    }
+
+    pub async fn check(&self, shared: &Shared, session: &Session, sql: &str) -> Result<Verdict, ProxyError> {
+        let config = shared.config.load();
+        if config.server.danger_disable_statement_checks {
+            return Ok(Verdict::Allow {
+                effects: Vec::new(),
+                texts: Vec::new(),
+            });
+        }
+        let roles: Vec<&Role> = session.roles.iter().filter_map(|r| config.role(r)).collect();
+        if roles.is_empty() {
+            return Ok(deny(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!("{} holds no role any more", session.claims.identity()),
+                "reconnect with a current credential".into(),
+            ));
+        }
+        let db = config.database(&session.database).ok_or_else(|| ProxyError::Upstream {
+            database: session.database.clone(),
+            reason: "no longer configured".into(),
+        })?;
+        let context = SessionContext {
+            search_path: self.search_path.clone(),
+        };
+        let mut catalog = shared.provisioner.catalog(&shared.db_ca, db, false).await?;
+        let mut refreshed = false;
+        let statements = loop {
+            let statements = match analyze(sql, &catalog, &context) {
+                Ok(s) => s,
+                Err(e) => {
+                    return Ok(deny(
+                        sqlstate::SYNTAX_ERROR,
+                        e.to_string(),
+                        "check the statement's syntax".into(),
+                    ))
+                }
+            };
+            let unknown = statements
+                .iter()
+                .any(|s| s.forbidden.iter().any(|f| matches!(f, Forbidden::UnknownRelation(_))));
+            if unknown && !refreshed {
+                // A table created since the catalog was read: read it again, once.
+                catalog = shared.provisioner.catalog(&shared.db_ca, db, true).await?;
+                refreshed = true;
+                continue;
+            }
+            break statements;
+        };
+        let mut all: Vec<StatementAccess> = Vec::new();
+        for s in &statements {
+            for e in &s.effects {
+                if let SessionEffect::Execute(name) = e {
+                    let Some(text) = self.prepared.get(name) else {
+                        return Ok(deny(
+                            sqlstate::INSUFFICIENT_PRIVILEGE,
+                            format!("prepared statement {name} was not prepared through Warden in this session"),
+                            "PREPARE it first".into(),
+                        ));
+                    };
+                    match analyze(text, &catalog, &context) {
+                        Ok(inner) => all.extend(inner),
+                        Err(e) => return Ok(deny(sqlstate::SYNTAX_ERROR, e.to_string(), String::new())),
+                    }
+                }
+            }
+        }
+        all.extend(statements.iter().cloned());
+        Ok(match decide(&all, &roles) {
+            Decision::Allow => Verdict::Allow {
+                effects: statements.iter().flat_map(|s| s.effects.clone()).collect(),
+                texts: statements.iter().map(|s| s.text.clone()).collect(),
+            },
+            Decision::Deny { reason, hint, .. } => deny(sqlstate::INSUFFICIENT_PRIVILEGE, reason, hint),
+        })
+    }
+
+    /// Tracks what an allowed statement changed in the session.
+    pub fn applied(&mut self, effects: &[SessionEffect], texts: &[String], db_role: &str) {
+        for e in effects {
+            match e {
+                SessionEffect::SearchPath(p) => self.search_path = resolve_path(p, db_role),
+                SessionEffect::Prepare(name) => {
+                    if let Some(text) = texts.iter().find(|t| t.to_ascii_lowercase().starts_with("prepare")) {
+                        self.prepared.insert(name.clone(), text.clone());
+                    }
+                }
+                SessionEffect::Deallocate(Some(name)) => {
+                    self.prepared.remove(name);
+                }
+                SessionEffect::Deallocate(None) => self.prepared.clear(),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn deny(code: &'static str, reason: String, hint: String) -> Verdict {
+    Verdict::Deny { code, reason, hint }
+}
+
+/// `"$user", public` as PostgreSQL reports it -> schema names, `$user` replaced by the role.
+pub fn resolve_path(entries: &[String], db_role: &str) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| e.trim().trim_matches('"'))
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            if e == "$user" {
+                db_role.to_string()
+            } else {
+                e.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Parses the text of `SHOW search_path`.
+pub fn parse_search_path(shown: &str, db_role: &str) -> Vec<String> {
+    let entries: Vec<String> = shown.split(',').map(str::to_string).collect();
+    resolve_path(&entries, db_role)
+}
+
+/// The statement Warden runs instead of a denied one: PostgreSQL raises the denial itself.
+pub fn denial_statement(code: &str, reason: &str, hint: &str) -> String {
+    let lit = |s: &str| format!("'{}'", s.replace('\'', "''").replace("$warden$", ""));
+    let mut body = format!(
+        "RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}",
+        lit(code),
+        lit(&format!("warden: {reason}"))
+    );
+    if !hint.is_empty() {
+        body += &format!(", HINT = {}", lit(hint));
+    }
+    format!("DO $warden$ BEGIN {body}; END $warden$")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denial_statement_quotes_everything() {
+        let s = denial_statement("42501", "role o'brien may not $warden$ read", "ask");
+        assert_eq!(s, "DO $warden$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'warden: role o''brien may not  read', HINT = 'ask'; END $warden$");
+        // It parses as exactly one DO statement.
+        let parsed = warden_sql::analyze(&s, &Default::default(), &Default::default()).unwrap();
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].effects, [SessionEffect::DoBlock]);
+    }
+
+    #[test]
+    fn search_path_parsing() {
+        assert_eq!(parse_search_path("\"$user\", public", "agent:x"), ["agent:x", "public"]);
+        assert_eq!(parse_search_path("hr,public", "a"), ["hr", "public"]);
+    }
+}
