@@ -324,7 +324,7 @@ mod tests {
         );
         assert_eq!(fields.field(b'D'), Some("d"));
         let mut again = BytesMut::new();
-        fields.encode_without(&[b'D'], &mut again);
+        fields.encode_without(b"D", &mut again);
         let f = parse_one(&mut again);
         let BackendMessage::ErrorResponse(fields) = BackendMessage::parse(&f).unwrap() else {
             panic!()
