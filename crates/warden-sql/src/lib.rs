@@ -18,12 +18,31 @@ pub use catalog::{Catalog, RelationInfo, Volatility};
 pub struct SessionContext {
     /// The session's search_path, `$user` already replaced by the role name.
     pub search_path: Vec<String>,
+    /// The session's role, for `$user` in a search_path set by a statement.
+    pub user: String,
 }
 
 impl Default for SessionContext {
     fn default() -> Self {
         SessionContext {
             search_path: vec!["public".into()],
+            user: String::new(),
+        }
+    }
+}
+
+impl SessionContext {
+    /// The path after `SET search_path TO entries`.
+    pub fn with_path(&self, entries: &[String]) -> SessionContext {
+        let search_path = entries
+            .iter()
+            .map(|e| e.trim().trim_matches('"'))
+            .filter(|e| !e.is_empty())
+            .map(|e| if e == "$user" { self.user.clone() } else { e.to_string() })
+            .collect();
+        SessionContext {
+            search_path,
+            user: self.user.clone(),
         }
     }
 }
@@ -39,6 +58,8 @@ pub fn analyze(sql: &str, catalog: &Catalog, session: &SessionContext) -> Result
     let parsed = pg_query::parse(sql, 0).map_err(|e| SqlError::Parse(e.to_string()))?;
     let tree = serde_json::to_value(&parsed.protobuf).map_err(|e| SqlError::Parse(e.to_string()))?;
     let mut out = Vec::new();
+    // Statements of one string run in order: a SET search_path changes how the next ones resolve.
+    let mut session = session.clone();
     for raw in tree["stmts"].as_array().into_iter().flatten() {
         let start = raw["stmt_location"].as_u64().unwrap_or(0) as usize;
         let len = raw["stmt_len"].as_u64().unwrap_or(0) as usize;
@@ -47,8 +68,13 @@ pub fn analyze(sql: &str, catalog: &Catalog, session: &SessionContext) -> Result
         } else {
             sql.get(start..start + len).unwrap_or(sql)
         };
-        let mut access = walk::statement(&raw["stmt"], catalog, session);
+        let mut access = walk::statement(&raw["stmt"], catalog, &session);
         access.text = text.trim().to_string();
+        for e in &access.effects {
+            if let SessionEffect::SearchPath(p) = e {
+                session = session.with_path(p);
+            }
+        }
         out.push(access);
     }
     Ok(out)

@@ -112,6 +112,7 @@ fn writes_hidden_anywhere_are_found() {
 fn schema_resolution_follows_the_search_path() {
     let hr = SessionContext {
         search_path: vec!["hr".into(), "public".into()],
+        user: "u".into(),
     };
     let a = analyze("SELECT * FROM orders", &shop(), &hr).unwrap().pop().unwrap();
     assert_eq!(cols(&a, "hr.orders"), ["id", "secret"]);
@@ -119,6 +120,19 @@ fn schema_resolution_follows_the_search_path() {
     assert_eq!(cols(&a, "public.orders").len(), 5);
     let a = one("SELECT * FROM nowhere");
     assert_eq!(a.forbidden, [Forbidden::UnknownRelation("nowhere".into())]);
+    let v = analyze(
+        "SET search_path TO hr, public; SELECT * FROM orders",
+        &shop(),
+        &SessionContext::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        cols(&v[1], "hr.orders"),
+        ["id", "secret"],
+        "the SET applies to the statements after it"
+    );
+    assert_eq!(one("SET LOCAL search_path TO hr").forbidden.len(), 1);
+    assert_eq!(cols(&one("SELECT ctid FROM customers"), "public.customers").len(), 4);
     let a = one("SET search_path TO hr, public");
     assert_eq!(
         a.effects,

@@ -205,7 +205,7 @@ impl Walker<'_> {
         }
         self.scopes.push(Vec::new());
         for item in items(&s["from_clause"]) {
-            self.from_item(item);
+            self.range_item(item);
         }
         for vl in items(&s["values_lists"]) {
             self.expr(vl);
@@ -252,7 +252,7 @@ impl Walker<'_> {
     }
 
     /// A FROM item: adds entries to the innermost scope.
-    fn from_item(&mut self, item: &Value) {
+    fn range_item(&mut self, item: &Value) {
         let Some((kind, body)) = node(item) else {
             return;
         };
@@ -270,8 +270,8 @@ impl Walker<'_> {
                 self.push_entry(Entry { alias, base });
             }
             "JoinExpr" => {
-                self.from_item(&body["larg"]);
-                self.from_item(&body["rarg"]);
+                self.range_item(&body["larg"]);
+                self.range_item(&body["rarg"]);
                 self.expr(&body["quals"]);
                 if let Some(a) = body["alias"]["aliasname"].as_str() {
                     self.push_entry(Entry {
@@ -386,7 +386,7 @@ impl Walker<'_> {
             base: target.clone(),
         }]);
         for item in items(&s["from_clause"]) {
-            self.from_item(item);
+            self.range_item(item);
         }
         let cols = self.set_targets(&s["target_list"]);
         if let Some(q) = &target {
@@ -411,7 +411,7 @@ impl Walker<'_> {
             .to_string();
         self.scopes.push(vec![Entry { alias, base: target }]);
         for item in items(&s["using_clause"]) {
-            self.from_item(item);
+            self.range_item(item);
         }
         self.expr(&s["where_clause"]);
         self.returning(&s["returning_clause"]);
@@ -436,7 +436,7 @@ impl Walker<'_> {
             .unwrap_or(str_field(&s["relation"], "relname"))
             .to_string();
         self.scopes.push(vec![Entry { alias, base: target }]);
-        self.from_item(&s["source_relation"]);
+        self.range_item(&s["source_relation"]);
         self.expr(&s["join_condition"]);
         self.generic(&s["merge_when_clauses"]);
         self.returning(&s["returning_clause"]);
@@ -516,6 +516,11 @@ impl Walker<'_> {
             return;
         }
         if name == "search_path" {
+            if s["is_local"].as_bool() == Some(true) {
+                // Undone at transaction end, out of Warden's sight: it could not resolve names after it.
+                self.forbid(Forbidden::Unsupported("SET LOCAL search_path".into()));
+                return;
+            }
             let path = match kind {
                 1 => items(&s["args"])
                     .filter_map(|a| match node(a) {
@@ -523,7 +528,7 @@ impl Walker<'_> {
                         _ => None,
                     })
                     .collect(),
-                _ => vec!["public".to_string()],
+                _ => vec!["$user".to_string(), "public".to_string()],
             };
             self.access.effects.push(SessionEffect::SearchPath(path));
         }
@@ -635,7 +640,11 @@ impl Walker<'_> {
             }
             [Some(alias), Some(col)] => {
                 if let Some(q) = self.by_alias(alias) {
-                    self.access.read(&q, [col.clone()]);
+                    if SYSTEM_COLUMNS.contains(&col.as_str()) {
+                        self.read_all(&q);
+                    } else {
+                        self.access.read(&q, [col.clone()]);
+                    }
                 }
             }
             [Some(schema), Some(table), rest @ ..] => {
@@ -673,6 +682,20 @@ impl Walker<'_> {
         // Not a column: a whole-row reference to a relation (`row_to_json(t)`, `SELECT t FROM t`).
         if let Some(q) = self.by_alias(col) {
             self.read_all(&q);
+            return;
+        }
+        // A system column (ctid, xmin, ...) needs the whole table: count it as reading every column.
+        if SYSTEM_COLUMNS.contains(&col) {
+            let bases: Vec<QualifiedName> = self
+                .scopes
+                .last()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.base.clone())
+                .collect();
+            for q in bases {
+                self.read_all(&q);
+            }
         }
     }
 
@@ -694,6 +717,8 @@ impl Walker<'_> {
 fn names_of_cols(list: &Value) -> Vec<String> {
     names(list)
 }
+
+const SYSTEM_COLUMNS: &[&str] = &["ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"];
 
 fn protected_setting(name: &str) -> bool {
     name == "role" || name == "session_authorization" || name.starts_with("warden.")

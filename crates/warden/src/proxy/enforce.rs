@@ -41,7 +41,14 @@ impl Enforcer {
         }
     }
 
-    pub async fn check(&self, shared: &Shared, session: &Session, sql: &str) -> Result<Verdict, ProxyError> {
+    /// `in_transaction`: PostgreSQL's last ReadyForQuery said a transaction block is open.
+    pub async fn check(
+        &self,
+        shared: &Shared,
+        session: &Session,
+        sql: &str,
+        in_transaction: bool,
+    ) -> Result<Verdict, ProxyError> {
         let config = shared.config.load();
         if config.server.danger_disable_statement_checks {
             return Ok(Verdict::Allow {
@@ -63,6 +70,7 @@ impl Enforcer {
         })?;
         let context = SessionContext {
             search_path: self.search_path.clone(),
+            user: session.db_role.clone(),
         };
         let mut catalog = shared.provisioner.catalog(&shared.db_ca, db, false).await?;
         let mut refreshed = false;
@@ -88,6 +96,18 @@ impl Enforcer {
             }
             break statements;
         };
+        // A search_path set inside a transaction block is undone by ROLLBACK, out of Warden's sight.
+        let mut in_block = in_transaction;
+        for s in &statements {
+            in_block |= s.class() == warden_sql::Class::Transaction;
+            if in_block && s.effects.iter().any(|e| matches!(e, SessionEffect::SearchPath(_))) {
+                return Ok(deny(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    "SET search_path inside a transaction block is not supported through Warden (a ROLLBACK would undo it unseen)".into(),
+                    "set search_path outside a transaction, or qualify table names with their schema".into(),
+                ));
+            }
+        }
         let mut all: Vec<StatementAccess> = Vec::new();
         for s in &statements {
             for e in &s.effects {

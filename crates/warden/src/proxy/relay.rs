@@ -8,7 +8,7 @@
 //! message; nothing buffers more than one message.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -159,12 +159,14 @@ pub async fn run(
 
     let queue: Queue = Arc::default();
     let swallow = Arc::new(Swallow::default());
+    let tx_status = Arc::new(AtomicU8::new(b'I'));
     let db_role = session.db_role.clone();
     let mut to_server = ClientSide {
         shared: &shared,
         session: &session,
         queue: queue.clone(),
         swallow: swallow.clone(),
+        tx_status: tx_status.clone(),
         rd: client_rd,
         buf: client_buf,
         wr: server_wr,
@@ -178,6 +180,7 @@ pub async fn run(
         session: &session,
         queue,
         swallow,
+        tx_status,
         rd: server_rd,
         buf: upstream_buf,
         wr: client_wr,
@@ -241,6 +244,8 @@ struct ClientSide<'a> {
     wr: WriteHalf<UpstreamStream>,
     max: usize,
     swallow: Arc<Swallow>,
+    /// The transaction status of PostgreSQL's last ReadyForQuery (`I`, `T` or `E`).
+    tx_status: Arc<AtomicU8>,
     /// Prepared statement name -> (text, denied at Parse), so an Execute is recorded with what it runs.
     statements: HashMap<String, (Arc<str>, bool)>,
     /// Portal name -> (statement text, parameters as bound, denied).
@@ -303,11 +308,17 @@ impl ClientSide<'_> {
     async fn inspect(&mut self, frame: &Frame) -> Result<Step, ProxyError> {
         match FrontendMessage::parse(frame)? {
             FrontendMessage::Query { sql } => {
-                let verdict = self.enforcer.check(self.shared, self.session, sql).await?;
+                let verdict = self
+                    .enforcer
+                    .check(self.shared, self.session, sql, self.in_transaction())
+                    .await?;
                 return self.simple(sql, verdict).await;
             }
             FrontendMessage::Parse { name, sql, .. } => {
-                let verdict = self.enforcer.check(self.shared, self.session, sql).await?;
+                let verdict = self
+                    .enforcer
+                    .check(self.shared, self.session, sql, self.in_transaction())
+                    .await?;
                 match verdict {
                     Verdict::Allow { effects, texts } => {
                         self.enforcer.applied(&effects, &texts, &self.session.db_role);
@@ -382,6 +393,10 @@ impl ClientSide<'_> {
         Ok(Step::Forward)
     }
 
+    fn in_transaction(&self) -> bool {
+        self.tx_status.load(Ordering::SeqCst) != b'I'
+    }
+
     /// A simple-protocol statement (or a fast-path call): forwarded, or replaced by its denial.
     async fn simple(&mut self, sql: &str, verdict: Verdict) -> Result<Step, ProxyError> {
         match verdict {
@@ -441,6 +456,7 @@ struct ServerSide<'a> {
     wr: WriteHalf<ClientStream>,
     max: usize,
     swallow: Arc<Swallow>,
+    tx_status: Arc<AtomicU8>,
 }
 
 /// What happens to one message from PostgreSQL.
@@ -531,7 +547,7 @@ impl ServerSide<'_> {
                     if o.denied {
                         // The denial, raised by Warden's stand-in: shown without its PL/pgSQL context.
                         let mut clean = BytesMut::new();
-                        e.encode_without(&[b'W'], &mut clean);
+                        e.encode_without(b"W", &mut clean);
                         relay = Relay::Rewrite(clean);
                     }
                 }
@@ -551,7 +567,8 @@ impl ServerSide<'_> {
                     _ => {}
                 }
             }
-            BackendMessage::ReadyForQuery { .. } => {
+            BackendMessage::ReadyForQuery { status } => {
+                self.tx_status.store(status, Ordering::SeqCst);
                 // Drop anything left before the sync point, then the sync point itself.
                 while let Some(p) = q.pop_front() {
                     match p {

@@ -5,5 +5,6 @@ mod audit;
 mod common;
 mod connect;
 mod quickstart;
+mod redteam;
 mod refusals;
 mod relay;

@@ -41,7 +41,8 @@ async fn extended_protocol_records_parameters() {
 async fn copy_in_and_copy_out() {
     let h = harness();
     let cred = h.issue("human", "alice", &[]);
-    let client = h.connect(&cred, "alice", "shop", false).await.unwrap();
+    // shop2: the red-team tests compare fingerprints of shop and must see no other writer there.
+    let client = h.connect(&cred, "alice", "shop2", false).await.unwrap();
     let sink = client
         .copy_in("COPY orders (customer_id, status, total, region) FROM STDIN")
         .await

@@ -31,18 +31,16 @@ pub fn harness() -> &'static Harness {
     HARNESS.get_or_init(|| Harness::start().expect("starting PostgreSQL and Warden for the tests"))
 }
 
-const SCHEMA: &str = "
-CREATE SCHEMA hr;
-CREATE TABLE public.customers (id serial PRIMARY KEY, name text NOT NULL, email text NOT NULL, region text NOT NULL);
-CREATE TABLE public.orders (id serial PRIMARY KEY, customer_id int REFERENCES public.customers(id),
-                            status text NOT NULL, total numeric(10,2) NOT NULL, region text NOT NULL);
-CREATE TABLE hr.salaries (id int PRIMARY KEY, employee text, amount numeric);
-INSERT INTO public.customers (name, email, region) VALUES
-  ('Ada', 'ada@example.com', 'eu'), ('Bo', 'bo@example.com', 'us'), ('Cy', 'cy@example.com', 'eu');
-INSERT INTO public.orders (customer_id, status, total, region) VALUES
-  (1, 'paid', 10.00, 'eu'), (2, 'paid', 20.00, 'us'), (3, 'open', 30.00, 'eu'), (2, 'open', 40.00, 'us');
-INSERT INTO hr.salaries VALUES (1, 'Ada', 100000);
-";
+/// The red-team fixture (../shared/redteam/schema.sql): a small shop, an HR schema and traps.
+pub fn redteam_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/redteam");
+    assert!(
+        dir.join("schema.sql").exists(),
+        "the red-team fixture is missing: expected {}",
+        dir.display()
+    );
+    dir
+}
 
 impl Harness {
     fn start() -> anyhow::Result<Self> {
@@ -78,7 +76,7 @@ impl Harness {
         ));
         for db in ["shop", "shop2"] {
             cluster.psql("postgres", &format!("CREATE DATABASE {db}"))?;
-            cluster.psql(db, SCHEMA)?;
+            cluster.psql(db, &std::fs::read_to_string(redteam_dir().join("schema.sql"))?)?;
             cluster.create_admin("warden_admin", db, &["public"]).or_else(|e| {
                 // The role is cluster-wide: the second database only needs the grants.
                 if e.to_string().contains("already exists") {
@@ -94,16 +92,7 @@ impl Harness {
         let config = deploy.join("warden.toml");
         std::fs::write(&config, test_config(warden_port, pg_port, &cluster.server_ca_path()))?;
         let warden_log = root.join("warden.log");
-        let child = Command::new(WARDEN)
-            .args(["start", "--config"])
-            .arg(&config)
-            .env("WARDEN_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&warden_log)?)
-            .spawn()?;
-        let warden_pid = child.id();
-        watchdog(&format!("kill {warden_pid}"));
-        wait_for_port(warden_port, &warden_log);
+        let warden_pid = spawn_warden(&config, &warden_log, warden_port)?;
         Ok(Harness {
             root,
             deploy,
@@ -134,9 +123,12 @@ impl Harness {
     }
 
     pub fn conninfo(&self, cred: &Path, user: &str, db: &str) -> String {
+        self.conninfo_at(self.warden_port, cred, user, db)
+    }
+
+    pub fn conninfo_at(&self, port: u16, cred: &Path, user: &str, db: &str) -> String {
         format!(
-            "host=127.0.0.1 port={} dbname={db} user={user} sslmode=verify-full sslrootcert={d}/ca.crt sslcert={d}/identity.crt sslkey={d}/identity.key",
-            self.warden_port,
+            "host=127.0.0.1 port={port} dbname={db} user={user} sslmode=verify-full sslrootcert={d}/ca.crt sslcert={d}/identity.crt sslkey={d}/identity.key",
             d = cred.display()
         )
     }
@@ -215,6 +207,46 @@ impl Harness {
             Some(load_cert(cred))
         };
         connect_with(&cfg, &cred.join("ca.crt"), client_cert).await
+    }
+}
+
+/// Starts `warden start --config CONFIG`, logging to `log`, and waits for its port.
+pub fn spawn_warden(config: &Path, log: &Path, port: u16) -> anyhow::Result<u32> {
+    let child = Command::new(WARDEN)
+        .args(["start", "--config"])
+        .arg(config)
+        .env("WARDEN_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()?;
+    let pid = child.id();
+    watchdog(&format!("kill {pid}"));
+    wait_for_port(port, log);
+    Ok(pid)
+}
+
+impl Harness {
+    /// A second Warden on the same deployment with statement checks switched off (the test-only
+    /// `danger_disable_statement_checks`), to show PostgreSQL's own privileges hold by themselves.
+    pub fn unchecked_warden(&self) -> u16 {
+        static PORT: OnceLock<u16> = OnceLock::new();
+        *PORT.get_or_init(|| {
+            let port = free_port().unwrap();
+            let text = std::fs::read_to_string(&self.config)
+                .unwrap()
+                .replace(
+                    &format!("127.0.0.1:{}\"", self.warden_port),
+                    &format!("127.0.0.1:{port}\"\ndanger_disable_statement_checks = true"),
+                )
+                .replace(
+                    "fsync = \"batch\"",
+                    "fsync = \"batch\"\npath = \"audit/unchecked.jsonl\"",
+                );
+            let config = self.deploy.join("unchecked.toml");
+            std::fs::write(&config, text).unwrap();
+            spawn_warden(&config, &self.root.join("unchecked.log"), port).unwrap();
+            port
+        })
     }
 }
 
