@@ -20,6 +20,8 @@ pub struct RelationInfo {
 /// volatility. Loaded from the catalog by the proxy, refreshed on a miss.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
+    /// Distinguishes one load of the catalog from the next, so cached analyses of an older one are not reused.
+    pub generation: u64,
     pub relations: HashMap<QualifiedName, RelationInfo>,
     /// Function name (unqualified) -> the most volatile of its overloads, per schema.
     pub functions: HashMap<(String, String), Volatility>,

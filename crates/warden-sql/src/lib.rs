@@ -7,10 +7,12 @@
 //! Anything the walker does not understand is reported as forbidden, so the caller fails closed.
 
 mod access;
+mod cache;
 mod catalog;
 mod walk;
 
 pub use access::{Class, Forbidden, QualifiedName, SessionEffect, StatementAccess, WriteKind};
+pub use cache::AnalysisCache;
 pub use catalog::{Catalog, RelationInfo, Volatility};
 
 /// Per-session context the analysis depends on.

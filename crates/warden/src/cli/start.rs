@@ -84,6 +84,7 @@ impl Server {
             audit,
             cancels: Default::default(),
             provisioner: Default::default(),
+            analyses: Default::default(),
         });
         Ok(Server {
             shared,

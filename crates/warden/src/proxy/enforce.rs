@@ -75,8 +75,9 @@ impl Enforcer {
         let mut catalog = shared.provisioner.catalog(&shared.db_ca, db, false).await?;
         let mut refreshed = false;
         let statements = loop {
-            let statements = match analyze(sql, &catalog, &context) {
-                Ok(s) => s,
+            let analysed = shared.analyses.analyze(sql, &catalog, &context);
+            let statements = match analysed.as_ref() {
+                Ok(s) => s.clone(),
                 Err(e) => {
                     return Ok(deny(
                         sqlstate::SYNTAX_ERROR,

@@ -32,6 +32,8 @@ pub struct Shared {
     pub audit: AuditHandle,
     pub cancels: cancel::CancelRegistry,
     pub provisioner: backend::Provisioner,
+    /// Statement analyses by text (and catalog generation and search_path).
+    pub analyses: warden_sql::AnalysisCache,
 }
 
 /// An authenticated client session: who it is, where it goes, as which PostgreSQL role.

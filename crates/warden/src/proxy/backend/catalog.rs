@@ -4,7 +4,11 @@
 use warden_sql::{Catalog, Volatility};
 
 pub async fn load(client: &tokio_postgres::Client) -> Result<Catalog, tokio_postgres::Error> {
-    let mut catalog = Catalog::default();
+    static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let mut catalog = Catalog {
+        generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        ..Catalog::default()
+    };
     let relations = client
         .query(
             "SELECT n.nspname::text, c.relname::text, \
