@@ -150,8 +150,8 @@ fn print_next_steps(config: &warden_policy::Config, config_path: &Path, agent_di
         config_path.display()
     );
     println!();
-    println!("  3. A denied statement: the agent's role may not read customer e-mails. PostgreSQL refuses it today");
-    println!("     (column grants on the agent's role); with statement enforcement Warden refuses it before it runs:");
+    println!("  3. A denied statement: the agent's role may not read customer e-mails. Warden refuses it before");
+    println!("     PostgreSQL sees it (42501, the rule named), and records the denial:");
     println!("     psql \"{agent}\" -c \"SELECT email FROM customers\"");
     println!();
     println!("  As alice herself:  psql \"{alice}\"");
