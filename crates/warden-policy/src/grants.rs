@@ -149,11 +149,84 @@ impl GrantSet {
                 set.row_filters.entry(table.clone()).or_default().push(filter.clone());
             }
         }
+        // A role that reads a table without a filter lifts the others' filters: roles add up.
+        set.row_filters.retain(|table, _| {
+            !roles.iter().any(|r| {
+                !r.row_filter.contains_key(table)
+                    && r.read.iter().chain(&r.write).any(|g| {
+                        let t = &g.table;
+                        table
+                            .split_once('.')
+                            .is_some_and(|(s, n)| t.schema == s && t.name.as_deref().is_none_or(|x| x == n))
+                    })
+            })
+        });
         set
+    }
+
+    /// The row filter text for each filtered table with `{{traits.X}}` replaced by quoted literals of
+    /// `traits`; several roles' filters on one table are OR-ed. Err names a missing trait.
+    pub fn resolved_row_filters(&self, traits: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, String> {
+        let mut out = BTreeMap::new();
+        for (table, filters) in &self.row_filters {
+            let mut parts = Vec::new();
+            for f in filters {
+                parts.push(format!("({})", substitute_traits(f, traits)?));
+            }
+            out.insert(table.clone(), parts.join(" OR "));
+        }
+        Ok(out)
     }
 
     /// Schemas the role needs USAGE on.
     pub fn schemas(&self) -> BTreeSet<&str> {
         self.tables.keys().map(|t| t.schema.as_str()).collect()
+    }
+}
+
+/// Replaces each `{{traits.X}}` with X's value as a SQL string literal.
+fn substitute_traits(filter: &str, traits: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = filter;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find("}}").ok_or("unclosed {{")?;
+        let name = after[..end].trim();
+        let key = name
+            .strip_prefix("traits.")
+            .ok_or_else(|| format!("unknown placeholder {{{{{name}}}}}"))?;
+        let value = traits.get(key).ok_or_else(|| format!("trait \"{key}\" is not set"))?;
+        out.push_str(&quote_literal(value));
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A SQL string literal, as PostgreSQL's quote_literal writes it.
+pub fn quote_literal(s: &str) -> String {
+    let body = s.replace('\'', "''");
+    if body.contains('\\') {
+        format!("E'{}'", body.replace('\\', "\\\\"))
+    } else {
+        format!("'{body}'")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traits_become_quoted_literals() {
+        let traits = BTreeMap::from([("region".to_string(), "e'u\\".to_string())]);
+        assert_eq!(
+            substitute_traits("region = {{ traits.region }}", &traits).unwrap(),
+            "region = E'e''u\\\\'"
+        );
+        assert!(substitute_traits("region = {{traits.team}}", &traits)
+            .unwrap_err()
+            .contains("team"));
     }
 }

@@ -186,11 +186,19 @@ fn grants_union_columns_and_write_privileges() {
         name: None,
     };
     assert_eq!(set.tables[&all_public].select, crate::ColumnScope::All);
+    // writer reads public.* unfiltered: together the roles see every row.
+    assert!(set.row_filters.is_empty());
+    assert_eq!(set.schemas().into_iter().collect::<Vec<_>>(), ["public"]);
+    let alone = c.grants(&[analyst]);
     assert_eq!(
-        set.row_filters["public.orders"],
+        alone.row_filters["public.orders"],
         vec!["region = {{traits.region}}".to_string()]
     );
-    assert_eq!(set.schemas().into_iter().collect::<Vec<_>>(), ["public"]);
+    let traits = std::collections::BTreeMap::from([("region".to_string(), "eu".to_string())]);
+    assert_eq!(
+        alone.resolved_row_filters(&traits).unwrap()["public.orders"],
+        "(region = 'eu')"
+    );
 }
 
 #[test]

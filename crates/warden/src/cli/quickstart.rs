@@ -91,6 +91,8 @@ fn setup(dir: &Path, port: u16) -> Result<LocalCluster> {
     cluster.psql("postgres", "CREATE DATABASE shop")?;
     cluster.psql("shop", SAMPLE_SCHEMA)?;
     cluster.create_admin(ADMIN, "shop", &["public"])?;
+    // The analyst role's row filter becomes row-level security, which only the table's owner may set up.
+    cluster.psql("shop", &format!("ALTER TABLE public.orders OWNER TO {ADMIN}"))?;
     println!("  loaded the sample shop (customers, orders); Warden provisions through the non-superuser role {ADMIN}");
     let config = QUICKSTART_CONFIG
         .replace("{listen}", &format!("127.0.0.1:{port}"))

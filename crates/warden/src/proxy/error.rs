@@ -40,6 +40,8 @@ pub enum ProxyError {
     Replication,
     #[error("{0}")]
     Refused(#[from] Refusal),
+    #[error("a row filter of your roles cannot be applied: {reason} for {owner}; ask an administrator to set it in warden.toml")]
+    RowFilter { owner: String, reason: String },
     #[error("cannot prepare PostgreSQL role {role}: {reason}")]
     Provision { role: String, reason: String },
     #[error("cannot reach PostgreSQL for database \"{database}\": {reason}")]
@@ -70,6 +72,7 @@ impl ProxyError {
             | WrongUser { .. }
             | MissingUser
             | Replication
+            | RowFilter { .. }
             | Refused(_) => sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
             Provision { .. } | Upstream { .. } | UpstreamAuth { .. } => sqlstate::CONNECTION_FAILURE,
             AuditUnavailable { .. } => sqlstate::CANNOT_CONNECT_NOW,

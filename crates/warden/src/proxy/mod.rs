@@ -82,10 +82,39 @@ pub fn identity_record(claims: &Claims, roles: &[String]) -> IdentityRecord {
     }
 }
 
-/// The PostgreSQL role an identity is provisioned as: `agent:report-bot` names the actor in
-/// `pg_stat_activity` and PostgreSQL's logs, and cannot collide with a role a person would create.
-pub fn db_role_name(claims: &Claims) -> String {
-    format!("{}:{}", claims.kind, claims.name)
+/// The PostgreSQL role a session is provisioned as. It names the actor in `pg_stat_activity` and
+/// PostgreSQL's logs (`human:alice`, `agent:report-bot@human:alice`) and cannot collide with a role a
+/// person would create. Each distinct set of privileges gets its own role, so that sessions of one
+/// identity with different grants never share (and overwrite) one role's privileges or row filters:
+/// an agent's role includes its requester (whose traits its row filters use), and a credential that
+/// carries fewer roles than the identity may hold adds them (`...+analyst`).
+pub fn db_role_name(claims: &Claims, effective: &[String], full: &[String]) -> String {
+    let mut name = format!("{}:{}", claims.kind, claims.name);
+    if let Some(r) = &claims.requester {
+        name += &format!("@{r}");
+    }
+    if effective.len() != full.len() {
+        let mut roles = effective.to_vec();
+        roles.sort();
+        name += &format!("+{}", roles.join("+"));
+    }
+    short_identifier(&name)
+}
+
+/// PostgreSQL cuts identifiers at 63 bytes; a longer name keeps its start and gets a stable hash.
+pub fn short_identifier(name: &str) -> String {
+    if name.len() <= 63 {
+        return name.to_string();
+    }
+    // FNV-1a: stable across builds, so a restart maps the same name to the same role.
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    let mut cut = 54;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}~{:08x}", &name[..cut], hash as u32)
 }
 
 /// Accepts connections until `shutdown` flips to true.
@@ -109,4 +138,33 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdown: wat
     }
     tracing::info!(open = sessions.len(), "stopped accepting; draining sessions");
     while sessions.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_names() {
+        let mut c = Claims {
+            kind: warden_identity::IdentityKind::Agent,
+            name: "report-bot".into(),
+            requester: Some("human:alice".parse().unwrap()),
+            task: Some("t".into()),
+            roles: vec![],
+            credential_id: String::new(),
+            not_before: time::OffsetDateTime::UNIX_EPOCH,
+            not_after: time::OffsetDateTime::UNIX_EPOCH,
+        };
+        let full = vec!["analyst".to_string(), "writer".to_string()];
+        assert_eq!(db_role_name(&c, &full, &full), "agent:report-bot@human:alice");
+        assert_eq!(
+            db_role_name(&c, &full[..1], &full),
+            "agent:report-bot@human:alice+analyst"
+        );
+        c.name = "a".repeat(60);
+        let long = db_role_name(&c, &full, &full);
+        assert_eq!(long.len(), 63);
+        assert_eq!(long, db_role_name(&c, &full, &full));
+    }
 }

@@ -25,7 +25,7 @@ fn psql_as_agent_reads_data_and_the_audit_names_agent_requester_and_task() {
     assert_eq!(q["identity"]["requester"], "human:alice");
     assert_eq!(q["identity"]["task"], "T-42");
     assert_eq!(q["decision"], "allow");
-    assert_eq!(q["db_user"], "agent:report-bot");
+    assert_eq!(q["db_user"], "agent:report-bot@human:alice");
     assert_eq!(q["database"], "shop");
     let seq = q["seq"].as_u64().unwrap();
     let result = h.wait_for_event(&["--identity", "agent:report-bot", "--event", "query.result"], |e| {
@@ -56,7 +56,7 @@ async fn tokio_postgres_with_certificate_and_with_token() {
             .query_one("SELECT current_user::text, count(*) FROM orders", &[])
             .await
             .unwrap();
-        assert_eq!(row.get::<_, String>(0), "agent:report-bot");
+        assert_eq!(row.get::<_, String>(0), "agent:report-bot@human:alice");
         assert!(row.get::<_, i64>(1) >= 4);
     }
 }
@@ -89,7 +89,7 @@ async fn postgres_sees_the_agent_in_pg_stat_activity_and_warden_settings() {
         .unwrap();
     assert_eq!(
         seen,
-        "agent:report-bot|warden agent:report-bot for human:alice task T-42"
+        "agent:report-bot@human:alice|warden agent:report-bot for human:alice task T-42"
     );
     let start = h.wait_for_event(&["--session", &session, "--event", "session.start"], |_| true);
     assert_eq!(start["identity"]["name"], "report-bot");
@@ -160,6 +160,73 @@ async fn one_time_password_upstream_auth() {
         .query_one("SELECT current_user::text, current_database()::text", &[])
         .await
         .unwrap();
-    assert_eq!(row.get::<_, String>(0), "agent:report-bot");
+    assert_eq!(row.get::<_, String>(0), "agent:report-bot@human:alice");
     assert_eq!(row.get::<_, String>(1), "shop2");
+}
+
+#[tokio::test]
+async fn row_filters_limit_rows_to_the_requesters_trait_and_no_one_else() {
+    let h = harness();
+    let count = |client: tokio_postgres::Client| async move {
+        let rows = client
+            .query(
+                "SELECT region, count(*) FROM orders GROUP BY region ORDER BY region",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| format!("{}={}", r.get::<_, String>(0), r.get::<_, i64>(1)))
+            .collect::<Vec<_>>()
+    };
+    // report-bot for alice (region eu), holding only the filtered role.
+    let cred = h.issue(
+        "agent",
+        "report-bot",
+        &["--requester", "human:alice", "--task", "rows", "--roles", "analyst"],
+    );
+    let client = h.connect(&cred, "report-bot", "shop", false).await.unwrap();
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    assert_eq!(count(client).await, ["eu=2"]);
+    // bob (region us) sees his region.
+    let bob = h.issue("human", "bob", &[]);
+    assert_eq!(
+        count(h.connect(&bob, "bob", "shop", false).await.unwrap()).await,
+        ["us=2"]
+    );
+    // The same agent with the unfiltered writer role as well sees every row.
+    let both = h.issue("agent", "report-bot", &["--requester", "human:alice", "--task", "rows"]);
+    assert_eq!(
+        count(h.connect(&both, "report-bot", "shop", false).await.unwrap()).await,
+        ["eu=2", "us=2"]
+    );
+    // Any other PostgreSQL role sees every row, as before.
+    h.cluster
+        .psql("shop", "DO $$ BEGIN CREATE ROLE plain_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$; GRANT SELECT ON public.orders TO plain_reader")
+        .unwrap();
+    assert_eq!(
+        h.cluster
+            .psql("shop", "SET ROLE plain_reader; SELECT count(*) FROM public.orders")
+            .unwrap(),
+        "4"
+    );
+    // A missing trait refuses the connection rather than showing rows unfiltered.
+    let carol = h.issue("human", "carol", &[]);
+    let err = h
+        .connect(&carol, "carol", "shop", false)
+        .await
+        .err()
+        .expect("carol has no region trait");
+    let db = err.as_db_error().expect("a PostgreSQL error");
+    assert_eq!(db.code().code(), "28000");
+    assert!(
+        db.message().contains("trait \"region\" is not set for human:carol"),
+        "{}",
+        db.message()
+    );
 }

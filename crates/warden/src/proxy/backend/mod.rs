@@ -30,9 +30,25 @@ pub async fn open(shared: &Arc<Shared>, session: &Session) -> Result<Upstream, P
         .clone();
     let roles: Vec<_> = session.roles.iter().filter_map(|r| config.role(r)).collect();
     let grants = config.grants(&roles);
+    // Row filters use the requester's traits for an agent, the identity's own otherwise.
+    let trait_owner = session
+        .claims
+        .requester
+        .clone()
+        .unwrap_or_else(|| session.claims.identity());
+    let traits = config
+        .identity(&trait_owner)
+        .map(|i| i.traits.clone())
+        .unwrap_or_default();
+    let filters = grants
+        .resolved_row_filters(&traits)
+        .map_err(|reason| ProxyError::RowFilter {
+            owner: trait_owner.to_string(),
+            reason,
+        })?;
     shared
         .provisioner
-        .ensure(&shared.db_ca, &db, &session.db_role, &grants)
+        .ensure(&shared.db_ca, &db, &session.db_role, &grants, &filters)
         .await?;
 
     let (client_cert, password) = match db.upstream_auth {

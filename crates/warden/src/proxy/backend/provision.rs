@@ -3,7 +3,7 @@
 //! same role already got the same grant set from this process.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -34,10 +34,12 @@ impl Provisioner {
         db: &DatabaseConfig,
         role: &str,
         grants: &GrantSet,
+        filters: &BTreeMap<String, String>,
     ) -> Result<(), ProxyError> {
         let fingerprint = {
             let mut h = DefaultHasher::new();
             grants.hash(&mut h);
+            filters.hash(&mut h);
             h.finish()
         };
         let key = (db.name.clone(), role.to_string());
@@ -57,7 +59,7 @@ impl Provisioner {
         let client = connected(&mut admin, db_ca, db)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        let result = apply(client, role, grants).await;
+        let result = apply(client, role, grants, filters).await;
         if let Err(e) = &result {
             if client.is_closed() {
                 *admin = None;
@@ -192,7 +194,12 @@ async fn connect_admin(
 
 /// Brings `role` to exactly `grants` in one transaction: create if missing, revoke what it holds from
 /// us, grant what it should hold.
-async fn apply(client: &tokio_postgres::Client, role: &str, grants: &GrantSet) -> Result<(), ApplyError> {
+async fn apply(
+    client: &tokio_postgres::Client,
+    role: &str,
+    grants: &GrantSet,
+    filters: &BTreeMap<String, String>,
+) -> Result<(), ApplyError> {
     let existing = client
         .query_opt(
             "SELECT rolsuper OR rolbypassrls OR rolreplication FROM pg_roles WHERE rolname = $1",
@@ -264,12 +271,76 @@ async fn apply(client: &tokio_postgres::Client, role: &str, grants: &GrantSet) -
             sql += &format!("GRANT USAGE ON SEQUENCE {seq} TO {r};\n");
         }
     }
+    sql += &row_security(client, role, filters).await?;
     sql += "COMMIT;";
     let result = client.batch_execute(&sql).await;
     if result.is_err() {
         let _ = client.batch_execute("ROLLBACK").await;
     }
     Ok(result?)
+}
+
+/// Row filters as row-level security for this role only: a restrictive policy per filtered table.
+/// Where Warden itself enables RLS on a table (it had none), a permissive `USING (true)` policy for
+/// PUBLIC keeps what every other role sees unchanged. Policies for tables no longer filtered go.
+async fn row_security(
+    client: &tokio_postgres::Client,
+    role: &str,
+    filters: &BTreeMap<String, String>,
+) -> Result<String, ApplyError> {
+    let r = quote_ident(role);
+    let policy = crate::proxy::short_identifier(&format!("warden:{role}"));
+    let mut sql = String::new();
+    let existing = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_policies WHERE policyname = $1",
+            &[&policy],
+        )
+        .await?;
+    for row in existing {
+        let (schema, table): (String, String) = (row.get(0), row.get(1));
+        if !filters.contains_key(&format!("{schema}.{table}")) {
+            sql += &format!(
+                "DROP POLICY {} ON {}.{};\n",
+                quote_ident(&policy),
+                quote_ident(&schema),
+                quote_ident(&table)
+            );
+        }
+    }
+    for (table, filter) in filters {
+        let (schema, name) = table.split_once('.').unwrap_or(("public", table));
+        let target = format!("{}.{}", quote_ident(schema), quote_ident(name));
+        let state = client
+            .query_opt(
+                "SELECT c.relrowsecurity, (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+                &[&schema, &name],
+            )
+            .await?;
+        let Some(state) = state else {
+            return Err(Unsafe(format!("row_filter names {table}, which does not exist")).into());
+        };
+        let (enabled, policies): (bool, i64) = (state.get(0), state.get(1));
+        if !enabled {
+            if policies > 0 {
+                return Err(Unsafe(format!(
+                    "{table} has row-level security policies but RLS is disabled; Warden will not switch them on for you"
+                ))
+                .into());
+            }
+            sql += &format!("ALTER TABLE {target} ENABLE ROW LEVEL SECURITY;\n");
+            sql += &format!(
+                "CREATE POLICY warden_others ON {target} AS PERMISSIVE FOR ALL TO PUBLIC USING (true) WITH CHECK (true);\n"
+            );
+        }
+        sql += &format!("DROP POLICY IF EXISTS {} ON {target};\n", quote_ident(&policy));
+        sql += &format!(
+            "CREATE POLICY {} ON {target} AS RESTRICTIVE FOR ALL TO {r} USING ({filter}) WITH CHECK ({filter});\n",
+            quote_ident(&policy)
+        );
+    }
+    Ok(sql)
 }
 
 /// A role Warden refuses to use.
@@ -335,6 +406,11 @@ pub fn quote_literal(s: &str) -> String {
 
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
+        Some(db) if db.message().starts_with("must be owner") => format!(
+            "{} ({}); row filters need the admin role to own the table (ALTER TABLE ... OWNER TO the admin): only owners may enable row-level security",
+            db.message(),
+            db.code().code()
+        ),
         Some(db) => format!("{} ({}); the admin role needs CREATEROLE and the privileges it hands out WITH GRANT OPTION (docs/connection.md)", db.message(), db.code().code()),
         None => e.to_string(),
     }

@@ -56,12 +56,19 @@ pub(super) async fn authenticate(
         }));
     }
     let config = shared.config.load();
-    let roles = config
-        .effective_roles(&claims.identity(), claims.requester.as_ref(), &claims.roles, &database)
+    let identity = claims.identity();
+    let roles: Vec<String> = config
+        .effective_roles(&identity, claims.requester.as_ref(), &claims.roles, &database)
         .map_err(|r| fail(ProxyError::Refused(r)))?
         .iter()
         .map(|r| r.name.clone())
         .collect();
+    // The most this identity could hold here, to name its role (see db_role_name).
+    let configured = config.identity(&identity).map(|i| i.roles.clone()).unwrap_or_default();
+    let full: Vec<String> = config
+        .effective_roles(&identity, claims.requester.as_ref(), &configured, &database)
+        .map(|rs| rs.iter().map(|r| r.name.clone()).collect())
+        .unwrap_or_default();
     let client_params = params
         .iter()
         .filter(|(k, _)| PASSED_PARAMS.contains(&k.to_ascii_lowercase().as_str()))
@@ -69,7 +76,7 @@ pub(super) async fn authenticate(
         .collect();
     Ok(Session {
         id: new_session_id(),
-        db_role: db_role_name(&claims),
+        db_role: db_role_name(&claims, &roles, &full),
         claims,
         database,
         roles,

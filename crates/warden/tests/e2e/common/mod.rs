@@ -88,6 +88,8 @@ impl Harness {
                 }
             })?;
         }
+        // Row filters become row-level security, which only a table's owner may set up.
+        cluster.psql("shop", "ALTER TABLE public.orders OWNER TO warden_admin")?;
         let warden_port = free_port()?;
         let config = deploy.join("warden.toml");
         std::fs::write(&config, test_config(warden_port, pg_port, &cluster.server_ca_path()))?;
@@ -313,6 +315,7 @@ upstream_auth = "password"
 name = "analyst"
 databases = ["shop", "shop2"]
 read  = ["public.orders(id, customer_id, status, total, region)", "public.customers(id, name, region)"]
+row_filter = {{ "public.orders" = "region = {{{{traits.region}}}}" }}
 
 [[role]]
 name = "writer"
@@ -327,6 +330,11 @@ traits = {{ region = "eu" }}
 
 [[human]]
 name = "bob"
+roles = ["analyst"]
+traits = {{ region = "us" }}
+
+[[human]]
+name = "carol"
 roles = ["analyst"]
 
 [[agent]]
