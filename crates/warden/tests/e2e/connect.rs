@@ -217,11 +217,9 @@ async fn row_filters_limit_rows_to_the_requesters_trait_and_no_one_else() {
     );
     // A missing trait refuses the connection rather than showing rows unfiltered.
     let carol = h.issue("human", "carol", &[]);
-    let err = h
-        .connect(&carol, "carol", "shop", false)
-        .await
-        .err()
-        .expect("carol has no region trait");
+    let Err(err) = h.connect(&carol, "carol", "shop", false).await else {
+        panic!("carol has no region trait, yet her connection was accepted");
+    };
     let db = err.as_db_error().expect("a PostgreSQL error");
     assert_eq!(db.code().code(), "28000");
     assert!(
