@@ -127,35 +127,58 @@ impl Claims {
             name: self.name.clone(),
         }
     }
+
+    /// The checks every credential passes before it is signed and after it is read back, so that a
+    /// malformed name or id never reaches a certificate, a token or the audit log.
+    pub(crate) fn check(&self) -> Result<(), IdentityError> {
+        IdentityName::new(self.kind, &self.name)?;
+        uuid::Uuid::parse_str(&self.credential_id).map_err(|_| IdentityError::BadCredentialId {
+            input: self.credential_id.clone(),
+        })?;
+        if self.not_after <= self.not_before {
+            return Err(IdentityError::validity(self.not_before, self.not_after));
+        }
+        Ok(())
+    }
 }
 
 /// Reads the claims out of a client certificate made by `CertificateAuthority::issue_client`. The
-/// validity comes from the certificate itself, and its CN must equal the claimed name. This does not
-/// check the signature: verify the chain first.
+/// validity comes from the certificate itself, and its CN and OU must equal the claimed name and kind.
+/// This does not check the signature or the expiry: verify the chain first.
 pub fn claims_from_cert(der: &[u8]) -> Result<Claims, IdentityError> {
-    let not = |reason: &str| IdentityError::NotACredential {
-        reason: reason.to_string(),
-    };
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| not("not a valid X.509 certificate"))?;
-    let oid = x509_parser::oid_registry::Oid::from(WARDEN_CLAIMS_OID).map_err(|_| not("bad claims OID"))?;
+    let not = |reason: String| IdentityError::NotACredential { reason };
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| not(format!("not an X.509 certificate ({e})")))?;
+    // The constant is a well-formed OID, so this cannot fail; map it anyway rather than unwrap.
+    let oid = x509_parser::oid_registry::Oid::from(WARDEN_CLAIMS_OID).map_err(|_| not("bad claims OID".into()))?;
     let ext = cert
         .extensions()
         .iter()
         .find(|e| e.oid == oid)
-        .ok_or_else(|| not("it has no Warden claims extension"))?;
-    let mut claims: Claims = serde_json::from_slice(ext.value).map_err(|_| not("its claims extension is malformed"))?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .ok_or_else(|| not("it has no common name"))?;
+        .ok_or_else(|| not("it has no Warden claims extension".into()))?;
+    let mut claims: Claims =
+        serde_json::from_slice(ext.value).map_err(|e| not(format!("its claims extension is malformed ({e})")))?;
+    let subject = cert.subject();
+    let first = |attrs: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
+        attrs.next().and_then(|a| a.as_str().ok()).map(str::to_string)
+    };
+    let cn = first(&mut subject.iter_common_name()).ok_or_else(|| not("it has no common name".into()))?;
     if cn != claims.name {
-        return Err(not("its common name differs from its claims"));
+        return Err(not(format!(
+            "its common name \"{cn}\" differs from the name \"{}\" in its claims",
+            claims.name
+        )));
     }
-    IdentityName::new(claims.kind, &claims.name)?;
+    let ou = first(&mut subject.iter_organizational_unit());
+    if ou.as_deref() != Some(&claims.kind.to_string()) {
+        return Err(not(format!(
+            "its organizational unit {ou:?} differs from the kind \"{}\" in its claims",
+            claims.kind
+        )));
+    }
     claims.not_before = cert.validity().not_before.to_datetime();
     claims.not_after = cert.validity().not_after.to_datetime();
+    claims.check()?;
     Ok(claims)
 }
 
@@ -181,5 +204,38 @@ mod tests {
         }
         let e = "human:Alice".parse::<IdentityName>().unwrap_err().to_string();
         assert!(e.contains("Alice") && e.contains("lower-case"), "{e}");
+    }
+
+    #[test]
+    fn kinds() {
+        for k in [IdentityKind::Human, IdentityKind::Agent, IdentityKind::Workload] {
+            assert_eq!(k.to_string().parse::<IdentityKind>().unwrap(), k);
+        }
+        let e = "robot".parse::<IdentityKind>().unwrap_err().to_string();
+        assert!(e.contains("\"robot\""), "{e}");
+    }
+
+    #[test]
+    fn claims_serialize_names_as_strings_and_times_as_seconds() {
+        let c = Claims {
+            kind: IdentityKind::Agent,
+            name: "report-bot".into(),
+            requester: Some("human:alice".parse().unwrap()),
+            task: None,
+            roles: vec!["analyst".into()],
+            credential_id: "7f0c8a52-5c43-4a0e-9d3e-2f1f7a3b9c10".into(),
+            not_before: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+            not_after: OffsetDateTime::from_unix_timestamp(1_700_000_900).unwrap(),
+        };
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["kind"], "agent");
+        assert_eq!(json["requester"], "human:alice");
+        assert_eq!(json["not_after"], 1_700_000_900);
+        assert!(json.get("task").is_none());
+        assert_eq!(serde_json::from_value::<Claims>(json).unwrap(), c);
+        let bad = r#"{"kind":"agent","name":"x","requester":"alice","roles":[],"credential_id":"","not_before":0,"not_after":1}"#;
+        assert!(serde_json::from_str::<Claims>(bad).is_err());
+        assert_eq!(c.identity().to_string(), "agent:report-bot");
+        assert!(c.check().is_ok());
     }
 }

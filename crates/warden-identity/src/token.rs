@@ -8,6 +8,8 @@ use time::OffsetDateTime;
 
 use crate::{Claims, IdentityError, IdentityKind, IdentityName};
 
+/// The JWT body: registered claims (`sub` = `kind:name`, `jti` = credential id, unix-second times)
+/// beside Warden's own. `iss` is always "warden".
 #[derive(Serialize, Deserialize)]
 struct TokenClaims {
     iss: String,
@@ -28,8 +30,9 @@ struct TokenClaims {
 const ISSUER: &str = "warden";
 
 pub(crate) fn sign(key: &KeyPair, claims: &Claims) -> Result<String, IdentityError> {
-    let bad = |e: jsonwebtoken::errors::Error| IdentityError::BadToken { reason: e.to_string() };
-    let encoding = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).map_err(bad)?;
+    let bad = |e: jsonwebtoken::errors::Error| IdentityError::TokenSigning { reason: e.to_string() };
+    // jsonwebtoken takes the PKCS#8 form of an ECDSA key, which is what rcgen serializes.
+    let encoding = EncodingKey::from_ec_der(key.serialized_der());
     let body = TokenClaims {
         iss: ISSUER.into(),
         sub: claims.identity().to_string(),
@@ -58,10 +61,13 @@ pub(crate) fn verify(public_key: &[u8], token: &str) -> Result<Claims, IdentityE
     let t = data.claims;
     let identity = IdentityName::new(t.kind, &t.name)?;
     if t.sub != identity.to_string() {
-        return Err(bad("subject and name disagree".into()));
+        return Err(bad(format!(
+            "its subject \"{}\" is not its identity \"{identity}\"",
+            t.sub
+        )));
     }
     let time = |secs: i64| OffsetDateTime::from_unix_timestamp(secs).map_err(|e| bad(e.to_string()));
-    Ok(Claims {
+    let claims = Claims {
         kind: t.kind,
         name: t.name,
         requester: t.requester,
@@ -70,5 +76,7 @@ pub(crate) fn verify(public_key: &[u8], token: &str) -> Result<Claims, IdentityE
         credential_id: t.jti,
         not_before: time(t.nbf)?,
         not_after: time(t.exp)?,
-    })
+    };
+    claims.check()?;
+    Ok(claims)
 }
