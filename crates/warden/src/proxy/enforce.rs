@@ -15,10 +15,8 @@ use super::{Session, Shared};
 
 /// The outcome for one statement string.
 pub enum Verdict {
-    Allow {
-        effects: Vec<SessionEffect>,
-        texts: Vec<String>,
-    },
+    /// Each session effect with the text of the statement that has it.
+    Allow { effects: Vec<(String, SessionEffect)> },
     Deny {
         code: &'static str,
         reason: String,
@@ -51,10 +49,7 @@ impl Enforcer {
     ) -> Result<Verdict, ProxyError> {
         let config = shared.config.load();
         if config.server.danger_disable_statement_checks {
-            return Ok(Verdict::Allow {
-                effects: Vec::new(),
-                texts: Vec::new(),
-            });
+            return Ok(Verdict::Allow { effects: Vec::new() });
         }
         let roles: Vec<&Role> = session.roles.iter().filter_map(|r| config.role(r)).collect();
         if roles.is_empty() {
@@ -110,10 +105,19 @@ impl Enforcer {
             }
         }
         let mut all: Vec<StatementAccess> = Vec::new();
+        // Statements run in order: an EXECUTE may use a PREPARE earlier in the same string.
+        let mut prepared_here: HashMap<&str, &str> = HashMap::new();
         for s in &statements {
             for e in &s.effects {
+                if let SessionEffect::Prepare(name) = e {
+                    prepared_here.insert(name, &s.text);
+                }
                 if let SessionEffect::Execute(name) = e {
-                    let Some(text) = self.prepared.get(name) else {
+                    let text = prepared_here
+                        .get(name.as_str())
+                        .copied()
+                        .or(self.prepared.get(name).map(String::as_str));
+                    let Some(text) = text else {
                         return Ok(deny(
                             sqlstate::INSUFFICIENT_PRIVILEGE,
                             format!("prepared statement {name} was not prepared through Warden in this session"),
@@ -130,22 +134,22 @@ impl Enforcer {
         all.extend(statements.iter().cloned());
         Ok(match decide(&all, &roles) {
             Decision::Allow => Verdict::Allow {
-                effects: statements.iter().flat_map(|s| s.effects.clone()).collect(),
-                texts: statements.iter().map(|s| s.text.clone()).collect(),
+                effects: statements
+                    .iter()
+                    .flat_map(|s| s.effects.iter().map(|e| (s.text.clone(), e.clone())))
+                    .collect(),
             },
             Decision::Deny { reason, hint, .. } => deny(sqlstate::INSUFFICIENT_PRIVILEGE, reason, hint),
         })
     }
 
     /// Tracks what an allowed statement changed in the session.
-    pub fn applied(&mut self, effects: &[SessionEffect], texts: &[String], db_role: &str) {
-        for e in effects {
+    pub fn applied(&mut self, effects: &[(String, SessionEffect)], db_role: &str) {
+        for (text, e) in effects {
             match e {
                 SessionEffect::SearchPath(p) => self.search_path = resolve_path(p, db_role),
                 SessionEffect::Prepare(name) => {
-                    if let Some(text) = texts.iter().find(|t| t.to_ascii_lowercase().starts_with("prepare")) {
-                        self.prepared.insert(name.clone(), text.clone());
-                    }
+                    self.prepared.insert(name.clone(), text.clone());
                 }
                 SessionEffect::Deallocate(Some(name)) => {
                     self.prepared.remove(name);

@@ -320,8 +320,8 @@ impl ClientSide<'_> {
                     .check(self.shared, self.session, sql, self.in_transaction())
                     .await?;
                 match verdict {
-                    Verdict::Allow { effects, texts } => {
-                        self.enforcer.applied(&effects, &texts, &self.session.db_role);
+                    Verdict::Allow { effects } => {
+                        self.enforcer.applied(&effects, &self.session.db_role);
                         self.statements.insert(name.to_string(), (Arc::from(sql), false));
                     }
                     Verdict::Deny { code, reason, hint } => {
@@ -400,10 +400,10 @@ impl ClientSide<'_> {
     /// A simple-protocol statement (or a fast-path call): forwarded, or replaced by its denial.
     async fn simple(&mut self, sql: &str, verdict: Verdict) -> Result<Step, ProxyError> {
         match verdict {
-            Verdict::Allow { effects, texts } => {
+            Verdict::Allow { effects } => {
                 let seq = self.record_query(sql.to_string(), None, None).await?;
                 self.push(Pending::Simple(Outcome::new(seq)));
-                self.enforcer.applied(&effects, &texts, &self.session.db_role);
+                self.enforcer.applied(&effects, &self.session.db_role);
                 Ok(Step::Forward)
             }
             Verdict::Deny { code, reason, hint } => {

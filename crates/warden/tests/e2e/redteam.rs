@@ -114,6 +114,16 @@ const OURS: &[(&str, bool, &str)] = &[
     ("V08", true, "SELECT count(*) FROM pg_stat_activity"),
     ("V09", true, "SET search_path TO public; SELECT id FROM orders"),
     ("V10", true, "SELECT name FROM customers WHERE id = $1-x"),
+    (
+        "V11",
+        true,
+        "PREPARE q1 AS SELECT id FROM orders WHERE id = $1; EXECUTE q1(1); DEALLOCATE q1",
+    ),
+    (
+        "W38",
+        false,
+        "PREPARE q2 AS SELECT id FROM orders; DEALLOCATE q2; PREPARE q2 AS SELECT email FROM customers; EXECUTE q2",
+    ),
     ("W36", false, "BEGIN; SET search_path TO hr, public; ROLLBACK"),
     ("W37", false, "SET LOCAL search_path TO hr"),
 ];
