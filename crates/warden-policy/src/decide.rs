@@ -56,6 +56,22 @@ const NEVER: &[&str] = &[
     "dblink_exec",
     "dblink_connect",
     "dblink_connect_u",
+    // These run SELECT * on a table, schema or database named in a string, or run a query given as text.
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "ts_stat",
 ];
 
 /// Volatile built-ins that change nothing: read-only roles may call them.
@@ -88,7 +104,7 @@ fn decide_one(s: &StatementAccess, roles: &[&Role]) -> Decision {
     if let Some(f) = s.forbidden.first() {
         let rule = match f {
             Forbidden::ProtectedSetting(_) => "privilege",
-            Forbidden::UnknownRelation(_) => "unknown-relation",
+            Forbidden::UnknownRelation(_) | Forbidden::UnknownColumn(_) => "unknown",
             _ => "never",
         };
         return deny(rule, f.to_string(), "this is refused for every role".into());
@@ -119,10 +135,10 @@ fn decide_one(s: &StatementAccess, roles: &[&Role]) -> Decision {
                     "run the statements themselves, or ask for a role with allow_do = true".into(),
                 )
             }
-            SessionEffect::ResetAll if read_only => {
+            SessionEffect::ResetAll => {
                 return deny(
                     "session",
-                    format!("{who} is read-only and may not RESET ALL"),
+                    format!("{who} may not RESET ALL or DISCARD ALL (it would reset the session's search_path out of Warden's sight)"),
                     "reset single settings by name".into(),
                 )
             }
@@ -147,6 +163,14 @@ fn decide_one(s: &StatementAccess, roles: &[&Role]) -> Decision {
                 return d;
             }
         }
+    }
+    if read_only && s.class() == Class::Write {
+        // A write that names no table (CALL of a procedure, ...): a read-only role runs none.
+        return deny(
+            "write",
+            format!("{who} is read-only and may not run this statement"),
+            "ask for a role that may write".into(),
+        );
     }
     if let Some(d) = check_functions(s, &who, read_only) {
         return d;

@@ -68,6 +68,8 @@ pub enum Forbidden {
     CopyProgram,
     CopyFile,
     UnknownRelation(String),
+    /// A column no relation in scope has: perhaps added since the catalog was read.
+    UnknownColumn(String),
     Unsupported(String),
     /// A setting only Warden may set: role, session_authorization, warden.*.
     ProtectedSetting(String),
@@ -90,6 +92,12 @@ impl fmt::Display for Forbidden {
                 f,
                 "relation {r} is not in the catalog; Warden denies what it cannot identify"
             ),
+            Forbidden::UnknownColumn(c) => {
+                write!(
+                    f,
+                    "column {c} is not in any relation in scope; Warden denies what it cannot identify"
+                )
+            }
             Forbidden::Unsupported(what) => write!(f, "{what} is not supported through Warden"),
             Forbidden::ProtectedSetting(s) => write!(f, "setting {s} is managed by Warden and cannot be changed"),
             Forbidden::DynamicSetConfig => write!(f, "set_config with a computed setting name cannot be checked"),

@@ -18,6 +18,7 @@ pub(crate) fn statement(stmt: &Value, catalog: &Catalog, session: &SessionContex
         access: StatementAccess::default(),
         scopes: Vec::new(),
         ctes: Vec::new(),
+        outputs_visible: false,
     };
     w.stmt(stmt);
     w.access
@@ -27,16 +28,59 @@ struct Walker<'a> {
     catalog: &'a Catalog,
     session: &'a SessionContext,
     access: StatementAccess,
-    scopes: Vec<Vec<Entry>>,
+    scopes: Vec<Scope>,
+    /// While walking GROUP BY: output names count as columns.
+    outputs_visible: bool,
     /// Names of CTEs visible at this point (innermost WITH last).
     ctes: Vec<Vec<String>>,
+}
+
+/// One FROM list (or the target of INSERT/UPDATE/DELETE) and the SELECT's output names.
+#[derive(Debug, Clone, Default)]
+struct Scope {
+    entries: Vec<Entry>,
+    /// Output column names of the SELECT: ORDER BY and GROUP BY may name them.
+    outputs: Vec<String>,
+}
+
+impl Scope {
+    fn of(entries: Vec<Entry>) -> Self {
+        Scope {
+            entries,
+            outputs: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 struct Entry {
     alias: String,
-    /// `None` for a subquery, function or CTE in FROM: its columns were checked where they came from.
-    base: Option<QualifiedName>,
+    /// The catalog relations behind the name: one for a table, every table of both sides for a join alias.
+    bases: Vec<QualifiedName>,
+    /// Whether a subquery, function or CTE contributes columns (checked where they came from).
+    derived: bool,
+    /// A derived item's output column names when known.
+    columns: Option<Vec<String>>,
+}
+
+impl Entry {
+    fn table(alias: String, q: QualifiedName) -> Self {
+        Entry {
+            alias,
+            bases: vec![q],
+            derived: false,
+            columns: None,
+        }
+    }
+
+    fn derived(alias: String, columns: Option<Vec<String>>) -> Self {
+        Entry {
+            alias,
+            bases: Vec::new(),
+            derived: true,
+            columns,
+        }
+    }
 }
 
 /// `{"node": {"Type": body}}` -> ("Type", body).
@@ -117,8 +161,14 @@ impl Walker<'_> {
                 self.access.raise(Class::Session);
                 self.stmt(&body["query"]);
             }
-            "FetchStmt" | "ClosePortalStmt" | "VariableShowStmt" | "ListenStmt" | "UnlistenStmt" | "DiscardStmt" => {
-                self.access.raise(Class::Session)
+            "FetchStmt" | "ClosePortalStmt" | "VariableShowStmt" | "ListenStmt" | "UnlistenStmt"
+            | "ConstraintsSetStmt" => self.access.raise(Class::Session),
+            "DiscardStmt" => {
+                self.access.raise(Class::Session);
+                // DISCARD ALL includes RESET ALL (target 1).
+                if body["target"].as_i64() == Some(1) {
+                    self.access.effects.push(SessionEffect::ResetAll);
+                }
             }
             "NotifyStmt" => {
                 self.access.raise(Class::Session);
@@ -157,8 +207,9 @@ impl Walker<'_> {
                 self.access.effects.push(SessionEffect::DoBlock);
             }
             "CallStmt" => {
+                // A procedure may write anything: a write, whatever it calls.
                 self.access.raise(Class::Write);
-                self.generic(body);
+                self.func_call(&body["funccall"]);
             }
             "GrantStmt"
             | "GrantRoleStmt"
@@ -203,40 +254,73 @@ impl Walker<'_> {
             self.pop_ctes(ctes);
             return;
         }
-        self.scopes.push(Vec::new());
+        self.scopes.push(Scope::default());
         for item in items(&s["from_clause"]) {
             self.range_item(item);
+        }
+        if let Some(scope) = self.scopes.last_mut() {
+            scope.outputs = output_names(&s["target_list"]).into_iter().flatten().collect();
         }
         for vl in items(&s["values_lists"]) {
             self.expr(vl);
         }
-        for key in [
-            "target_list",
-            "distinct_clause",
-            "group_clause",
-            "sort_clause",
-            "window_clause",
-        ] {
+        for key in ["target_list", "distinct_clause", "window_clause"] {
             self.expr_list(&s[key]);
+        }
+        // GROUP BY may name an output column when no input column has that name.
+        self.outputs_visible = true;
+        self.expr_list(&s["group_clause"]);
+        self.outputs_visible = false;
+        for sort in items(&s["sort_clause"]) {
+            // ORDER BY a bare output name sorts by that output, not by a table column.
+            let bare = node(sort).map(|(_, b)| &b["node"]).and_then(|n| match node(n) {
+                Some(("ColumnRef", c)) => match names(&c["fields"]).as_slice() {
+                    [one] if items(&c["fields"]).count() == 1 => Some(one.clone()),
+                    _ => None,
+                },
+                _ => None,
+            });
+            let is_output = bare.is_some_and(|b| self.scopes.last().is_some_and(|sc| sc.outputs.contains(&b)));
+            if !is_output {
+                self.expr(sort);
+            }
         }
         for key in ["where_clause", "having_clause", "limit_count", "limit_offset"] {
             self.expr(&s[key]);
         }
-        self.expr_list(&s["locking_clause"]);
+        // FOR UPDATE / FOR SHARE take row locks: a write, on every table of this FROM list.
+        if items(&s["locking_clause"]).next().is_some() {
+            self.access.raise(Class::Write);
+            let bases: Vec<QualifiedName> = self.scope_bases();
+            for q in bases {
+                self.access.write(&q, WriteKind::Lock, []);
+            }
+        }
         self.scopes.pop();
         self.pop_ctes(ctes);
     }
 
-    /// Registers CTE names (visible to the rest of the statement) and analyses their queries.
+    /// Analyses CTE queries and makes their names visible: without RECURSIVE, each name only after its
+    /// own query (inside it, the name still means the real table).
     fn with_clause(&mut self, with: &Value) -> bool {
         if with.is_null() {
             return false;
         }
         let ctes: Vec<&Value> = items(&with["ctes"]).filter_map(|c| node(c).map(|(_, b)| b)).collect();
-        self.ctes
-            .push(ctes.iter().map(|c| str_field(c, "ctename").to_string()).collect());
+        let recursive = with["recursive"].as_bool() == Some(true);
+        self.ctes.push(Vec::new());
+        if recursive {
+            let all = ctes.iter().map(|c| str_field(c, "ctename").to_string()).collect();
+            *self.ctes.last_mut().expect("pushed above") = all;
+        }
         for c in ctes {
             self.stmt(&c["ctequery"]);
+            if !recursive {
+                self.ctes
+                    .last_mut()
+                    .expect("pushed above")
+                    .push(str_field(c, "ctename").to_string());
+            }
         }
         true
     }
@@ -251,54 +335,92 @@ impl Walker<'_> {
         self.ctes.iter().any(|level| level.iter().any(|c| c == name))
     }
 
-    /// A FROM item: adds entries to the innermost scope.
+    /// A FROM item: adds entries to the innermost scope. A table named in FROM needs a read grant even
+    /// when none of its columns is named (`SELECT count(*) FROM t`, joins that multiply rows).
     fn range_item(&mut self, item: &Value) {
-        let Some((kind, body)) = node(item) else {
-            return;
-        };
+        let Some((kind, body)) = node(item) else { return };
+        let alias = |body: &Value, default: &str| body["alias"]["aliasname"].as_str().unwrap_or(default).to_string();
         match kind {
             "RangeVar" => {
-                let alias = body["alias"]["aliasname"]
-                    .as_str()
-                    .unwrap_or(str_field(body, "relname"))
-                    .to_string();
-                let base = if str_field(body, "schemaname").is_empty() && self.is_cte(str_field(body, "relname")) {
-                    None
-                } else {
-                    self.relation(body)
-                };
-                self.push_entry(Entry { alias, base });
+                let name = str_field(body, "relname");
+                if str_field(body, "schemaname").is_empty() && self.is_cte(name) {
+                    let a = alias(body, name);
+                    self.push_entry(Entry::derived(a, None));
+                } else if let Some(q) = self.relation(body) {
+                    self.access.read(&q, []);
+                    let a = alias(body, name);
+                    self.push_entry(Entry::table(a, q));
+                }
             }
             "JoinExpr" => {
+                let start = self.scope_len();
                 self.range_item(&body["larg"]);
+                let mid = self.scope_len();
                 self.range_item(&body["rarg"]);
+                let end = self.scope_len();
+                let left = self.bases_between(start, mid);
+                let right = self.bases_between(mid, end);
+                // USING (a, b) and NATURAL compare those columns of both sides.
+                let mut shared: Vec<String> = names(&body["using_clause"]);
+                if body["is_natural"].as_bool() == Some(true) {
+                    // NATURAL compares every column name the two sides share; a side whose columns
+                    // are unknown (a subquery with *) could share any of them.
+                    let (lcols, lall) = self.side_columns(start, mid);
+                    let (rcols, rall) = self.side_columns(mid, end);
+                    for c in lcols.iter().chain(&rcols) {
+                        let both = (lall || lcols.contains(c)) && (rall || rcols.contains(c));
+                        if both && !shared.contains(c) {
+                            shared.push(c.clone());
+                        }
+                    }
+                }
+                for col in &shared {
+                    for q in left.iter().chain(&right) {
+                        if self.catalog.columns(q).contains(col) {
+                            self.access.read(q, [col.clone()]);
+                        }
+                    }
+                }
                 self.expr(&body["quals"]);
-                if let Some(a) = body["alias"]["aliasname"].as_str() {
-                    self.push_entry(Entry {
-                        alias: a.to_string(),
-                        base: None,
-                    });
+                let derived = self
+                    .scopes
+                    .last()
+                    .is_some_and(|sc| sc.entries[start..end].iter().any(|e| e.derived));
+                for key in ["alias", "join_using_alias"] {
+                    if let Some(a) = body[key]["aliasname"].as_str() {
+                        let bases = left.iter().chain(&right).cloned().collect();
+                        self.push_entry(Entry {
+                            alias: a.to_string(),
+                            bases,
+                            derived,
+                            columns: None,
+                        });
+                    }
                 }
             }
             "RangeSubselect" => {
-                // A subquery in FROM sees the outer scopes only if LATERAL; analysing it with them
-                // visible resolves no column wrongly, since its own FROM comes first.
                 self.stmt(&body["subquery"]);
-                if let Some(a) = body["alias"]["aliasname"].as_str() {
-                    self.push_entry(Entry {
-                        alias: a.to_string(),
-                        base: None,
-                    });
+                let mut columns = derived_columns(&body["subquery"]);
+                let renamed = names(&body["alias"]["colnames"]);
+                if let Some(cols) = columns.as_mut() {
+                    for (i, n) in renamed.iter().enumerate() {
+                        if let Some(c) = cols.get_mut(i) {
+                            *c = n.clone();
+                        }
+                    }
                 }
+                self.push_entry(Entry::derived(alias(body, ""), columns));
             }
-            "RangeFunction" => {
-                self.generic(&body["functions"]);
-                if let Some(a) = body["alias"]["aliasname"].as_str() {
-                    self.push_entry(Entry {
-                        alias: a.to_string(),
-                        base: None,
-                    });
-                }
+            "RangeFunction" | "RangeTableFunc" | "JsonTable" => {
+                self.generic(body);
+                let renamed = names(&body["alias"]["colnames"]);
+                let columns = (!renamed.is_empty()).then_some(renamed);
+                self.push_entry(Entry::derived(alias(body, ""), columns));
+            }
+            "RangeTableSample" => {
+                self.range_item(&body["relation"]);
+                self.generic(&body["args"]);
+                self.generic(&body["repeatable"]);
             }
             _ => {
                 self.forbid(Forbidden::Unsupported(format!("a FROM item of type {kind}")));
@@ -306,9 +428,51 @@ impl Walker<'_> {
         }
     }
 
+    /// The column names the entries `from..to` of the innermost scope supply, and whether some are unknown.
+    fn side_columns(&self, from: usize, to: usize) -> (Vec<String>, bool) {
+        let mut cols: Vec<String> = Vec::new();
+        let mut unknown = false;
+        if let Some(sc) = self.scopes.last() {
+            for e in &sc.entries[from.min(to)..to] {
+                for q in &e.bases {
+                    cols.extend(self.catalog.columns(q).iter().cloned());
+                }
+                match (&e.columns, e.derived) {
+                    (Some(c), _) => cols.extend(c.iter().cloned()),
+                    (None, true) => unknown = true,
+                    _ => {}
+                }
+            }
+        }
+        (cols, unknown)
+    }
+
+    fn scope_len(&self) -> usize {
+        self.scopes.last().map(|s| s.entries.len()).unwrap_or(0)
+    }
+
+    fn bases_between(&self, from: usize, to: usize) -> Vec<QualifiedName> {
+        let mut out: Vec<QualifiedName> = Vec::new();
+        if let Some(sc) = self.scopes.last() {
+            for e in &sc.entries[from.min(to)..to] {
+                for q in &e.bases {
+                    if !out.contains(q) {
+                        out.push(q.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Every catalog relation of the innermost scope.
+    fn scope_bases(&self) -> Vec<QualifiedName> {
+        self.bases_between(0, self.scope_len())
+    }
+
     fn push_entry(&mut self, e: Entry) {
         if let Some(scope) = self.scopes.last_mut() {
-            scope.push(e);
+            scope.entries.push(e);
         }
     }
 
@@ -353,10 +517,9 @@ impl Walker<'_> {
             .as_str()
             .unwrap_or(str_field(&s["relation"], "relname"))
             .to_string();
-        self.scopes.push(vec![Entry {
-            alias,
-            base: target.clone(),
-        }]);
+        self.scopes.push(Scope::of(
+            target.clone().map(|q| Entry::table(alias, q)).into_iter().collect(),
+        ));
         let conflict = &s["on_conflict_clause"];
         if !conflict.is_null() {
             if let Some(q) = &target {
@@ -381,10 +544,9 @@ impl Walker<'_> {
             .as_str()
             .unwrap_or(str_field(&s["relation"], "relname"))
             .to_string();
-        self.scopes.push(vec![Entry {
-            alias,
-            base: target.clone(),
-        }]);
+        self.scopes.push(Scope::of(
+            target.clone().map(|q| Entry::table(alias, q)).into_iter().collect(),
+        ));
         for item in items(&s["from_clause"]) {
             self.range_item(item);
         }
@@ -409,7 +571,8 @@ impl Walker<'_> {
             .as_str()
             .unwrap_or(str_field(&s["relation"], "relname"))
             .to_string();
-        self.scopes.push(vec![Entry { alias, base: target }]);
+        self.scopes
+            .push(Scope::of(target.map(|q| Entry::table(alias, q)).into_iter().collect()));
         for item in items(&s["using_clause"]) {
             self.range_item(item);
         }
@@ -435,7 +598,8 @@ impl Walker<'_> {
             .as_str()
             .unwrap_or(str_field(&s["relation"], "relname"))
             .to_string();
-        self.scopes.push(vec![Entry { alias, base: target }]);
+        self.scopes
+            .push(Scope::of(target.map(|q| Entry::table(alias, q)).into_iter().collect()));
         self.range_item(&s["source_relation"]);
         self.expr(&s["join_condition"]);
         self.generic(&s["merge_when_clauses"]);
@@ -519,6 +683,14 @@ impl Walker<'_> {
             if s["is_local"].as_bool() == Some(true) {
                 // Undone at transaction end, out of Warden's sight: it could not resolve names after it.
                 self.forbid(Forbidden::Unsupported("SET LOCAL search_path".into()));
+                return;
+            }
+            if kind != 1 {
+                // RESET / SET DEFAULT go back to a value Warden cannot see (the role's, database's or
+                // client's default): refused rather than guessed.
+                self.forbid(Forbidden::Unsupported(
+                    "RESET search_path (set it to an explicit list instead)".into(),
+                ));
                 return;
             }
             let path = match kind {
@@ -621,32 +793,16 @@ impl Walker<'_> {
         match fields.as_slice() {
             [None] => {
                 // `*`: every column of every relation in the innermost scope.
-                let bases: Vec<QualifiedName> = self
-                    .scopes
-                    .last()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|e| e.base.clone())
-                    .collect();
-                for q in bases {
+                for q in self.scope_bases() {
                     self.read_all(&q);
                 }
             }
             [Some(col)] => self.unqualified(col),
-            [Some(alias), None] => {
-                if let Some(q) = self.by_alias(alias) {
-                    self.read_all(&q);
-                }
-            }
-            [Some(alias), Some(col)] => {
-                if let Some(q) = self.by_alias(alias) {
-                    if SYSTEM_COLUMNS.contains(&col.as_str()) {
-                        self.read_all(&q);
-                    } else {
-                        self.access.read(&q, [col.clone()]);
-                    }
-                }
-            }
+            [Some(alias), None] => match self.by_alias(alias) {
+                Some(e) => e.bases.iter().for_each(|q| self.read_all(q)),
+                None => self.forbid(Forbidden::UnknownColumn(format!("{alias}.*"))),
+            },
+            [Some(alias), Some(col)] => self.qualified(alias, col),
             [Some(schema), Some(table), rest @ ..] => {
                 let q = QualifiedName {
                     schema: schema.clone(),
@@ -661,57 +817,122 @@ impl Walker<'_> {
         }
     }
 
+    fn qualified(&mut self, alias: &str, col: &str) {
+        let Some(e) = self.by_alias(alias) else {
+            // Not a FROM item: perhaps a composite field of something; PostgreSQL decides, Warden denies.
+            self.forbid(Forbidden::UnknownColumn(format!("{alias}.{col}")));
+            return;
+        };
+        let owners: Vec<QualifiedName> = e
+            .bases
+            .iter()
+            .filter(|q| self.catalog.columns(q).iter().any(|c| c == col))
+            .cloned()
+            .collect();
+        if !owners.is_empty() {
+            owners.iter().for_each(|q| self.access.read(q, [col.to_string()]));
+        } else if SYSTEM_COLUMNS.contains(&col) {
+            e.bases.iter().for_each(|q| self.read_all(q));
+        } else if !e.derived {
+            self.forbid(Forbidden::UnknownColumn(format!("{alias}.{col}")));
+        }
+    }
+
+    /// A bare column name: the innermost scope that has it supplies it, as in PostgreSQL. A name no
+    /// relation, subquery or output supplies is denied (and makes the caller re-read the catalog once).
     fn unqualified(&mut self, col: &str) {
-        for scope in self.scopes.iter().rev() {
-            let owners: Vec<QualifiedName> = scope
+        let mut maybe_derived = false;
+        for depth in (0..self.scopes.len()).rev() {
+            let scope = &self.scopes[depth];
+            let mut owners: Vec<QualifiedName> = Vec::new();
+            for e in scope.entries.iter().filter(|e| !e.derived) {
+                for q in &e.bases {
+                    if self.catalog.columns(q).iter().any(|c| c == col) && !owners.contains(q) {
+                        owners.push(q.clone());
+                    }
+                }
+            }
+            let from_derived = scope
+                .entries
                 .iter()
-                .filter_map(|e| e.base.clone())
-                .filter(|q| self.catalog.columns(q).iter().any(|c| c == col))
-                .collect();
+                .any(|e| e.derived && e.columns.as_ref().is_some_and(|c| c.iter().any(|x| x == col)));
+            maybe_derived |= scope.entries.iter().any(|e| e.derived && e.columns.is_none());
             if !owners.is_empty() {
                 for q in owners {
                     self.access.read(&q, [col.to_string()]);
                 }
                 return;
             }
-            if scope.iter().any(|e| e.base.is_none()) {
-                // It may be an output column of a subquery or CTE, checked where it came from.
-                break;
+            if from_derived {
+                return;
             }
         }
-        // Not a column: a whole-row reference to a relation (`row_to_json(t)`, `SELECT t FROM t`).
-        if let Some(q) = self.by_alias(col) {
-            self.read_all(&q);
+        // Not a column: a whole-row reference to a FROM item (`row_to_json(t)`, `SELECT t FROM t`).
+        if let Some(e) = self.by_alias(col) {
+            e.bases.iter().for_each(|q| self.read_all(q));
             return;
         }
         // A system column (ctid, xmin, ...) needs the whole table: count it as reading every column.
         if SYSTEM_COLUMNS.contains(&col) {
-            let bases: Vec<QualifiedName> = self
-                .scopes
-                .last()
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.base.clone())
-                .collect();
-            for q in bases {
+            for q in self.scope_bases() {
                 self.read_all(&q);
             }
+            return;
         }
+        // An output name (GROUP BY alias), or an output of a subquery whose columns are unknown.
+        let output = self.outputs_visible && self.scopes.last().is_some_and(|s| s.outputs.iter().any(|o| o == col));
+        if maybe_derived || output {
+            return;
+        }
+        self.forbid(Forbidden::UnknownColumn(col.to_string()));
     }
 
-    fn by_alias(&self, alias: &str) -> Option<QualifiedName> {
+    fn by_alias(&self, alias: &str) -> Option<Entry> {
         self.scopes
             .iter()
             .rev()
-            .flat_map(|s| s.iter())
+            .flat_map(|s| s.entries.iter().rev())
             .find(|e| e.alias == alias)
-            .and_then(|e| e.base.clone())
+            .cloned()
     }
 
     fn read_all(&mut self, q: &QualifiedName) {
         let cols = self.catalog.columns(q).to_vec();
         self.access.read(q, cols);
     }
+}
+
+/// The output column names of a target list, as PostgreSQL names them (`None` for `*`).
+fn output_names(target_list: &Value) -> Vec<Option<String>> {
+    items(target_list)
+        .filter_map(|t| node(t))
+        .map(|(_, rt)| {
+            let name = str_field(rt, "name");
+            if !name.is_empty() {
+                return Some(name.to_string());
+            }
+            match node(&rt["val"]) {
+                Some(("ColumnRef", c)) => {
+                    let last = items(&c["fields"]).last();
+                    last.and_then(string).map(str::to_string)
+                }
+                Some(("FuncCall", f)) => names(&f["funcname"]).pop(),
+                _ => Some("?column?".to_string()),
+            }
+        })
+        .collect()
+}
+
+/// A subquery's output columns, when every one can be named.
+fn derived_columns(subquery: &Value) -> Option<Vec<String>> {
+    let (_, s) = node(subquery)?;
+    if !s["larg"].is_null() {
+        return derived_columns(&s["larg"]);
+    }
+    if items(&s["values_lists"]).next().is_some() {
+        return None;
+    }
+    output_names(&s["target_list"]).into_iter().collect()
 }
 
 fn names_of_cols(list: &Value) -> Vec<String> {

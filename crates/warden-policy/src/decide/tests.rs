@@ -108,6 +108,35 @@ fn analyst_corpus() {
             "column public.customers.email",
         ),
         ("RESET ALL", "may not RESET ALL"),
+        ("SELECT count(*) FROM hr.salaries", "may not read table hr.salaries"),
+        (
+            "SELECT j.email FROM (customers c JOIN orders o ON o.customer_id = c.id) j",
+            "column public.customers.email",
+        ),
+        (
+            "SELECT (SELECT email FROM (SELECT 1) s) FROM customers",
+            "column public.customers.email",
+        ),
+        (
+            "SELECT count(*) FROM customers NATURAL JOIN (VALUES ('x')) v(email)",
+            "column public.customers.email",
+        ),
+        (
+            "SELECT count(*) FROM customers JOIN (VALUES ('x')) v(email) USING (email)",
+            "column public.customers.email",
+        ),
+        (
+            "WITH customers AS (SELECT * FROM customers) SELECT email FROM customers",
+            "column public.customers.email",
+        ),
+        ("SELECT table_to_xml('customers', true, false, '')", "never allowed"),
+        (
+            "SELECT id FROM orders FOR UPDATE",
+            "read-only and may not lock public.orders",
+        ),
+        ("SELECT secret FROM orders", "column secret is not in any relation"),
+        ("DISCARD ALL", "may not RESET ALL or DISCARD ALL"),
+        ("RESET search_path", "RESET search_path"),
         (
             "SELECT set_config('warden.identity', 'x', false)",
             "warden.identity is managed by Warden",
@@ -131,6 +160,10 @@ fn analyst_corpus() {
         "SELECT id, total FROM orders WHERE id = $1",
         "SELECT pg_sleep(0)",
         "SELECT query FROM pg_stat_activity",
+        "SELECT name AS email FROM customers ORDER BY email",
+        "SELECT email FROM (SELECT name AS email FROM customers) s",
+        "SELECT total AS t FROM orders ORDER BY t",
+        "SELECT region, count(*) AS n FROM orders GROUP BY region ORDER BY n",
     ] {
         assert_eq!(verdict(sql, &["analyst"]), Decision::Allow, "{sql}");
     }

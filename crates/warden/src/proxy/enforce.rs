@@ -81,9 +81,11 @@ impl Enforcer {
                     ))
                 }
             };
-            let unknown = statements
-                .iter()
-                .any(|s| s.forbidden.iter().any(|f| matches!(f, Forbidden::UnknownRelation(_))));
+            let unknown = statements.iter().any(|s| {
+                s.forbidden
+                    .iter()
+                    .any(|f| matches!(f, Forbidden::UnknownRelation(_) | Forbidden::UnknownColumn(_)))
+            });
             if unknown && !refreshed {
                 // A table created since the catalog was read: read it again, once.
                 catalog = shared.provisioner.catalog(&shared.db_ca, db, true).await?;
@@ -92,7 +94,17 @@ impl Enforcer {
             }
             break statements;
         };
-        // A search_path set inside a transaction block is undone by ROLLBACK, out of Warden's sight.
+        // A search_path set with other statements could be rolled back with them (an error later in the
+        // string aborts the implicit transaction), and inside a transaction block by ROLLBACK: both out
+        // of Warden's sight. So SET search_path must stand alone, outside a transaction.
+        let sets_path = |s: &StatementAccess| s.effects.iter().any(|e| matches!(e, SessionEffect::SearchPath(_)));
+        if statements.len() > 1 && statements.iter().any(sets_path) {
+            return Ok(deny(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "SET search_path must be sent on its own, not with other statements".into(),
+                "send SET search_path as a statement of its own".into(),
+            ));
+        }
         let mut in_block = in_transaction;
         for s in &statements {
             in_block |= s.class() == warden_sql::Class::Transaction;

@@ -26,6 +26,7 @@ use super::error::ProxyError;
 use super::frontend::{greeting, ClientStream};
 use super::io::Framed;
 use super::{Session, Shared};
+use warden_sql::SessionEffect;
 
 use super::backend::UpstreamStream;
 
@@ -246,11 +247,21 @@ struct ClientSide<'a> {
     swallow: Arc<Swallow>,
     /// The transaction status of PostgreSQL's last ReadyForQuery (`I`, `T` or `E`).
     tx_status: Arc<AtomicU8>,
-    /// Prepared statement name -> (text, denied at Parse), so an Execute is recorded with what it runs.
-    statements: HashMap<String, (Arc<str>, bool)>,
+    /// Prepared statement name -> what it is, so an Execute is recorded with what it runs.
+    statements: HashMap<String, Prepared>,
+
     /// Portal name -> (statement text, parameters as bound, denied).
     portals: HashMap<String, Portal>,
     enforcer: Enforcer,
+}
+
+#[derive(Clone, Default)]
+struct Prepared {
+    sql: Arc<str>,
+    /// Denied at Parse: PostgreSQL never saw it.
+    denied: bool,
+    /// Session effects to apply when it runs.
+    effects: Arc<Vec<(String, SessionEffect)>>,
 }
 
 #[derive(Clone)]
@@ -258,6 +269,7 @@ struct Portal {
     sql: Arc<str>,
     params: Vec<Option<String>>,
     denied: bool,
+    effects: Arc<Vec<(String, SessionEffect)>>,
 }
 
 impl ClientSide<'_> {
@@ -321,12 +333,26 @@ impl ClientSide<'_> {
                     .await?;
                 match verdict {
                     Verdict::Allow { effects } => {
-                        self.enforcer.applied(&effects, &self.session.db_role);
-                        self.statements.insert(name.to_string(), (Arc::from(sql), false));
+                        // Its effects on the session count when it runs (Execute), not when parsed.
+                        self.statements.insert(
+                            name.to_string(),
+                            Prepared {
+                                sql: Arc::from(sql),
+                                denied: false,
+                                effects: Arc::new(effects),
+                            },
+                        );
                     }
                     Verdict::Deny { code, reason, hint } => {
                         let seq = self.record_query(sql.to_string(), None, Some(&reason)).await?;
-                        self.statements.insert(name.to_string(), (Arc::from(sql), true));
+                        self.statements.insert(
+                            name.to_string(),
+                            Prepared {
+                                sql: Arc::from(sql),
+                                denied: true,
+                                effects: Arc::default(),
+                            },
+                        );
                         self.push(Pending::Execute(Outcome::denied(seq)));
                         // A stand-in that fails at Execute with the denial; PostgreSQL then skips the
                         // client's own Bind/Execute up to Sync, as after any failed Parse.
@@ -342,23 +368,29 @@ impl ClientSide<'_> {
                 }
             }
             FrontendMessage::Bind(bind) => {
-                let (sql, denied) = self
-                    .statements
-                    .get(bind.statement)
-                    .cloned()
-                    .unwrap_or_else(|| (Arc::from(""), false));
+                let p = self.statements.get(bind.statement).cloned().unwrap_or_default();
                 let params = (0..bind.params.len()).map(|i| bind.param_display(i)).collect();
-                self.portals
-                    .insert(bind.portal.to_string(), Portal { sql, params, denied });
+                self.portals.insert(
+                    bind.portal.to_string(),
+                    Portal {
+                        sql: p.sql,
+                        params,
+                        denied: p.denied,
+                        effects: p.effects,
+                    },
+                );
             }
             FrontendMessage::Execute { portal, .. } => {
                 let p = self.portals.get(portal).cloned();
                 match p {
                     // Denied at Parse: PostgreSQL is skipping to Sync and will not run it.
                     Some(Portal { denied: true, .. }) => {}
-                    Some(Portal { sql, params, .. }) => {
+                    Some(Portal {
+                        sql, params, effects, ..
+                    }) => {
                         let seq = self.record_query(sql.to_string(), Some(params), None).await?;
                         self.push(Pending::Execute(Outcome::new(seq)));
+                        self.enforcer.applied(&effects, &self.session.db_role);
                     }
                     None => {
                         let seq = self.record_query(String::new(), None, None).await?;
