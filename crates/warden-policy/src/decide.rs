@@ -72,10 +72,18 @@ const NEVER: &[&str] = &[
     "cursor_to_xml",
     "cursor_to_xmlschema",
     "ts_stat",
+    "ts_rewrite",
 ];
 
 /// Volatile built-ins that change nothing: read-only roles may call them.
 const HARMLESS_VOLATILE: &[&str] = &[
+    // Sizes and partition parents, for psql's \d+ and database tools: metadata only.
+    "pg_table_size",
+    "pg_total_relation_size",
+    "pg_relation_size",
+    "pg_indexes_size",
+    "pg_database_size",
+    "pg_partition_ancestors",
     "random",
     "clock_timestamp",
     "timeofday",

@@ -49,6 +49,36 @@ impl SessionContext {
     }
 }
 
+/// Client encodings in which a byte that looks like ASCII (a quote, a backslash) can be the second byte
+/// of a character: PostgreSQL would read such a statement differently from Warden's UTF-8 parser.
+pub fn unsafe_client_encoding(name: &str) -> bool {
+    let n: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "sjis"
+            | "shiftjis"
+            | "shiftjis2004"
+            | "big5"
+            | "gbk"
+            | "gb18030"
+            | "uhc"
+            | "johab"
+            | "mskanji"
+            | "windows932"
+            | "windows936"
+            | "windows949"
+            | "windows950"
+            | "win932"
+            | "win936"
+            | "win949"
+            | "win950"
+    )
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SqlError {
     #[error("cannot parse the statement: {0}")]

@@ -61,15 +61,24 @@ struct Entry {
     derived: bool,
     /// A derived item's output column names when known.
     columns: Option<Vec<String>>,
+    /// `t AS x(a, b)`: the first columns go by these names.
+    rename: Vec<String>,
+    /// A join alias with a column list: any reference through it counts as reading every column.
+    opaque: bool,
+    /// Inside a join that has an alias: the name no longer qualifies (`j` does), the columns stay.
+    hidden: bool,
 }
 
 impl Entry {
-    fn table(alias: String, q: QualifiedName) -> Self {
+    fn table(alias: String, q: QualifiedName, rename: Vec<String>) -> Self {
         Entry {
             alias,
             bases: vec![q],
             derived: false,
             columns: None,
+            rename,
+            opaque: false,
+            hidden: false,
         }
     }
 
@@ -79,6 +88,9 @@ impl Entry {
             bases: Vec::new(),
             derived: true,
             columns,
+            rename: Vec::new(),
+            opaque: false,
+            hidden: false,
         }
     }
 }
@@ -248,7 +260,18 @@ impl Walker<'_> {
                     self.select(side);
                 }
             }
-            self.expr_list(&s["sort_clause"]);
+            // ORDER BY of a set operation names its output columns.
+            for sort in items(&s["sort_clause"]) {
+                let bare = node(sort).map(|(_, b)| &b["node"]).and_then(|n| match node(n) {
+                    Some(("ColumnRef", c)) => {
+                        (items(&c["fields"]).count() == 1 && names(&c["fields"]).len() == 1).then_some(())
+                    }
+                    _ => None,
+                });
+                if bare.is_none() {
+                    self.expr(sort);
+                }
+            }
             self.expr(&s["limit_count"]);
             self.expr(&s["limit_offset"]);
             self.pop_ctes(ctes);
@@ -349,7 +372,8 @@ impl Walker<'_> {
                 } else if let Some(q) = self.relation(body) {
                     self.access.read(&q, []);
                     let a = alias(body, name);
-                    self.push_entry(Entry::table(a, q));
+                    let rename = names(&body["alias"]["colnames"]);
+                    self.push_entry(Entry::table(a, q, rename));
                 }
             }
             "JoinExpr" => {
@@ -375,31 +399,42 @@ impl Walker<'_> {
                     }
                 }
                 for col in &shared {
-                    for q in left.iter().chain(&right) {
-                        if self.catalog.columns(q).contains(col) {
-                            self.access.read(q, [col.clone()]);
-                        }
-                    }
+                    self.read_visible(start, end, col);
                 }
+                // ON sees only the two sides of this join (and outer query levels).
+                let saved = self.narrow_scope(start, end);
                 self.expr(&body["quals"]);
+                self.restore_scope(saved);
                 let derived = self
                     .scopes
                     .last()
                     .is_some_and(|sc| sc.entries[start..end].iter().any(|e| e.derived));
                 for key in ["alias", "join_using_alias"] {
                     if let Some(a) = body[key]["aliasname"].as_str() {
+                        if let Some(sc) = self.scopes.last_mut() {
+                            sc.entries[start..end].iter_mut().for_each(|e| e.hidden = true);
+                        }
                         let bases = left.iter().chain(&right).cloned().collect();
+                        let opaque = !names(&body[key]["colnames"]).is_empty();
                         self.push_entry(Entry {
                             alias: a.to_string(),
                             bases,
                             derived,
                             columns: None,
+                            rename: Vec::new(),
+                            opaque,
+                            hidden: false,
                         });
                     }
                 }
             }
             "RangeSubselect" => {
+                // Without LATERAL a subquery in FROM cannot see the other FROM items of its level.
+                let saved = (body["lateral"].as_bool() != Some(true)).then(|| self.narrow_scope(0, 0));
                 self.stmt(&body["subquery"]);
+                if let Some(saved) = saved {
+                    self.restore_scope(saved);
+                }
                 let mut columns = derived_columns(&body["subquery"]);
                 let renamed = names(&body["alias"]["colnames"]);
                 if let Some(cols) = columns.as_mut() {
@@ -412,7 +447,11 @@ impl Walker<'_> {
                 self.push_entry(Entry::derived(alias(body, ""), columns));
             }
             "RangeFunction" | "RangeTableFunc" | "JsonTable" => {
+                let saved = (body["lateral"].as_bool() != Some(true)).then(|| self.narrow_scope(0, 0));
                 self.generic(body);
+                if let Some(saved) = saved {
+                    self.restore_scope(saved);
+                }
                 let renamed = names(&body["alias"]["colnames"]);
                 let columns = (!renamed.is_empty()).then_some(renamed);
                 self.push_entry(Entry::derived(alias(body, ""), columns));
@@ -435,7 +474,7 @@ impl Walker<'_> {
         if let Some(sc) = self.scopes.last() {
             for e in &sc.entries[from.min(to)..to] {
                 for q in &e.bases {
-                    cols.extend(self.catalog.columns(q).iter().cloned());
+                    cols.extend(self.visible_columns(e, q).into_iter().map(|(v, _)| v));
                 }
                 match (&e.columns, e.derived) {
                     (Some(c), _) => cols.extend(c.iter().cloned()),
@@ -445,6 +484,61 @@ impl Walker<'_> {
             }
         }
         (cols, unknown)
+    }
+
+    /// Keeps only entries `from..to` of the innermost scope visible; returns the full list to restore.
+    fn narrow_scope(&mut self, from: usize, to: usize) -> Vec<Entry> {
+        let Some(sc) = self.scopes.last_mut() else {
+            return Vec::new();
+        };
+        let all = std::mem::take(&mut sc.entries);
+        sc.entries = all[from.min(to)..to].to_vec();
+        all
+    }
+
+    fn restore_scope(&mut self, entries: Vec<Entry>) {
+        if let Some(sc) = self.scopes.last_mut() {
+            sc.entries = entries;
+        }
+    }
+
+    /// The names an entry shows for a base relation's columns, with the real names behind them.
+    fn visible_columns(&self, e: &Entry, q: &QualifiedName) -> Vec<(String, String)> {
+        self.catalog
+            .columns(q)
+            .iter()
+            .enumerate()
+            .map(|(i, real)| (e.rename.get(i).cloned().unwrap_or_else(|| real.clone()), real.clone()))
+            .collect()
+    }
+
+    /// Reads `col` as named by the entries `from..to` of the innermost scope.
+    fn read_visible(&mut self, from: usize, to: usize, col: &str) {
+        let entries: Vec<Entry> = self
+            .scopes
+            .last()
+            .map(|sc| sc.entries[from.min(to)..to].to_vec())
+            .unwrap_or_default();
+        for e in entries {
+            self.read_through(&e, col);
+        }
+    }
+
+    /// Reads `col` through one entry; true if the entry supplies it.
+    fn read_through(&mut self, e: &Entry, col: &str) -> bool {
+        let mut found = false;
+        for q in &e.bases {
+            if e.opaque {
+                self.read_all(q);
+                found = true;
+                continue;
+            }
+            if let Some((_, real)) = self.visible_columns(e, q).into_iter().find(|(v, _)| v == col) {
+                self.access.read(q, [real]);
+                found = true;
+            }
+        }
+        found
     }
 
     fn scope_len(&self) -> usize {
@@ -518,7 +612,11 @@ impl Walker<'_> {
             .unwrap_or(str_field(&s["relation"], "relname"))
             .to_string();
         self.scopes.push(Scope::of(
-            target.clone().map(|q| Entry::table(alias, q)).into_iter().collect(),
+            target
+                .clone()
+                .map(|q| Entry::table(alias, q, Vec::new()))
+                .into_iter()
+                .collect(),
         ));
         let conflict = &s["on_conflict_clause"];
         if !conflict.is_null() {
@@ -545,7 +643,11 @@ impl Walker<'_> {
             .unwrap_or(str_field(&s["relation"], "relname"))
             .to_string();
         self.scopes.push(Scope::of(
-            target.clone().map(|q| Entry::table(alias, q)).into_iter().collect(),
+            target
+                .clone()
+                .map(|q| Entry::table(alias, q, Vec::new()))
+                .into_iter()
+                .collect(),
         ));
         for item in items(&s["from_clause"]) {
             self.range_item(item);
@@ -571,8 +673,9 @@ impl Walker<'_> {
             .as_str()
             .unwrap_or(str_field(&s["relation"], "relname"))
             .to_string();
-        self.scopes
-            .push(Scope::of(target.map(|q| Entry::table(alias, q)).into_iter().collect()));
+        self.scopes.push(Scope::of(
+            target.map(|q| Entry::table(alias, q, Vec::new())).into_iter().collect(),
+        ));
         for item in items(&s["using_clause"]) {
             self.range_item(item);
         }
@@ -598,8 +701,9 @@ impl Walker<'_> {
             .as_str()
             .unwrap_or(str_field(&s["relation"], "relname"))
             .to_string();
-        self.scopes
-            .push(Scope::of(target.map(|q| Entry::table(alias, q)).into_iter().collect()));
+        self.scopes.push(Scope::of(
+            target.map(|q| Entry::table(alias, q, Vec::new())).into_iter().collect(),
+        ));
         self.range_item(&s["source_relation"]);
         self.expr(&s["join_condition"]);
         self.generic(&s["merge_when_clauses"]);
@@ -674,9 +778,35 @@ impl Walker<'_> {
             self.access.effects.push(SessionEffect::ResetAll);
             return;
         }
+        if name == "client_encoding" || name == "standard_conforming_strings" {
+            // Both change how PostgreSQL reads the bytes of later statements (backslash escapes,
+            // multi-byte characters): Warden parses them as UTF8 with standard strings, and keeps it so.
+            let value = items(&s["args"])
+                .filter_map(|a| match node(a) {
+                    Some(("AConst", c)) => c["val"]["Sval"]["sval"].as_str().map(str::to_ascii_lowercase),
+                    _ => None,
+                })
+                .next();
+            let keeps = match name.as_str() {
+                "client_encoding" => value.as_deref().is_some_and(|v| !crate::unsafe_client_encoding(v)),
+                _ => value.as_deref() == Some("on"),
+            };
+            if kind != 1 || !keeps {
+                self.forbid(Forbidden::ProtectedSetting(name));
+            }
+            return;
+        }
         if protected_setting(&name) {
             self.access.raise(Class::Privilege);
             self.forbid(Forbidden::ProtectedSetting(name));
+            return;
+        }
+        if name == "search_path" {
+            // PostgreSQL undoes a SET on rollback and re-plans prepared statements under a new path,
+            // both out of Warden's sight: the path is fixed for the session (set it when connecting).
+            self.forbid(Forbidden::Unsupported(
+                "SET search_path (set it when connecting, with the search_path connection parameter)".into(),
+            ));
             return;
         }
         if name == "search_path" {
@@ -823,15 +953,10 @@ impl Walker<'_> {
             self.forbid(Forbidden::UnknownColumn(format!("{alias}.{col}")));
             return;
         };
-        let owners: Vec<QualifiedName> = e
-            .bases
-            .iter()
-            .filter(|q| self.catalog.columns(q).iter().any(|c| c == col))
-            .cloned()
-            .collect();
-        if !owners.is_empty() {
-            owners.iter().for_each(|q| self.access.read(q, [col.to_string()]));
-        } else if SYSTEM_COLUMNS.contains(&col) {
+        if self.read_through(&e, col) {
+            return;
+        }
+        if SYSTEM_COLUMNS.contains(&col) {
             e.bases.iter().for_each(|q| self.read_all(q));
         } else if !e.derived {
             self.forbid(Forbidden::UnknownColumn(format!("{alias}.{col}")));
@@ -843,27 +968,23 @@ impl Walker<'_> {
     fn unqualified(&mut self, col: &str) {
         let mut maybe_derived = false;
         for depth in (0..self.scopes.len()).rev() {
-            let scope = &self.scopes[depth];
-            let mut owners: Vec<QualifiedName> = Vec::new();
-            for e in scope.entries.iter().filter(|e| !e.derived) {
-                for q in &e.bases {
-                    if self.catalog.columns(q).iter().any(|c| c == col) && !owners.contains(q) {
-                        owners.push(q.clone());
-                    }
+            let entries: Vec<Entry> = self.scopes[depth].entries.clone();
+            let mut found = false;
+            // Table entries (hidden ones too: a join alias hides the names, not the columns). An
+            // aliased join with a column list reads everything when it supplies the name.
+            for e in entries.iter().filter(|e| !e.derived && !e.opaque) {
+                found |= self.read_through(e, col);
+            }
+            for e in entries.iter().filter(|e| e.opaque) {
+                if e.bases.iter().any(|q| self.catalog.columns(q).iter().any(|c| c == col)) {
+                    found |= self.read_through(e, col);
                 }
             }
-            let from_derived = scope
-                .entries
+            let from_derived = entries
                 .iter()
                 .any(|e| e.derived && e.columns.as_ref().is_some_and(|c| c.iter().any(|x| x == col)));
-            maybe_derived |= scope.entries.iter().any(|e| e.derived && e.columns.is_none());
-            if !owners.is_empty() {
-                for q in owners {
-                    self.access.read(&q, [col.to_string()]);
-                }
-                return;
-            }
-            if from_derived {
+            maybe_derived |= entries.iter().any(|e| e.derived && e.columns.is_none());
+            if found || from_derived {
                 return;
             }
         }
@@ -892,7 +1013,7 @@ impl Walker<'_> {
             .iter()
             .rev()
             .flat_map(|s| s.entries.iter().rev())
-            .find(|e| e.alias == alias)
+            .find(|e| !e.hidden && e.alias == alias)
             .cloned()
     }
 
@@ -942,7 +1063,10 @@ fn names_of_cols(list: &Value) -> Vec<String> {
 const SYSTEM_COLUMNS: &[&str] = &["ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"];
 
 fn protected_setting(name: &str) -> bool {
-    name == "role" || name == "session_authorization" || name.starts_with("warden.")
+    matches!(
+        name,
+        "role" | "session_authorization" | "client_encoding" | "standard_conforming_strings"
+    ) || name.starts_with("warden.")
 }
 
 fn is_ddl(kind: &str) -> bool {

@@ -136,7 +136,29 @@ fn analyst_corpus() {
         ),
         ("SELECT secret FROM orders", "column secret is not in any relation"),
         ("DISCARD ALL", "may not RESET ALL or DISCARD ALL"),
-        ("RESET search_path", "RESET search_path"),
+        ("RESET search_path", "SET search_path"),
+        ("SET search_path TO public", "set it when connecting"),
+        ("SET client_encoding = 'SJIS'", "client_encoding is managed by Warden"),
+        (
+            "SET standard_conforming_strings = off",
+            "standard_conforming_strings is managed by Warden",
+        ),
+        (
+            "SELECT name FROM customers AS c(id, n, name)",
+            "column public.customers.email",
+        ),
+        (
+            "SELECT (SELECT x FROM (SELECT 1 AS email) a, (SELECT email AS x) b) FROM customers",
+            "column public.customers.email",
+        ),
+        (
+            "SELECT c.email FROM customers c, ((SELECT 1 AS email) c CROSS JOIN (SELECT 1) o) j",
+            "column public.customers.email",
+        ),
+        (
+            "SELECT j.name FROM (customers CROSS JOIN (SELECT 1) s) AS j(id, email, name)",
+            "column public.customers.email",
+        ),
         (
             "SELECT set_config('warden.identity', 'x', false)",
             "warden.identity is managed by Warden",
@@ -164,6 +186,9 @@ fn analyst_corpus() {
         "SELECT email FROM (SELECT name AS email FROM customers) s",
         "SELECT total AS t FROM orders ORDER BY t",
         "SELECT region, count(*) AS n FROM orders GROUP BY region ORDER BY n",
+        "SET client_encoding = 'UTF8'",
+        "SELECT n FROM customers AS c(i, n)",
+        "SELECT j.name FROM (customers c JOIN orders o ON o.customer_id = c.id) j",
     ] {
         assert_eq!(verdict(sql, &["analyst"]), Decision::Allow, "{sql}");
     }

@@ -114,6 +114,31 @@ const OURS: &[(&str, bool, &str)] = &[
     ("V08", true, "SELECT count(*) FROM pg_stat_activity"),
     ("W39", false, "SET search_path TO public; SELECT id FROM orders"),
     ("V10", true, "SELECT name FROM customers WHERE id = $1-x"),
+    ("W40", false, "SET search_path TO public"),
+    ("B17", false, "SELECT name FROM customers AS c(id, n, name)"),
+    (
+        "B18",
+        false,
+        "SELECT (SELECT x FROM (SELECT 1 AS email) a, (SELECT email AS x) b) FROM customers",
+    ),
+    (
+        "B19",
+        false,
+        "SELECT c.email FROM customers c, ((SELECT 1 AS email) c CROSS JOIN (SELECT 1) o) j",
+    ),
+    ("B20", false, "SET standard_conforming_strings = off"),
+    ("B21", false, "SET client_encoding = 'SJIS'"),
+    (
+        "B22",
+        false,
+        "SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, ''b''::tsquery')",
+    ),
+    (
+        "V16",
+        true,
+        "SELECT id FROM orders UNION SELECT id FROM orders ORDER BY id",
+    ),
+    ("V17", true, "SET client_encoding = 'UTF8'"),
     (
         "V11",
         true,

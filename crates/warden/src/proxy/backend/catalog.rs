@@ -15,7 +15,7 @@ pub async fn load(client: &tokio_postgres::Client) -> Result<Catalog, tokio_post
                     coalesce(array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), '{}') \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              LEFT JOIN pg_attribute a ON a.attrelid = c.oid \
-             WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p') GROUP BY 1, 2",
+             WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p', 'S') GROUP BY 1, 2",
             &[],
         )
         .await?;

@@ -72,7 +72,15 @@ pub(super) async fn authenticate(
     let client_params = params
         .iter()
         .filter(|(k, _)| PASSED_PARAMS.contains(&k.to_ascii_lowercase().as_str()))
-        .cloned()
+        .map(|(k, v)| {
+            // Statements are parsed as UTF-8: an encoding whose characters can hide a quote or a
+            // backslash would make PostgreSQL read them differently, so those become UTF8.
+            if k.eq_ignore_ascii_case("client_encoding") && warden_sql::unsafe_client_encoding(v) {
+                (k.clone(), "UTF8".to_string())
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
         .collect();
     Ok(Session {
         id: new_session_id(),
