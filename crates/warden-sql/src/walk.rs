@@ -194,26 +194,8 @@ impl Walker<'_> {
                     self.forbid(Forbidden::PreparedTransaction);
                 }
             }
-            "TruncateStmt" => {
-                self.access.raise(Class::Write);
-                for r in items(&body["relations"]) {
-                    if let Some(("RangeVar", rv)) = node(r) {
-                        if let Some(q) = self.relation(rv) {
-                            self.access.write(&q, WriteKind::Truncate, []);
-                        }
-                    }
-                }
-            }
-            "LockStmt" => {
-                self.access.raise(Class::Write);
-                for r in items(&body["relations"]) {
-                    if let Some(("RangeVar", rv)) = node(r) {
-                        if let Some(q) = self.relation(rv) {
-                            self.access.write(&q, WriteKind::Lock, []);
-                        }
-                    }
-                }
-            }
+            "TruncateStmt" => self.write_relations(&body["relations"], WriteKind::Truncate),
+            "LockStmt" => self.write_relations(&body["relations"], WriteKind::Lock),
             "DoStmt" => {
                 self.access.raise(Class::Utility);
                 self.access.effects.push(SessionEffect::DoBlock);
@@ -247,6 +229,18 @@ impl Walker<'_> {
             other => {
                 self.access.raise(Class::Utility);
                 self.forbid(Forbidden::Unsupported(statement_name(other)));
+            }
+        }
+    }
+
+    /// TRUNCATE and LOCK: a whole-table write on each relation listed.
+    fn write_relations(&mut self, list: &Value, kind: WriteKind) {
+        self.access.raise(Class::Write);
+        for r in items(list) {
+            if let Some(("RangeVar", rv)) = node(r) {
+                if let Some(q) = self.relation(rv) {
+                    self.access.write(&q, kind, []);
+                }
             }
         }
     }
