@@ -143,10 +143,12 @@ fn decide_one(s: &StatementAccess, roles: &[&Role]) -> Decision {
                     "run the statements themselves, or ask for a role with allow_do = true".into(),
                 )
             }
-            SessionEffect::ResetAll => {
+            // The read-only rules include RESET ALL (and so DISCARD ALL). For other roles it is
+            // harmless: the search_path is fixed for the session, so RESET puts back the same value.
+            SessionEffect::ResetAll if read_only => {
                 return deny(
                     "session",
-                    format!("{who} may not RESET ALL or DISCARD ALL (it would reset the session's search_path out of Warden's sight)"),
+                    format!("{who} is read-only and may not RESET ALL or DISCARD ALL"),
                     "reset single settings by name".into(),
                 )
             }

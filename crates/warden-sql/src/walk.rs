@@ -180,6 +180,8 @@ impl Walker<'_> {
                 // DISCARD ALL includes RESET ALL (target 1).
                 if body["target"].as_i64() == Some(1) {
                     self.access.effects.push(SessionEffect::ResetAll);
+                    // ... and DEALLOCATE ALL.
+                    self.access.effects.push(SessionEffect::Deallocate(None));
                 }
             }
             "NotifyStmt" => {

@@ -135,7 +135,7 @@ fn analyst_corpus() {
             "read-only and may not lock public.orders",
         ),
         ("SELECT secret FROM orders", "column secret is not in any relation"),
-        ("DISCARD ALL", "may not RESET ALL or DISCARD ALL"),
+        ("DISCARD ALL", "read-only and may not RESET ALL or DISCARD ALL"),
         ("RESET search_path", "SET search_path"),
         ("SET search_path TO public", "set it when connecting"),
         ("SET client_encoding = 'SJIS'", "client_encoding is managed by Warden"),
@@ -217,6 +217,8 @@ fn writers_and_column_limited_writes() {
         &["status-writer"]
     ))
     .contains("column public.orders.total"));
+    assert_eq!(verdict("DISCARD ALL", &["writer"]), Decision::Allow);
+    assert_eq!(verdict("RESET ALL", &["writer"]), Decision::Allow);
     // Roles add up.
     assert_eq!(
         verdict("SELECT email FROM customers", &["analyst", "writer"]),

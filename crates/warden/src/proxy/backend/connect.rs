@@ -146,6 +146,9 @@ fn identity_settings(session: &Session) -> Vec<(&'static str, String)> {
         ("warden.task", task),
         ("warden.session", session.id.clone()),
         ("warden.credential", c.credential_id.clone()),
+        // Statements are parsed with standard strings; a database or role default of `off` would make
+        // PostgreSQL read backslashes differently. The startup value is also what RESET returns to.
+        ("standard_conforming_strings", "on".to_string()),
     ]
 }
 
