@@ -187,10 +187,11 @@ pub async fn run(
         wr: client_wr,
         max,
     };
+    let draining = drain(&mut shutdown, to_client.queue.clone());
     let end = tokio::select! {
         e = to_server.run() => e,
         e = to_client.run() => e,
-        _ = shutdown.wait_for(|s| *s) => End::Shutdown,
+        _ = draining => End::Shutdown,
     };
     let farewell = match &end {
         End::Shutdown => Some((
@@ -222,6 +223,19 @@ pub async fn run(
     }
     tracing::info!(session = %session.id, reason = %end.reason(), "session ended");
 }
+
+/// Resolves once Warden is stopping and this session has nothing in flight (or after a grace period):
+/// SIGTERM lets running statements finish and ends idle sessions at once.
+async fn drain(shutdown: &mut watch::Receiver<bool>, queue: Queue) {
+    let _ = shutdown.wait_for(|s| *s).await;
+    let deadline = Instant::now() + DRAIN_GRACE;
+    while Instant::now() < deadline && !queue.lock().expect("relay queue lock poisoned").is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// How long a stopping Warden waits for a session's statements in flight.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn fatal(e: &ProxyError, buf: &mut BytesMut) {
     let message = e.client_message();

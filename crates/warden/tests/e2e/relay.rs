@@ -168,3 +168,75 @@ fn psql_ctrl_c_cancels_the_running_query() {
         stderr(&out)
     );
 }
+
+#[tokio::test]
+async fn sigterm_lets_running_statements_finish_then_ends_sessions() {
+    let h = harness();
+    // A Warden of its own on the same deployment, since this one is stopped.
+    let port = warden::cluster::free_port().unwrap();
+    let text = std::fs::read_to_string(&h.config)
+        .unwrap()
+        .replace(
+            &format!("127.0.0.1:{}\"", h.warden_port),
+            &format!("127.0.0.1:{port}\""),
+        )
+        .replace("fsync = \"batch\"", "fsync = \"batch\"\npath = \"audit/sigterm.jsonl\"");
+    let config = h.deploy.join("sigterm.toml");
+    std::fs::write(&config, text).unwrap();
+    let pid = spawn_warden(&config, &h.root.join("sigterm.log"), port).unwrap();
+
+    let cred = h.issue("human", "bob", &[]);
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(port)
+        .user("bob")
+        .dbname("shop")
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    let busy = connect_with(&cfg, &cred.join("ca.crt"), Some(load_cert(&cred)))
+        .await
+        .unwrap();
+    let idle = connect_with(&cfg, &cred.join("ca.crt"), Some(load_cert(&cred)))
+        .await
+        .unwrap();
+    let running = tokio::spawn(async move {
+        let row = busy.query_one("SELECT pg_sleep(1.5)::text || 'done'", &[]).await;
+        (row.map(|r| r.get::<_, String>(0)), busy)
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let signalled = Instant::now();
+    Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    // The idle session is ended at once, with 57P01.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = idle.simple_query("SELECT 1").await.unwrap_err();
+    assert!(err.code().is_none_or(|c| c.code() == "57P01"), "{err}");
+    // The running statement finishes and returns its result; then its session ends too.
+    let (result, busy) = running.await.unwrap();
+    assert_eq!(result.unwrap(), "done");
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(800),
+        "the statement was not cut short"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(busy.simple_query("SELECT 1").await.is_err());
+    // And Warden exits (a zombie until this process reaps it, so look at its state, not its pid).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("");
+        if stat.is_empty() || state == "Z" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "warden did not exit after SIGTERM (state {state})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(std::fs::read_to_string(h.root.join("sigterm.log"))
+        .unwrap()
+        .contains("warden stopped"));
+}
