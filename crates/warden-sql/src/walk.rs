@@ -603,17 +603,7 @@ impl Walker<'_> {
         if !s["select_stmt"].is_null() {
             self.stmt(&s["select_stmt"]);
         }
-        let alias = s["relation"]["alias"]["aliasname"]
-            .as_str()
-            .unwrap_or(str_field(&s["relation"], "relname"))
-            .to_string();
-        self.scopes.push(Scope::of(
-            target
-                .clone()
-                .map(|q| Entry::table(alias, q, Vec::new()))
-                .into_iter()
-                .collect(),
-        ));
+        self.push_target_scope(&s["relation"], &target);
         let conflict = &s["on_conflict_clause"];
         if !conflict.is_null() {
             if let Some(q) = &target {
@@ -630,21 +620,25 @@ impl Walker<'_> {
         self.pop_ctes(ctes);
     }
 
+    /// The scope of a DML statement: its target table, under its alias.
+    fn push_target_scope(&mut self, relation: &Value, target: &Option<QualifiedName>) {
+        let alias = relation["alias"]["aliasname"]
+            .as_str()
+            .unwrap_or(str_field(relation, "relname"))
+            .to_string();
+        let entries = target
+            .clone()
+            .map(|q| Entry::table(alias, q, Vec::new()))
+            .into_iter()
+            .collect();
+        self.scopes.push(Scope::of(entries));
+    }
+
     fn update(&mut self, s: &Value) {
         self.access.raise(Class::Write);
         let ctes = self.with_clause(&s["with_clause"]);
         let target = self.relation(&s["relation"]);
-        let alias = s["relation"]["alias"]["aliasname"]
-            .as_str()
-            .unwrap_or(str_field(&s["relation"], "relname"))
-            .to_string();
-        self.scopes.push(Scope::of(
-            target
-                .clone()
-                .map(|q| Entry::table(alias, q, Vec::new()))
-                .into_iter()
-                .collect(),
-        ));
+        self.push_target_scope(&s["relation"], &target);
         for item in items(&s["from_clause"]) {
             self.range_item(item);
         }
@@ -665,13 +659,7 @@ impl Walker<'_> {
         if let Some(q) = &target {
             self.access.write(q, WriteKind::Delete, []);
         }
-        let alias = s["relation"]["alias"]["aliasname"]
-            .as_str()
-            .unwrap_or(str_field(&s["relation"], "relname"))
-            .to_string();
-        self.scopes.push(Scope::of(
-            target.map(|q| Entry::table(alias, q, Vec::new())).into_iter().collect(),
-        ));
+        self.push_target_scope(&s["relation"], &target);
         for item in items(&s["using_clause"]) {
             self.range_item(item);
         }
@@ -693,13 +681,7 @@ impl Walker<'_> {
             // MERGE reads the target to match rows.
             self.access.read(q, all);
         }
-        let alias = s["relation"]["alias"]["aliasname"]
-            .as_str()
-            .unwrap_or(str_field(&s["relation"], "relname"))
-            .to_string();
-        self.scopes.push(Scope::of(
-            target.map(|q| Entry::table(alias, q, Vec::new())).into_iter().collect(),
-        ));
+        self.push_target_scope(&s["relation"], &target);
         self.range_item(&s["source_relation"]);
         self.expr(&s["join_condition"]);
         self.generic(&s["merge_when_clauses"]);
