@@ -1,0 +1,171 @@
+use time::{Duration, OffsetDateTime};
+
+use super::*;
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc().replace_nanosecond(0).unwrap()
+}
+
+fn store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("state/warden.db")).unwrap();
+    (dir, s)
+}
+
+fn credential(id: &str, not_after: OffsetDateTime) -> CredentialRecord {
+    CredentialRecord {
+        id: id.into(),
+        identity: "agent:report-bot".into(),
+        requester: Some("human:alice".into()),
+        task: Some("T-1".into()),
+        roles: vec!["analyst".into(), "writer".into()],
+        issued_at: now(),
+        not_after,
+        issued_by: "human:alice".into(),
+        revoked_at: None,
+        revoked_by: None,
+        revoke_reason: None,
+    }
+}
+
+fn subject() -> Subject {
+    Subject {
+        identity: "agent:report-bot".into(),
+        requester: Some("human:alice".into()),
+        task: Some("T-1".into()),
+        credential_id: "c1".into(),
+        session_id: Some("s1".into()),
+    }
+}
+
+#[test]
+fn every_target_kind_matches_only_its_own() {
+    let s = subject();
+    let hits = [
+        "identity:agent:report-bot",
+        "requester:human:alice",
+        "task:T-1",
+        "credential:c1",
+        "session:s1",
+    ];
+    for t in hits {
+        assert!(t.parse::<LockTarget>().unwrap().matches(&s), "{t}");
+    }
+    let misses = [
+        "identity:agent:other",
+        "identity:human:alice",
+        "requester:human:bob",
+        "task:T-2",
+        "credential:c2",
+        "session:s2",
+    ];
+    for t in misses {
+        assert!(!t.parse::<LockTarget>().unwrap().matches(&s), "{t}");
+    }
+    // A requester lock also stops the requester's own sessions.
+    let alice = Subject {
+        identity: "human:alice".into(),
+        ..Subject::default()
+    };
+    assert!("requester:human:alice".parse::<LockTarget>().unwrap().matches(&alice));
+    // A connection has no session id yet: a session lock never matches it.
+    let conn = Subject {
+        session_id: None,
+        ..subject()
+    };
+    assert!(!"session:s1".parse::<LockTarget>().unwrap().matches(&conn));
+    assert!("bogus:x".parse::<LockTarget>().is_err());
+}
+
+#[test]
+fn locks_persist_across_reopen_and_expire_and_lift() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warden.db");
+    let t0 = now();
+    let (forever, brief) = {
+        let s = SqliteStore::open(&path).unwrap();
+        let g0 = s.generation().unwrap();
+        let forever = s
+            .create_lock(NewLock {
+                target: LockTarget::Task("T-1".into()),
+                reason: "incident 7".into(),
+                created_by: "human:alice".into(),
+                created_at: t0,
+                expires_at: None,
+            })
+            .unwrap();
+        let brief = s
+            .create_lock(NewLock {
+                target: LockTarget::Identity("agent:x".into()),
+                reason: "brief".into(),
+                created_by: "admin".into(),
+                created_at: t0,
+                expires_at: Some(t0 + Duration::minutes(5)),
+            })
+            .unwrap();
+        assert_eq!(s.generation().unwrap(), g0 + 2);
+        (forever, brief)
+    };
+    assert!(forever.id.starts_with("lk_") && forever.id.len() == 19);
+    let s = SqliteStore::open(&path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+    assert_eq!(s.lock(&forever.id).unwrap().unwrap(), forever);
+    assert_eq!(s.locks(t0, false).unwrap().len(), 2);
+    // Five minutes on, the brief one has expired.
+    let later = t0 + Duration::minutes(6);
+    let active = s.locks(later, false).unwrap();
+    assert_eq!(active, vec![forever.clone()]);
+    assert_eq!(s.blocklist(later).unwrap().locks, vec![forever.clone()]);
+    assert_eq!(s.locks(later, true).unwrap().len(), 2);
+    assert_eq!(brief.state(later), "expired");
+    // The blocklist finds it for a matching subject.
+    let list = s.blocklist(t0).unwrap();
+    assert_eq!(list.block_for(&subject(), t0), Some(Block::Locked(forever.clone())));
+    assert_eq!(list.next_expiry(t0), brief.expires_at);
+    // Lifted.
+    let g = s.generation().unwrap();
+    let removed = s.remove_lock(&forever.id, "admin", t0).unwrap();
+    assert_eq!(removed.state(t0), "removed");
+    assert_eq!(removed.removed_by.as_deref(), Some("admin"));
+    assert!(s.generation().unwrap() > g);
+    assert!(s.blocklist(t0).unwrap().block_for(&subject(), t0).is_none());
+    assert!(matches!(s.remove_lock("lk_nope", "admin", t0), Err(StateError::NoSuchLock(_))));
+}
+
+#[test]
+fn revocation_is_recorded_once_and_blocks_the_credential() {
+    let (_d, s) = store();
+    let t0 = now();
+    s.record_credential(&credential("c1", t0 + Duration::minutes(15))).unwrap();
+    s.record_credential(&credential("c-old", t0 - Duration::minutes(1))).unwrap();
+    assert!(s.record_credential(&credential("c1", t0)).is_err(), "ids are unique");
+    assert_eq!(s.credentials(t0).unwrap().len(), 1, "expired credentials are not listed");
+    let r = s.revoke_credential("c1", "human:alice", "task done", t0).unwrap();
+    assert_eq!(r.revoke_reason.as_deref(), Some("task done"));
+    let again = s.revoke_credential("c1", "admin", "second", t0 + Duration::seconds(5)).unwrap();
+    assert_eq!(again, r, "the first revocation stands");
+    let list = s.blocklist(t0).unwrap();
+    assert!(matches!(list.block_for(&subject(), t0), Some(Block::Revoked(c)) if c.id == "c1"));
+    assert!(matches!(s.revoke_credential("nope", "a", "b", t0), Err(StateError::NoSuchCredential(_))));
+}
+
+#[test]
+fn two_handles_see_each_others_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warden.db");
+    let a = SqliteStore::open(&path).unwrap();
+    let b = SqliteStore::open(&path).unwrap();
+    let g = a.generation().unwrap();
+    b.create_lock(NewLock {
+        target: LockTarget::Session("s1".into()),
+        reason: String::new(),
+        created_by: "admin".into(),
+        created_at: now(),
+        expires_at: None,
+    })
+    .unwrap();
+    assert_eq!(a.generation().unwrap(), g + 1);
+    assert_eq!(a.blocklist(now()).unwrap().locks.len(), 1);
+}
