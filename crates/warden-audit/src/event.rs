@@ -49,6 +49,24 @@ pub struct EventBody {
     /// On `query.result`: the `seq` of its `query` record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_id: Option<u64>,
+    /// Who did it, on events that are acts rather than sessions (`lock.created`, `credential.revoked`):
+    /// an identity (`human:alice`) or `admin (warden lock)` for the offline commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// On `lock.created` and `lock.removed`: the lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockRecord>,
+}
+
+/// A lock as the audit log records it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LockRecord {
+    pub id: String,
+    /// identity, requester, task, credential or session.
+    pub target: String,
+    pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 /// A stored record: the caller's body plus what the writer assigns.

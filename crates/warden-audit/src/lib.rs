@@ -46,7 +46,7 @@ mod search;
 mod verify;
 mod writer;
 
-pub use event::{format_ts, Event, EventBody, IdentityRecord};
+pub use event::{format_ts, Event, EventBody, IdentityRecord, LockRecord};
 pub use search::{search, SearchFilter};
 pub use verify::{verify, VerifyReport};
 pub use writer::{AuditHandle, AuditLog, FsyncMode, Pending};

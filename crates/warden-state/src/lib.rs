@@ -221,7 +221,11 @@ impl Blocklist {
 
     /// The earliest time a lock in this list expires (after which the list should be re-read).
     pub fn next_expiry(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
-        self.locks.iter().filter_map(|l| l.expires_at).filter(|t| *t > now).min()
+        self.locks
+            .iter()
+            .filter_map(|l| l.expires_at)
+            .filter(|t| *t > now)
+            .min()
     }
 }
 

@@ -8,9 +8,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use time::OffsetDateTime;
 
-use crate::{
-    new_lock_id, Blocklist, CredentialRecord, Lock, LockTarget, NewLock, Result, StateError, StateStore,
-};
+use crate::{new_lock_id, Blocklist, CredentialRecord, Lock, LockTarget, NewLock, Result, StateError, StateStore};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -215,11 +213,11 @@ impl StateStore for SqliteStore {
     fn revoke_credential(&self, id: &str, by: &str, reason: &str, at: OffsetDateTime) -> Result<CredentialRecord> {
         self.write(|tx| {
             tx.execute(
-                    "UPDATE credentials SET revoked_at = ?2, revoked_by = ?3, revoke_reason = ?4 \
+                "UPDATE credentials SET revoked_at = ?2, revoked_by = ?3, revoke_reason = ?4 \
                      WHERE id = ?1 AND revoked_at IS NULL",
-                    params![id, ts(at), by, reason],
-                )
-                .map_err(|e| self.err(e))?;
+                params![id, ts(at), by, reason],
+            )
+            .map_err(|e| self.err(e))?;
             let found = tx
                 .query_row(
                     &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = ?1"),
@@ -269,27 +267,40 @@ impl StateStore for SqliteStore {
                 params![id, ts(at), by],
             )
             .map_err(|e| self.err(e))?;
-            tx.query_row(&format!("SELECT {LOCK_COLUMNS} FROM locks WHERE id = ?1"), [id], lock_row)
-                .optional()
-                .map_err(|e| self.err(e))?
-                .ok_or_else(|| StateError::NoSuchLock(id.to_string()))
+            tx.query_row(
+                &format!("SELECT {LOCK_COLUMNS} FROM locks WHERE id = ?1"),
+                [id],
+                lock_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .ok_or_else(|| StateError::NoSuchLock(id.to_string()))
         })
     }
 
     fn lock(&self, id: &str) -> Result<Option<Lock>> {
         self.with(|c| {
-            c.query_row(&format!("SELECT {LOCK_COLUMNS} FROM locks WHERE id = ?1"), [id], lock_row)
-                .optional()
+            c.query_row(
+                &format!("SELECT {LOCK_COLUMNS} FROM locks WHERE id = ?1"),
+                [id],
+                lock_row,
+            )
+            .optional()
         })
     }
 
     fn locks(&self, now: OffsetDateTime, include_inactive: bool) -> Result<Vec<Lock>> {
         let all: Vec<Lock> = self.with(|c| {
-            let mut st = c.prepare(&format!("SELECT {LOCK_COLUMNS} FROM locks ORDER BY created_at DESC, id"))?;
+            let mut st = c.prepare(&format!(
+                "SELECT {LOCK_COLUMNS} FROM locks ORDER BY created_at DESC, id"
+            ))?;
             let rows = st.query_map([], lock_row)?;
             rows.collect()
         })?;
-        Ok(all.into_iter().filter(|l| include_inactive || l.is_active(now)).collect())
+        Ok(all
+            .into_iter()
+            .filter(|l| include_inactive || l.is_active(now))
+            .collect())
     }
 
     fn blocklist(&self, now: OffsetDateTime) -> Result<Blocklist> {
@@ -301,7 +312,9 @@ impl StateStore for SqliteStore {
             let mut st = tx.prepare(&format!(
                 "SELECT {LOCK_COLUMNS} FROM locks WHERE removed_at IS NULL AND (expires_at IS NULL OR expires_at > ?1)"
             ))?;
-            let locks = st.query_map([ts(now)], lock_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            let locks = st
+                .query_map([ts(now)], lock_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut st = tx.prepare(&format!(
                 "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE revoked_at IS NOT NULL AND not_after > ?1"
             ))?;

@@ -131,24 +131,38 @@ fn locks_persist_across_reopen_and_expire_and_lift() {
     assert_eq!(removed.removed_by.as_deref(), Some("admin"));
     assert!(s.generation().unwrap() > g);
     assert!(s.blocklist(t0).unwrap().block_for(&subject(), t0).is_none());
-    assert!(matches!(s.remove_lock("lk_nope", "admin", t0), Err(StateError::NoSuchLock(_))));
+    assert!(matches!(
+        s.remove_lock("lk_nope", "admin", t0),
+        Err(StateError::NoSuchLock(_))
+    ));
 }
 
 #[test]
 fn revocation_is_recorded_once_and_blocks_the_credential() {
     let (_d, s) = store();
     let t0 = now();
-    s.record_credential(&credential("c1", t0 + Duration::minutes(15))).unwrap();
-    s.record_credential(&credential("c-old", t0 - Duration::minutes(1))).unwrap();
+    s.record_credential(&credential("c1", t0 + Duration::minutes(15)))
+        .unwrap();
+    s.record_credential(&credential("c-old", t0 - Duration::minutes(1)))
+        .unwrap();
     assert!(s.record_credential(&credential("c1", t0)).is_err(), "ids are unique");
-    assert_eq!(s.credentials(t0).unwrap().len(), 1, "expired credentials are not listed");
+    assert_eq!(
+        s.credentials(t0).unwrap().len(),
+        1,
+        "expired credentials are not listed"
+    );
     let r = s.revoke_credential("c1", "human:alice", "task done", t0).unwrap();
     assert_eq!(r.revoke_reason.as_deref(), Some("task done"));
-    let again = s.revoke_credential("c1", "admin", "second", t0 + Duration::seconds(5)).unwrap();
+    let again = s
+        .revoke_credential("c1", "admin", "second", t0 + Duration::seconds(5))
+        .unwrap();
     assert_eq!(again, r, "the first revocation stands");
     let list = s.blocklist(t0).unwrap();
     assert!(matches!(list.block_for(&subject(), t0), Some(Block::Revoked(c)) if c.id == "c1"));
-    assert!(matches!(s.revoke_credential("nope", "a", "b", t0), Err(StateError::NoSuchCredential(_))));
+    assert!(matches!(
+        s.revoke_credential("nope", "a", "b", t0),
+        Err(StateError::NoSuchCredential(_))
+    ));
 }
 
 #[test]

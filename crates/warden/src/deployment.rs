@@ -5,6 +5,7 @@
 //! DATA_DIR/ca/host-ca.{crt,key}   signs Warden's own server certificate; clients trust it (ca.crt)
 //! DATA_DIR/ca/db-ca.{crt,key}     signs the short-lived certificates Warden logs in to PostgreSQL with
 //! DATA_DIR/audit/audit.jsonl      the audit log
+//! DATA_DIR/state/warden.db        issued and revoked credentials, locks (SQLite)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -103,6 +104,20 @@ pub fn load_ca(data_dir: &Path, kind: CaKind) -> Result<CertificateAuthority> {
 
 pub fn load_config(path: &Path) -> Result<Config> {
     Ok(Config::load(path)?)
+}
+
+/// Where the state store lives: `DATA_DIR/state/warden.db`.
+pub fn state_path(config: &Config) -> PathBuf {
+    config.server.data_dir.join("state").join("warden.db")
+}
+
+/// Opens the deployment's state store (credentials, revocations, locks); the proxy and CLI share it.
+pub fn open_state(config: &Config) -> Result<warden_state::SqliteStore> {
+    let path = state_path(config);
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
+    }
+    warden_state::SqliteStore::open(&path).with_context(|| format!("opening the state store {}", path.display()))
 }
 
 /// Directories holding keys are private to the user running Warden.

@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 use time::{Duration, OffsetDateTime};
 use warden_identity::{parse_duration, Claims, IdentityKind, IdentityName};
 use warden_policy::Config;
+use warden_state::StateStore;
 
 use crate::deployment::{self, CaKind};
 
@@ -184,26 +185,20 @@ pub fn write_credential(config: &Config, claims: &Claims, out: &Path, force: boo
         .cloned();
     let profile = profile_toml(config, claims, &expires, database.as_deref());
     warden_identity::write_credential_dir(out, &cert, host_ca.cert_pem(), &token, &profile, force)?;
-    record_issue(config, claims, &expires)?;
+    let actor = crate::control::local_admin();
+    // Recorded so that it can be revoked by id and listed.
+    deployment::open_state(config)?.record_credential(&crate::control::credential_record(claims, &actor))?;
+    deployment::open_audit(config)?.append_blocking(crate::control::issued_event(
+        claims,
+        &actor,
+        "by `warden issue`",
+    ))?;
     Ok(Issued {
         identity: claims.identity(),
         roles: claims.roles.join(", "),
         expires,
         database,
     })
-}
-
-/// `credential.issued`, into the same chain the running proxy writes (the audit log is shared under a lock).
-fn record_issue(config: &Config, claims: &Claims, expires: &str) -> Result<()> {
-    let log = deployment::open_audit(config)?;
-    log.append_blocking(warden_audit::EventBody {
-        event: "credential.issued".into(),
-        identity: Some(crate::proxy::identity_record(claims, &claims.roles)),
-        credential_id: Some(claims.credential_id.clone()),
-        reason: Some(format!("issued by `warden issue`, valid until {expires}")),
-        ..warden_audit::EventBody::default()
-    })?;
-    Ok(())
 }
 
 fn profile_toml(config: &Config, claims: &Claims, expires: &str, database: Option<&str>) -> String {

@@ -10,6 +10,7 @@ use crate::deployment::CaKind;
 mod audit;
 mod init;
 mod issue;
+mod lock;
 mod quickstart;
 mod start;
 
@@ -58,6 +59,18 @@ enum Command {
     },
     /// Issue a credential (admin, offline): DIR/identity.crt, identity.key, ca.crt, token, profile.toml.
     Issue(issue::IssueArgs),
+    /// Cut off an identity, a requester (and all its agents), a task, a credential or a session: live
+    /// sessions end within a second (57P01), new connections are refused (28000) until the lock is lifted.
+    Lock(lock::LockArgs),
+    /// List locks.
+    Locks {
+        #[command(subcommand)]
+        command: lock::LocksCommand,
+    },
+    /// Lift a lock.
+    Unlock(lock::UnlockArgs),
+    /// Revoke a credential: its live sessions end within a second and it is refused from then on.
+    Revoke(lock::RevokeArgs),
     /// Search and verify the audit log.
     Audit {
         #[command(subcommand)]
@@ -88,6 +101,10 @@ pub fn main() -> ExitCode {
         } => init::export_ca(&config, which),
         Command::Issue(args) => issue::run(&args),
         Command::Audit { command } => audit::run(command),
+        Command::Lock(args) => lock::lock(&args),
+        Command::Locks { command } => lock::list(command),
+        Command::Unlock(args) => lock::unlock(&args),
+        Command::Revoke(args) => lock::revoke(&args),
     };
     match result {
         Ok(code) => code,

@@ -72,6 +72,8 @@ impl Server {
             }
         }
         let audit = deployment::open_audit(&config)?;
+        let state: Arc<dyn warden_state::StateStore> = Arc::new(deployment::open_state(&config)?);
+        let blocks = state.blocklist(time::OffsetDateTime::now_utc())?;
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("listening on {listen} (server.postgres_listen)"))?;
@@ -85,6 +87,9 @@ impl Server {
             cancels: Default::default(),
             provisioner: Default::default(),
             analyses: Default::default(),
+            state,
+            blocks: ArcSwap::from_pointee(blocks),
+            sessions: Default::default(),
         });
         Ok(Server {
             shared,
@@ -102,6 +107,7 @@ impl Server {
         let addr = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(listen = %addr, config = %self.config_path.display(), "warden is accepting PostgreSQL connections");
         tokio::spawn(reload_on_hangup(self.shared.clone(), self.config_path.clone()));
+        tokio::spawn(proxy::lifecycle::watch(self.shared.clone(), self.config_path.clone()));
         proxy::serve(self.shared, self.listener, stop).await;
         tracing::info!("warden stopped");
     }
@@ -130,14 +136,6 @@ async fn reload_on_hangup(shared: Arc<Shared>, path: std::path::PathBuf) {
         return;
     };
     while hup.recv().await.is_some() {
-        match deployment::load_config(&path) {
-            Ok(new) => {
-                shared.config.store(Arc::new(new));
-                tracing::info!(config = %path.display(), "configuration reloaded");
-            }
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "reload refused; keeping the running configuration")
-            }
-        }
+        proxy::lifecycle::reload(&shared, &path, "SIGHUP");
     }
 }

@@ -51,7 +51,8 @@ impl Enforcer {
         if config.server.danger_disable_statement_checks {
             return Ok(Verdict::Allow { effects: Vec::new() });
         }
-        let roles: Vec<&Role> = session.roles.iter().filter_map(|r| config.role(r)).collect();
+        let current = session.roles.load();
+        let roles: Vec<&Role> = current.iter().filter_map(|r| config.role(r)).collect();
         if roles.is_empty() {
             return Ok(deny(
                 sqlstate::INSUFFICIENT_PRIVILEGE,

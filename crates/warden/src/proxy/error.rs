@@ -50,6 +50,12 @@ pub enum ProxyError {
     UpstreamAuth { role: String, message: String },
     #[error("the audit log cannot be written ({reason}); Warden refuses to run statements it cannot record")]
     AuditUnavailable { reason: String },
+    #[error("{message}")]
+    Locked { message: String },
+    #[error("{message}")]
+    Revoked { message: String },
+    #[error("cannot read Warden's state store ({reason}); connections are refused until it is readable")]
+    StateUnavailable { reason: String },
     #[error("protocol error: {0}")]
     Protocol(#[from] warden_wire::WireError),
     #[error("connection closed")]
@@ -73,9 +79,11 @@ impl ProxyError {
             | MissingUser
             | Replication
             | RowFilter { .. }
+            | Locked { .. }
+            | Revoked { .. }
             | Refused(_) => sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
             Provision { .. } | Upstream { .. } | UpstreamAuth { .. } => sqlstate::CONNECTION_FAILURE,
-            AuditUnavailable { .. } => sqlstate::CANNOT_CONNECT_NOW,
+            AuditUnavailable { .. } | StateUnavailable { .. } => sqlstate::CANNOT_CONNECT_NOW,
             Protocol(_) => sqlstate::PROTOCOL_VIOLATION,
             Closed | Io(_) => sqlstate::CONNECTION_EXCEPTION,
         }

@@ -18,6 +18,7 @@ pub mod enforce;
 pub mod error;
 pub mod frontend;
 pub mod io;
+pub mod lifecycle;
 pub mod relay;
 
 use crate::tls::UserCaVerifier;
@@ -34,16 +35,23 @@ pub struct Shared {
     pub provisioner: backend::Provisioner,
     /// Statement analyses by text (and catalog generation and search_path).
     pub analyses: warden_sql::AnalysisCache,
+    /// Credentials, revocations and locks (shared with the admin commands through the store).
+    pub state: Arc<dyn warden_state::StateStore>,
+    /// Locks and revocations as last read from `state`.
+    pub blocks: ArcSwap<warden_state::Blocklist>,
+    /// Live sessions, so that locks, revocation, expiry and reloads can reach them.
+    pub sessions: lifecycle::SessionRegistry,
 }
 
 /// An authenticated client session: who it is, where it goes, as which PostgreSQL role.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Session {
     pub id: String,
     pub claims: Claims,
     pub database: String,
-    /// Effective roles at connection time (names).
-    pub roles: Vec<String>,
+    /// Effective roles (names): computed at connection, recomputed at each configuration reload, read
+    /// at each statement.
+    pub roles: ArcSwap<Vec<String>>,
     /// The provisioned PostgreSQL role this identity logs in as.
     pub db_role: String,
     pub client_addr: SocketAddr,
@@ -53,7 +61,14 @@ pub struct Session {
 
 impl Session {
     pub fn identity_record(&self) -> IdentityRecord {
-        identity_record(&self.claims, &self.roles)
+        identity_record(&self.claims, &self.roles.load())
+    }
+
+    /// Who this session is, in the terms locks are written in.
+    pub fn subject(&self) -> warden_state::Subject {
+        let mut s = subject(&self.claims);
+        s.session_id = Some(self.id.clone());
+        s
     }
 
     /// An audit event about this session, with the full identity filled in.
@@ -79,6 +94,17 @@ pub fn identity_record(claims: &Claims, roles: &[String]) -> IdentityRecord {
         requester: claims.requester.as_ref().map(|r| r.to_string()),
         task: claims.task.clone(),
         roles: roles.to_vec(),
+    }
+}
+
+/// Who a credential names, in the terms locks are written in (no session yet).
+pub fn subject(claims: &Claims) -> warden_state::Subject {
+    warden_state::Subject {
+        identity: claims.identity().to_string(),
+        requester: claims.requester.as_ref().map(|r| r.to_string()),
+        task: claims.task.clone(),
+        credential_id: claims.credential_id.clone(),
+        session_id: None,
     }
 }
 

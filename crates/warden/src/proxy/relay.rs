@@ -25,6 +25,7 @@ use super::enforce::{denial_statement, parse_search_path, Enforcer, Verdict};
 use super::error::ProxyError;
 use super::frontend::{greeting, ClientStream};
 use super::io::Framed;
+use super::lifecycle::Kill;
 use super::{Session, Shared};
 use warden_sql::SessionEffect;
 
@@ -36,6 +37,8 @@ enum End {
     Client,
     Server,
     Shutdown,
+    /// Ended from outside: a lock, a revocation, expiry or a reload.
+    Killed(Kill),
     /// Ended by Warden: the SQLSTATE the client is told, and why.
     Failed {
         code: &'static str,
@@ -49,6 +52,7 @@ impl End {
             End::Client => "client".into(),
             End::Server => "server closed the connection".into(),
             End::Shutdown => "warden shutdown".into(),
+            End::Killed(k) => format!("{}: {}", k.cause.as_str(), k.message),
             End::Failed { reason, .. } => format!("error: {reason}"),
         }
     }
@@ -188,15 +192,38 @@ pub async fn run(
         max,
     };
     let draining = drain(&mut shutdown, to_client.queue.clone());
-    let end = tokio::select! {
+    let mut kill = shared.sessions.register(session.clone());
+    let expiry = expires(&session);
+    // A lock written between authentication and registration would otherwise be missed.
+    let early = shared
+        .block_for(&session.subject())
+        .ok()
+        .flatten()
+        .map(|b| Kill::for_block(&b));
+    let end = if let Some(k) = early {
+        End::Killed(k)
+    } else {
+        tokio::select! {
         e = to_server.run() => e,
         e = to_client.run() => e,
         _ = draining => End::Shutdown,
+        k = killed(&mut kill) => End::Killed(k),
+        _ = expiry => End::Killed(Kill::expiry(&session)),
+        }
     };
+    shared.sessions.remove(&session.id);
+    if matches!(end, End::Killed(_)) && !to_client.queue.lock().expect("relay queue lock poisoned").is_empty() {
+        // A statement is running: stop it in PostgreSQL too, not only the client's view of it.
+        let _ = shared.cancels.cancel(cancel_key.0, cancel_key.1).await;
+    }
     let farewell = match &end {
         End::Shutdown => Some((
             sqlstate::ADMIN_SHUTDOWN,
             "warden: Warden is shutting down; reconnect in a moment".to_string(),
+        )),
+        End::Killed(k) => Some((
+            sqlstate::ADMIN_SHUTDOWN,
+            format!("warden: session ended: {}", k.message),
         )),
         End::Failed { code, reason } => Some((*code, format!("warden: session ended: {reason}"))),
         End::Client | End::Server => None,
@@ -222,6 +249,26 @@ pub async fn run(
         tracing::error!(session = %session.id, error = %e, "cannot record session.end");
     }
     tracing::info!(session = %session.id, reason = %end.reason(), "session ended");
+}
+
+/// Resolves with the reason once Warden ends this session from outside (lock, revocation, reload).
+async fn killed(rx: &mut watch::Receiver<Option<Kill>>) -> Kill {
+    let kill = match rx.wait_for(|k| k.is_some()).await {
+        Ok(k) => k.clone(),
+        Err(_) => None,
+    };
+    match kill {
+        Some(k) => k,
+        // The registry dropped the sender: nothing will end this session from outside.
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the session's credential passes its `not_after`.
+async fn expires(session: &Session) {
+    let left = session.claims.not_after - time::OffsetDateTime::now_utc();
+    let left = std::time::Duration::try_from(left).unwrap_or_default();
+    tokio::time::sleep(left).await;
 }
 
 /// Resolves once Warden is stopping and this session has nothing in flight (or after a grace period):

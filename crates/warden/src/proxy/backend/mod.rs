@@ -28,7 +28,8 @@ pub async fn open(shared: &Arc<Shared>, session: &Session) -> Result<Upstream, P
             reason: "no longer configured".into(),
         })?
         .clone();
-    let roles: Vec<_> = session.roles.iter().filter_map(|r| config.role(r)).collect();
+    let current = session.roles.load();
+    let roles: Vec<_> = current.iter().filter_map(|r| config.role(r)).collect();
     let grants = config.grants(&roles);
     // Row filters use the requester's traits for an agent, the identity's own otherwise.
     let trait_owner = session

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use rustls::CertificateError;
 use time::OffsetDateTime;
@@ -55,6 +56,11 @@ pub(super) async fn authenticate(
             name: claims.name.clone(),
         }));
     }
+    match shared.block_for(&crate::proxy::subject(&claims)) {
+        Ok(None) => {}
+        Ok(Some(block)) => return Err(fail(block.into())),
+        Err(e) => return Err(fail(ProxyError::StateUnavailable { reason: e.to_string() })),
+    }
     let config = shared.config.load();
     let identity = claims.identity();
     let roles: Vec<String> = config
@@ -87,7 +93,7 @@ pub(super) async fn authenticate(
         db_role: db_role_name(&claims, &roles, &full),
         claims,
         database,
-        roles,
+        roles: ArcSwap::from_pointee(roles),
         client_addr: peer,
         client_params,
     })

@@ -1,0 +1,91 @@
+//! Acts on credentials and locks, shared by the offline admin commands (which write the state store and
+//! the audit log directly) and the API: the records they store and the audit events they write.
+
+use time::{Duration, OffsetDateTime};
+use warden_audit::{EventBody, IdentityRecord, LockRecord};
+use warden_identity::Claims;
+use warden_state::{CredentialRecord, Lock, LockTarget, NewLock};
+
+use crate::proxy::error::fmt_ts;
+
+/// The actor recorded for the offline admin commands: whoever can read the data dir is an admin.
+pub fn local_admin() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "root".into());
+    format!("admin:{user}")
+}
+
+pub fn credential_record(claims: &Claims, issued_by: &str) -> CredentialRecord {
+    CredentialRecord {
+        id: claims.credential_id.clone(),
+        identity: claims.identity().to_string(),
+        requester: claims.requester.as_ref().map(|r| r.to_string()),
+        task: claims.task.clone(),
+        roles: claims.roles.clone(),
+        issued_at: OffsetDateTime::now_utc(),
+        not_after: claims.not_after,
+        issued_by: issued_by.to_string(),
+        revoked_at: None,
+        revoked_by: None,
+        revoke_reason: None,
+    }
+}
+
+pub fn issued_event(claims: &Claims, issued_by: &str, how: &str) -> EventBody {
+    EventBody {
+        event: "credential.issued".into(),
+        identity: Some(crate::proxy::identity_record(claims, &claims.roles)),
+        credential_id: Some(claims.credential_id.clone()),
+        actor: Some(issued_by.to_string()),
+        reason: Some(format!("issued {how}, valid until {}", fmt_ts(claims.not_after))),
+        ..EventBody::default()
+    }
+}
+
+pub fn revoked_event(c: &CredentialRecord) -> EventBody {
+    let (kind, name) = c.identity.split_once(':').unwrap_or(("", &c.identity));
+    EventBody {
+        event: "credential.revoked".into(),
+        identity: Some(IdentityRecord {
+            kind: kind.to_string(),
+            name: name.to_string(),
+            requester: c.requester.clone(),
+            task: c.task.clone(),
+            roles: c.roles.clone(),
+        }),
+        credential_id: Some(c.id.clone()),
+        actor: c.revoked_by.clone(),
+        reason: c.revoke_reason.clone(),
+        ..EventBody::default()
+    }
+}
+
+/// `lock.created` or `lock.removed`.
+pub fn lock_event(event: &str, lock: &Lock, actor: &str) -> EventBody {
+    EventBody {
+        event: event.into(),
+        actor: Some(actor.to_string()),
+        reason: Some(lock.reason.clone()),
+        lock: Some(LockRecord {
+            id: lock.id.clone(),
+            target: lock.target.kind().to_string(),
+            value: lock.target.value().to_string(),
+            expires_at: lock.expires_at.map(fmt_ts),
+        }),
+        ..EventBody::default()
+    }
+}
+
+pub fn new_lock(target: LockTarget, reason: Option<String>, ttl: Option<Duration>, by: &str) -> NewLock {
+    let now = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("0 is a valid nanosecond");
+    NewLock {
+        target,
+        reason: reason.unwrap_or_default(),
+        created_by: by.to_string(),
+        created_at: now,
+        expires_at: ttl.map(|d| now + d),
+    }
+}

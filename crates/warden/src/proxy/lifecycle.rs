@@ -1,0 +1,322 @@
+//! What ends a live session from outside it: locks, revocations, configuration reloads (and, in the
+//! relay, credential expiry). Every live session is registered here with a kill switch; a watcher
+//! re-reads the state store whenever its generation moves (another process wrote a lock) or when told
+//! to (the API wrote one), and the configuration file whenever its bytes change.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::sync::{watch, Notify};
+use warden_state::{Block, Blocklist};
+
+use super::error::{fmt_ts, ProxyError};
+use super::{Session, Shared};
+use crate::deployment;
+
+/// How often the watcher looks at the state store's generation; bounds lock-to-disconnect from
+/// another process (the API's own writes are applied at once).
+const STATE_POLL: Duration = Duration::from_millis(100);
+/// How often the configuration file is compared with what was last loaded.
+const CONFIG_POLL: Duration = Duration::from_millis(500);
+
+/// Why Warden ended a session, for the client (57P01) and for `session.end`.
+#[derive(Debug, Clone)]
+pub struct Kill {
+    pub cause: KillCause,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillCause {
+    Lock,
+    Revocation,
+    Expiry,
+    Reload,
+}
+
+impl KillCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KillCause::Lock => "lock",
+            KillCause::Revocation => "revocation",
+            KillCause::Expiry => "expiry",
+            KillCause::Reload => "reload",
+        }
+    }
+}
+
+impl Kill {
+    pub fn for_block(block: &Block) -> Self {
+        match block {
+            Block::Locked(l) => Kill {
+                cause: KillCause::Lock,
+                message: lock_message(l),
+            },
+            Block::Revoked(c) => Kill {
+                cause: KillCause::Revocation,
+                message: revoked_message(c),
+            },
+        }
+    }
+
+    pub fn expiry(session: &Session) -> Self {
+        Kill {
+            cause: KillCause::Expiry,
+            message: format!(
+                "credential {} expired at {}; get a new one to reconnect",
+                session.claims.credential_id,
+                fmt_ts(session.claims.not_after)
+            ),
+        }
+    }
+}
+
+pub fn lock_message(l: &warden_state::Lock) -> String {
+    let reason = if l.reason.is_empty() {
+        "no reason given"
+    } else {
+        &l.reason
+    };
+    format!(
+        "locked by {} ({}) by {}: {reason}; it lasts until lifted (`warden unlock {}`){}",
+        l.id,
+        l.target,
+        l.created_by,
+        l.id,
+        l.expires_at
+            .map(|t| format!(" or until {}", fmt_ts(t)))
+            .unwrap_or_default()
+    )
+}
+
+pub fn revoked_message(c: &warden_state::CredentialRecord) -> String {
+    format!(
+        "credential {} was revoked by {}: {}; get a new credential to reconnect",
+        c.id,
+        c.revoked_by.as_deref().unwrap_or("an administrator"),
+        c.revoke_reason.as_deref().unwrap_or("no reason given")
+    )
+}
+
+impl From<Block> for ProxyError {
+    fn from(block: Block) -> Self {
+        match block {
+            Block::Locked(l) => ProxyError::Locked {
+                message: lock_message(&l),
+            },
+            Block::Revoked(c) => ProxyError::Revoked {
+                message: revoked_message(&c),
+            },
+        }
+    }
+}
+
+struct Live {
+    session: Arc<Session>,
+    kill: watch::Sender<Option<Kill>>,
+    started_at: OffsetDateTime,
+}
+
+/// The live sessions of this Warden process.
+#[derive(Default)]
+pub struct SessionRegistry {
+    live: Mutex<HashMap<String, Live>>,
+    /// Wakes the watcher at once (after the API changed the state store).
+    pub changed: Notify,
+}
+
+/// A live session as the API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    pub session_id: String,
+    pub identity: String,
+    pub requester: Option<String>,
+    pub task: Option<String>,
+    pub credential_id: String,
+    pub database: String,
+    pub db_user: String,
+    pub roles: Vec<String>,
+    pub client_addr: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+impl SessionRegistry {
+    /// Registers a session; the receiver yields `Some(kill)` when Warden ends it.
+    pub fn register(&self, session: Arc<Session>) -> watch::Receiver<Option<Kill>> {
+        let (tx, rx) = watch::channel(None);
+        let live = Live {
+            session: session.clone(),
+            kill: tx,
+            started_at: OffsetDateTime::now_utc(),
+        };
+        self.lock().insert(session.id.clone(), live);
+        rx
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let mut out: Vec<SessionInfo> = self
+            .lock()
+            .values()
+            .map(|l| {
+                let s = &l.session;
+                SessionInfo {
+                    session_id: s.id.clone(),
+                    identity: s.claims.identity().to_string(),
+                    requester: s.claims.requester.as_ref().map(|r| r.to_string()),
+                    task: s.claims.task.clone(),
+                    credential_id: s.claims.credential_id.clone(),
+                    database: s.database.clone(),
+                    db_user: s.db_role.clone(),
+                    roles: s.roles.load().to_vec(),
+                    client_addr: s.client_addr.to_string(),
+                    started_at: l.started_at,
+                    expires_at: s.claims.not_after,
+                }
+            })
+            .collect();
+        out.sort_by_key(|i| i.started_at);
+        out
+    }
+
+    /// Ends every session for which `judge` returns a kill; returns how many.
+    pub fn end_where(&self, judge: impl Fn(&Session) -> Option<Kill>) -> usize {
+        let live = self.lock();
+        let mut n = 0;
+        for l in live.values() {
+            if l.kill.borrow().is_some() {
+                continue;
+            }
+            if let Some(kill) = judge(&l.session) {
+                tracing::info!(session = %l.session.id, cause = kill.cause.as_str(), reason = %kill.message, "ending session");
+                let _ = l.kill.send(Some(kill));
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Applies a new configuration to live sessions: their roles are recomputed; a session whose identity
+    /// no longer holds any role for its database is ended.
+    pub fn reevaluate(&self, config: &warden_policy::Config) {
+        let ended = self.end_where(|s| {
+            match config.effective_roles(
+                &s.claims.identity(),
+                s.claims.requester.as_ref(),
+                &s.claims.roles,
+                &s.database,
+            ) {
+                Ok(roles) => {
+                    let names: Vec<String> = roles.iter().map(|r| r.name.clone()).collect();
+                    if **s.roles.load() != names {
+                        tracing::info!(session = %s.id, roles = %names.join(","), "roles changed by reload");
+                        s.roles.store(Arc::new(names));
+                    }
+                    None
+                }
+                Err(refusal) => Some(Kill {
+                    cause: KillCause::Reload,
+                    message: format!("the configuration was reloaded and this session may no longer run: {refusal}"),
+                }),
+            }
+        });
+        if ended > 0 {
+            tracing::info!(ended, "configuration reload ended sessions");
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.live.lock().expect("session registry lock poisoned")
+    }
+}
+
+impl Shared {
+    /// The block that applies to `subject` now, read fresh if the store changed since the last read.
+    pub fn block_for(&self, subject: &warden_state::Subject) -> Result<Option<Block>, warden_state::StateError> {
+        let now = OffsetDateTime::now_utc();
+        let list = self.refresh_blocks(now)?;
+        Ok(list.block_for(subject, now))
+    }
+
+    /// Re-reads locks and revocations when the store's generation moved or a lock expired since.
+    fn refresh_blocks(&self, now: OffsetDateTime) -> Result<Arc<Blocklist>, warden_state::StateError> {
+        let current = self.blocks.load_full();
+        let generation = self.state.generation()?;
+        let stale = current.generation != generation || current.next_expiry(now).is_some_and(|t| t <= now);
+        if !stale {
+            return Ok(current);
+        }
+        let fresh = Arc::new(self.state.blocklist(now)?);
+        self.blocks.store(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Ends live sessions that a lock or revocation now covers.
+    pub fn enforce_blocks(&self) -> Result<usize, warden_state::StateError> {
+        let now = OffsetDateTime::now_utc();
+        let list = self.refresh_blocks(now)?;
+        Ok(self
+            .sessions
+            .end_where(|s| list.block_for(&s.subject(), now).map(|b| Kill::for_block(&b))))
+    }
+}
+
+/// Loads the configuration at `path`, swaps it in and applies it to live sessions; a bad file keeps the
+/// running configuration and says why.
+pub fn reload(shared: &Shared, path: &Path, why: &str) -> bool {
+    match deployment::load_config(path) {
+        Ok(new) => {
+            let new = Arc::new(new);
+            shared.config.store(new.clone());
+            tracing::info!(config = %path.display(), trigger = why, "configuration reloaded");
+            shared.sessions.reevaluate(&new);
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), trigger = why, "reload refused; keeping the running configuration");
+            false
+        }
+    }
+}
+
+/// Runs for the life of the process: applies store changes and configuration file changes to live sessions.
+pub async fn watch(shared: Arc<Shared>, config_path: PathBuf) {
+    let mut last_config = std::fs::read(&config_path).ok();
+    let mut config_tick = tokio::time::interval(CONFIG_POLL);
+    config_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut state_tick = tokio::time::interval(STATE_POLL);
+    state_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = state_tick.tick() => {}
+            _ = shared.sessions.changed.notified() => {}
+            _ = config_tick.tick() => {
+                let now = std::fs::read(&config_path).ok();
+                if now.is_some() && now != last_config {
+                    last_config = now;
+                    reload(&shared, &config_path, "file changed");
+                }
+                continue;
+            }
+        }
+        match shared.enforce_blocks() {
+            Ok(_) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::error!(error = %e, "cannot read the state store: new connections are refused until it is readable");
+            }
+            Err(_) => {}
+        }
+    }
+}
