@@ -31,6 +31,9 @@ pub struct ServerSettings {
     pub api_listen: Option<String>,
     pub data_dir: PathBuf,
     pub max_message_size: usize,
+    /// Humans who may manage locks and any credential through the API (the offline commands need
+    /// only access to the data dir).
+    pub admins: Vec<IdentityName>,
     /// Test-only (see raw.rs): statements are forwarded undecided; audit records say so.
     pub danger_disable_statement_checks: bool,
 }
@@ -327,11 +330,27 @@ fn build_server(cx: &Locator, base: &Path, raw: &RawConfig) -> Result<ServerSett
         Some(v) => *v.get_ref(),
         None => default_max_message_size(),
     };
+    let mut admins = Vec::new();
+    for a in &s.admins {
+        let id: IdentityName = a
+            .get_ref()
+            .parse()
+            .map_err(|e| cx.invalid(a, "server.admins", format!("{e}; write admins as \"human:NAME\"")))?;
+        if id.kind != IdentityKind::Human {
+            return Err(cx.invalid(
+                a,
+                "server.admins",
+                format!("{id} is not a human; only humans administer Warden"),
+            ));
+        }
+        admins.push(id);
+    }
     Ok(ServerSettings {
         postgres_listen: s.postgres_listen.get_ref().clone(),
         api_listen: s.api_listen.as_ref().map(|a| a.get_ref().clone()),
         data_dir: clean(&base.join(s.data_dir.as_deref().unwrap_or("."))),
         max_message_size,
+        admins,
         danger_disable_statement_checks: s.danger_disable_statement_checks,
     })
 }

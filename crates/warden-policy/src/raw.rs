@@ -30,6 +30,9 @@ pub(crate) struct RawServer {
     pub api_listen: Option<Spanned<String>>,
     pub data_dir: Option<String>,
     pub max_message_size: Option<Spanned<usize>>,
+    /// Identities (humans) that may manage locks and every credential through the API.
+    #[serde(default)]
+    pub admins: Vec<Spanned<String>>,
     /// Test-only: forward statements without analysing them, to prove PostgreSQL's own privileges
     /// hold on their own. Never set this in a deployment.
     #[serde(default)]

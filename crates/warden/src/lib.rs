@@ -5,6 +5,7 @@
 //! messages in between and records each statement. `cli` is the command line; `cluster` runs a private
 //! PostgreSQL for `warden quickstart` and for the tests.
 
+pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod control;

@@ -22,10 +22,12 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Listener config: Warden's server certificate, client certificates optional (the token path has none).
+/// Listener config: Warden's server certificate, client certificates optional (the token path has none;
+/// the API answers a missing one with a JSON error). `alpn` is `postgresql` or `http/1.1`.
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    alpn: &[u8],
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let provider = provider();
     let verifier = Arc::new(DeferredClientVerifier {
@@ -35,7 +37,7 @@ pub fn server_config(
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -240,9 +240,10 @@ pub fn psql_conninfo(config: &Config, user: &str, database: &str, dir: &Path) ->
 pub fn human_duration(d: Duration) -> String {
     let s = d.whole_seconds();
     match s {
-        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
+        s if s % 86_400 == 0 && s > 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 && s > 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
+        s if s > 60 => format!("{}m{}s", s / 60, s % 60),
         s => format!("{s}s"),
     }
 }

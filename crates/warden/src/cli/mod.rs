@@ -8,8 +8,9 @@ use clap::{Parser, Subcommand};
 use crate::deployment::CaKind;
 
 mod audit;
+mod exec;
 mod init;
-mod issue;
+pub(crate) mod issue;
 mod lock;
 mod quickstart;
 mod start;
@@ -59,6 +60,10 @@ enum Command {
     },
     /// Issue a credential (admin, offline): DIR/identity.crt, identity.key, ca.crt, token, profile.toml.
     Issue(issue::IssueArgs),
+    /// Run a command as an agent acting for you: a task credential is issued through the API, handed to
+    /// the command in PGHOST, PGPORT, PGUSER, PGDATABASE, PGSSL* and DATABASE_URL, and revoked when the
+    /// command exits (its sessions end too). Exits with the command's status.
+    Exec(exec::ExecArgs),
     /// Cut off an identity, a requester (and all its agents), a task, a credential or a session: live
     /// sessions end within a second (57P01), new connections are refused (28000) until the lock is lifted.
     Lock(lock::LockArgs),
@@ -101,6 +106,7 @@ pub fn main() -> ExitCode {
         } => init::export_ca(&config, which),
         Command::Issue(args) => issue::run(&args),
         Command::Audit { command } => audit::run(command),
+        Command::Exec(args) => exec::run(&args),
         Command::Lock(args) => lock::lock(&args),
         Command::Locks { command } => lock::list(command),
         Command::Unlock(args) => lock::unlock(&args),

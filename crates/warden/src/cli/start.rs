@@ -43,6 +43,7 @@ pub fn init_logging() {
 pub struct Server {
     shared: Arc<Shared>,
     listener: TcpListener,
+    api: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     config_path: std::path::PathBuf,
 }
 
@@ -55,14 +56,17 @@ impl Server {
         let cas = Authorities::load(&config.server.data_dir)?;
         let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
         let listen: std::net::SocketAddr = config.server.postgres_listen.parse()?;
-        if !listen.ip().is_unspecified() && !sans.contains(&listen.ip().to_string()) {
-            sans.push(listen.ip().to_string());
+        let api_listen: Option<std::net::SocketAddr> =
+            config.server.api_listen.as_deref().map(str::parse).transpose()?;
+        for ip in std::iter::once(listen.ip()).chain(api_listen.map(|a| a.ip())) {
+            if !ip.is_unspecified() && !sans.contains(&ip.to_string()) {
+                sans.push(ip.to_string());
+            }
         }
         let server_cert = cas.host.issue_server(&sans, SERVER_CERT_VALIDITY)?;
-        let tls_config = tls::server_config(
-            vec![server_cert.cert_der.clone(), cas.host.cert_der()],
-            server_cert.key_der,
-        )?;
+        let chain = vec![server_cert.cert_der.clone(), cas.host.cert_der()];
+        let tls_config = tls::server_config(chain.clone(), server_cert.key_der.clone_key(), b"postgresql")?;
+        let api_tls = tls::server_config(chain, server_cert.key_der, b"http/1.1")?;
         if deployment::audit_mode(&config) == FsyncMode::Off {
             tracing::warn!("audit fsync = \"off\": a crash can lose the records of statements that ran");
         }
@@ -77,10 +81,20 @@ impl Server {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("listening on {listen} (server.postgres_listen)"))?;
+        let api = match api_listen {
+            Some(addr) => Some((
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listening on {addr} (server.api_listen)"))?,
+                tokio_rustls::TlsAcceptor::from(api_tls),
+            )),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             user_ca_verifier: tls::UserCaVerifier::new(cas.user.cert_der())?,
             user_ca: cas.user,
             db_ca: cas.db,
+            host_ca_pem: cas.host.cert_pem().to_string(),
             acceptor: tokio_rustls::TlsAcceptor::from(tls_config),
             config: ArcSwap::from_pointee(config),
             audit,
@@ -94,6 +108,7 @@ impl Server {
         Ok(Server {
             shared,
             listener,
+            api,
             config_path: config_path.to_path_buf(),
         })
     }
@@ -108,6 +123,11 @@ impl Server {
         tracing::info!(listen = %addr, config = %self.config_path.display(), "warden is accepting PostgreSQL connections");
         tokio::spawn(reload_on_hangup(self.shared.clone(), self.config_path.clone()));
         tokio::spawn(proxy::lifecycle::watch(self.shared.clone(), self.config_path.clone()));
+        if let Some((listener, acceptor)) = self.api {
+            let at = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(listen = %at, "warden API is accepting HTTPS requests");
+            tokio::spawn(crate::api::serve(self.shared.clone(), listener, acceptor, stop.clone()));
+        }
         proxy::serve(self.shared, self.listener, stop).await;
         tracing::info!("warden stopped");
     }

@@ -30,6 +30,8 @@ pub struct Shared {
     pub user_ca: CertificateAuthority,
     pub user_ca_verifier: UserCaVerifier,
     pub db_ca: CertificateAuthority,
+    /// PEM of the host CA, which clients trust for Warden's server certificate (handed out with credentials).
+    pub host_ca_pem: String,
     pub audit: AuditHandle,
     pub cancels: cancel::CancelRegistry,
     pub provisioner: backend::Provisioner,

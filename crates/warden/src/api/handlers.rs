@@ -1,0 +1,412 @@
+//! The routes. Who may do what:
+//! - a human or workload issues task credentials for agents acting on its behalf (never beyond its own
+//!   roles or its own credential's lifetime), and revokes credentials it holds or issued to its agents;
+//! - anyone may lock their own sessions and credentials, and `requester` = themselves (all their agents);
+//! - admins (`server.admins`) manage every lock and credential and see every session.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use warden_identity::{parse_duration, IdentityKind, IdentityName};
+use warden_state::{CredentialRecord, Lock, LockTarget};
+
+use super::{ApiError, Caller, OPENAPI};
+use crate::cli::issue::{claims_for, human_duration};
+use crate::control;
+use crate::proxy::error::fmt_ts;
+use crate::proxy::lifecycle::SessionInfo;
+use crate::proxy::Shared;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// An agent's credential lasts this long unless asked otherwise or bounded lower.
+const DEFAULT_TTL: time::Duration = time::Duration::minutes(15);
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/credentials", post(issue).get(list_credentials))
+        .route("/v1/credentials/{id}/revoke", post(revoke))
+        .route("/v1/locks", post(create_lock).get(list_locks))
+        .route("/v1/locks/{id}", axum::routing::delete(remove_lock))
+        .route("/v1/sessions", get(list_sessions))
+        .fallback(super::fallback)
+        .with_state(shared)
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+#[derive(Serialize)]
+struct WhoAmI {
+    identity: String,
+    requester: Option<String>,
+    task: Option<String>,
+    roles: Vec<String>,
+    credential_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    not_after: OffsetDateTime,
+    admin: bool,
+}
+
+async fn whoami(caller: Caller) -> Json<WhoAmI> {
+    let c = &caller.claims;
+    Json(WhoAmI {
+        identity: c.identity().to_string(),
+        requester: c.requester.as_ref().map(|r| r.to_string()),
+        task: c.task.clone(),
+        roles: c.roles.clone(),
+        credential_id: c.credential_id.clone(),
+        not_after: c.not_after,
+        admin: caller.admin,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueRequest {
+    /// The agent's name (`report-bot`); it will act for the caller.
+    agent: String,
+    task: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    /// Default: 15m, or the tightest bound if that is shorter.
+    ttl: Option<String>,
+    /// Which database the connection settings name; default: the first one its roles reach.
+    database: Option<String>,
+}
+
+#[derive(Serialize)]
+struct IssuedCredential {
+    credential_id: String,
+    identity: String,
+    requester: String,
+    task: String,
+    roles: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    not_after: OffsetDateTime,
+    /// PEM: the client certificate and its private key (the key exists only in this response).
+    certificate: String,
+    private_key: String,
+    /// PEM: the CA that signs Warden's server certificate (sslrootcert).
+    ca_certificate: String,
+    /// The same claims as a token, for clients that send it as the password.
+    token: String,
+    /// Where to connect: `host:port` of Warden's PostgreSQL listener, and a database.
+    postgres: String,
+    database: Option<String>,
+}
+
+/// Issues a task credential for an agent acting for the caller, within every delegation bound.
+async fn issue(
+    State(shared): State<Arc<Shared>>,
+    caller: Caller,
+    Json(req): Json<IssueRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let requester = caller.claims.identity();
+    if requester.kind == IdentityKind::Agent {
+        return Err(ApiError::forbidden(format!(
+            "{requester} is an agent; only a human or a workload issues credentials for agents"
+        )));
+    }
+    let agent = IdentityName::new(IdentityKind::Agent, &req.agent).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let explicit_ttl = req
+        .ttl
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?;
+    // Never beyond the human it acts for: its roles are within the caller's credential's roles, and it
+    // ends no later than the caller's credential does.
+    for r in &req.roles {
+        if !caller.claims.roles.contains(r) {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "outside_bounds", format!(
+                "role \"{r}\" is not in your own credential (roles {}); an agent never holds more than the person it acts for",
+                caller.claims.roles.join(", ")
+            )));
+        }
+    }
+    let caller_left = time::Duration::seconds((caller.claims.not_after - OffsetDateTime::now_utc()).whole_seconds());
+    let config = shared.config.load();
+    let ttl = match explicit_ttl {
+        Some(ttl) => ttl,
+        None => {
+            let bound = config.max_ttl(&agent, Some(&requester), &req.roles);
+            DEFAULT_TTL.min(caller_left).min(bound)
+        }
+    };
+    if ttl > caller_left {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "outside_bounds",
+            format!(
+                "ttl {} outlives your own credential, which expires at {}; ask for at most {}",
+                human_duration(ttl),
+                fmt_ts(caller.claims.not_after),
+                human_duration(caller_left)
+            ),
+        ));
+    }
+    let roles: Vec<String> = if req.roles.is_empty() {
+        // By default: every role both may hold that the caller's credential carries.
+        let held = config.identity(&agent).map(|i| i.roles.clone()).unwrap_or_default();
+        held.into_iter().filter(|r| caller.claims.roles.contains(r)).collect()
+    } else {
+        req.roles.clone()
+    };
+    let claims = claims_for(&config, &agent, Some(&requester), Some(&req.task), &roles, ttl).map_err(|e| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "outside_bounds",
+            e.to_string()
+                .replace("--ttl", "ttl")
+                .replace("--task", "task")
+                .replace("--requester", "requester"),
+        )
+    })?;
+    let database = match req.database {
+        Some(db) => {
+            if config
+                .effective_roles(&agent, Some(&requester), &claims.roles, &db)
+                .is_err()
+            {
+                return Err(ApiError::bad_request(format!(
+                    "none of the roles {} reach database \"{db}\"",
+                    claims.roles.join(", ")
+                )));
+            }
+            Some(db)
+        }
+        None => claims
+            .roles
+            .iter()
+            .filter_map(|r| config.role(r))
+            .flat_map(|r| r.databases.first())
+            .next()
+            .cloned(),
+    };
+    let cert = shared
+        .user_ca
+        .issue_client(&claims)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let token = shared
+        .user_ca
+        .sign_token(&claims)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let by = caller.name();
+    shared
+        .state
+        .record_credential(&control::credential_record(&claims, &by))?;
+    shared
+        .audit
+        .append(control::issued_event(&claims, &by, "through the API"))
+        .await
+        .map_err(|e| ApiError::unavailable(format!("the audit log cannot be written ({e}); nothing was issued")))?;
+    tracing::info!(credential = %claims.credential_id, agent = %agent, requester = %requester, task = %req.task, "credential issued");
+    let body = IssuedCredential {
+        credential_id: claims.credential_id.clone(),
+        identity: agent.to_string(),
+        requester: requester.to_string(),
+        task: req.task,
+        roles: claims.roles.clone(),
+        not_after: claims.not_after,
+        certificate: cert.cert_pem,
+        private_key: cert.key_pem,
+        ca_certificate: shared.host_ca_pem.clone(),
+        token,
+        postgres: config.server.postgres_listen.clone(),
+        database,
+    };
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// Whether the caller may act on a credential: its holder, the requester it was issued for, or an admin.
+fn owns_credential(caller: &Caller, c: &CredentialRecord) -> bool {
+    let me = caller.name();
+    caller.admin || c.identity == me || c.requester.as_deref() == Some(me.as_str())
+}
+
+async fn list_credentials(State(shared): State<Arc<Shared>>, caller: Caller) -> ApiResult<Json<Vec<CredentialRecord>>> {
+    let all = shared.state.credentials(OffsetDateTime::now_utc())?;
+    Ok(Json(all.into_iter().filter(|c| owns_credential(&caller, c)).collect()))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    reason: Option<String>,
+}
+
+async fn revoke(
+    State(shared): State<Arc<Shared>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Option<Json<RevokeRequest>>,
+) -> ApiResult<Json<CredentialRecord>> {
+    let Some(existing) = shared.state.credential(&id)? else {
+        return Err(ApiError::not_found(format!("no credential {id} in this deployment")));
+    };
+    if !owns_credential(&caller, &existing) {
+        return Err(ApiError::forbidden(format!(
+            "credential {id} belongs to {}; only its holder, its requester or an admin may revoke it",
+            existing.identity
+        )));
+    }
+    if existing.revoked_at.is_some() {
+        return Ok(Json(existing));
+    }
+    let reason = body
+        .and_then(|Json(b)| b.reason)
+        .unwrap_or_else(|| format!("revoked by {}", caller.name()));
+    let revoked = shared
+        .state
+        .revoke_credential(&id, &caller.name(), &reason, OffsetDateTime::now_utc())?;
+    shared.sessions.changed.notify_one();
+    if let Err(e) = shared.audit.append(control::revoked_event(&revoked)).await {
+        tracing::error!(error = %e, credential = %id, "cannot record credential.revoked");
+    }
+    tracing::info!(credential = %id, by = %caller.name(), "credential revoked");
+    Ok(Json(revoked))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockRequest {
+    /// identity, requester, task, credential or session.
+    target: String,
+    value: String,
+    reason: Option<String>,
+    ttl: Option<String>,
+}
+
+async fn create_lock(
+    State(shared): State<Arc<Shared>>,
+    caller: Caller,
+    Json(req): Json<LockRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let target = LockTarget::from_parts(&req.target, req.value.clone()).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "target \"{}\" is not one of identity, requester, task, credential, session",
+            req.target
+        ))
+    })?;
+    if req.value.trim().is_empty() {
+        return Err(ApiError::bad_request("value is empty: name what to lock"));
+    }
+    let ttl = req
+        .ttl
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?;
+    if !may_lock(&shared, &caller, &target)? {
+        return Err(ApiError::forbidden(format!(
+            "only an admin may lock {target}; you may lock your own sessions and credentials, and requester {}",
+            caller.name()
+        )));
+    }
+    let by = caller.name();
+    let lock = shared
+        .state
+        .create_lock(control::new_lock(target, req.reason, ttl, &by))?;
+    shared.sessions.changed.notify_one();
+    if let Err(e) = shared
+        .audit
+        .append(control::lock_event("lock.created", &lock, &by))
+        .await
+    {
+        tracing::error!(error = %e, lock = %lock.id, "cannot record lock.created");
+    }
+    tracing::info!(lock = %lock.id, target = %lock.target, by = %by, "lock created");
+    Ok((StatusCode::CREATED, Json(lock)))
+}
+
+fn may_lock(shared: &Shared, caller: &Caller, target: &LockTarget) -> ApiResult<bool> {
+    if caller.admin {
+        return Ok(true);
+    }
+    let me = caller.name();
+    Ok(match target {
+        LockTarget::Requester(r) => *r == me,
+        LockTarget::Credential(id) => shared
+            .state
+            .credential(id)?
+            .is_some_and(|c| owns_credential(caller, &c)),
+        LockTarget::Session(id) => shared
+            .sessions
+            .list()
+            .iter()
+            .any(|s| s.session_id == *id && (s.identity == me || s.requester.as_deref() == Some(me.as_str()))),
+        LockTarget::Identity(_) | LockTarget::Task(_) => false,
+    })
+}
+
+#[derive(Deserialize, Default)]
+struct ListLocks {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn list_locks(
+    State(shared): State<Arc<Shared>>,
+    caller: Caller,
+    Query(q): Query<ListLocks>,
+) -> ApiResult<Json<Vec<Lock>>> {
+    let me = caller.name();
+    let locks = shared.state.locks(OffsetDateTime::now_utc(), q.all)?;
+    Ok(Json(
+        locks
+            .into_iter()
+            .filter(|l| caller.admin || l.created_by == me)
+            .collect(),
+    ))
+}
+
+async fn remove_lock(
+    State(shared): State<Arc<Shared>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Lock>> {
+    let Some(lock) = shared.state.lock(&id)? else {
+        return Err(ApiError::not_found(format!("no lock {id}")));
+    };
+    let me = caller.name();
+    if !caller.admin && lock.created_by != me {
+        return Err(ApiError::forbidden(format!(
+            "lock {id} was created by {}; only its creator or an admin may lift it",
+            lock.created_by
+        )));
+    }
+    if lock.removed_at.is_some() {
+        return Ok(Json(lock));
+    }
+    let lifted = shared.state.remove_lock(&id, &me, OffsetDateTime::now_utc())?;
+    shared.sessions.changed.notify_one();
+    if let Err(e) = shared
+        .audit
+        .append(control::lock_event("lock.removed", &lifted, &me))
+        .await
+    {
+        tracing::error!(error = %e, lock = %id, "cannot record lock.removed");
+    }
+    Ok(Json(lifted))
+}
+
+async fn list_sessions(State(shared): State<Arc<Shared>>, caller: Caller) -> Json<Vec<SessionInfo>> {
+    let me = caller.name();
+    let sessions = shared.sessions.list();
+    Json(
+        sessions
+            .into_iter()
+            .filter(|s| caller.admin || s.identity == me || s.requester.as_deref() == Some(me.as_str()))
+            .collect(),
+    )
+}

@@ -1,0 +1,303 @@
+//! `warden exec`: run a command as an agent acting for the human whose credential is in `--identity`.
+//!
+//! 1. Ask the API (mTLS with the human's own certificate) for a task credential for the agent.
+//! 2. Write it to a private temporary directory (0700; the key 0600).
+//! 3. Run the command with libpq's variables and `DATABASE_URL` pointing at it; forward signals.
+//! 4. When the command exits, revoke the credential (its live sessions end too), remove the directory,
+//!    and exit with the command's status.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+#[derive(clap::Args, Debug)]
+pub struct ExecArgs {
+    /// Your own credential directory (from `warden issue`): identity.crt, identity.key, ca.crt, profile.toml.
+    #[arg(long, env = "WARDEN_IDENTITY")]
+    pub identity: PathBuf,
+    /// The agent to run as (its name in warden.toml), acting for you.
+    #[arg(long)]
+    pub agent: String,
+    /// The task this credential is for; it shows in the audit log and can be locked.
+    #[arg(long)]
+    pub task: String,
+    /// Roles for the agent (comma separated). Default: every role the agent may hold that you hold too.
+    #[arg(long, value_delimiter = ',')]
+    pub roles: Vec<String>,
+    /// Lifetime of the agent's credential, e.g. 10m. Bounded by max_ttl and by your own credential.
+    /// Default: 15m, or less if a bound is shorter.
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Database for PGDATABASE and DATABASE_URL. Default: the first one the roles reach.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// What `warden issue` writes to profile.toml (only the parts `exec` needs).
+#[derive(Deserialize)]
+struct Profile {
+    identity: String,
+    api: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Issued {
+    credential_id: String,
+    identity: String,
+    roles: Vec<String>,
+    not_after: String,
+    certificate: String,
+    private_key: String,
+    ca_certificate: String,
+    token: String,
+    postgres: String,
+    database: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorInner,
+}
+
+#[derive(Deserialize)]
+struct ErrorInner {
+    code: String,
+    message: String,
+}
+
+pub fn run(args: &ExecArgs) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(exec(args))
+}
+
+async fn exec(args: &ExecArgs) -> Result<ExitCode> {
+    let profile_path = args.identity.join("profile.toml");
+    let profile: Profile = toml::from_str(
+        &std::fs::read_to_string(&profile_path).with_context(|| format!("reading {}", profile_path.display()))?,
+    )
+    .with_context(|| format!("reading {}", profile_path.display()))?;
+    let Some(api) = profile.api else {
+        bail!(
+            "{} names no API address: the deployment needs server.api_listen in warden.toml, then a credential issued after that",
+            profile_path.display()
+        );
+    };
+    let client = api_client(&args.identity)?;
+    let mut request = serde_json::json!({ "agent": args.agent, "task": args.task });
+    if let Some(ttl) = &args.ttl {
+        request["ttl"] = ttl.clone().into();
+    }
+    if !args.roles.is_empty() {
+        request["roles"] = args.roles.clone().into();
+    }
+    if let Some(db) = &args.database {
+        request["database"] = db.clone().into();
+    }
+    let issued: Issued = call(client.post(format!("{api}/v1/credentials")).json(&request)).await?;
+    let dir = tempfile::Builder::new()
+        .prefix("warden-exec-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()
+        .context("creating a private directory for the agent's credential")?;
+    write_private(&dir.path().join("identity.crt"), &issued.certificate, 0o644)?;
+    write_private(&dir.path().join("ca.crt"), &issued.ca_certificate, 0o644)?;
+    write_private(&dir.path().join("token"), &issued.token, 0o600)?;
+    write_private(&dir.path().join("identity.key"), &issued.private_key, 0o600)?;
+    eprintln!(
+        "warden: {} acting for {} on task {} (credential {}, roles {}, until {})",
+        issued.identity,
+        profile.identity,
+        args.task,
+        issued.credential_id,
+        issued.roles.join(","),
+        issued.not_after
+    );
+
+    let env = environment(&issued, &args.agent, dir.path(), args.database.as_deref())?;
+    let status = run_child(&args.command, &env).await;
+
+    // Revoke whatever happened to the command: the credential must not outlive it.
+    let reason = match &status {
+        Ok(code) => format!("warden exec: the command exited ({})", describe(*code)),
+        Err(e) => format!("warden exec: the command could not run ({e})"),
+    };
+    let revoked: Result<serde_json::Value> = call(
+        client
+            .post(format!("{api}/v1/credentials/{}/revoke", issued.credential_id))
+            .json(&serde_json::json!({ "reason": reason })),
+    )
+    .await;
+    drop(dir);
+    if let Err(e) = revoked {
+        eprintln!(
+            "warden: could not revoke credential {} ({e:#}); it stays valid until {}. Revoke it with `warden revoke {}`",
+            issued.credential_id, issued.not_after, issued.credential_id
+        );
+    }
+    let code = status?;
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// An HTTPS client that presents the credential in `dir` and trusts only its Warden's CA.
+fn api_client(dir: &Path) -> Result<reqwest::Client> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = dir.join("ca.crt");
+    roots.add(CertificateDer::from_pem_file(&ca).with_context(|| format!("reading {}", ca.display()))?)?;
+    let cert = dir.join("identity.crt");
+    let chain = vec![CertificateDer::from_pem_file(&cert).with_context(|| format!("reading {}", cert.display()))?];
+    let key_path = dir.join("identity.key");
+    let key = PrivateKeyDer::from_pem_file(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
+    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?)
+}
+
+/// Sends a request; an API error becomes its message.
+async fn call<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder) -> Result<T> {
+    let resp = req.send().await.context("calling Warden's API")?;
+    let status = resp.status();
+    let text = resp.text().await.context("reading Warden's API response")?;
+    if !status.is_success() {
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(e) => bail!("{} ({})", e.error.message, e.error.code),
+            Err(_) => bail!("Warden's API answered {status}: {text}"),
+        }
+    }
+    serde_json::from_str(&text).with_context(|| format!("unexpected API response: {text}"))
+}
+
+fn write_private(path: &Path, contents: &str, mode: u32) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// The variables libpq-based and native drivers read (PRODUCT.md §3), and `DATABASE_URL`.
+fn environment(issued: &Issued, agent: &str, dir: &Path, database: Option<&str>) -> Result<Vec<(String, String)>> {
+    let (host, port) = issued
+        .postgres
+        .rsplit_once(':')
+        .with_context(|| format!("the API gave no port in {:?}", issued.postgres))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    // A wildcard listener is reached on loopback from this machine.
+    let host = match host {
+        "0.0.0.0" => "127.0.0.1",
+        "::" => "::1",
+        h => h,
+    };
+    let database = database
+        .map(str::to_string)
+        .or_else(|| issued.database.clone())
+        .unwrap_or_else(|| agent.to_string());
+    let path = |f: &str| dir.join(f).display().to_string();
+    let mut url = url::Url::parse("postgresql://localhost").expect("a constant URL parses");
+    let url_host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    url.set_host(Some(&url_host))?;
+    url.set_port(Some(
+        port.parse()
+            .with_context(|| format!("bad port in {:?}", issued.postgres))?,
+    ))
+    .map_err(|_| anyhow::anyhow!("cannot set the port"))?;
+    url.set_username(agent)
+        .map_err(|_| anyhow::anyhow!("cannot set the user"))?;
+    url.set_path(&database);
+    url.query_pairs_mut()
+        .append_pair("sslmode", "verify-full")
+        .append_pair("sslcert", &path("identity.crt"))
+        .append_pair("sslkey", &path("identity.key"))
+        .append_pair("sslrootcert", &path("ca.crt"));
+    Ok(vec![
+        ("PGHOST".into(), host.to_string()),
+        ("PGPORT".into(), port.to_string()),
+        ("PGUSER".into(), agent.to_string()),
+        ("PGDATABASE".into(), database),
+        ("PGSSLMODE".into(), "verify-full".into()),
+        ("PGSSLCERT".into(), path("identity.crt")),
+        ("PGSSLKEY".into(), path("identity.key")),
+        ("PGSSLROOTCERT".into(), path("ca.crt")),
+        ("DATABASE_URL".into(), url.to_string()),
+        ("WARDEN_CREDENTIAL_ID".into(), issued.credential_id.clone()),
+    ])
+}
+
+/// Runs the command, forwarding the usual termination and job signals; returns its exit code
+/// (128 + the signal when a signal ended it, as shells report it).
+async fn run_child(command: &[String], env: &[(String, String)]) -> Result<i32> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut child = tokio::process::Command::new(&command[0])
+        .args(&command[1..])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        // A password from the caller's environment must not reach the agent.
+        .env_remove("PGPASSWORD")
+        .env_remove("PGSERVICE")
+        .spawn()
+        .with_context(|| format!("starting {}", command[0]))?;
+    let pid = child.id().context("the command exited before it could be watched")? as i32;
+    let kinds = [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+        SignalKind::quit(),
+        SignalKind::user_defined1(),
+        SignalKind::user_defined2(),
+    ];
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<i32>();
+    for kind in kinds {
+        let mut s = signal(kind)?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                if tx.send(kind.as_raw_value()).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status?,
+            Some(sig) = rx.recv() => {
+                // SAFETY: kill(2) with the pid of our own child, which has not been reaped yet.
+                unsafe { libc::kill(pid, sig) };
+            }
+        }
+    };
+    use std::os::unix::process::ExitStatusExt;
+    Ok(match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        (None, None) => 1,
+    })
+}
+
+fn describe(code: i32) -> String {
+    if code > 128 {
+        format!("signal {}", code - 128)
+    } else {
+        format!("status {code}")
+    }
+}
