@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -152,28 +152,12 @@ impl Harness {
 
     /// Audit events as stored, through `warden audit search --json`.
     pub fn audit(&self, args: &[&str]) -> Vec<Value> {
-        let out = run_ok(
-            Command::new(WARDEN)
-                .args(["audit", "search", "--json", "--config"])
-                .arg(&self.config)
-                .args(args),
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("audit search prints JSON lines"))
-            .collect()
+        audit_in(&self.config, args)
     }
 
     /// Polls the audit log until `pred` holds for some event (query.result is written just after the reply).
     pub fn wait_for_event(&self, args: &[&str], pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(e) = self.audit(args).into_iter().find(|e| pred(e)) {
-                return e;
-            }
-            assert!(Instant::now() < deadline, "no matching audit event for {args:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_event_in(&self.config, args, pred)
     }
 
     pub fn warden_log(&self) -> String {
@@ -214,6 +198,11 @@ impl Harness {
 
 /// Starts `warden start --config CONFIG`, logging to `log`, and waits for its port.
 pub fn spawn_warden(config: &Path, log: &Path, port: u16) -> anyhow::Result<u32> {
+    Ok(spawn_warden_child(config, log, port)?.id())
+}
+
+/// As [`spawn_warden`], keeping the child so that a test can stop it and wait for it to exit.
+pub fn spawn_warden_child(config: &Path, log: &Path, port: u16) -> anyhow::Result<Child> {
     let child = Command::new(WARDEN)
         .args(["start", "--config"])
         .arg(config)
@@ -224,7 +213,64 @@ pub fn spawn_warden(config: &Path, log: &Path, port: u16) -> anyhow::Result<u32>
     let pid = child.id();
     watchdog(&format!("kill {pid}"));
     wait_for_port(port, log);
-    Ok(pid)
+    Ok(child)
+}
+
+/// A Warden of its own on the shared deployment (same CAs, same state store), for tests that reload,
+/// restart or stop it: the harness config with another port and another audit log.
+pub struct WardenCopy {
+    pub config: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Harness {
+    /// Writes `DEPLOY/<stem>-N.toml`: the harness config with a free port and `audit/<stem>-N.jsonl`,
+    /// after `edit` (which must change what it means to change). Does not start it.
+    pub fn warden_copy(&self, stem: &str, edit: impl Fn(String) -> String) -> WardenCopy {
+        let port = free_port().unwrap();
+        let config = unique_dir(&self.deploy, stem).with_extension("toml");
+        let name = config.file_stem().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let listen = format!("127.0.0.1:{}\"", self.warden_port);
+        assert!(text.contains(&listen) && text.contains("fsync = \"batch\""), "{text}");
+        let text = text.replace(&listen, &format!("127.0.0.1:{port}\"")).replace(
+            "fsync = \"batch\"",
+            &format!("fsync = \"batch\"\npath = \"audit/{name}.jsonl\""),
+        );
+        std::fs::write(&config, edit(text)).unwrap();
+        WardenCopy {
+            log: self.root.join(format!("{name}.log")),
+            config,
+            port,
+        }
+    }
+}
+
+/// Audit events of the deployment behind `config`, through `warden audit search --json`.
+pub fn audit_in(config: &Path, args: &[&str]) -> Vec<Value> {
+    let out = run_ok(
+        Command::new(WARDEN)
+            .args(["audit", "search", "--json", "--config"])
+            .arg(config)
+            .args(args),
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit search prints JSON lines"))
+        .collect()
+}
+
+/// Polls the audit log behind `config` until `pred` holds for some event.
+pub fn wait_for_event_in(config: &Path, args: &[&str], pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(e) = audit_in(config, args).into_iter().find(|e| pred(e)) {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "no matching audit event for {args:?} in {}", config.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 impl Harness {
@@ -250,6 +296,34 @@ impl Harness {
             port
         })
     }
+}
+
+/// How and when a connection ended: the outcome of tokio-postgres's connection future (an unsolicited
+/// FATAL from the server is its `Err`), stamped the moment it resolved.
+#[derive(Debug)]
+pub struct Ended {
+    pub at: Instant,
+    pub wall: time::OffsetDateTime,
+    pub result: Result<(), tokio_postgres::Error>,
+}
+
+/// As [`connect_with`], returning the connection task so that a test can see when and why it ended.
+pub async fn connect_watched(
+    cfg: &tokio_postgres::Config,
+    server_ca: &Path,
+    client_cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<Ended>), tokio_postgres::Error> {
+    let tls = tls_config(server_ca, client_cert);
+    let (client, conn) = cfg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls)).await?;
+    let ended = tokio::spawn(async move {
+        let result = conn.await;
+        Ended {
+            at: Instant::now(),
+            wall: time::OffsetDateTime::now_utc(),
+            result,
+        }
+    });
+    Ok((client, ended))
 }
 
 pub async fn connect_with(
@@ -341,6 +415,25 @@ roles = ["analyst"]
 name = "report-bot"
 roles = ["analyst", "writer"]
 max_ttl = "15m"
+
+# For lifecycle.rs: identities that its locks may cut off without touching other tests.
+[[human]]
+name = "dave"
+roles = ["analyst"]
+traits = {{ region = "eu" }}
+
+[[human]]
+name = "erin"
+roles = ["analyst"]
+traits = {{ region = "eu" }}
+
+[[agent]]
+name = "lock-bot"
+roles = ["analyst"]
+
+[[agent]]
+name = "dave-bot"
+roles = ["analyst"]
 
 [[workload]]
 name = "billing"
