@@ -156,6 +156,6 @@ async fn reload_on_hangup(shared: Arc<Shared>, path: std::path::PathBuf) {
         return;
     };
     while hup.recv().await.is_some() {
-        proxy::lifecycle::reload(&shared, &path, "SIGHUP");
+        proxy::lifecycle::reload(&shared, &path, "SIGHUP").await;
     }
 }

@@ -15,11 +15,10 @@ mod provision;
 pub use connect::{Upstream, UpstreamStream};
 pub use provision::{grant_statements, Provisioner};
 
-/// How long the certificate Warden logs in with is valid: only the login itself needs it.
-const LOGIN_CERT_VALIDITY: Duration = Duration::minutes(5);
-
-/// Provisions (when the grants changed) and opens the session's upstream connection.
-pub async fn open(shared: &Arc<Shared>, session: &Session) -> Result<Upstream, ProxyError> {
+/// Makes the session's PostgreSQL role hold exactly the grants and row filters of its current roles
+/// (nothing happens when they are unchanged). Also run for live sessions after a reload changed their
+/// roles, so that PostgreSQL's own privileges follow the new configuration too.
+pub async fn provision(shared: &Shared, session: &Session) -> Result<warden_policy::DatabaseConfig, ProxyError> {
     let config = shared.config.load();
     let db = config
         .database(&session.database)
@@ -51,7 +50,15 @@ pub async fn open(shared: &Arc<Shared>, session: &Session) -> Result<Upstream, P
         .provisioner
         .ensure(&shared.db_ca, &db, &session.db_role, &grants, &filters)
         .await?;
+    Ok(db)
+}
 
+/// How long the certificate Warden logs in with is valid: only the login itself needs it.
+const LOGIN_CERT_VALIDITY: Duration = Duration::minutes(5);
+
+/// Provisions (when the grants changed) and opens the session's upstream connection.
+pub async fn open(shared: &Arc<Shared>, session: &Session) -> Result<Upstream, ProxyError> {
+    let db = provision(shared, session).await?;
     let (client_cert, password) = match db.upstream_auth {
         UpstreamAuth::Cert => {
             let cert = shared
@@ -80,7 +87,7 @@ pub async fn open(shared: &Arc<Shared>, session: &Session) -> Result<Upstream, P
         Arc::new(tls),
         session,
         password.as_deref(),
-        config.server.max_message_size,
+        shared.config.load().server.max_message_size,
     )
     .await
 }
