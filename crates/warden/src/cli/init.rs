@@ -77,6 +77,9 @@ postgres_listen = "127.0.0.1:6432"
 api_listen      = "127.0.0.1:3080"
 # CAs, state and the audit log. Relative paths are relative to this file.
 data_dir        = "."
+# Humans who may lock anything and revoke any credential through the API. (The offline commands,
+# `warden lock`, `warden revoke`, need only access to this deployment's files.)
+# admins = ["human:alice"]
 
 [audit]
 # "always": fsync every record; "batch": group commit, a statement waits for its batch to be on disk;

@@ -96,6 +96,7 @@ fn setup(dir: &Path, port: u16) -> Result<LocalCluster> {
     println!("  loaded the sample shop (customers, orders); Warden provisions through the non-superuser role {ADMIN}");
     let config = QUICKSTART_CONFIG
         .replace("{listen}", &format!("127.0.0.1:{port}"))
+        .replace("{api_listen}", &format!("127.0.0.1:{}", free_port()?))
         .replace("{pg_port}", &pg_port.to_string())
         .replace("{server_ca}", &cluster.server_ca_path().display().to_string());
     super::init::write_new(&dir.join("warden.toml"), &config)?;
@@ -156,6 +157,21 @@ fn print_next_steps(config: &warden_policy::Config, config_path: &Path, agent_di
     println!("     PostgreSQL sees it (42501, the rule named), and records the denial:");
     println!("     psql \"{agent}\" -c \"SELECT email FROM customers\"");
     println!();
+    if config.server.api_listen.is_some() {
+        println!();
+        println!("  4. Run a program as an agent acting for alice, with a task credential that dies with it:");
+        println!(
+            "     {exe} exec --identity {} --agent report-bot --task demo-2 -- psql -c \"SELECT count(*) FROM orders\"",
+            alice_dir.display()
+        );
+        println!();
+        println!("  5. Cut the agent off: its live sessions end within a second, new ones are refused:");
+        println!(
+            "     {exe} lock --config {} --task quickstart-demo --reason \"trying locks\"   (then: {exe} locks list, {exe} unlock ID)",
+            config_path.display()
+        );
+    }
+    println!();
     println!("  As alice herself:  psql \"{alice}\"");
     println!("  A new agent credential: {exe} issue --config {} --kind agent --name report-bot --requester human:alice --task quickstart-demo --out {} --force", config_path.display(), agent_dir.display());
     println!();
@@ -182,6 +198,8 @@ INSERT INTO public.orders (customer_id, status, total, region) VALUES
 const QUICKSTART_CONFIG: &str = r#"# Written by `warden quickstart`. See `warden init` for a fully commented sample.
 [server]
 postgres_listen = "{listen}"
+api_listen = "{api_listen}"
+admins = ["human:alice"]
 data_dir = "."
 
 [audit]

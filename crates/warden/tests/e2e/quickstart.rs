@@ -56,6 +56,19 @@ fn quickstart_then_psql_as_agent_then_audit_search() {
         .arg("SELECT id, status, total, region FROM orders ORDER BY id")
         .output()
         .unwrap();
+    // Step 4, as printed: warden exec runs psql as the agent acting for alice.
+    let exec_line = printed.iter().find(|l| l.contains(" exec --identity ")).cloned();
+    let exec = exec_line.as_deref().map(|l| {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(l.trim());
+        // psql as the printed command names it, from the same installation the tests use.
+        let path = format!(
+            "{}:{}",
+            psql_bin().parent().unwrap().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        cmd.env("PATH", path).output().unwrap()
+    });
     let audit = Command::new(WARDEN)
         .args([
             "audit",
@@ -76,6 +89,19 @@ fn quickstart_then_psql_as_agent_then_audit_search() {
         stderr(&out)
     );
     assert!(stdout(&out).starts_with("1|paid|10.00|eu\n"), "{}", stdout(&out));
+    let exec = exec.unwrap_or_else(|| panic!("no warden exec command printed:\n{text}"));
+    assert!(
+        exec.status.success(),
+        "the printed warden exec failed: {}\n{text}",
+        stderr(&exec)
+    );
+    // alice's region: 2 of the 4 orders, through row-level security on the agent's own role.
+    assert_eq!(
+        stdout(&exec).split_whitespace().find(|w| w.parse::<u32>().is_ok()),
+        Some("2"),
+        "{}",
+        stdout(&exec)
+    );
     let events: Vec<serde_json::Value> = stdout(&audit)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
