@@ -5,6 +5,7 @@ mod api;
 mod audit;
 mod common;
 mod connect;
+mod lifecycle;
 mod quickstart;
 mod redteam;
 mod refusals;

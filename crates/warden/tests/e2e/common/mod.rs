@@ -268,7 +268,11 @@ pub fn wait_for_event_in(config: &Path, args: &[&str], pred: impl Fn(&Value) -> 
         if let Some(e) = audit_in(config, args).into_iter().find(|e| pred(e)) {
             return e;
         }
-        assert!(Instant::now() < deadline, "no matching audit event for {args:?} in {}", config.display());
+        assert!(
+            Instant::now() < deadline,
+            "no matching audit event for {args:?} in {}",
+            config.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
