@@ -479,3 +479,29 @@ async fn api_locks_end_live_sessions_and_only_admins_lock_others() {
     });
     w.wait_for_event(&["--event", "lock.removed"], |e| e["lock"]["id"] == id);
 }
+
+#[test]
+fn exec_forwards_signals_and_exits_with_the_commands_status() {
+    use std::io::{BufRead, BufReader};
+    let w = api_warden();
+    let alice = w.issue("human", "alice", &["--ttl", "1h"]);
+    let task = format!("T-sig-{}", uuid::Uuid::new_v4().simple());
+    let mut child = Command::new(WARDEN)
+        .args(["exec", "--identity"])
+        .arg(&alice)
+        .args(["--agent", "report-bot", "--task", &task, "--", "sh", "-c"])
+        .arg("trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.05; done")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "got-term");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(42));
+    // And the credential was revoked on the way out.
+    let revoked = w.wait_for_event(&["--event", "credential.revoked", "--task", &task], |_| true);
+    assert!(revoked["reason"].as_str().unwrap().contains("status 42"), "{revoked}");
+}
