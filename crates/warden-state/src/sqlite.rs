@@ -82,6 +82,11 @@ impl SqliteStore {
         &self.path
     }
 
+    /// SQLite's own consistency check: "ok" when the file is sound.
+    pub fn integrity_check(&self) -> Result<String> {
+        self.with(|c| c.query_row("PRAGMA integrity_check", [], |r| r.get(0)))
+    }
+
     fn err(&self, source: rusqlite::Error) -> StateError {
         StateError::Sqlite {
             path: self.path.display().to_string(),

@@ -183,3 +183,58 @@ fn two_handles_see_each_others_writes() {
     assert_eq!(a.generation().unwrap(), g + 1);
     assert_eq!(a.blocklist(now()).unwrap().locks.len(), 1);
 }
+
+/// A writer killed with SIGKILL mid-stream leaves a sound file in which every write happened whole: each
+/// write bumps the generation in the same transaction as its row, so the two counts must agree.
+#[test]
+fn a_writer_killed_mid_write_leaves_only_whole_writes() {
+    const VAR: &str = "WARDEN_STATE_CRASH_WRITER";
+    if let Ok(path) = std::env::var(VAR) {
+        let s = SqliteStore::open(std::path::Path::new(&path)).unwrap();
+        for i in 0u64.. {
+            if i % 2 == 0 {
+                s.record_credential(&credential(&format!("c{i}"), now() + Duration::hours(1)))
+                    .unwrap();
+            } else {
+                s.create_lock(NewLock {
+                    target: LockTarget::Task(format!("T-{i}")),
+                    reason: "x".repeat(2000),
+                    created_by: "admin".into(),
+                    created_at: now(),
+                    expires_at: None,
+                })
+                .unwrap();
+            }
+        }
+        unreachable!();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warden.db");
+    let observer = SqliteStore::open(&path).unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "tests::a_writer_killed_mid_write_leaves_only_whole_writes",
+            "--test-threads=1",
+        ])
+        .env(VAR, &path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while observer.generation().unwrap() < 40 {
+        assert!(std::time::Instant::now() < deadline, "the writer made no progress");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    drop(observer);
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.integrity_check().unwrap(), "ok");
+    let far = now() - Duration::days(1);
+    let writes = s.credentials(far).unwrap().len() + s.locks(far, true).unwrap().len();
+    assert!(writes >= 40);
+    assert_eq!(s.generation().unwrap(), writes as u64);
+    assert!(s.locks(far, true).unwrap().iter().all(|l| l.reason.len() == 2000));
+}
