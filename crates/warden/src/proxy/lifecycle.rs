@@ -252,16 +252,14 @@ impl Shared {
     /// The block that applies to `subject` now, read fresh if the store changed since the last read.
     pub fn block_for(&self, subject: &warden_state::Subject) -> Result<Option<Block>, warden_state::StateError> {
         let now = OffsetDateTime::now_utc();
-        let list = self.refresh_blocks(now)?;
-        Ok(list.block_for(subject, now))
+        Ok(self.refresh_blocks(now)?.block_for(subject, now))
     }
 
     /// Re-reads locks and revocations when the store's generation moved or a lock expired since.
     fn refresh_blocks(&self, now: OffsetDateTime) -> Result<Arc<Blocklist>, warden_state::StateError> {
         let current = self.blocks.load_full();
         let generation = self.state.generation()?;
-        let stale = current.generation != generation || current.next_expiry(now).is_some_and(|t| t <= now);
-        if !stale {
+        if current.generation == generation && !current.next_expiry(now).is_some_and(|t| t <= now) {
             return Ok(current);
         }
         let fresh = Arc::new(self.state.blocklist(now)?);
@@ -269,10 +267,15 @@ impl Shared {
         Ok(fresh)
     }
 
-    /// Ends live sessions that a lock or revocation now covers.
-    pub fn enforce_blocks(&self) -> Result<usize, warden_state::StateError> {
+    /// Ends live sessions that a lock or revocation covers, if the store changed since the generation
+    /// `swept` (sessions are checked when they register, and an expiring lock only ever unblocks).
+    pub fn enforce_blocks(&self, swept: &mut u64) -> Result<usize, warden_state::StateError> {
         let now = OffsetDateTime::now_utc();
         let list = self.refresh_blocks(now)?;
+        if list.generation == *swept {
+            return Ok(0);
+        }
+        *swept = list.generation;
         Ok(self
             .sessions
             .end_where(|s| list.block_for(&s.subject(), now).map(|b| Kill::for_block(&b))))
@@ -327,6 +330,7 @@ pub async fn watch(shared: Arc<Shared>, config_path: PathBuf) {
     let mut state_tick = tokio::time::interval(STATE_POLL);
     state_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut failing = false;
+    let mut swept = u64::MAX;
     loop {
         tokio::select! {
             _ = state_tick.tick() => {}
@@ -340,7 +344,7 @@ pub async fn watch(shared: Arc<Shared>, config_path: PathBuf) {
                 continue;
             }
         }
-        match shared.enforce_blocks() {
+        match shared.enforce_blocks(&mut swept) {
             Ok(_) => failing = false,
             Err(e) if !failing => {
                 failing = true;
