@@ -307,6 +307,13 @@ async fn stored_lines_follow_the_documented_rule() {
         duration_us: Some(120),
         error: Some("none".into()),
         query_id: Some(7),
+        actor: Some("human:alice".into()),
+        lock: Some(crate::LockRecord {
+            id: "lk_1".into(),
+            target: "task".into(),
+            value: "T-1".into(),
+            expires_at: None,
+        }),
     };
     log.append(full.clone()).await.unwrap();
     log.append(body("session.end", "bot")).await.unwrap();
@@ -342,6 +349,8 @@ async fn stored_lines_follow_the_documented_rule() {
         "duration_us",
         "error",
         "query_id",
+        "actor",
+        "lock",
         "prev_hash",
         "hash",
     ];

@@ -141,8 +141,8 @@ pub fn list(command: LocksCommand) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<19}  {:<8}  {:<10}  {:<28}  {:<20}  {:<20}  {}",
-        "ID", "STATE", "TARGET", "VALUE", "CREATED", "EXPIRES", "REASON"
+        "{:<19}  {:<8}  {:<10}  {:<28}  {:<20}  {:<20}  REASON",
+        "ID", "STATE", "TARGET", "VALUE", "CREATED", "EXPIRES"
     );
     for l in &locks {
         println!(

@@ -259,7 +259,7 @@ impl Shared {
     fn refresh_blocks(&self, now: OffsetDateTime) -> Result<Arc<Blocklist>, warden_state::StateError> {
         let current = self.blocks.load_full();
         let generation = self.state.generation()?;
-        if current.generation == generation && !current.next_expiry(now).is_some_and(|t| t <= now) {
+        if current.generation == generation && current.next_expiry(now).is_none_or(|t| t > now) {
             return Ok(current);
         }
         let fresh = Arc::new(self.state.blocklist(now)?);

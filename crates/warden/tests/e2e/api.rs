@@ -497,7 +497,11 @@ fn exec_forwards_signals_and_exits_with_the_commands_status() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
-    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert_eq!(lines.next().unwrap().unwrap(), "got-term");
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(42));

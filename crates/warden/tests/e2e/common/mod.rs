@@ -225,9 +225,9 @@ pub struct WardenCopy {
 }
 
 impl Harness {
-    /// Writes `DEPLOY/<stem>-N.toml`: the harness config with a free port and `audit/<stem>-N.jsonl`,
-    /// after `edit` (which must change what it means to change). Does not start it.
-    pub fn warden_copy(&self, stem: &str, edit: impl Fn(String) -> String) -> WardenCopy {
+    /// Writes `DEPLOY/<stem>-N.toml`: the harness config with a free port and `audit/<stem>-N.jsonl`.
+    /// Does not start it (`spawn_warden_child`).
+    pub fn warden_copy(&self, stem: &str) -> WardenCopy {
         let port = free_port().unwrap();
         let config = unique_dir(&self.deploy, stem).with_extension("toml");
         let name = config.file_stem().unwrap().to_string_lossy().into_owned();
@@ -238,7 +238,7 @@ impl Harness {
             "fsync = \"batch\"",
             &format!("fsync = \"batch\"\npath = \"audit/{name}.jsonl\""),
         );
-        std::fs::write(&config, edit(text)).unwrap();
+        std::fs::write(&config, text).unwrap();
         WardenCopy {
             log: self.root.join(format!("{name}.log")),
             config,
@@ -438,6 +438,16 @@ roles = ["analyst"]
 [[agent]]
 name = "dave-bot"
 roles = ["analyst"]
+
+# For lifecycle.rs's reload test, whose Warden takes roles away from them (their PostgreSQL role is theirs alone).
+[[human]]
+name = "frank"
+roles = ["analyst", "writer"]
+traits = {{ region = "eu" }}
+
+[[agent]]
+name = "reload-bot"
+roles = ["analyst", "writer"]
 
 [[workload]]
 name = "billing"
