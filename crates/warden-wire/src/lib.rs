@@ -133,13 +133,25 @@ pub(crate) fn write_tagged(buf: &mut BytesMut, tag: u8, f: impl FnOnce(&mut Byte
     buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
+/// A C string field. A NUL inside `s` would end the field early and let the rest be read as further
+/// fields (another startup parameter, another error field), so the value is cut at its first NUL.
+/// Callers validate their inputs; this is the last line.
 pub(crate) fn put_cstr(buf: &mut BytesMut, s: &str) {
-    buf.extend_from_slice(s.as_bytes());
+    let bytes = s.as_bytes();
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    buf.extend_from_slice(&bytes[..end]);
     buf.extend_from_slice(&[0]);
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_nul_inside_a_cstring_cannot_add_fields() {
+        let mut buf = bytes::BytesMut::new();
+        super::put_cstr(&mut buf, "T-1\0client_encoding\0SJIS");
+        assert_eq!(&buf[..], b"T-1\0");
+    }
+
     use super::*;
 
     #[test]

@@ -86,6 +86,21 @@ pub fn new_lock(target: LockTarget, reason: Option<String>, ttl: Option<Duration
         reason: reason.unwrap_or_default(),
         created_by: by.to_string(),
         created_at: now,
-        expires_at: ttl.map(|d| now + d),
+        expires_at: ttl.map(|d| now + d.min(MAX_LOCK_TTL)),
     }
 }
+
+/// Checks free text that travels into certificates, PostgreSQL settings and error messages: printable
+/// (no control characters, so no NUL and no line breaks), at most `max` characters.
+pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), String> {
+    if value.chars().any(char::is_control) {
+        return Err(format!("{field} contains control characters; use printable text"));
+    }
+    if value.chars().count() > max {
+        return Err(format!("{field} is longer than {max} characters"));
+    }
+    Ok(())
+}
+
+/// The longest lock anyone may set with a TTL; longer means "until lifted", so say that instead.
+pub const MAX_LOCK_TTL: Duration = Duration::days(3650);

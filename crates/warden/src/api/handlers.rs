@@ -1,8 +1,12 @@
 //! The routes. Who may do what:
 //! - a human or workload issues task credentials for agents acting on its behalf (never beyond its own
 //!   roles or its own credential's lifetime), and revokes credentials it holds or issued to its agents;
-//! - anyone may lock their own sessions and credentials, and `requester` = themselves (all their agents);
-//! - admins (`server.admins`) manage every lock and credential and see every session.
+//! - anyone may lock their own sessions and credentials, and a human or workload `requester` =
+//!   themselves (all their agents);
+//! - an agent's own is only what its credential covers: the agent name is shared by every requester
+//!   who runs it, so it never reaches another requester's credentials or sessions;
+//! - admins (`server.admins`) manage every lock and credential and see every session;
+//! - a locked or revoked caller may still revoke and lift its own locks (calls that only take access away).
 
 use std::sync::Arc;
 
@@ -16,7 +20,7 @@ use time::OffsetDateTime;
 use warden_identity::{parse_duration, IdentityKind, IdentityName};
 use warden_state::{CredentialRecord, Lock, LockTarget};
 
-use super::{ApiError, Caller, OPENAPI};
+use super::{AnyCaller, ApiError, ApiJson, Caller, OPENAPI};
 use crate::cli::issue::{claims_for, human_duration};
 use crate::control;
 use crate::proxy::error::fmt_ts;
@@ -37,6 +41,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/locks", post(create_lock).get(list_locks))
         .route("/v1/locks/{id}", axum::routing::delete(remove_lock))
         .route("/v1/sessions", get(list_sessions))
+        .method_not_allowed_fallback(super::method_not_allowed)
         .fallback(super::fallback)
         .with_state(shared)
 }
@@ -109,7 +114,7 @@ struct IssuedCredential {
 async fn issue(
     State(shared): State<Arc<Shared>>,
     caller: Caller,
-    Json(req): Json<IssueRequest>,
+    ApiJson(req): ApiJson<IssueRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let requester = caller.claims.identity();
     if requester.kind == IdentityKind::Agent {
@@ -118,6 +123,12 @@ async fn issue(
         )));
     }
     let agent = IdentityName::new(IdentityKind::Agent, &req.agent).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if req.task.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "task is empty: an agent credential is issued for a task",
+        ));
+    }
+    control::check_text("task", &req.task, 128).map_err(ApiError::bad_request)?;
     let explicit_ttl = req
         .ttl
         .as_deref()
@@ -136,12 +147,29 @@ async fn issue(
     }
     let caller_left = time::Duration::seconds((caller.claims.not_after - OffsetDateTime::now_utc()).whole_seconds());
     let config = shared.config.load();
+    let roles: Vec<String> = if req.roles.is_empty() {
+        // By default: every role the agent may hold that the caller's credential carries.
+        let held = config.identity(&agent).map(|i| i.roles.clone()).unwrap_or_default();
+        let roles: Vec<String> = held.into_iter().filter(|r| caller.claims.roles.contains(r)).collect();
+        if roles.is_empty() && config.identity(&agent).is_some() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "outside_bounds",
+                format!(
+                    "none of {agent}'s roles are in your own credential (roles {}); an agent never holds more than the person it acts for",
+                    caller.claims.roles.join(", ")
+                ),
+            ));
+        }
+        roles
+    } else {
+        req.roles.clone()
+    };
     let ttl = match explicit_ttl {
         Some(ttl) => ttl,
-        None => {
-            let bound = config.max_ttl(&agent, Some(&requester), &req.roles);
-            DEFAULT_TTL.min(caller_left).min(bound)
-        }
+        None => DEFAULT_TTL
+            .min(caller_left)
+            .min(config.max_ttl(&agent, Some(&requester), &roles)),
     };
     if ttl > caller_left {
         return Err(ApiError::new(
@@ -155,13 +183,6 @@ async fn issue(
             ),
         ));
     }
-    let roles: Vec<String> = if req.roles.is_empty() {
-        // By default: every role both may hold that the caller's credential carries.
-        let held = config.identity(&agent).map(|i| i.roles.clone()).unwrap_or_default();
-        held.into_iter().filter(|r| caller.claims.roles.contains(r)).collect()
-    } else {
-        req.roles.clone()
-    };
     let claims = claims_for(&config, &agent, Some(&requester), Some(&req.task), &roles, ttl).map_err(|e| {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -193,6 +214,15 @@ async fn issue(
             .next()
             .cloned(),
     };
+    // A credential a lock would refuse at once is not issued (a locked agent, task or requester).
+    match shared.block_for(&crate::proxy::subject(&claims)) {
+        Ok(None) => {}
+        Ok(Some(block)) => {
+            let e: crate::proxy::error::ProxyError = block.into();
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "locked", e.to_string()));
+        }
+        Err(e) => return Err(ApiError::unavailable(format!("cannot read Warden's state store: {e}"))),
+    }
     let cert = shared
         .user_ca
         .issue_client(&claims)
@@ -228,10 +258,29 @@ async fn issue(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-/// Whether the caller may act on a credential: its holder, the requester it was issued for, or an admin.
+/// Whether the caller may act on a credential: its holder, the requester it was issued for, or an
+/// admin. An agent holds only its own credential: its name is shared by every requester who runs it.
 fn owns_credential(caller: &Caller, c: &CredentialRecord) -> bool {
+    if caller.admin {
+        return true;
+    }
+    if caller.is_agent() {
+        return c.id == caller.claims.credential_id;
+    }
     let me = caller.name();
-    caller.admin || c.identity == me || c.requester.as_deref() == Some(me.as_str())
+    c.identity == me || c.requester.as_deref() == Some(me.as_str())
+}
+
+/// Whether the caller may see or lock a live session (same rule as for credentials).
+fn owns_session(caller: &Caller, s: &SessionInfo) -> bool {
+    if caller.admin {
+        return true;
+    }
+    if caller.is_agent() {
+        return s.credential_id == caller.claims.credential_id;
+    }
+    let me = caller.name();
+    s.identity == me || s.requester.as_deref() == Some(me.as_str())
 }
 
 async fn list_credentials(State(shared): State<Arc<Shared>>, caller: Caller) -> ApiResult<Json<Vec<CredentialRecord>>> {
@@ -247,10 +296,17 @@ struct RevokeRequest {
 
 async fn revoke(
     State(shared): State<Arc<Shared>>,
-    caller: Caller,
+    AnyCaller(caller): AnyCaller,
     Path(id): Path<String>,
-    body: Option<Json<RevokeRequest>>,
+    body: axum::body::Bytes,
 ) -> ApiResult<Json<CredentialRecord>> {
+    // The body is optional: none, or {"reason": "..."}.
+    let body: RevokeRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RevokeRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("body: {e}; send {{\"reason\": \"...\"}} or nothing")))?
+    };
     let Some(existing) = shared.state.credential(&id)? else {
         return Err(ApiError::not_found(format!("no credential {id} in this deployment")));
     };
@@ -263,9 +319,8 @@ async fn revoke(
     if existing.revoked_at.is_some() {
         return Ok(Json(existing));
     }
-    let reason = body
-        .and_then(|Json(b)| b.reason)
-        .unwrap_or_else(|| format!("revoked by {}", caller.name()));
+    let reason = body.reason.unwrap_or_else(|| format!("revoked by {}", caller.name()));
+    control::check_text("reason", &reason, 1000).map_err(ApiError::bad_request)?;
     let revoked = shared
         .state
         .revoke_credential(&id, &caller.name(), &reason, OffsetDateTime::now_utc())?;
@@ -290,9 +345,27 @@ struct LockRequest {
 async fn create_lock(
     State(shared): State<Arc<Shared>>,
     caller: Caller,
-    Json(req): Json<LockRequest>,
+    ApiJson(req): ApiJson<LockRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let target = LockTarget::from_parts(&req.target, req.value.clone()).ok_or_else(|| {
+    // Identities are written canonically, so that a lock matches what connections present.
+    let value = match req.target.as_str() {
+        "identity" | "requester" => req
+            .value
+            .trim()
+            .parse::<IdentityName>()
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "value: {e}; write identities as KIND:NAME, e.g. agent:report-bot"
+                ))
+            })?
+            .to_string(),
+        _ => req.value.clone(),
+    };
+    control::check_text("value", &value, 256).map_err(ApiError::bad_request)?;
+    if let Some(r) = &req.reason {
+        control::check_text("reason", r, 1000).map_err(ApiError::bad_request)?;
+    }
+    let target = LockTarget::from_parts(&req.target, value).ok_or_else(|| {
         ApiError::bad_request(format!(
             "target \"{}\" is not one of identity, requester, task, credential, session",
             req.target
@@ -300,6 +373,13 @@ async fn create_lock(
     })?;
     if req.value.trim().is_empty() {
         return Err(ApiError::bad_request("value is empty: name what to lock"));
+    }
+    if let LockTarget::Credential(id) = &target {
+        if shared.state.credential(id)?.is_none() {
+            return Err(ApiError::not_found(format!(
+                "no credential {id} is recorded in this deployment; lock its identity or task instead"
+            )));
+        }
     }
     let ttl = req
         .ttl
@@ -335,7 +415,8 @@ fn may_lock(shared: &Shared, caller: &Caller, target: &LockTarget) -> ApiResult<
     }
     let me = caller.name();
     Ok(match target {
-        LockTarget::Requester(r) => *r == me,
+        // An agent is never a requester; its name is shared, so it may not lock it either.
+        LockTarget::Requester(r) => !caller.is_agent() && *r == me,
         LockTarget::Credential(id) => shared
             .state
             .credential(id)?
@@ -344,7 +425,7 @@ fn may_lock(shared: &Shared, caller: &Caller, target: &LockTarget) -> ApiResult<
             .sessions
             .list()
             .iter()
-            .any(|s| s.session_id == *id && (s.identity == me || s.requester.as_deref() == Some(me.as_str()))),
+            .any(|s| s.session_id == *id && owns_session(caller, s)),
         LockTarget::Identity(_) | LockTarget::Task(_) => false,
     })
 }
@@ -372,7 +453,7 @@ async fn list_locks(
 
 async fn remove_lock(
     State(shared): State<Arc<Shared>>,
-    caller: Caller,
+    AnyCaller(caller): AnyCaller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Lock>> {
     let Some(lock) = shared.state.lock(&id)? else {
@@ -401,12 +482,6 @@ async fn remove_lock(
 }
 
 async fn list_sessions(State(shared): State<Arc<Shared>>, caller: Caller) -> Json<Vec<SessionInfo>> {
-    let me = caller.name();
     let sessions = shared.sessions.list();
-    Json(
-        sessions
-            .into_iter()
-            .filter(|s| caller.admin || s.identity == me || s.requester.as_deref() == Some(me.as_str()))
-            .collect(),
-    )
+    Json(sessions.into_iter().filter(|s| owns_session(&caller, s)).collect())
 }

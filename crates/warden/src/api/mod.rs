@@ -100,19 +100,43 @@ async fn connection(shared: Arc<Shared>, app: Router, acceptor: TlsAcceptor, tcp
 #[derive(Clone)]
 struct Presented(Arc<Result<Claims, ApiError>>);
 
-/// The authenticated caller of a request.
+/// The authenticated caller of a request, not locked or revoked.
 pub struct Caller {
     pub claims: Claims,
     pub admin: bool,
 }
 
+/// A caller that may be locked or revoked: for the calls that only take access away (revoking a
+/// credential, lifting one's own lock), which a blocked caller must still be able to make.
+pub struct AnyCaller(pub Caller);
+
 impl Caller {
     pub fn name(&self) -> String {
         self.claims.identity().to_string()
     }
+
+    pub fn is_agent(&self) -> bool {
+        self.claims.kind == warden_identity::IdentityKind::Agent
+    }
 }
 
 impl FromRequestParts<Arc<Shared>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, ApiError> {
+        let caller = AnyCaller::from_request_parts(parts, shared).await?.0;
+        match shared.block_for(&crate::proxy::subject(&caller.claims)) {
+            Ok(None) => Ok(caller),
+            Ok(Some(block)) => {
+                let e: crate::proxy::error::ProxyError = block.into();
+                Err(ApiError::new(StatusCode::FORBIDDEN, "locked", e.to_string()))
+            }
+            Err(e) => Err(ApiError::unavailable(format!("cannot read Warden's state store: {e}"))),
+        }
+    }
+}
+
+impl FromRequestParts<Arc<Shared>> for AnyCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, ApiError> {
@@ -126,14 +150,6 @@ impl FromRequestParts<Arc<Shared>> for Caller {
                 crate::proxy::error::fmt_ts(claims.not_after)
             )));
         }
-        match shared.block_for(&crate::proxy::subject(&claims)) {
-            Ok(None) => {}
-            Ok(Some(block)) => {
-                let e: crate::proxy::error::ProxyError = block.into();
-                return Err(ApiError::new(StatusCode::FORBIDDEN, "locked", e.to_string()));
-            }
-            Err(e) => return Err(ApiError::unavailable(format!("cannot read Warden's state store: {e}"))),
-        }
         let config = shared.config.load();
         let identity = claims.identity();
         if config.identity(&identity).is_none() {
@@ -142,7 +158,7 @@ impl FromRequestParts<Arc<Shared>> for Caller {
             )));
         }
         let admin = config.server.admins.contains(&identity);
-        Ok(Caller { claims, admin })
+        Ok(AnyCaller(Caller { claims, admin }))
     }
 }
 
@@ -220,6 +236,33 @@ impl From<warden_state::StateError> for ApiError {
             other => ApiError::unavailable(format!("Warden's state store: {other}")),
         }
     }
+}
+
+/// A JSON body whose rejections (bad JSON, unknown fields, wrong content type) are API errors too.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(ApiError::new(rejection.status(), "bad_request", rejection.body_text())),
+        }
+    }
+}
+
+/// A known path with a method it does not serve.
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not served on {}; GET /openapi.json lists the API",
+            req.method(),
+            req.uri().path()
+        ),
+    )
 }
 
 /// Requests the router does not know get the JSON error shape too.

@@ -78,6 +78,9 @@ pub fn run(args: &ExecArgs) -> Result<ExitCode> {
 }
 
 async fn exec(args: &ExecArgs) -> Result<ExitCode> {
+    // Signals are caught from the start: one that arrives while the credential is being issued or
+    // written must not kill `warden exec` before it can revoke.
+    let mut signals = Signals::install()?;
     let profile_path = args.identity.join("profile.toml");
     let profile: Profile = toml::from_str(
         &std::fs::read_to_string(&profile_path).with_context(|| format!("reading {}", profile_path.display()))?,
@@ -101,32 +104,21 @@ async fn exec(args: &ExecArgs) -> Result<ExitCode> {
         request["database"] = db.clone().into();
     }
     let issued: Issued = call(client.post(format!("{api}/v1/credentials")).json(&request)).await?;
+
+    // From here on, every way out revokes the credential.
     let dir = tempfile::Builder::new()
         .prefix("warden-exec-")
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .tempdir()
-        .context("creating a private directory for the agent's credential")?;
-    write_private(&dir.path().join("identity.crt"), &issued.certificate, 0o644)?;
-    write_private(&dir.path().join("ca.crt"), &issued.ca_certificate, 0o644)?;
-    write_private(&dir.path().join("token"), &issued.token, 0o600)?;
-    write_private(&dir.path().join("identity.key"), &issued.private_key, 0o600)?;
-    eprintln!(
-        "warden: {} acting for {} on task {} (credential {}, roles {}, until {})",
-        issued.identity,
-        profile.identity,
-        args.task,
-        issued.credential_id,
-        issued.roles.join(","),
-        issued.not_after
-    );
-
-    let env = environment(&issued, &args.agent, dir.path(), args.database.as_deref())?;
-    let status = run_child(&args.command, &env).await;
-
-    // Revoke whatever happened to the command: the credential must not outlive it.
-    let reason = match &status {
+        .tempdir();
+    let outcome = match &dir {
+        Ok(dir) => run_as_agent(args, &profile.identity, &issued, dir.path(), &mut signals).await,
+        Err(e) => Err(anyhow::anyhow!(
+            "creating a private directory for the agent's credential: {e}"
+        )),
+    };
+    let reason = match &outcome {
         Ok(code) => format!("warden exec: the command exited ({})", describe(*code)),
-        Err(e) => format!("warden exec: the command could not run ({e})"),
+        Err(e) => format!("warden exec: the command could not run ({e:#})"),
     };
     let revoked: Result<serde_json::Value> = call(
         client
@@ -141,8 +133,35 @@ async fn exec(args: &ExecArgs) -> Result<ExitCode> {
             issued.credential_id, issued.not_after, issued.credential_id
         );
     }
-    let code = status?;
+    let code = outcome?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// Writes the credential into `dir` and runs the command with it; returns the command's exit code.
+async fn run_as_agent(
+    args: &ExecArgs,
+    requester: &str,
+    issued: &Issued,
+    dir: &Path,
+    signals: &mut Signals,
+) -> Result<i32> {
+    write_private(&dir.join("identity.crt"), &issued.certificate, 0o644)?;
+    write_private(&dir.join("ca.crt"), &issued.ca_certificate, 0o644)?;
+    write_private(&dir.join("token"), &issued.token, 0o600)?;
+    write_private(&dir.join("identity.key"), &issued.private_key, 0o600)?;
+    eprintln!(
+        "warden: {} acting for {requester} on task {} (credential {}, roles {}, until {})",
+        issued.identity,
+        args.task,
+        issued.credential_id,
+        issued.roles.join(","),
+        issued.not_after
+    );
+    let env = environment(issued, &args.agent, dir, args.database.as_deref())?;
+    if let Some(sig) = signals.pending() {
+        bail!("interrupted by signal {sig} before the command started");
+    }
+    run_child(&args.command, &env, signals).await
 }
 
 /// An HTTPS client that presents the credential in `dir` and trusts only its Warden's CA.
@@ -244,43 +263,73 @@ fn environment(issued: &Issued, agent: &str, dir: &Path, database: Option<&str>)
     ])
 }
 
-/// Runs the command, forwarding the usual termination and job signals; returns its exit code
-/// (128 + the signal when a signal ended it, as shells report it).
-async fn run_child(command: &[String], env: &[(String, String)]) -> Result<i32> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut child = tokio::process::Command::new(&command[0])
-        .args(&command[1..])
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        // A password from the caller's environment must not reach the agent.
-        .env_remove("PGPASSWORD")
-        .env_remove("PGSERVICE")
-        .spawn()
-        .with_context(|| format!("starting {}", command[0]))?;
-    let pid = child.id().context("the command exited before it could be watched")? as i32;
-    let kinds = [
-        SignalKind::interrupt(),
-        SignalKind::terminate(),
-        SignalKind::hangup(),
-        SignalKind::quit(),
-        SignalKind::user_defined1(),
-        SignalKind::user_defined2(),
-    ];
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<i32>();
-    for kind in kinds {
-        let mut s = signal(kind)?;
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while s.recv().await.is_some() {
-                if tx.send(kind.as_raw_value()).is_err() {
-                    break;
+/// The signals `warden exec` catches and passes on to the command.
+struct Signals {
+    rx: tokio::sync::mpsc::UnboundedReceiver<i32>,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let kinds = [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+            SignalKind::quit(),
+            SignalKind::user_defined1(),
+            SignalKind::user_defined2(),
+        ];
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<i32>();
+        for kind in kinds {
+            let mut s = signal(kind)?;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    if tx.send(kind.as_raw_value()).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            });
+        }
+        Ok(Signals { rx })
     }
+
+    /// A signal that arrived and was not passed on yet.
+    fn pending(&mut self) -> Option<i32> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// Whether this process runs in the foreground of a terminal: then the terminal delivers Ctrl-C
+/// (SIGINT) and Ctrl-\ (SIGQUIT) to the command itself, and passing them on would deliver them twice.
+fn terminal_delivers_interrupts() -> bool {
+    // SAFETY: tcgetpgrp and getpgrp only read process state.
+    unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
+}
+
+/// Runs the command, passing on termination and job signals; returns its exit code (128 + the signal
+/// when a signal ended it, as shells report it).
+async fn run_child(command: &[String], env: &[(String, String)], signals: &mut Signals) -> Result<i32> {
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    // Nothing of the caller's own connection settings or credential reaches the agent: only its own.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("PG") || k.starts_with("WARDEN_") || k == "DATABASE_URL" {
+            cmd.env_remove(k.as_ref());
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", command[0]))?;
+    let pid = child.id().context("the command exited before it could be watched")? as i32;
+    let from_terminal = terminal_delivers_interrupts();
     let status = loop {
         tokio::select! {
             status = child.wait() => break status?,
-            Some(sig) = rx.recv() => {
+            Some(sig) = signals.rx.recv() => {
+                if from_terminal && (sig == libc::SIGINT || sig == libc::SIGQUIT) {
+                    continue;
+                }
                 // SAFETY: kill(2) with the pid of our own child, which has not been reaped yet.
                 unsafe { libc::kill(pid, sig) };
             }

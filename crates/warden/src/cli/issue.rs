@@ -107,6 +107,9 @@ pub fn claims_for(
             if task.is_none_or(|t| t.trim().is_empty()) {
                 bail!("an agent credential is issued for a task: pass --task ID");
             }
+            if let Some(t) = task {
+                crate::control::check_text("the task id", t, 128).map_err(anyhow::Error::msg)?;
+            }
             Some(rc.roles.clone())
         }
         (_, Some(_)) => bail!("--requester is for agents; {identity} acts for itself"),

@@ -95,6 +95,10 @@ pub fn lock(args: &LockArgs) -> Result<ExitCode> {
     if target.value().trim().is_empty() {
         bail!("the {} to lock is empty", target.kind());
     }
+    control::check_text(target.kind(), target.value(), 256).map_err(anyhow::Error::msg)?;
+    if let Some(r) = &args.reason {
+        control::check_text("--reason", r, 1000).map_err(anyhow::Error::msg)?;
+    }
     let ttl = args.ttl.as_deref().map(parse_duration).transpose()?;
     if ttl.is_some_and(|d| !d.is_positive()) {
         bail!("--ttl must be longer than zero");
@@ -184,6 +188,7 @@ pub fn revoke(args: &RevokeArgs) -> Result<ExitCode> {
         .reason
         .clone()
         .unwrap_or_else(|| "revoked by an administrator".into());
+    control::check_text("--reason", &reason, 1000).map_err(anyhow::Error::msg)?;
     let c = state.revoke_credential(&args.credential_id, &actor, &reason, OffsetDateTime::now_utc())?;
     if before.is_some_and(|b| b.revoked_at.is_some()) {
         println!("{} was already revoked.", c.id);

@@ -206,10 +206,14 @@ impl SessionRegistry {
         n
     }
 
+    /// The live sessions.
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        self.lock().values().map(|l| l.session.clone()).collect()
+    }
+
     /// Applies a new configuration to live sessions: their roles are recomputed; a session whose identity
-    /// no longer holds any role for its database is ended. Returns the sessions whose roles changed.
-    pub fn reevaluate(&self, config: &warden_policy::Config) -> Vec<Arc<Session>> {
-        let changed = Mutex::new(Vec::new());
+    /// no longer holds any role for its database is ended.
+    pub fn reevaluate(&self, config: &warden_policy::Config) {
         let ended = self.end_where(|s| {
             match config.effective_roles(
                 &s.claims.identity(),
@@ -222,7 +226,6 @@ impl SessionRegistry {
                     if **s.roles.load() != names {
                         tracing::info!(session = %s.id, roles = %names.join(","), "roles changed by reload");
                         s.roles.store(Arc::new(names));
-                        changed.lock().expect("not shared").push(s.id.clone());
                     }
                     None
                 }
@@ -235,12 +238,6 @@ impl SessionRegistry {
         if ended > 0 {
             tracing::info!(ended, "configuration reload ended sessions");
         }
-        let changed = changed.into_inner().expect("not shared");
-        let live = self.lock();
-        changed
-            .iter()
-            .filter_map(|id| live.get(id).map(|l| l.session.clone()))
-            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
@@ -285,39 +282,45 @@ impl Shared {
 /// Loads the configuration at `path`, swaps it in and applies it to live sessions; a bad file keeps the
 /// running configuration and says why.
 ///
-/// Statements after the swap are decided under the new roles at once; then the PostgreSQL roles of
-/// sessions whose roles changed are provisioned again, so that PostgreSQL's own privileges follow. A
-/// session whose role cannot be brought in line is ended (fail closed).
-pub async fn reload(shared: &Shared, path: &Path, why: &str) -> bool {
+/// Statements after the swap are decided under the new roles at once. Then, in the background (so that
+/// a slow PostgreSQL never holds up locks and revocations), the PostgreSQL role of every live session is
+/// provisioned again: grants and row filters follow role, filter and trait changes (nothing is done
+/// where they are unchanged). A session whose role cannot be brought in line is ended (fail closed).
+pub async fn reload(shared: &Arc<Shared>, path: &Path, why: &str) -> bool {
     match deployment::load_config(path) {
         Ok(new) => {
             let new = Arc::new(new);
             shared.config.store(new.clone());
             tracing::info!(config = %path.display(), trigger = why, "configuration reloaded");
-            let changed = shared.sessions.reevaluate(&new);
-            let mut done: Vec<&str> = Vec::new();
-            for s in &changed {
-                if done.contains(&s.db_role.as_str()) {
-                    continue;
-                }
-                done.push(&s.db_role);
-                if let Err(e) = super::backend::provision(shared, s).await {
-                    tracing::error!(session = %s.id, db_role = %s.db_role, error = %e, "cannot apply reloaded grants in PostgreSQL");
-                    let message =
-                        format!("the configuration was reloaded and PostgreSQL could not be brought in line: {e}");
-                    shared.sessions.end_where(|x| {
-                        (x.db_role == s.db_role).then(|| Kill {
-                            cause: KillCause::Reload,
-                            message: message.clone(),
-                        })
-                    });
-                }
-            }
+            shared.sessions.reevaluate(&new);
+            tokio::spawn(reprovision(shared.clone()));
             true
         }
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), trigger = why, "reload refused; keeping the running configuration");
             false
+        }
+    }
+}
+
+/// Provisions the PostgreSQL role of each live session again, once per distinct role.
+async fn reprovision(shared: Arc<Shared>) {
+    let mut done: Vec<(String, String)> = Vec::new();
+    for s in shared.sessions.sessions() {
+        let key = (s.database.clone(), s.db_role.clone());
+        if done.contains(&key) {
+            continue;
+        }
+        done.push(key);
+        if let Err(e) = super::backend::provision(&shared, &s).await {
+            tracing::error!(session = %s.id, db_role = %s.db_role, error = %e, "cannot apply reloaded grants in PostgreSQL");
+            let message = format!("the configuration was reloaded and PostgreSQL could not be brought in line: {e}");
+            shared.sessions.end_where(|x| {
+                (x.db_role == s.db_role && x.database == s.database).then(|| Kill {
+                    cause: KillCause::Reload,
+                    message: message.clone(),
+                })
+            });
         }
     }
 }

@@ -125,12 +125,12 @@ type Queue = Arc<Mutex<VecDeque<Pending>>>;
 
 pub async fn run(
     shared: Arc<Shared>,
-    session: Session,
+    session: Arc<Session>,
+    mut kill: watch::Receiver<Option<Kill>>,
     client: Framed<ClientStream>,
     upstream: Upstream,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let session = Arc::new(session);
     let cancel_key = shared.cancels.register(CancelTarget {
         host: upstream.host.clone(),
         port: upstream.port,
@@ -152,12 +152,14 @@ pub async fn run(
         fatal(&e, &mut buf);
         let _ = write_flush(&mut client_wr, &buf).await;
         shared.cancels.remove(cancel_key);
+        shared.sessions.remove(&session.id);
         return;
     }
     let mut hello = BytesMut::new();
     greeting(&upstream.params, cancel_key, &mut hello);
     if write_flush(&mut client_wr, &hello).await.is_err() {
         shared.cancels.remove(cancel_key);
+        shared.sessions.remove(&session.id);
         return;
     }
     tracing::info!(session = %session.id, identity = %session.claims.identity(), db_role = %session.db_role, database = %session.database, "session started");
@@ -192,7 +194,6 @@ pub async fn run(
         max,
     };
     let draining = drain(&mut shutdown, to_client.queue.clone());
-    let mut kill = shared.sessions.register(session.clone());
     let expiry = expires(&session);
     // A lock written between authentication and registration would otherwise be missed.
     let early = shared
@@ -214,7 +215,7 @@ pub async fn run(
     shared.sessions.remove(&session.id);
     if matches!(end, End::Killed(_)) && !to_client.queue.lock().expect("relay queue lock poisoned").is_empty() {
         // A statement is running: stop it in PostgreSQL too, not only the client's view of it.
-        let _ = shared.cancels.cancel(cancel_key.0, cancel_key.1).await;
+        let _ = tokio::time::timeout(KILL_IO_TIMEOUT, shared.cancels.cancel(cancel_key.0, cancel_key.1)).await;
     }
     let farewell = match &end {
         End::Shutdown => Some((
@@ -238,9 +239,10 @@ pub async fn run(
             hint: None,
         }
         .encode(&mut buf);
-        let _ = write_flush(&mut to_client.wr, &buf).await;
+        // A client that stops reading must not hold the session open.
+        let _ = tokio::time::timeout(KILL_IO_TIMEOUT, write_flush(&mut to_client.wr, &buf)).await;
     }
-    let _ = to_client.wr.shutdown().await;
+    let _ = tokio::time::timeout(KILL_IO_TIMEOUT, to_client.wr.shutdown()).await;
     shared.cancels.remove(cancel_key);
     let mut body = session.event("session.end");
     body.reason = Some(end.reason());
@@ -280,6 +282,9 @@ async fn drain(shutdown: &mut watch::Receiver<bool>, queue: Queue) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// How long the farewell, the shutdown and the cancel of an ended session may take.
+const KILL_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long a stopping Warden waits for a session's statements in flight.
 const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);

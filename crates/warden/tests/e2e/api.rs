@@ -509,3 +509,105 @@ fn exec_forwards_signals_and_exits_with_the_commands_status() {
     let revoked = w.wait_for_event(&["--event", "credential.revoked", "--task", &task], |_| true);
     assert!(revoked["reason"].as_str().unwrap().contains("status 42"), "{revoked}");
 }
+
+/// Writes an API-issued credential to a directory the test clients can use.
+fn save_issued(body: &Value) -> PathBuf {
+    let dir = unique_dir(&harness().root, "api-issued");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("identity.crt"), body["certificate"].as_str().unwrap()).unwrap();
+    std::fs::write(dir.join("identity.key"), body["private_key"].as_str().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.crt"), body["ca_certificate"].as_str().unwrap()).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn agents_reach_only_their_own_credential_and_inputs_are_checked() {
+    let w = api_warden();
+    let alice = w.issue("human", "alice", &["--ttl", "1h"]);
+    let bob = w.issue("human", "bob", &["--ttl", "1h"]);
+    let issue = |cred: &Path, body: Value| {
+        let c = client(cred, true);
+        let url = format!("{}/v1/credentials", w.api);
+        async move { call(c.post(url).json(&body)).await }
+    };
+    let (status, for_alice) = issue(&alice, serde_json::json!({"agent": "report-bot", "task": "T-own-a"})).await;
+    assert_eq!(status, 201, "{for_alice}");
+    let (status, for_bob) = issue(&bob, serde_json::json!({"agent": "report-bot", "task": "T-own-b"})).await;
+    assert_eq!(status, 201, "{for_bob}");
+    let agent = client(&save_issued(&for_alice), true);
+
+    // The agent name is shared by alice's and bob's report-bot: the agent sees and revokes only its own.
+    let (status, listed) = call(agent.get(format!("{}/v1/credentials", w.api))).await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![for_alice["credential_id"].as_str().unwrap()]);
+    let bobs = for_bob["credential_id"].as_str().unwrap();
+    let (status, body) = call(agent.post(format!("{}/v1/credentials/{bobs}/revoke", w.api))).await;
+    assert_eq!(status, 403, "{body}");
+    for (target, value) in [("requester", "agent:report-bot"), ("credential", bobs)] {
+        let (status, body) = call(
+            agent
+                .post(format!("{}/v1/locks", w.api))
+                .json(&serde_json::json!({"target": target, "value": value})),
+        )
+        .await;
+        assert_eq!(status, 403, "{target}: {body}");
+    }
+
+    // A narrow credential: none of lock-bot's roles (analyst) are in alice's (writer only).
+    let narrow = w.issue("human", "alice", &["--ttl", "1h", "--roles", "writer"]);
+    let (status, body) = issue(&narrow, serde_json::json!({"agent": "lock-bot", "task": "T-n"})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("outside_bounds")),
+        "{body}"
+    );
+
+    // Text that would travel into PostgreSQL settings and messages must be printable.
+    let (status, body) = issue(
+        &alice,
+        serde_json::json!({"agent": "report-bot", "task": "x\u{0}client_encoding\u{0}SJIS"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    let admin = client(&alice, true);
+    let (status, body) = call(
+        admin
+            .post(format!("{}/v1/locks", w.api))
+            .json(&serde_json::json!({"target": "identity", "value": "report-bot"})),
+    )
+    .await;
+    assert_eq!(status, 400, "an identity without its kind would match nothing: {body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("KIND:NAME"),
+        "{body}"
+    );
+    // Malformed JSON and unknown methods answer in the JSON error shape too.
+    let (status, body) = call(
+        admin
+            .post(format!("{}/v1/locks", w.api))
+            .header("content-type", "application/json")
+            .body("{"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    let (status, body) = call(admin.put(format!("{}/v1/sessions", w.api))).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (405, Some("method_not_allowed")),
+        "{body}"
+    );
+}

@@ -27,7 +27,23 @@ pub async fn provision(shared: &Shared, session: &Session) -> Result<warden_poli
             reason: "no longer configured".into(),
         })?
         .clone();
-    let current = session.roles.load();
+    // Until the roles provisioned are the session's current ones: a reload may change them meanwhile.
+    loop {
+        let current = session.roles.load_full();
+        ensure_roles(shared, session, &config, &db, &current).await?;
+        if Arc::ptr_eq(&current, &session.roles.load_full()) {
+            return Ok(db);
+        }
+    }
+}
+
+async fn ensure_roles(
+    shared: &Shared,
+    session: &Session,
+    config: &warden_policy::Config,
+    db: &warden_policy::DatabaseConfig,
+    current: &[String],
+) -> Result<(), ProxyError> {
     let roles: Vec<_> = current.iter().filter_map(|r| config.role(r)).collect();
     let grants = config.grants(&roles);
     // Row filters use the requester's traits for an agent, the identity's own otherwise.
@@ -48,9 +64,8 @@ pub async fn provision(shared: &Shared, session: &Session) -> Result<warden_poli
         })?;
     shared
         .provisioner
-        .ensure(&shared.db_ca, &db, &session.db_role, &grants, &filters)
-        .await?;
-    Ok(db)
+        .ensure(&shared.db_ca, db, &session.db_role, &grants, &filters)
+        .await
 }
 
 /// How long the certificate Warden logs in with is valid: only the login itself needs it.

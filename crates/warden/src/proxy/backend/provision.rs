@@ -171,6 +171,9 @@ async fn connect_admin(
         .user(&url.admin_user)
         .dbname(&url.dbname)
         .application_name("warden provisioner")
+        // Bounded waits: provisioning must never hang a reload or a login behind a long lock.
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .options("-c lock_timeout=10s -c statement_timeout=30s")
         .ssl_mode(tokio_postgres::config::SslMode::Require);
     let client_cert = match &url.admin_password {
         Some(pw) => {
@@ -200,16 +203,30 @@ async fn apply(
     grants: &GrantSet,
     filters: &BTreeMap<String, String>,
 ) -> Result<(), ApplyError> {
-    let existing = client
+    // Several Warden instances may provision in one database: concurrent GRANTs on one table fail
+    // ("tuple concurrently updated") and two CREATE ROLEs race, so provisioning is serialized across
+    // them by a transaction-scoped advisory lock, taken before the role is looked at.
+    client
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(hashtext('warden provisioning'))")
+        .await?;
+    let existing = match client
         .query_opt(
             "SELECT rolsuper OR rolbypassrls OR rolreplication FROM pg_roles WHERE rolname = $1",
             &[&role],
         )
-        .await?;
-    let mut sql = String::from("BEGIN;\n");
+        .await
+    {
+        Ok(row) => row,
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e.into());
+        }
+    };
+    let mut sql = String::new();
     let r = quote_ident(role);
     if let Some(row) = existing {
         if row.get::<_, bool>(0) {
+            let _ = client.batch_execute("ROLLBACK").await;
             return Err(Unsafe(format!("role {role} already exists with SUPERUSER, BYPASSRLS or REPLICATION; drop it or rename it, Warden will not log in as it")).into());
         }
         // Only LOGIN: a provisioned role never inherits, owns or administers anything.

@@ -50,9 +50,13 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutd
             return;
         }
     };
+    // Registered before provisioning, so that a reload or lock during the login reaches it too.
+    let session = Arc::new(session);
+    let kill = shared.sessions.register(session.clone());
     let upstream = match backend::open(&shared, &session).await {
         Ok(u) => u,
         Err(e) => {
+            shared.sessions.remove(&session.id);
             tracing::warn!(session = %session.id, error = %e, "upstream connection failed");
             let mut body = session.event("session.error");
             body.error = Some(e.to_string());
@@ -61,7 +65,7 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutd
             return;
         }
     };
-    relay::run(shared, session, client, upstream, shutdown).await;
+    relay::run(shared, session, kill, client, upstream, shutdown).await;
 }
 
 /// Plain TCP phase: only SSLRequest leads on; a plain startup is refused, a cancel is routed.
