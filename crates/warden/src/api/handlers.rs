@@ -215,14 +215,7 @@ async fn issue(
             .cloned(),
     };
     // A credential a lock would refuse at once is not issued (a locked agent, task or requester).
-    match shared.block_for(&crate::proxy::subject(&claims)) {
-        Ok(None) => {}
-        Ok(Some(block)) => {
-            let e: crate::proxy::error::ProxyError = block.into();
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "locked", e.to_string()));
-        }
-        Err(e) => return Err(ApiError::unavailable(format!("cannot read Warden's state store: {e}"))),
-    }
+    super::refuse_blocked(&shared, &claims)?;
     let cert = shared
         .user_ca
         .issue_client(&claims)

@@ -125,14 +125,8 @@ impl FromRequestParts<Arc<Shared>> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, ApiError> {
         let caller = AnyCaller::from_request_parts(parts, shared).await?.0;
-        match shared.block_for(&crate::proxy::subject(&caller.claims)) {
-            Ok(None) => Ok(caller),
-            Ok(Some(block)) => {
-                let e: crate::proxy::error::ProxyError = block.into();
-                Err(ApiError::new(StatusCode::FORBIDDEN, "locked", e.to_string()))
-            }
-            Err(e) => Err(ApiError::unavailable(format!("cannot read Warden's state store: {e}"))),
-        }
+        refuse_blocked(shared, &caller.claims)?;
+        Ok(caller)
     }
 }
 
@@ -235,6 +229,18 @@ impl From<warden_state::StateError> for ApiError {
             }
             other => ApiError::unavailable(format!("Warden's state store: {other}")),
         }
+    }
+}
+
+/// 403 `locked` when a lock or revocation covers `claims` (503 when the store cannot tell).
+pub fn refuse_blocked(shared: &Shared, claims: &Claims) -> Result<(), ApiError> {
+    match shared.block_for(&crate::proxy::subject(claims)) {
+        Ok(None) => Ok(()),
+        Ok(Some(block)) => {
+            let e: crate::proxy::error::ProxyError = block.into();
+            Err(ApiError::new(StatusCode::FORBIDDEN, "locked", e.to_string()))
+        }
+        Err(e) => Err(ApiError::unavailable(format!("cannot read Warden's state store: {e}"))),
     }
 }
 

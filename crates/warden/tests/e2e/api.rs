@@ -85,6 +85,16 @@ impl ApiWarden {
         }
     }
 
+    /// `POST /v1/credentials` as the identity in `cred`.
+    async fn issue_via_api(&self, cred: &Path, body: Value) -> (u16, Value) {
+        call(
+            client(cred, true)
+                .post(format!("{}/v1/credentials", self.api))
+                .json(&body),
+        )
+        .await
+    }
+
     fn exec(&self, cred: &Path, args: &[&str]) -> std::process::Output {
         Command::new(WARDEN)
             .args(["exec", "--identity"])
@@ -169,18 +179,14 @@ async fn delegation_bounds_are_enforced_and_named() {
     let w = api_warden();
     let alice = w.issue("human", "alice", &["--ttl", "1h"]);
     let bob = w.issue("human", "bob", &["--ttl", "1h"]);
-    let issue = |cred: &Path, body: Value| {
-        let c = client(cred, true);
-        let url = format!("{}/v1/credentials", w.api);
-        async move { call(c.post(url).json(&body)).await }
-    };
 
     // bob holds only analyst: his agent may not write.
-    let (status, body) = issue(
-        &bob,
-        serde_json::json!({"agent": "report-bot", "task": "T-b", "roles": ["writer"]}),
-    )
-    .await;
+    let (status, body) = w
+        .issue_via_api(
+            &bob,
+            serde_json::json!({"agent": "report-bot", "task": "T-b", "roles": ["writer"]}),
+        )
+        .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (403, Some("outside_bounds")),
@@ -188,17 +194,20 @@ async fn delegation_bounds_are_enforced_and_named() {
     );
     assert!(body["error"]["message"].as_str().unwrap().contains("writer"), "{body}");
     // Without roles named, bob's agent gets what both hold: analyst only.
-    let (status, body) = issue(&bob, serde_json::json!({"agent": "report-bot", "task": "T-b"})).await;
+    let (status, body) = w
+        .issue_via_api(&bob, serde_json::json!({"agent": "report-bot", "task": "T-b"}))
+        .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["roles"], serde_json::json!(["analyst"]));
     assert_eq!(body["requester"], "human:bob");
 
     // report-bot's max_ttl is 15m.
-    let (status, body) = issue(
-        &alice,
-        serde_json::json!({"agent": "report-bot", "task": "T-a", "ttl": "30m"}),
-    )
-    .await;
+    let (status, body) = w
+        .issue_via_api(
+            &alice,
+            serde_json::json!({"agent": "report-bot", "task": "T-a", "ttl": "30m"}),
+        )
+        .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (403, Some("outside_bounds")),
@@ -211,11 +220,12 @@ async fn delegation_bounds_are_enforced_and_named() {
 
     // Never past the requester's own credential.
     let short = w.issue("human", "alice", &["--ttl", "5m"]);
-    let (status, body) = issue(
-        &short,
-        serde_json::json!({"agent": "report-bot", "task": "T-a", "ttl": "10m"}),
-    )
-    .await;
+    let (status, body) = w
+        .issue_via_api(
+            &short,
+            serde_json::json!({"agent": "report-bot", "task": "T-a", "ttl": "10m"}),
+        )
+        .await;
     assert_eq!(status, 403, "{body}");
     assert!(
         body["error"]["message"]
@@ -227,7 +237,9 @@ async fn delegation_bounds_are_enforced_and_named() {
 
     // An agent does not issue credentials.
     let agent = w.issue("agent", "report-bot", &["--requester", "human:alice", "--task", "T-x"]);
-    let (status, body) = issue(&agent, serde_json::json!({"agent": "report-bot", "task": "T-y"})).await;
+    let (status, body) = w
+        .issue_via_api(&agent, serde_json::json!({"agent": "report-bot", "task": "T-y"}))
+        .await;
     assert_eq!(status, 403, "{body}");
     assert!(
         body["error"]["message"]
@@ -238,7 +250,9 @@ async fn delegation_bounds_are_enforced_and_named() {
     );
 
     // An unknown agent.
-    let (status, body) = issue(&alice, serde_json::json!({"agent": "nobody", "task": "T-a"})).await;
+    let (status, body) = w
+        .issue_via_api(&alice, serde_json::json!({"agent": "nobody", "task": "T-a"}))
+        .await;
     assert_eq!(status, 403, "{body}");
     assert!(
         body["error"]["message"]
@@ -525,14 +539,13 @@ async fn agents_reach_only_their_own_credential_and_inputs_are_checked() {
     let w = api_warden();
     let alice = w.issue("human", "alice", &["--ttl", "1h"]);
     let bob = w.issue("human", "bob", &["--ttl", "1h"]);
-    let issue = |cred: &Path, body: Value| {
-        let c = client(cred, true);
-        let url = format!("{}/v1/credentials", w.api);
-        async move { call(c.post(url).json(&body)).await }
-    };
-    let (status, for_alice) = issue(&alice, serde_json::json!({"agent": "report-bot", "task": "T-own-a"})).await;
+    let (status, for_alice) = w
+        .issue_via_api(&alice, serde_json::json!({"agent": "report-bot", "task": "T-own-a"}))
+        .await;
     assert_eq!(status, 201, "{for_alice}");
-    let (status, for_bob) = issue(&bob, serde_json::json!({"agent": "report-bot", "task": "T-own-b"})).await;
+    let (status, for_bob) = w
+        .issue_via_api(&bob, serde_json::json!({"agent": "report-bot", "task": "T-own-b"}))
+        .await;
     assert_eq!(status, 201, "{for_bob}");
     let agent = client(&save_issued(&for_alice), true);
 
@@ -561,7 +574,9 @@ async fn agents_reach_only_their_own_credential_and_inputs_are_checked() {
 
     // A narrow credential: none of lock-bot's roles (analyst) are in alice's (writer only).
     let narrow = w.issue("human", "alice", &["--ttl", "1h", "--roles", "writer"]);
-    let (status, body) = issue(&narrow, serde_json::json!({"agent": "lock-bot", "task": "T-n"})).await;
+    let (status, body) = w
+        .issue_via_api(&narrow, serde_json::json!({"agent": "lock-bot", "task": "T-n"}))
+        .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (403, Some("outside_bounds")),
@@ -569,11 +584,12 @@ async fn agents_reach_only_their_own_credential_and_inputs_are_checked() {
     );
 
     // Text that would travel into PostgreSQL settings and messages must be printable.
-    let (status, body) = issue(
-        &alice,
-        serde_json::json!({"agent": "report-bot", "task": "x\u{0}client_encoding\u{0}SJIS"}),
-    )
-    .await;
+    let (status, body) = w
+        .issue_via_api(
+            &alice,
+            serde_json::json!({"agent": "report-bot", "task": "x\u{0}client_encoding\u{0}SJIS"}),
+        )
+        .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (400, Some("bad_request")),
