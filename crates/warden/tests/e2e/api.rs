@@ -289,6 +289,7 @@ import psycopg
 for k in ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGSSLMODE", "PGSSLCERT", "PGSSLKEY", "PGSSLROOTCERT", "DATABASE_URL"]:
     assert os.environ.get(k), k
 print("certdir", os.path.dirname(os.environ["PGSSLCERT"]))
+print("modes", oct(os.stat(os.path.dirname(os.environ["PGSSLCERT"])).st_mode & 0o777), oct(os.stat(os.environ["PGSSLKEY"]).st_mode & 0o777))
 with psycopg.connect(os.environ["DATABASE_URL"]) as c:
     row = c.execute("SELECT current_setting('warden.task'), current_setting('warden.requester'), count(*) FROM orders").fetchone()
     print("agent", *row)
@@ -367,6 +368,10 @@ async fn exec_runs_a_python_agent_and_revokes_its_credential_at_exit() {
         .lines()
         .find_map(|l| l.strip_prefix("certdir "))
         .expect("certdir printed");
+    assert!(
+        text.contains("modes 0o700 0o600"),
+        "the directory is private and the key 0600: {text}"
+    );
     assert!(!Path::new(certdir).exists(), "{certdir} was not removed");
 
     // The session the agent left open was ended by the revocation.

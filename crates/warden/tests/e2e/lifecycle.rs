@@ -691,3 +691,66 @@ async fn locks_survive_a_restart() {
     open(w.port, &erin, "erin", "shop").await.assert_alive().await;
     stop(&mut child);
 }
+
+/// `--ttl` on a lock: it refuses while it lasts and lifts itself, with nobody running `warden unlock`.
+#[tokio::test]
+async fn a_lock_with_a_ttl_lifts_itself() {
+    let h = harness();
+    let task = task_id("T-lock-ttl");
+    let cred = h.issue("agent", "report-bot", &["--requester", "human:alice", "--task", &task]);
+    let (out, _) = warden(args(&[
+        "lock",
+        "--config",
+        &h.config.to_string_lossy(),
+        "--task",
+        &task,
+        "--ttl",
+        "2s",
+        "--reason",
+        "short pause",
+        "--json",
+    ]))
+    .await;
+    let lock: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let id = lock["id"].as_str().unwrap().to_string();
+    assert!(lock["expires_at"].is_string(), "{lock}");
+    assert_refused(h.warden_port, &cred, "report-bot", "shop", &[&id, "short pause"]).await;
+    let (listed, _) = warden(args(&[
+        "locks",
+        "list",
+        "--config",
+        &h.config.to_string_lossy(),
+        "--json",
+    ]))
+    .await;
+    assert!(listed.contains(&id), "an active lock is listed: {listed}");
+    // Whole seconds: the lock ends within 3 s of its creation.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        match try_open(h.warden_port, &cred, "report-bot", "shop").await {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "the lock did not lift itself: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (listed, _) = warden(args(&[
+        "locks",
+        "list",
+        "--config",
+        &h.config.to_string_lossy(),
+        "--json",
+    ]))
+    .await;
+    assert!(!listed.contains(&id), "an expired lock is not active: {listed}");
+    let (all, _) = warden(args(&[
+        "locks",
+        "list",
+        "--all",
+        "--config",
+        &h.config.to_string_lossy(),
+        "--json",
+    ]))
+    .await;
+    let line = all.lines().find(|l| l.contains(&id)).expect("listed with --all");
+    assert!(line.contains("\"state\":\"expired\""), "{line}");
+}
