@@ -33,6 +33,8 @@ pub enum StateError {
     NoSuchLock(String),
     #[error("no credential with id {0} is recorded in this deployment")]
     NoSuchCredential(String),
+    #[error("no access request with id {0}; `warden requests list` shows them")]
+    NoSuchRequest(String),
 }
 
 pub type Result<T> = std::result::Result<T, StateError>;
@@ -269,3 +271,98 @@ impl FromStr for LockTarget {
 
 #[cfg(test)]
 mod tests;
+
+/// An access request: an identity asks for roles that need a human's approval (`approval = "session"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessRequest {
+    pub id: String,
+    /// Who asks (`agent:report-bot`, `human:alice`).
+    pub identity: String,
+    /// For an agent: the human or workload it acts for.
+    pub requester: Option<String>,
+    pub task: Option<String>,
+    /// The credential the request was made with: the elevated one continues it.
+    pub credential_id: String,
+    pub roles: Vec<String>,
+    pub reason: String,
+    /// How long the elevated credential may last once approved, in seconds.
+    pub ttl_seconds: i64,
+    pub state: RequestState,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// A pending request that nobody decided by then expires.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    pub decided_by: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub decided_at: Option<OffsetDateTime>,
+    pub decision_reason: Option<String>,
+    /// The elevated credential, once assumed.
+    pub assumed_credential: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestState {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    Assumed,
+}
+
+impl RequestState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestState::Pending => "pending",
+            RequestState::Approved => "approved",
+            RequestState::Denied => "denied",
+            RequestState::Expired => "expired",
+            RequestState::Assumed => "assumed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => RequestState::Pending,
+            "approved" => RequestState::Approved,
+            "denied" => RequestState::Denied,
+            "expired" => RequestState::Expired,
+            "assumed" => RequestState::Assumed,
+            _ => return None,
+        })
+    }
+}
+
+/// Short, typeable request ids: `rq_` and 16 hex digits.
+pub fn new_request_id() -> String {
+    let u = uuid::Uuid::new_v4();
+    format!("rq_{}", &u.simple().to_string()[..16])
+}
+
+/// Access requests, stored with the rest of the state. Separate from [`StateStore`] so that stores
+/// that only keep locks stay small; the SQLite store implements both.
+pub trait RequestStore: Send + Sync {
+    fn create_request(&self, request: &AccessRequest) -> Result<()>;
+    fn request(&self, id: &str) -> Result<Option<AccessRequest>>;
+    /// Requests created after `since`, newest first.
+    fn requests(&self, since: OffsetDateTime) -> Result<Vec<AccessRequest>>;
+    /// Approves or denies a pending, unexpired request in one transaction; returns it as it now stands,
+    /// or the reason it could not be decided.
+    fn decide_request(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+        reason: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<std::result::Result<AccessRequest, AccessRequest>>;
+    /// Marks an approved request assumed by `credential_id`; fails (returns it) unless it was approved.
+    fn assume_request(
+        &self,
+        id: &str,
+        credential_id: &str,
+    ) -> Result<std::result::Result<AccessRequest, AccessRequest>>;
+    /// Moves pending requests past their `expires_at` to expired; returns them.
+    fn expire_requests(&self, now: OffsetDateTime) -> Result<Vec<AccessRequest>>;
+}

@@ -8,7 +8,10 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use time::OffsetDateTime;
 
-use crate::{new_lock_id, Blocklist, CredentialRecord, Lock, LockTarget, NewLock, Result, StateError, StateStore};
+use crate::{
+    new_lock_id, AccessRequest, Blocklist, CredentialRecord, Lock, LockTarget, NewLock, RequestState, RequestStore,
+    Result, StateError, StateStore,
+};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -30,6 +33,24 @@ CREATE TABLE IF NOT EXISTS credentials (
     revoke_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS credentials_not_after ON credentials (not_after);
+CREATE TABLE IF NOT EXISTS requests (
+    id                 TEXT PRIMARY KEY,
+    identity           TEXT NOT NULL,
+    requester          TEXT,
+    task               TEXT,
+    credential_id      TEXT NOT NULL,
+    roles              TEXT NOT NULL,
+    reason             TEXT NOT NULL,
+    ttl_seconds        INTEGER NOT NULL,
+    state              TEXT NOT NULL,
+    created_at         INTEGER NOT NULL,
+    expires_at         INTEGER NOT NULL,
+    decided_by         TEXT,
+    decided_at         INTEGER,
+    decision_reason    TEXT,
+    assumed_credential TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_created ON requests (created_at);
 CREATE TABLE IF NOT EXISTS locks (
     id          TEXT PRIMARY KEY,
     kind        TEXT NOT NULL,
@@ -331,5 +352,182 @@ impl StateStore for SqliteStore {
         let list = read(&tx).map_err(|e| self.err(e))?;
         tx.finish().map_err(|e| self.err(e))?;
         Ok(list)
+    }
+}
+
+const REQUEST_COLUMNS: &str = "id, identity, requester, task, credential_id, roles, reason, ttl_seconds, state, \
+     created_at, expires_at, decided_by, decided_at, decision_reason, assumed_credential";
+
+fn request_row(r: &Row) -> rusqlite::Result<AccessRequest> {
+    let roles: String = r.get(5)?;
+    let state: String = r.get(8)?;
+    Ok(AccessRequest {
+        id: r.get(0)?,
+        identity: r.get(1)?,
+        requester: r.get(2)?,
+        task: r.get(3)?,
+        credential_id: r.get(4)?,
+        roles: roles.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+        reason: r.get(6)?,
+        ttl_seconds: r.get(7)?,
+        state: RequestState::parse(&state).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                8,
+                rusqlite::types::Type::Text,
+                format!("request state {state:?}").into(),
+            )
+        })?,
+        created_at: from_ts(r.get(9)?)?,
+        expires_at: from_ts(r.get(10)?)?,
+        decided_by: r.get(11)?,
+        decided_at: opt_ts(r.get(12)?)?,
+        decision_reason: r.get(13)?,
+        assumed_credential: r.get(14)?,
+    })
+}
+
+impl SqliteStore {
+    fn request_in(&self, tx: &rusqlite::Transaction, id: &str) -> Result<AccessRequest> {
+        tx.query_row(
+            &format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?1"),
+            [id],
+            request_row,
+        )
+        .optional()
+        .map_err(|e| self.err(e))?
+        .ok_or_else(|| StateError::NoSuchRequest(id.to_string()))
+    }
+}
+
+impl RequestStore for SqliteStore {
+    fn create_request(&self, q: &AccessRequest) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                &format!("INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+                params![
+                    q.id,
+                    q.identity,
+                    q.requester,
+                    q.task,
+                    q.credential_id,
+                    q.roles.join(","),
+                    q.reason,
+                    q.ttl_seconds,
+                    q.state.as_str(),
+                    ts(q.created_at),
+                    ts(q.expires_at),
+                    q.decided_by,
+                    q.decided_at.map(ts),
+                    q.decision_reason,
+                    q.assumed_credential
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+            Ok(())
+        })
+    }
+
+    fn request(&self, id: &str) -> Result<Option<AccessRequest>> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?1"),
+                [id],
+                request_row,
+            )
+            .optional()
+        })
+    }
+
+    fn requests(&self, since: OffsetDateTime) -> Result<Vec<AccessRequest>> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {REQUEST_COLUMNS} FROM requests WHERE created_at >= ?1 ORDER BY created_at DESC, id"
+            ))?;
+            let rows = st.query_map([ts(since)], request_row)?;
+            rows.collect()
+        })
+    }
+
+    fn decide_request(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+        reason: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<std::result::Result<AccessRequest, AccessRequest>> {
+        self.write(|tx| {
+            let current = self.request_in(tx, id)?;
+            if current.state != RequestState::Pending || at >= current.expires_at {
+                return Ok(Err(current));
+            }
+            let state = if approve {
+                RequestState::Approved
+            } else {
+                RequestState::Denied
+            };
+            tx.execute(
+                "UPDATE requests SET state = ?2, decided_by = ?3, decided_at = ?4, decision_reason = ?5 WHERE id = ?1",
+                params![id, state.as_str(), by, ts(at), reason],
+            )
+            .map_err(|e| self.err(e))?;
+            Ok(Ok(self.request_in(tx, id)?))
+        })
+    }
+
+    fn assume_request(
+        &self,
+        id: &str,
+        credential_id: &str,
+    ) -> Result<std::result::Result<AccessRequest, AccessRequest>> {
+        self.write(|tx| {
+            let current = self.request_in(tx, id)?;
+            if current.state != RequestState::Approved {
+                return Ok(Err(current));
+            }
+            tx.execute(
+                "UPDATE requests SET state = 'assumed', assumed_credential = ?2 WHERE id = ?1",
+                params![id, credential_id],
+            )
+            .map_err(|e| self.err(e))?;
+            Ok(Ok(self.request_in(tx, id)?))
+        })
+    }
+
+    fn expire_requests(&self, now: OffsetDateTime) -> Result<Vec<AccessRequest>> {
+        // Read-only first: most polls find nothing, and then nothing is written (no generation bump).
+        let due: i64 = self.with(|c| {
+            c.query_row(
+                "SELECT count(*) FROM requests WHERE state = 'pending' AND expires_at <= ?1",
+                [ts(now)],
+                |r| r.get(0),
+            )
+        })?;
+        if due == 0 {
+            return Ok(Vec::new());
+        }
+        self.write(|tx| {
+            let mut st = tx
+                .prepare(&format!(
+                    "SELECT {REQUEST_COLUMNS} FROM requests WHERE state = 'pending' AND expires_at <= ?1"
+                ))
+                .map_err(|e| self.err(e))?;
+            let expired = st
+                .query_map([ts(now)], request_row)
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(|e| self.err(e))?;
+            tx.execute(
+                "UPDATE requests SET state = 'expired' WHERE state = 'pending' AND expires_at <= ?1",
+                [ts(now)],
+            )
+            .map_err(|e| self.err(e))?;
+            Ok(expired
+                .into_iter()
+                .map(|mut q| {
+                    q.state = RequestState::Expired;
+                    q
+                })
+                .collect())
+        })
     }
 }

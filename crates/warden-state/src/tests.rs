@@ -238,3 +238,81 @@ fn a_writer_killed_mid_write_leaves_only_whole_writes() {
     assert_eq!(s.generation().unwrap(), writes as u64);
     assert!(s.locks(far, true).unwrap().iter().all(|l| l.reason.len() == 2000));
 }
+
+fn access_request(id: &str, expires_in: Duration) -> AccessRequest {
+    AccessRequest {
+        id: id.into(),
+        identity: "agent:report-bot".into(),
+        requester: Some("human:alice".into()),
+        task: Some("T-1".into()),
+        credential_id: "c1".into(),
+        roles: vec!["writer".into()],
+        reason: "fix order 7".into(),
+        ttl_seconds: 900,
+        state: RequestState::Pending,
+        created_at: now(),
+        expires_at: now() + expires_in,
+        decided_by: None,
+        decided_at: None,
+        decision_reason: None,
+        assumed_credential: None,
+    }
+}
+
+#[test]
+fn requests_are_decided_once_assumed_once_and_expire_undecided() {
+    let (_d, s) = store();
+    let t0 = now();
+    s.create_request(&access_request("rq_a", Duration::minutes(10)))
+        .unwrap();
+    s.create_request(&access_request("rq_b", Duration::minutes(10)))
+        .unwrap();
+    s.create_request(&access_request("rq_c", Duration::seconds(1))).unwrap();
+    assert_eq!(s.requests(t0 - Duration::minutes(1)).unwrap().len(), 3);
+
+    // Not approved yet: cannot be assumed.
+    assert!(s.assume_request("rq_a", "c2").unwrap().is_err());
+    let approved = s
+        .decide_request("rq_a", true, "human:carol", None, t0)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (approved.state, approved.decided_by.as_deref()),
+        (RequestState::Approved, Some("human:carol"))
+    );
+    // Decided once: a second decision is refused and reports the request as it stands.
+    let again = s
+        .decide_request("rq_a", false, "human:dan", Some("no"), t0)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(again.state, RequestState::Approved);
+    let assumed = s.assume_request("rq_a", "c2").unwrap().unwrap();
+    assert_eq!(
+        (assumed.state, assumed.assumed_credential.as_deref()),
+        (RequestState::Assumed, Some("c2"))
+    );
+    assert!(s.assume_request("rq_a", "c3").unwrap().is_err(), "assumed once");
+
+    let denied = s
+        .decide_request("rq_b", false, "human:carol", Some("not now"), t0)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (denied.state, denied.decision_reason.as_deref()),
+        (RequestState::Denied, Some("not now"))
+    );
+
+    // rq_c was not decided in time.
+    let later = t0 + Duration::seconds(5);
+    assert!(s
+        .decide_request("rq_c", true, "human:carol", None, later)
+        .unwrap()
+        .is_err());
+    let expired = s.expire_requests(later).unwrap();
+    assert_eq!(expired.iter().map(|q| q.id.as_str()).collect::<Vec<_>>(), vec!["rq_c"]);
+    assert_eq!(s.request("rq_c").unwrap().unwrap().state, RequestState::Expired);
+    let g = s.generation().unwrap();
+    assert!(s.expire_requests(later).unwrap().is_empty());
+    assert_eq!(s.generation().unwrap(), g, "a poll that finds nothing writes nothing");
+    assert!(new_request_id().starts_with("rq_"));
+}
