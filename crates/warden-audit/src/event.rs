@@ -56,6 +56,9 @@ pub struct EventBody {
     /// On `lock.created` and `lock.removed`: the lock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock: Option<LockRecord>,
+    /// On `request.*` events: the access request's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// A lock as the audit log records it.

@@ -314,6 +314,7 @@ async fn stored_lines_follow_the_documented_rule() {
             value: "T-1".into(),
             expires_at: None,
         }),
+        request_id: Some("rq_1".into()),
     };
     log.append(full.clone()).await.unwrap();
     log.append(body("session.end", "bot")).await.unwrap();
@@ -351,6 +352,7 @@ async fn stored_lines_follow_the_documented_rule() {
         "query_id",
         "actor",
         "lock",
+        "request_id",
         "prev_hash",
         "hash",
     ];

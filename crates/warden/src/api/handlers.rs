@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use warden_identity::{parse_duration, IdentityKind, IdentityName};
+use warden_policy::Approval;
 use warden_state::{CredentialRecord, Lock, LockTarget};
 
 use super::{AnyCaller, ApiError, ApiJson, Caller, OPENAPI};
@@ -41,6 +42,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/locks", post(create_lock).get(list_locks))
         .route("/v1/locks/{id}", axum::routing::delete(remove_lock))
         .route("/v1/sessions", get(list_sessions))
+        .route("/v1/requests", post(super::requests::create).get(super::requests::list))
+        .route("/v1/requests/{id}/approve", post(super::requests::approve))
+        .route("/v1/requests/{id}/deny", post(super::requests::deny))
+        .route("/v1/requests/{id}/assume", post(super::requests::assume))
         .method_not_allowed_fallback(super::method_not_allowed)
         .fallback(super::fallback)
         .with_state(shared)
@@ -90,11 +95,11 @@ struct IssueRequest {
 }
 
 #[derive(Serialize)]
-struct IssuedCredential {
+pub struct IssuedCredential {
     credential_id: String,
     identity: String,
-    requester: String,
-    task: String,
+    requester: Option<String>,
+    task: Option<String>,
     roles: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
     not_after: OffsetDateTime,
@@ -107,7 +112,56 @@ struct IssuedCredential {
     token: String,
     /// Where to connect: `host:port` of Warden's PostgreSQL listener, and a database.
     postgres: String,
-    database: Option<String>,
+    pub database: Option<String>,
+}
+
+/// Signs `claims` as certificate and token, records the credential (store and `credential.issued`) and
+/// builds the response that carries it. Nothing is returned unless it was recorded.
+pub async fn credential_response(
+    shared: &Shared,
+    config: &warden_policy::Config,
+    claims: &warden_identity::Claims,
+    by: &str,
+    how: &str,
+) -> ApiResult<IssuedCredential> {
+    let cert = shared
+        .user_ca
+        .issue_client(claims)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let token = shared
+        .user_ca
+        .sign_token(claims)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    shared
+        .state
+        .record_credential(&control::credential_record(claims, by))?;
+    shared
+        .audit
+        .append(control::issued_event(claims, by, how))
+        .await
+        .map_err(|e| ApiError::unavailable(format!("the audit log cannot be written ({e}); nothing was issued")))?;
+    tracing::info!(credential = %claims.credential_id, identity = %claims.identity(), by, how, "credential issued");
+    let database = claims
+        .roles
+        .iter()
+        .filter_map(|r| config.role(r))
+        .flat_map(|r| r.databases.first())
+        .next()
+        .cloned();
+    Ok(IssuedCredential {
+        credential_id: claims.credential_id.clone(),
+        identity: claims.identity().to_string(),
+        requester: claims.requester.as_ref().map(|r| r.to_string()),
+        task: claims.task.clone(),
+        roles: claims.roles.clone(),
+        not_after: claims.not_after,
+        certificate: cert.cert_pem,
+        private_key: cert.key_pem,
+        ca_certificate: shared.host_ca_pem.clone(),
+        token,
+        postgres: config.server.postgres_listen.clone(),
+        database,
+    })
 }
 
 /// Issues a task credential for an agent acting for the caller, within every delegation bound.
@@ -150,7 +204,12 @@ async fn issue(
     let roles: Vec<String> = if req.roles.is_empty() {
         // By default: every role the agent may hold that the caller's credential carries.
         let held = config.identity(&agent).map(|i| i.roles.clone()).unwrap_or_default();
-        let roles: Vec<String> = held.into_iter().filter(|r| caller.claims.roles.contains(r)).collect();
+        // Roles that need a human's approval are never part of a default: they are asked for.
+        let roles: Vec<String> = held
+            .into_iter()
+            .filter(|r| caller.claims.roles.contains(r))
+            .filter(|r| config.role(r).is_none_or(|role| role.approval != Approval::Session))
+            .collect();
         if roles.is_empty() && config.identity(&agent).is_some() {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -165,6 +224,17 @@ async fn issue(
     } else {
         req.roles.clone()
     };
+    for r in &roles {
+        if config.role(r).is_some_and(|role| role.approval == Approval::Session) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "needs_approval",
+                format!(
+                    "role \"{r}\" needs a human's approval: issue the agent's credential without it, then ask from the agent with `warden requests create --roles {r} --reason ...`"
+                ),
+            ));
+        }
+    }
     let ttl = match explicit_ttl {
         Some(ttl) => ttl,
         None => DEFAULT_TTL
@@ -216,38 +286,8 @@ async fn issue(
     };
     // A credential a lock would refuse at once is not issued (a locked agent, task or requester).
     super::refuse_blocked(&shared, &claims)?;
-    let cert = shared
-        .user_ca
-        .issue_client(&claims)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let token = shared
-        .user_ca
-        .sign_token(&claims)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let by = caller.name();
-    shared
-        .state
-        .record_credential(&control::credential_record(&claims, &by))?;
-    shared
-        .audit
-        .append(control::issued_event(&claims, &by, "through the API"))
-        .await
-        .map_err(|e| ApiError::unavailable(format!("the audit log cannot be written ({e}); nothing was issued")))?;
-    tracing::info!(credential = %claims.credential_id, agent = %agent, requester = %requester, task = %req.task, "credential issued");
-    let body = IssuedCredential {
-        credential_id: claims.credential_id.clone(),
-        identity: agent.to_string(),
-        requester: requester.to_string(),
-        task: req.task,
-        roles: claims.roles.clone(),
-        not_after: claims.not_after,
-        certificate: cert.cert_pem,
-        private_key: cert.key_pem,
-        ca_certificate: shared.host_ca_pem.clone(),
-        token,
-        postgres: config.server.postgres_listen.clone(),
-        database,
-    };
+    let mut body = credential_response(&shared, &config, &claims, &caller.name(), "through the API").await?;
+    body.database = database;
     Ok((StatusCode::CREATED, Json(body)))
 }
 

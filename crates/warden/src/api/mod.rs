@@ -25,6 +25,7 @@ use warden_identity::{claims_from_cert, Claims};
 use crate::proxy::Shared;
 
 mod handlers;
+pub mod requests;
 
 /// The OpenAPI document, as kept in the repository.
 pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");

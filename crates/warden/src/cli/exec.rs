@@ -6,13 +6,12 @@
 //! 4. When the command exits, revoke the credential (its live sessions end too), remove the directory,
 //!    and exit with the command's status.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+
+use super::api_client::{write_private, ApiClient, Issued};
 
 #[derive(clap::Args, Debug)]
 pub struct ExecArgs {
@@ -40,38 +39,6 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-/// What `warden issue` writes to profile.toml (only the parts `exec` needs).
-#[derive(Deserialize)]
-struct Profile {
-    identity: String,
-    api: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Issued {
-    credential_id: String,
-    identity: String,
-    roles: Vec<String>,
-    not_after: String,
-    certificate: String,
-    private_key: String,
-    ca_certificate: String,
-    token: String,
-    postgres: String,
-    database: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorInner,
-}
-
-#[derive(Deserialize)]
-struct ErrorInner {
-    code: String,
-    message: String,
-}
-
 pub fn run(args: &ExecArgs) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(exec(args))
@@ -81,18 +48,7 @@ async fn exec(args: &ExecArgs) -> Result<ExitCode> {
     // Signals are caught from the start: one that arrives while the credential is being issued or
     // written must not kill `warden exec` before it can revoke.
     let mut signals = Signals::install()?;
-    let profile_path = args.identity.join("profile.toml");
-    let profile: Profile = toml::from_str(
-        &std::fs::read_to_string(&profile_path).with_context(|| format!("reading {}", profile_path.display()))?,
-    )
-    .with_context(|| format!("reading {}", profile_path.display()))?;
-    let Some(api) = profile.api else {
-        bail!(
-            "{} names no API address: the deployment needs server.api_listen in warden.toml, then a credential issued after that",
-            profile_path.display()
-        );
-    };
-    let client = api_client(&args.identity)?;
+    let client = ApiClient::new(&args.identity)?;
     let mut request = serde_json::json!({ "agent": args.agent, "task": args.task });
     if let Some(ttl) = &args.ttl {
         request["ttl"] = ttl.clone().into();
@@ -103,7 +59,7 @@ async fn exec(args: &ExecArgs) -> Result<ExitCode> {
     if let Some(db) = &args.database {
         request["database"] = db.clone().into();
     }
-    let issued: Issued = call(client.post(format!("{api}/v1/credentials")).json(&request)).await?;
+    let issued: Issued = client.post("/v1/credentials", &request).await?;
 
     // From here on, every way out revokes the credential.
     let dir = tempfile::Builder::new()
@@ -111,7 +67,7 @@ async fn exec(args: &ExecArgs) -> Result<ExitCode> {
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir();
     let outcome = match &dir {
-        Ok(dir) => run_as_agent(args, &profile.identity, &issued, dir.path(), &mut signals).await,
+        Ok(dir) => run_as_agent(args, &client.profile.identity, &issued, dir.path(), &mut signals).await,
         Err(e) => Err(anyhow::anyhow!(
             "creating a private directory for the agent's credential: {e}"
         )),
@@ -120,12 +76,12 @@ async fn exec(args: &ExecArgs) -> Result<ExitCode> {
         Ok(code) => format!("warden exec: the command exited ({})", describe(*code)),
         Err(e) => format!("warden exec: the command could not run ({e:#})"),
     };
-    let revoked: Result<serde_json::Value> = call(
-        client
-            .post(format!("{api}/v1/credentials/{}/revoke", issued.credential_id))
-            .json(&serde_json::json!({ "reason": reason })),
-    )
-    .await;
+    let revoked: Result<serde_json::Value> = client
+        .post(
+            &format!("/v1/credentials/{}/revoke", issued.credential_id),
+            &serde_json::json!({ "reason": reason }),
+        )
+        .await;
     drop(dir);
     if let Err(e) = revoked {
         eprintln!(
@@ -162,53 +118,6 @@ async fn run_as_agent(
         bail!("interrupted by signal {sig} before the command started");
     }
     run_child(&args.command, &env, signals).await
-}
-
-/// An HTTPS client that presents the credential in `dir` and trusts only its Warden's CA.
-fn api_client(dir: &Path) -> Result<reqwest::Client> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = dir.join("ca.crt");
-    roots.add(CertificateDer::from_pem_file(&ca).with_context(|| format!("reading {}", ca.display()))?)?;
-    let cert = dir.join("identity.crt");
-    let chain = vec![CertificateDer::from_pem_file(&cert).with_context(|| format!("reading {}", cert.display()))?];
-    let key_path = dir.join("identity.key");
-    let key = PrivateKeyDer::from_pem_file(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
-    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
-    Ok(reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(std::time::Duration::from_secs(30))
-        .build()?)
-}
-
-/// Sends a request; an API error becomes its message.
-async fn call<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder) -> Result<T> {
-    let resp = req.send().await.context("calling Warden's API")?;
-    let status = resp.status();
-    let text = resp.text().await.context("reading Warden's API response")?;
-    if !status.is_success() {
-        match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(e) => bail!("{} ({})", e.error.message, e.error.code),
-            Err(_) => bail!("Warden's API answered {status}: {text}"),
-        }
-    }
-    serde_json::from_str(&text).with_context(|| format!("unexpected API response: {text}"))
-}
-
-fn write_private(path: &Path, contents: &str, mode: u32) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    Ok(())
 }
 
 /// The variables libpq-based and native drivers read (PRODUCT.md §3), and `DATABASE_URL`.

@@ -7,12 +7,14 @@ use clap::{Parser, Subcommand};
 
 use crate::deployment::CaKind;
 
+mod api_client;
 mod audit;
 mod exec;
 mod init;
 pub(crate) mod issue;
 mod lock;
 mod quickstart;
+mod requests;
 mod start;
 
 pub use init::SAMPLE_CONFIG;
@@ -76,6 +78,11 @@ enum Command {
     Unlock(lock::UnlockArgs),
     /// Revoke a credential: its live sessions end within a second and it is refused from then on.
     Revoke(lock::RevokeArgs),
+    /// Access requests for roles that need a human's approval: create, list, approve, deny, assume.
+    Requests {
+        #[command(subcommand)]
+        command: requests::RequestsCommand,
+    },
     /// Search and verify the audit log.
     Audit {
         #[command(subcommand)]
@@ -107,6 +114,7 @@ pub fn main() -> ExitCode {
         Command::Issue(args) => issue::run(&args),
         Command::Audit { command } => audit::run(command),
         Command::Exec(args) => exec::run(&args),
+        Command::Requests { command } => requests::run(command),
         Command::Lock(args) => lock::lock(&args),
         Command::Locks { command } => lock::list(command),
         Command::Unlock(args) => lock::unlock(&args),

@@ -76,7 +76,9 @@ impl Server {
             }
         }
         let audit = deployment::open_audit(&config)?;
-        let state: Arc<dyn warden_state::StateStore> = Arc::new(deployment::open_state(&config)?);
+        let store = Arc::new(deployment::open_state(&config)?);
+        let state: Arc<dyn warden_state::StateStore> = store.clone();
+        let requests: Arc<dyn warden_state::RequestStore> = store;
         let blocks = state.blocklist(time::OffsetDateTime::now_utc())?;
         let listener = TcpListener::bind(listen)
             .await
@@ -102,6 +104,7 @@ impl Server {
             provisioner: Default::default(),
             analyses: Default::default(),
             state,
+            requests,
             blocks: ArcSwap::from_pointee(blocks),
             sessions: Default::default(),
         });
@@ -127,6 +130,7 @@ impl Server {
             let at = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
             tracing::info!(listen = %at, "warden API is accepting HTTPS requests");
             tokio::spawn(crate::api::serve(self.shared.clone(), listener, acceptor, stop.clone()));
+            tokio::spawn(crate::api::requests::expire_periodically(self.shared.clone()));
         }
         proxy::serve(self.shared, self.listener, stop).await;
         tracing::info!("warden stopped");

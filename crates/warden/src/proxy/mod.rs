@@ -39,6 +39,8 @@ pub struct Shared {
     pub analyses: warden_sql::AnalysisCache,
     /// Credentials, revocations and locks (shared with the admin commands through the store).
     pub state: Arc<dyn warden_state::StateStore>,
+    /// Access requests (the same store).
+    pub requests: Arc<dyn warden_state::RequestStore>,
     /// Locks and revocations as last read from `state`.
     pub blocks: ArcSwap<warden_state::Blocklist>,
     /// Live sessions, so that locks, revocation, expiry and reloads can reach them.

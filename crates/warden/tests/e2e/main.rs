@@ -2,6 +2,7 @@
 //! tokio-postgres as clients. One cluster and one Warden for the whole binary (see common/).
 
 mod api;
+mod approval;
 mod audit;
 mod common;
 mod connect;

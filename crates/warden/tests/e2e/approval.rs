@@ -1,0 +1,355 @@
+//! Access requests for roles with `approval = "session"`, on a Warden of their own whose config makes
+//! `writer` need a dba's approval: refused without approval, self-approval refused, approve then assume
+//! then the write runs, deny, expiry, and a role that lets the requester approve.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+struct ApprovalWarden {
+    config: PathBuf,
+    port: u16,
+    api: String,
+}
+
+fn approval_warden() -> &'static ApprovalWarden {
+    static W: OnceLock<ApprovalWarden> = OnceLock::new();
+    W.get_or_init(|| {
+        let h = harness();
+        let port = warden::cluster::free_port().unwrap();
+        let api_port = warden::cluster::free_port().unwrap();
+        let text = std::fs::read_to_string(&h.config).unwrap();
+        let replace = |text: String, from: &str, to: &str| {
+            assert!(text.contains(from), "the harness config changed: {from:?} not found");
+            text.replacen(from, to, 1)
+        };
+        let text = replace(
+            text,
+            &format!("postgres_listen = \"127.0.0.1:{}\"", h.warden_port),
+            &format!("postgres_listen = \"127.0.0.1:{port}\"\napi_listen = \"127.0.0.1:{api_port}\""),
+        );
+        let text = replace(
+            text,
+            "fsync = \"batch\"",
+            "fsync = \"batch\"\npath = \"audit/approval.jsonl\"",
+        );
+        let text = replace(
+            text,
+            "name = \"writer\"\ndatabases = [\"shop\", \"shop2\"]",
+            "name = \"writer\"\napproval = \"session\"\napprovers = [\"dba\"]\ndatabases = [\"shop\", \"shop2\"]",
+        );
+        let text = replace(
+            text,
+            "name = \"alice\"\nroles = [\"analyst\", \"writer\"]",
+            "name = \"alice\"\nroles = [\"analyst\", \"writer\", \"fixer\"]",
+        );
+        let text = replace(
+            text,
+            "name = \"carol\"\nroles = [\"analyst\"]",
+            "name = \"carol\"\nroles = [\"analyst\", \"dba\"]",
+        );
+        let text = replace(
+            text,
+            "name = \"report-bot\"\nroles = [\"analyst\", \"writer\"]",
+            "name = \"report-bot\"\nroles = [\"analyst\", \"writer\", \"fixer\"]",
+        );
+        let text = format!(
+            "{text}\n[[role]]\nname = \"dba\"\ndatabases = [\"shop\"]\nread = [\"public.orders(id)\"]\n\n\
+             [[role]]\nname = \"fixer\"\ndatabases = [\"shop\"]\nread = [\"public.orders(id, status)\"]\n\
+             approval = \"session\"\napprovers = [\"analyst\"]\nrequester_may_approve = true\n"
+        );
+        let config = h.deploy.join("approval.toml");
+        std::fs::write(&config, text).unwrap();
+        spawn_warden(&config, &h.root.join("approval-warden.log"), port).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", api_port)).is_err() {
+            assert!(Instant::now() < deadline, "the API did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ApprovalWarden {
+            config,
+            port,
+            api: format!("https://127.0.0.1:{api_port}"),
+        }
+    })
+}
+
+impl ApprovalWarden {
+    fn human(&self, name: &str) -> PathBuf {
+        let out = unique_dir(&harness().root, &format!("appr-{name}"));
+        run_ok(
+            Command::new(WARDEN)
+                .args(["issue", "--config"])
+                .arg(&self.config)
+                .args(["--kind", "human", "--name", name, "--ttl", "1h", "--out"])
+                .arg(&out),
+        );
+        out
+    }
+
+    /// report-bot acting for alice on `task`, issued through the API; written as a credential directory.
+    async fn agent(&self, alice: &Path, task: &str) -> (PathBuf, Value) {
+        let c = api(alice);
+        let resp = c
+            .post(format!("{}/v1/credentials", self.api))
+            .json(&serde_json::json!({"agent": "report-bot", "task": task}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 201);
+        let body: Value = resp.json().await.unwrap();
+        let dir = unique_dir(&harness().root, "appr-agent");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("identity.crt"), body["certificate"].as_str().unwrap()).unwrap();
+        std::fs::write(dir.join("identity.key"), body["private_key"].as_str().unwrap()).unwrap();
+        std::fs::write(dir.join("ca.crt"), body["ca_certificate"].as_str().unwrap()).unwrap();
+        std::fs::write(
+            dir.join("profile.toml"),
+            format!("identity = \"agent:report-bot\"\napi = \"{}\"\n", self.api),
+        )
+        .unwrap();
+        (dir, body)
+    }
+
+    fn requests(&self, cred: &Path, args: &[&str]) -> Output {
+        Command::new(WARDEN)
+            .arg("requests")
+            .args(args)
+            .arg("--identity")
+            .arg(cred)
+            .output()
+            .unwrap()
+    }
+
+    fn list(&self, cred: &Path) -> Vec<Value> {
+        let out = self.requests(cred, &["list", "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    fn create(&self, cred: &Path, roles: &str, reason: &str, extra: &[&str]) -> String {
+        let mut args = vec!["create", "--roles", roles, "--reason", reason, "--json"];
+        args.extend_from_slice(extra);
+        let out = self.requests(cred, &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let q: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+        assert_eq!(q["state"], "pending");
+        q["id"].as_str().unwrap().to_string()
+    }
+
+    fn audit(&self, args: &[&str]) -> Vec<Value> {
+        audit_in(&self.config, args)
+    }
+
+    async fn write(&self, cred: &Path) -> Result<u64, tokio_postgres::Error> {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1")
+            .port(self.port)
+            .user("report-bot")
+            .dbname("shop")
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
+        let client = connect_with(&cfg, &cred.join("ca.crt"), Some(load_cert(cred))).await?;
+        // Rolled back: the red-team tests compare the shop's data around their cases.
+        client.batch_execute("BEGIN").await?;
+        let n = client
+            .execute("UPDATE orders SET status = status WHERE id = 1", &[])
+            .await;
+        client.batch_execute("ROLLBACK").await?;
+        n
+    }
+}
+
+fn api(cred: &Path) -> reqwest::Client {
+    let tls = tls_config(&cred.join("ca.crt"), Some(load_cert(cred)));
+    reqwest::Client::builder().use_preconfigured_tls(tls).build().unwrap()
+}
+
+fn refused(out: &Output, needle: &str) {
+    assert!(
+        !out.status.success(),
+        "expected a refusal naming {needle:?}: {}",
+        stdout(out)
+    );
+    assert!(
+        stderr(out).contains(needle),
+        "{:?} does not name {needle:?}",
+        stderr(out)
+    );
+}
+
+#[tokio::test]
+async fn a_write_role_is_requested_approved_by_a_dba_then_assumed() {
+    let w = approval_warden();
+    let (alice, bob, carol) = (w.human("alice"), w.human("bob"), w.human("carol"));
+    let task = format!("T-appr-{}", uuid::Uuid::new_v4().simple());
+
+    // The agent's credential never carries writer by default, and cannot be issued with it.
+    let (agent, body) = w.agent(&alice, &task).await;
+    assert_eq!(body["roles"], serde_json::json!(["analyst"]), "{body}");
+    let resp = api(&alice)
+        .post(format!("{}/v1/credentials", w.api))
+        .json(&serde_json::json!({"agent": "report-bot", "task": task, "roles": ["analyst", "writer"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "needs_approval", "{err}");
+
+    // Without approval the write is refused.
+    let denied = w.write(&agent).await.expect_err("no writer role yet");
+    assert_eq!(denied.code().unwrap().code(), "42501", "{denied}");
+
+    let id = w.create(&agent, "writer", "fix order 1", &[]);
+    // Nobody approves their own request; the requester may not either (writer does not allow it);
+    // bob holds no dba role.
+    refused(&w.requests(&agent, &["approve", &id]), "only humans approve");
+    refused(&w.requests(&alice, &["approve", &id]), "requester_may_approve");
+    refused(&w.requests(&bob, &["approve", &id]), "dba");
+    // Not approved yet: cannot be assumed.
+    let early = unique_dir(&harness().root, "appr-early");
+    refused(
+        &w.requests(&agent, &["assume", &id, "--out", &early.to_string_lossy()]),
+        "pending",
+    );
+
+    // carol sees it pending, with what it asks, and may decide it.
+    let listed = w.list(&carol);
+    let q = listed
+        .iter()
+        .find(|q| q["id"] == id.as_str())
+        .expect("carol sees the request");
+    assert_eq!(q["kind"], "session");
+    assert_eq!(q["state"], "pending");
+    assert_eq!(q["agent"], "agent:report-bot");
+    assert_eq!(q["requester"], "human:alice");
+    assert_eq!(q["task"], task.as_str());
+    assert_eq!(q["roles"], serde_json::json!(["writer"]));
+    assert_eq!(q["may_approve"], true);
+    assert!(q["age_seconds"].as_i64().unwrap() >= 0);
+    let out = w.requests(&carol, &["approve", &id, "--reason", "ok for order 1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let elevated = unique_dir(&harness().root, "appr-elevated");
+    let out = w.requests(&agent, &["assume", &id, "--out", &elevated.to_string_lossy()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let profile = std::fs::read_to_string(elevated.join("profile.toml")).unwrap();
+    assert!(
+        profile.contains(&format!("task = \"{task}\"")) && profile.contains("requester = \"human:alice\""),
+        "{profile}"
+    );
+    assert!(profile.contains("\"writer\""), "{profile}");
+    assert_eq!(w.write(&elevated).await.expect("the write runs once approved"), 1);
+    // Assumed once.
+    refused(
+        &w.requests(
+            &agent,
+            &[
+                "assume",
+                &id,
+                "--out",
+                &unique_dir(&harness().root, "x").to_string_lossy(),
+            ],
+        ),
+        "assumed",
+    );
+
+    let events = w.audit(&["--task", &task]);
+    let find = |name: &str| {
+        events
+            .iter()
+            .find(|e| e["event"] == name && e["request_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("no {name} for {id}"))
+    };
+    assert_eq!(find("request.created")["actor"], "agent:report-bot");
+    assert_eq!(find("request.created")["reason"], "fix order 1");
+    assert_eq!(find("request.approved")["actor"], "human:carol");
+    assert_eq!(find("request.approved")["reason"], "ok for order 1");
+    assert_eq!(find("request.assumed")["actor"], "agent:report-bot");
+}
+
+#[tokio::test]
+async fn denied_and_expired_requests_cannot_be_assumed() {
+    let w = approval_warden();
+    let (alice, carol) = (w.human("alice"), w.human("carol"));
+    let task = format!("T-appr-{}", uuid::Uuid::new_v4().simple());
+    let (agent, _) = w.agent(&alice, &task).await;
+
+    let id = w.create(&agent, "writer", "bulk fix", &[]);
+    let out = w.requests(&carol, &["deny", &id, "--reason", "use a ticket"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    refused(
+        &w.requests(
+            &agent,
+            &[
+                "assume",
+                &id,
+                "--out",
+                &unique_dir(&harness().root, "d").to_string_lossy(),
+            ],
+        ),
+        "denied",
+    );
+    let mine = w.list(&agent);
+    assert_eq!(mine.iter().find(|q| q["id"] == id.as_str()).unwrap()["state"], "denied");
+    let denied = w.audit(&["--task", &task, "--event", "request.denied"]);
+    assert_eq!(denied[0]["actor"], "human:carol");
+    assert_eq!(denied[0]["reason"], "use a ticket");
+
+    let short = w.create(&agent, "writer", "quick one", &["--wait", "1s"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    refused(&w.requests(&carol, &["approve", &short]), "expired");
+    assert_eq!(
+        w.list(&agent).iter().find(|q| q["id"] == short.as_str()).unwrap()["state"],
+        "expired"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !w
+        .audit(&["--task", &task, "--event", "request.expired"])
+        .iter()
+        .any(|e| e["request_id"] == short.as_str())
+    {
+        assert!(Instant::now() < deadline, "no request.expired event");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A request needs a reason, and only roles that need approval are requested.
+    refused(
+        &w.requests(&agent, &["create", "--roles", "writer", "--reason", " "]),
+        "reason is required",
+    );
+    refused(
+        &w.requests(&agent, &["create", "--roles", "analyst", "--reason", "x"]),
+        "does not need an access request",
+    );
+}
+
+#[tokio::test]
+async fn a_role_that_allows_it_is_approved_by_the_agents_requester() {
+    let w = approval_warden();
+    let alice = w.human("alice");
+    let task = format!("T-appr-{}", uuid::Uuid::new_v4().simple());
+    let (agent, _) = w.agent(&alice, &task).await;
+    let id = w.create(&agent, "fixer", "look at statuses", &[]);
+    let out = w.requests(&alice, &["approve", &id]);
+    assert!(
+        out.status.success(),
+        "fixer says requester_may_approve: {}",
+        stderr(&out)
+    );
+    let out = w.requests(
+        &agent,
+        &[
+            "assume",
+            &id,
+            "--out",
+            &unique_dir(&harness().root, "f").to_string_lossy(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
