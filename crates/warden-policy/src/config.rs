@@ -423,7 +423,17 @@ fn build_role(cx: &Locator, r: &RawRole, databases: &[DatabaseConfig]) -> Result
     let approval = match r.approval.as_ref().map(|a| a.get_ref().as_str()) {
         None | Some("none") => Approval::None,
         Some("session") => Approval::Session,
-        Some("statement") => Approval::Statement,
+        // Statement review is not built yet (issue 6, item 2). Accepting the setting would let writes
+        // through unreviewed, so it is refused until it is.
+        Some("statement") => {
+            let span = r.approval.as_ref().expect("matched Some above");
+            return Err(cx.invalid(
+                span,
+                "role.approval",
+                "\"statement\" (each write reviewed) is not supported by this version of Warden yet; \
+                 use \"session\" (an approved access request) until it is",
+            ));
+        }
         Some(other) => {
             let span = r.approval.as_ref().expect("matched Some above");
             return Err(cx.invalid(
@@ -433,6 +443,14 @@ fn build_role(cx: &Locator, r: &RawRole, databases: &[DatabaseConfig]) -> Result
             ));
         }
     };
+    if approval == Approval::Session && r.approvers.is_empty() {
+        let span = r.approval.as_ref().expect("approval is session only when set");
+        return Err(cx.invalid(
+            span,
+            "role.approvers",
+            "approval = \"session\" needs approvers = [\"ROLE\", ...]: the roles whose holders may approve",
+        ));
+    }
     Ok(Role {
         name,
         databases: dbs,

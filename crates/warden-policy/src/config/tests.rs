@@ -214,3 +214,21 @@ fn column_write_grant_does_not_imply_delete() {
     };
     assert!(!set.tables[&orders].delete);
 }
+
+#[test]
+fn statement_review_is_refused_until_it_is_built() {
+    let text = SAMPLE.replace("approval  = \"session\"", "approval  = \"statement\"");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("role.approval") && err.contains("not supported"), "{err}");
+    assert!(err.contains("warden.toml:28"), "names the line: {err}");
+}
+
+#[test]
+fn a_session_approval_role_needs_approvers() {
+    let text = SAMPLE.replace("approvers = [\"dba\"]\n", "");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("role.approvers") && err.contains("warden.toml:28"),
+        "{err}"
+    );
+}
