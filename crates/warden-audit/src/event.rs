@@ -59,6 +59,9 @@ pub struct EventBody {
     /// On `request.*` events: the access request's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// On `review.*` events, and on the `query` event of a reviewed statement: the review's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_id: Option<String>,
 }
 
 /// A lock as the audit log records it.

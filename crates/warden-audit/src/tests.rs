@@ -315,6 +315,7 @@ async fn stored_lines_follow_the_documented_rule() {
             expires_at: None,
         }),
         request_id: Some("rq_1".into()),
+        review_id: Some("rv_1".into()),
     };
     log.append(full.clone()).await.unwrap();
     log.append(body("session.end", "bot")).await.unwrap();
@@ -353,6 +354,7 @@ async fn stored_lines_follow_the_documented_rule() {
         "actor",
         "lock",
         "request_id",
+        "review_id",
         "prev_hash",
         "hash",
     ];

@@ -34,6 +34,8 @@ pub struct ServerSettings {
     /// Humans who may manage locks and any credential through the API (the offline commands need
     /// only access to the data dir).
     pub admins: Vec<IdentityName>,
+    /// How long a write held for statement review waits for a decision before it is refused.
+    pub review_timeout: Duration,
     /// Test-only (see raw.rs): statements are forwarded undecided; audit records say so.
     pub danger_disable_statement_checks: bool,
 }
@@ -86,6 +88,9 @@ pub struct IdentityConfig {
     pub traits: BTreeMap<String, String>,
     pub max_ttl: Option<Duration>,
 }
+
+/// How long a held write waits for a reviewer unless `server.review_timeout` says otherwise.
+pub const DEFAULT_REVIEW_TIMEOUT: Duration = Duration::minutes(5);
 
 /// Default upper bound on any credential's lifetime when neither the identity nor its roles set one.
 pub const DEFAULT_MAX_TTL: Duration = Duration::hours(12);
@@ -351,6 +356,9 @@ fn build_server(cx: &Locator, base: &Path, raw: &RawConfig) -> Result<ServerSett
         data_dir: clean(&base.join(s.data_dir.as_deref().unwrap_or("."))),
         max_message_size,
         admins,
+        review_timeout: cx
+            .duration(&s.review_timeout, "server.review_timeout")?
+            .unwrap_or(DEFAULT_REVIEW_TIMEOUT),
         danger_disable_statement_checks: s.danger_disable_statement_checks,
     })
 }
@@ -423,17 +431,7 @@ fn build_role(cx: &Locator, r: &RawRole, databases: &[DatabaseConfig]) -> Result
     let approval = match r.approval.as_ref().map(|a| a.get_ref().as_str()) {
         None | Some("none") => Approval::None,
         Some("session") => Approval::Session,
-        // Statement review is not built yet (issue 6, item 2). Accepting the setting would let writes
-        // through unreviewed, so it is refused until it is.
-        Some("statement") => {
-            let span = r.approval.as_ref().expect("matched Some above");
-            return Err(cx.invalid(
-                span,
-                "role.approval",
-                "\"statement\" (each write reviewed) is not supported by this version of Warden yet; \
-                 use \"session\" (an approved access request) until it is",
-            ));
-        }
+        Some("statement") => Approval::Statement,
         Some(other) => {
             let span = r.approval.as_ref().expect("matched Some above");
             return Err(cx.invalid(
@@ -443,12 +441,12 @@ fn build_role(cx: &Locator, r: &RawRole, databases: &[DatabaseConfig]) -> Result
             ));
         }
     };
-    if approval == Approval::Session && r.approvers.is_empty() {
-        let span = r.approval.as_ref().expect("approval is session only when set");
+    if approval != Approval::None && r.approvers.is_empty() {
+        let span = r.approval.as_ref().expect("approval is set when not none");
         return Err(cx.invalid(
             span,
             "role.approvers",
-            "approval = \"session\" needs approvers = [\"ROLE\", ...]: the roles whose holders may approve",
+            "approval needs approvers = [\"ROLE\", ...]: the roles whose holders may approve",
         ));
     }
     Ok(Role {

@@ -33,6 +33,8 @@ pub(crate) struct RawServer {
     /// Identities (humans) that may manage locks and every credential through the API.
     #[serde(default)]
     pub admins: Vec<Spanned<String>>,
+    /// How long a write held for statement review waits, e.g. "5m".
+    pub review_timeout: Option<Spanned<String>>,
     /// Test-only: forward statements without analysing them, to prove PostgreSQL's own privileges
     /// hold on their own. Never set this in a deployment.
     #[serde(default)]

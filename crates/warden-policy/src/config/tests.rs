@@ -216,11 +216,19 @@ fn column_write_grant_does_not_imply_delete() {
 }
 
 #[test]
-fn statement_review_is_refused_until_it_is_built() {
-    let text = SAMPLE.replace("approval  = \"session\"", "approval  = \"statement\"");
-    let err = parse(&text).unwrap_err().to_string();
-    assert!(err.contains("role.approval") && err.contains("not supported"), "{err}");
-    assert!(err.contains("warden.toml:28"), "names the line: {err}");
+fn review_timeout_defaults_and_parses() {
+    assert_eq!(parse(SAMPLE).unwrap().server.review_timeout, DEFAULT_REVIEW_TIMEOUT);
+    let text = SAMPLE.replace(
+        "data_dir        = \"data\"",
+        "data_dir        = \"data\"\nreview_timeout = \"30s\"",
+    );
+    assert_eq!(parse(&text).unwrap().server.review_timeout, Duration::seconds(30));
+    let bad = SAMPLE.replace(
+        "data_dir        = \"data\"",
+        "data_dir        = \"data\"\nreview_timeout = \"soon\"",
+    );
+    let err = parse(&bad).unwrap_err().to_string();
+    assert!(err.contains("server.review_timeout"), "{err}");
 }
 
 #[test]

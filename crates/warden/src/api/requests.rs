@@ -23,6 +23,7 @@ use super::handlers::{credential_response, IssuedCredential};
 use super::{ApiError, ApiJson, Caller};
 use crate::cli::issue::{claims_for, human_duration};
 use crate::control;
+use crate::proxy::review::{ReviewInfo, ReviewOutcome};
 use crate::proxy::Shared;
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -72,6 +73,13 @@ pub struct RequestView {
     decided_by: Option<String>,
     decision_reason: Option<String>,
     may_approve: bool,
+    /// For a held statement (kind "statement"): its text, parameters and session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    statement: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Vec<Option<String>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_id: Option<String>,
 }
 
 fn view(q: &AccessRequest, may_approve: bool) -> RequestView {
@@ -93,6 +101,34 @@ fn view(q: &AccessRequest, may_approve: bool) -> RequestView {
         decided_by: q.decided_by.clone(),
         decision_reason: q.decision_reason.clone(),
         may_approve,
+        statement: None,
+        parameters: None,
+        session_id: None,
+    }
+}
+
+fn review_view(r: &ReviewInfo, may_approve: bool) -> RequestView {
+    let now = OffsetDateTime::now_utc();
+    RequestView {
+        id: r.id.clone(),
+        kind: "statement",
+        identity: r.identity.clone(),
+        agent: r.identity.starts_with("agent:").then(|| r.identity.clone()),
+        requester: r.requester.clone(),
+        task: r.task.clone(),
+        roles: r.roles.clone(),
+        reason: format!("a write under role {}", r.roles.join(", ")),
+        state: "pending",
+        age_seconds: (now - r.created_at).whole_seconds(),
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        ttl: String::new(),
+        decided_by: None,
+        decision_reason: None,
+        may_approve,
+        statement: Some(r.statement.clone()),
+        parameters: r.parameters.clone(),
+        session_id: Some(r.session_id.clone()),
     }
 }
 
@@ -233,17 +269,23 @@ pub async fn create(
     )
     .await?;
     tracing::info!(request = %q.id, identity = %q.identity, roles = %q.roles.join(","), "access request created");
-    let may = may_approve(&config, &caller, &q).is_ok();
+    let may = may_approve(&config, &caller, &q.identity, q.requester.as_deref(), &q.roles).is_ok();
     Ok((StatusCode::CREATED, Json(view(&q, may))))
 }
 
-/// Whether `caller` may decide `q`, or why not.
-fn may_approve(config: &Config, caller: &Caller, q: &AccessRequest) -> Result<(), String> {
+/// Whether `caller` may decide what `identity` (acting for `requester`) asks under `roles`, or why not.
+fn may_approve(
+    config: &Config,
+    caller: &Caller,
+    identity: &str,
+    requester: Option<&str>,
+    roles: &[String],
+) -> Result<(), String> {
     let me = caller.name();
     if caller.claims.kind != IdentityKind::Human {
         return Err("only humans approve requests".into());
     }
-    if q.identity == me {
+    if identity == me {
         return Err("nobody approves their own request".into());
     }
     let held: Vec<&String> = caller
@@ -256,11 +298,11 @@ fn may_approve(config: &Config, caller: &Caller, q: &AccessRequest) -> Result<()
                 .is_some_and(|i| i.roles.contains(r))
         })
         .collect();
-    for r in &q.roles {
+    for r in roles {
         let Some(role) = config.role(r) else {
             return Err(format!("role \"{r}\" is no longer configured"));
         };
-        if q.requester.as_deref() == Some(me.as_str()) && !role.requester_may_approve {
+        if requester == Some(me.as_str()) && !role.requester_may_approve {
             return Err(format!(
                 "you are the requester this agent acts for; role \"{r}\" does not let a requester approve (requester_may_approve)"
             ));
@@ -289,14 +331,22 @@ pub async fn list(State(shared): State<Arc<Shared>>, caller: Caller) -> ApiResul
     let config = shared.config.load();
     let since = OffsetDateTime::now_utc() - Duration::days(7);
     let all = shared.requests.requests(since)?;
-    Ok(Json(
-        all.iter()
-            .filter_map(|q| {
-                let may = may_approve(&config, &caller, q).is_ok();
-                (caller.admin || may || is_asker(&caller, q)).then(|| view(q, may))
-            })
-            .collect(),
-    ))
+    let me = caller.name();
+    // Held statements first: they hold a session up.
+    let mut out: Vec<RequestView> = shared
+        .reviews
+        .list()
+        .iter()
+        .filter_map(|r| {
+            let may = may_approve(&config, &caller, &r.identity, r.requester.as_deref(), &r.roles).is_ok();
+            (caller.admin || may || r.identity == me).then(|| review_view(r, may))
+        })
+        .collect();
+    out.extend(all.iter().filter_map(|q| {
+        let may = may_approve(&config, &caller, &q.identity, q.requester.as_deref(), &q.roles).is_ok();
+        (caller.admin || may || is_asker(&caller, q)).then(|| view(q, may))
+    }));
+    Ok(Json(out))
 }
 
 /// POST /v1/requests/{id}/approve and /deny.
@@ -333,12 +383,16 @@ async fn decide(
     if let Some(r) = &decision.reason {
         control::check_text("reason", r, 1000).map_err(ApiError::bad_request)?;
     }
+    if id.starts_with("rv_") {
+        return decide_review(&shared, &caller, &id, approve, decision.reason);
+    }
     expire(&shared).await;
     let Some(q) = shared.requests.request(&id)? else {
         return Err(ApiError::not_found(format!("no request {id}")));
     };
     let config = shared.config.load();
-    may_approve(&config, &caller, &q).map_err(|why| ApiError::forbidden(format!("you may not decide {id}: {why}")))?;
+    may_approve(&config, &caller, &q.identity, q.requester.as_deref(), &q.roles)
+        .map_err(|why| ApiError::forbidden(format!("you may not decide {id}: {why}")))?;
     let me = caller.name();
     let decided = shared
         .requests
@@ -354,6 +408,45 @@ async fn decide(
     record(&shared, event(name, &decided, &me, decision.reason.clone())).await?;
     tracing::info!(request = %id, by = %me, approved = approve, "access request decided");
     Ok(Json(view(&decided, false)))
+}
+
+/// A held statement: the decision goes to the waiting session, which records it and runs the statement
+/// exactly as sent (approve) or answers 42501 naming who denied it.
+fn decide_review(
+    shared: &Shared,
+    caller: &Caller,
+    id: &str,
+    approve: bool,
+    reason: Option<String>,
+) -> ApiResult<Json<RequestView>> {
+    let Some(info) = shared.reviews.get(id) else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("review {id} is not pending here: it was decided, it timed out, or its session ended"),
+        ));
+    };
+    let config = shared.config.load();
+    may_approve(&config, caller, &info.identity, info.requester.as_deref(), &info.roles)
+        .map_err(|why| ApiError::forbidden(format!("you may not decide {id}: {why}")))?;
+    let by = caller.name();
+    let outcome = if approve {
+        ReviewOutcome::Approved { by: by.clone(), reason }
+    } else {
+        ReviewOutcome::Denied { by: by.clone(), reason }
+    };
+    let Some(info) = shared.reviews.decide(id, outcome) else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("review {id} was decided or withdrawn meanwhile"),
+        ));
+    };
+    tracing::info!(review = %id, by = %by, approved = approve, "statement review decided");
+    let mut v = review_view(&info, false);
+    v.state = if approve { "approved" } else { "denied" };
+    v.decided_by = Some(by);
+    Ok(Json(v))
 }
 
 /// POST /v1/requests/{id}/assume: the elevated credential, once approved; only for the asker.

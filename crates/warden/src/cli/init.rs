@@ -113,7 +113,7 @@ name = "writer"
 databases = ["shop"]
 read  = ["public.*"]
 write = ["public.orders"]
-approval  = "session"    # "none" | "session" (an approved access request); "statement" (each write reviewed) is not built yet
+approval  = "session"    # "none" | "session" (an approved access request) | "statement" (each write reviewed)
 approvers = ["dba"]
 
 [[role]]

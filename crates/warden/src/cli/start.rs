@@ -107,6 +107,7 @@ impl Server {
             requests,
             blocks: ArcSwap::from_pointee(blocks),
             sessions: Default::default(),
+            reviews: Default::default(),
         });
         Ok(Server {
             shared,

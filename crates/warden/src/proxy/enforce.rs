@@ -15,8 +15,12 @@ use super::{Session, Shared};
 
 /// The outcome for one statement string.
 pub enum Verdict {
-    /// Each session effect with the text of the statement that has it.
-    Allow { effects: Vec<(String, SessionEffect)> },
+    /// Each session effect with the text of the statement that has it; `review` when a human must
+    /// approve the statement before it is forwarded (a write under a statement-approval role).
+    Allow {
+        effects: Vec<(String, SessionEffect)>,
+        review: Option<super::review::ReviewNeed>,
+    },
     Deny {
         code: &'static str,
         reason: String,
@@ -49,7 +53,10 @@ impl Enforcer {
     ) -> Result<Verdict, ProxyError> {
         let config = shared.config.load();
         if config.server.danger_disable_statement_checks {
-            return Ok(Verdict::Allow { effects: Vec::new() });
+            return Ok(Verdict::Allow {
+                effects: Vec::new(),
+                review: None,
+            });
         }
         let current = session.roles.load();
         let roles: Vec<&Role> = current.iter().filter_map(|r| config.role(r)).collect();
@@ -151,6 +158,7 @@ impl Enforcer {
                     .iter()
                     .flat_map(|s| s.effects.iter().map(|e| (s.text.clone(), e.clone())))
                     .collect(),
+                review: review_need(&all, &roles),
             },
             Decision::Deny { reason, hint, .. } => deny(sqlstate::INSUFFICIENT_PRIVILEGE, reason, hint),
         })
@@ -172,6 +180,17 @@ impl Enforcer {
             }
         }
     }
+}
+
+/// A write from a session holding a role with `approval = "statement"` waits for a human.
+fn review_need(statements: &[StatementAccess], roles: &[&Role]) -> Option<super::review::ReviewNeed> {
+    let reviewed: Vec<String> = roles
+        .iter()
+        .filter(|r| r.approval == warden_policy::Approval::Statement)
+        .map(|r| r.name.clone())
+        .collect();
+    let writes = statements.iter().any(|s| s.class() == warden_sql::Class::Write);
+    (writes && !reviewed.is_empty()).then_some(super::review::ReviewNeed { roles: reviewed })
 }
 
 fn deny(code: &'static str, reason: String, hint: String) -> Verdict {

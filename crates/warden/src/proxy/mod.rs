@@ -20,6 +20,7 @@ pub mod frontend;
 pub mod io;
 pub mod lifecycle;
 pub mod relay;
+pub mod review;
 
 use crate::tls::UserCaVerifier;
 
@@ -45,6 +46,8 @@ pub struct Shared {
     pub blocks: ArcSwap<warden_state::Blocklist>,
     /// Live sessions, so that locks, revocation, expiry and reloads can reach them.
     pub sessions: lifecycle::SessionRegistry,
+    /// Writes held for statement review.
+    pub reviews: review::ReviewRegistry,
 }
 
 /// An authenticated client session: who it is, where it goes, as which PostgreSQL role.

@@ -26,6 +26,7 @@ use super::error::ProxyError;
 use super::frontend::{greeting, ClientStream};
 use super::io::Framed;
 use super::lifecycle::Kill;
+use super::review::{new_review_id, ReviewInfo, ReviewNeed, ReviewOutcome};
 use super::{Session, Shared};
 use warden_sql::SessionEffect;
 
@@ -166,6 +167,9 @@ pub async fn run(
 
     let queue: Queue = Arc::default();
     let swallow = Arc::new(Swallow::default());
+    // Messages Warden itself sends the client mid-session (the NOTICE of a held statement) go through
+    // the task that owns the client's write half.
+    let (notice_tx, notice_rx) = tokio::sync::mpsc::unbounded_channel();
     let tx_status = Arc::new(AtomicU8::new(b'I'));
     let db_role = session.db_role.clone();
     let mut to_server = ClientSide {
@@ -181,6 +185,7 @@ pub async fn run(
         statements: HashMap::new(),
         portals: HashMap::new(),
         enforcer: Enforcer::new(parse_search_path(&upstream.search_path, &db_role)),
+        notices: notice_tx,
     };
     let mut to_client = ServerSide {
         shared: &shared,
@@ -192,6 +197,7 @@ pub async fn run(
         buf: upstream_buf,
         wr: client_wr,
         max,
+        notices: notice_rx,
     };
     let draining = drain(&mut shutdown, to_client.queue.clone());
     let expiry = expires(&session);
@@ -319,6 +325,13 @@ struct ClientSide<'a> {
     /// Portal name -> (statement text, parameters as bound, denied).
     portals: HashMap<String, Portal>,
     enforcer: Enforcer,
+    notices: tokio::sync::mpsc::UnboundedSender<BytesMut>,
+}
+
+/// The end of a statement review.
+enum Reviewed {
+    Approved(String),
+    Refused { id: String, reason: String },
 }
 
 #[derive(Clone, Default)]
@@ -328,6 +341,8 @@ struct Prepared {
     denied: bool,
     /// Session effects to apply when it runs.
     effects: Arc<Vec<(String, SessionEffect)>>,
+    /// Held for a human's approval at each Execute.
+    review: Option<Arc<ReviewNeed>>,
 }
 
 #[derive(Clone)]
@@ -336,6 +351,7 @@ struct Portal {
     params: Vec<Option<String>>,
     denied: bool,
     effects: Arc<Vec<(String, SessionEffect)>>,
+    review: Option<Arc<ReviewNeed>>,
 }
 
 impl ClientSide<'_> {
@@ -390,7 +406,17 @@ impl ClientSide<'_> {
                     .enforcer
                     .check(self.shared, self.session, sql, self.in_transaction())
                     .await?;
-                return self.simple(sql, verdict).await;
+                let (verdict, review) = match verdict {
+                    Verdict::Allow {
+                        effects,
+                        review: Some(need),
+                    } => match self.review(sql, None, &need).await? {
+                        Reviewed::Approved(id) => (Verdict::Allow { effects, review: None }, Some(id)),
+                        Reviewed::Refused { id, reason } => (review_denial(reason), Some(id)),
+                    },
+                    v => (v, None),
+                };
+                return self.simple(sql, verdict, review.as_deref()).await;
             }
             FrontendMessage::Parse { name, sql, .. } => {
                 let verdict = self
@@ -398,7 +424,7 @@ impl ClientSide<'_> {
                     .check(self.shared, self.session, sql, self.in_transaction())
                     .await?;
                 match verdict {
-                    Verdict::Allow { effects } => {
+                    Verdict::Allow { effects, review } => {
                         // Its effects on the session count when it runs (Execute), not when parsed.
                         self.statements.insert(
                             name.to_string(),
@@ -406,30 +432,25 @@ impl ClientSide<'_> {
                                 sql: Arc::from(sql),
                                 denied: false,
                                 effects: Arc::new(effects),
+                                review: review.map(Arc::new),
                             },
                         );
                     }
                     Verdict::Deny { code, reason, hint } => {
-                        let seq = self.record_query(sql.to_string(), None, Some(&reason)).await?;
+                        let seq = self.record_query(sql.to_string(), None, Some(&reason), None).await?;
                         self.statements.insert(
                             name.to_string(),
                             Prepared {
                                 sql: Arc::from(sql),
                                 denied: true,
                                 effects: Arc::default(),
+                                review: None,
                             },
                         );
                         self.push(Pending::Execute(Outcome::denied(seq)));
                         // A stand-in that fails at Execute with the denial; PostgreSQL then skips the
                         // client's own Bind/Execute up to Sync, as after any failed Parse.
-                        self.swallow.parse_complete.fetch_add(1, Ordering::SeqCst);
-                        self.swallow.bind_complete.fetch_add(1, Ordering::SeqCst);
-                        let mut instead = BytesMut::new();
-                        let stmt = denial_statement(code, &reason, &hint);
-                        fe::parse_message("", &stmt, &mut instead);
-                        fe::bind_message("", "", &mut instead);
-                        fe::execute_message("", 0, &mut instead);
-                        return Ok(Step::Replace(instead));
+                        return Ok(Step::Replace(self.extended_denial(code, &reason, &hint)));
                     }
                 }
             }
@@ -443,6 +464,7 @@ impl ClientSide<'_> {
                         params,
                         denied: p.denied,
                         effects: p.effects,
+                        review: p.review,
                     },
                 );
             }
@@ -452,14 +474,39 @@ impl ClientSide<'_> {
                     // Denied at Parse: PostgreSQL is skipping to Sync and will not run it.
                     Some(Portal { denied: true, .. }) => {}
                     Some(Portal {
-                        sql, params, effects, ..
+                        sql,
+                        params,
+                        effects,
+                        review,
+                        ..
                     }) => {
-                        let seq = self.record_query(sql.to_string(), Some(params), None).await?;
+                        let mut review_id = None;
+                        if let Some(need) = review {
+                            match self.review(&sql, Some(params.clone()), &need).await? {
+                                Reviewed::Approved(id) => review_id = Some(id),
+                                Reviewed::Refused { id, reason } => {
+                                    let seq = self
+                                        .record_query(sql.to_string(), Some(params), Some(&reason), Some(&id))
+                                        .await?;
+                                    self.push(Pending::Execute(Outcome::denied(seq)));
+                                    // The client's Parse and Bind ran; the stand-in takes its Execute's place.
+                                    let hint = review_hint();
+                                    return Ok(Step::Replace(self.extended_denial(
+                                        sqlstate::INSUFFICIENT_PRIVILEGE,
+                                        &reason,
+                                        &hint,
+                                    )));
+                                }
+                            }
+                        }
+                        let seq = self
+                            .record_query(sql.to_string(), Some(params), None, review_id.as_deref())
+                            .await?;
                         self.push(Pending::Execute(Outcome::new(seq)));
                         self.enforcer.applied(&effects, &self.session.db_role);
                     }
                     None => {
-                        let seq = self.record_query(String::new(), None, None).await?;
+                        let seq = self.record_query(String::new(), None, None, None).await?;
                         self.push(Pending::Execute(Outcome::new(seq)));
                     }
                 }
@@ -482,6 +529,7 @@ impl ClientSide<'_> {
                             reason: "fast-path function calls are not supported through Warden".into(),
                             hint: "call the function in a SELECT".into(),
                         },
+                        None,
                     )
                     .await;
             }
@@ -491,21 +539,125 @@ impl ClientSide<'_> {
         Ok(Step::Forward)
     }
 
+    /// Holds a write for statement review: lists it for approvers, tells the client, waits for the
+    /// decision or the timeout. Every step is recorded; nothing reaches PostgreSQL while it waits.
+    async fn review(
+        &mut self,
+        sql: &str,
+        parameters: Option<Vec<Option<String>>>,
+        need: &ReviewNeed,
+    ) -> Result<Reviewed, ProxyError> {
+        let timeout = self.shared.config.load().server.review_timeout;
+        let wait = std::time::Duration::try_from(timeout).unwrap_or(std::time::Duration::from_secs(300));
+        let c = &self.session.claims;
+        let now = time::OffsetDateTime::now_utc();
+        let info = ReviewInfo {
+            id: new_review_id(),
+            session_id: self.session.id.clone(),
+            identity: c.identity().to_string(),
+            requester: c.requester.as_ref().map(|r| r.to_string()),
+            task: c.task.clone(),
+            credential_id: c.credential_id.clone(),
+            database: self.session.database.clone(),
+            statement: sql.to_string(),
+            parameters: parameters.clone(),
+            roles: need.roles.clone(),
+            created_at: now,
+            expires_at: now + timeout,
+        };
+        let id = info.id.clone();
+        let audit_failed = |e: warden_audit::AuditError| ProxyError::AuditUnavailable { reason: e.to_string() };
+        let mut ticket = self.shared.reviews.open(info);
+        let mut body = self.session.event("review.pending");
+        body.statement = Some(sql.to_string());
+        body.parameters = parameters;
+        body.review_id = Some(id.clone());
+        body.reason = Some(format!("held for review under role {}", need.roles.join(", ")));
+        self.shared.audit.append(body).await.map_err(audit_failed)?;
+        let mut notice = BytesMut::new();
+        let message = format!(
+            "warden: waiting for approval, review id {id}: role {} has each write approved by a person; an approver runs `warden requests approve {id}` (this waits up to {})",
+            need.roles.join(", "),
+            crate::cli::issue::human_duration(timeout)
+        );
+        ErrorResponse {
+            severity: "NOTICE",
+            code: "00000",
+            message: &message,
+            detail: None,
+            hint: None,
+        }
+        .encode_notice(&mut notice);
+        let _ = self.notices.send(notice);
+        tracing::info!(session = %self.session.id, review = %id, "statement held for review");
+        let outcome = ticket.wait(wait).await;
+        drop(ticket);
+        let mut body = self.session.event("review.pending");
+        body.review_id = Some(id.clone());
+        let result = match outcome {
+            ReviewOutcome::Approved { by, reason } => {
+                body.event = "review.approved".into();
+                body.actor = Some(by);
+                body.reason = reason;
+                Reviewed::Approved(id.clone())
+            }
+            ReviewOutcome::Denied { by, reason } => {
+                body.event = "review.denied".into();
+                let why = format!(
+                    "review {id} was denied by {by}{}",
+                    reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                );
+                body.actor = Some(by);
+                body.reason = reason;
+                Reviewed::Refused {
+                    id: id.clone(),
+                    reason: why,
+                }
+            }
+            ReviewOutcome::TimedOut { .. } => {
+                body.event = "review.timeout".into();
+                let why = format!(
+                    "review {id} was not decided within {}; ask an approver to watch `warden requests list`, then send the statement again",
+                    crate::cli::issue::human_duration(timeout)
+                );
+                body.reason = Some(why.clone());
+                Reviewed::Refused {
+                    id: id.clone(),
+                    reason: why,
+                }
+            }
+        };
+        self.shared.audit.append(body).await.map_err(audit_failed)?;
+        Ok(result)
+    }
+
+    /// Parse, Bind and Execute of a stand-in that fails with the denial, in place of a client message.
+    fn extended_denial(&self, code: &str, reason: &str, hint: &str) -> BytesMut {
+        self.swallow.parse_complete.fetch_add(1, Ordering::SeqCst);
+        self.swallow.bind_complete.fetch_add(1, Ordering::SeqCst);
+        let mut instead = BytesMut::new();
+        let stmt = denial_statement(code, reason, hint);
+        fe::parse_message("", &stmt, &mut instead);
+        fe::bind_message("", "", &mut instead);
+        fe::execute_message("", 0, &mut instead);
+        instead
+    }
+
     fn in_transaction(&self) -> bool {
         self.tx_status.load(Ordering::SeqCst) != b'I'
     }
 
     /// A simple-protocol statement (or a fast-path call): forwarded, or replaced by its denial.
-    async fn simple(&mut self, sql: &str, verdict: Verdict) -> Result<Step, ProxyError> {
+    async fn simple(&mut self, sql: &str, verdict: Verdict, review: Option<&str>) -> Result<Step, ProxyError> {
         match verdict {
-            Verdict::Allow { effects } => {
-                let seq = self.record_query(sql.to_string(), None, None).await?;
+            Verdict::Allow { effects, .. } => {
+                let seq = self.record_query(sql.to_string(), None, None, review).await?;
                 self.push(Pending::Simple(Outcome::new(seq)));
                 self.enforcer.applied(&effects, &self.session.db_role);
                 Ok(Step::Forward)
             }
             Verdict::Deny { code, reason, hint } => {
-                let seq = self.record_query(sql.to_string(), None, Some(&reason)).await?;
+                let seq = self.record_query(sql.to_string(), None, Some(&reason), review).await?;
                 self.push(Pending::Simple(Outcome::denied(seq)));
                 let mut instead = BytesMut::new();
                 fe::query(&denial_statement(code, &reason, &hint), &mut instead);
@@ -520,8 +672,10 @@ impl ClientSide<'_> {
         statement: String,
         parameters: Option<Vec<Option<String>>>,
         denied: Option<&str>,
+        review: Option<&str>,
     ) -> Result<u64, ProxyError> {
         let mut body = self.session.event("query");
+        body.review_id = review.map(str::to_string);
         body.statement = Some(statement);
         body.parameters = parameters;
         body.decision = Some(if denied.is_some() { "deny" } else { "allow" }.into());
@@ -534,6 +688,18 @@ impl ClientSide<'_> {
 
     fn push(&self, p: Pending) {
         self.queue.lock().expect("relay queue lock poisoned").push_back(p);
+    }
+}
+
+fn review_hint() -> String {
+    "a person must approve each write of this role; see `warden requests list`".into()
+}
+
+fn review_denial(reason: String) -> Verdict {
+    Verdict::Deny {
+        code: sqlstate::INSUFFICIENT_PRIVILEGE,
+        reason,
+        hint: review_hint(),
     }
 }
 
@@ -555,6 +721,7 @@ struct ServerSide<'a> {
     max: usize,
     swallow: Arc<Swallow>,
     tx_status: Arc<AtomicU8>,
+    notices: tokio::sync::mpsc::UnboundedReceiver<BytesMut>,
 }
 
 /// What happens to one message from PostgreSQL.
@@ -595,10 +762,18 @@ impl ServerSide<'_> {
             if self.buf.capacity() - self.buf.len() < 4096 {
                 self.buf.reserve(8 * 1024);
             }
-            match self.rd.read_buf(&mut self.buf).await {
-                Ok(0) => return End::Server,
-                Ok(_) => {}
-                Err(e) => return End::io(format!("reading from PostgreSQL: {e}")),
+            tokio::select! {
+                read = self.rd.read_buf(&mut self.buf) => match read {
+                    Ok(0) => return End::Server,
+                    Ok(_) => {}
+                    Err(e) => return End::io(format!("reading from PostgreSQL: {e}")),
+                },
+                // Asynchronous messages from Warden itself (a NOTICE about a held statement).
+                Some(notice) = self.notices.recv() => {
+                    if let Err(e) = write_flush(&mut self.wr, &notice).await {
+                        return End::io(format!("writing to client: {e}"));
+                    }
+                }
             }
         }
     }

@@ -31,7 +31,7 @@ fn approval_warden() -> &'static ApprovalWarden {
         let text = replace(
             text,
             &format!("postgres_listen = \"127.0.0.1:{}\"", h.warden_port),
-            &format!("postgres_listen = \"127.0.0.1:{port}\"\napi_listen = \"127.0.0.1:{api_port}\""),
+            &format!("postgres_listen = \"127.0.0.1:{port}\"\napi_listen = \"127.0.0.1:{api_port}\"\nreview_timeout = \"4s\""),
         );
         let text = replace(
             text,
@@ -46,7 +46,7 @@ fn approval_warden() -> &'static ApprovalWarden {
         let text = replace(
             text,
             "name = \"alice\"\nroles = [\"analyst\", \"writer\"]",
-            "name = \"alice\"\nroles = [\"analyst\", \"writer\", \"fixer\"]",
+            "name = \"alice\"\nroles = [\"analyst\", \"writer\", \"fixer\", \"reviewed\"]",
         );
         let text = replace(
             text,
@@ -56,12 +56,14 @@ fn approval_warden() -> &'static ApprovalWarden {
         let text = replace(
             text,
             "name = \"report-bot\"\nroles = [\"analyst\", \"writer\"]",
-            "name = \"report-bot\"\nroles = [\"analyst\", \"writer\", \"fixer\"]",
+            "name = \"report-bot\"\nroles = [\"analyst\", \"writer\", \"fixer\", \"reviewed\"]",
         );
         let text = format!(
             "{text}\n[[role]]\nname = \"dba\"\ndatabases = [\"shop\"]\nread = [\"public.orders(id)\"]\n\n\
              [[role]]\nname = \"fixer\"\ndatabases = [\"shop\"]\nread = [\"public.orders(id, status)\"]\n\
-             approval = \"session\"\napprovers = [\"analyst\"]\nrequester_may_approve = true\n"
+             approval = \"session\"\napprovers = [\"analyst\"]\nrequester_may_approve = true\n\n\
+             [[role]]\nname = \"reviewed\"\ndatabases = [\"shop2\"]\nread = [\"public.orders\"]\nwrite = [\"public.orders\"]\n\
+             approval = \"statement\"\napprovers = [\"dba\"]\n"
         );
         let config = h.deploy.join("approval.toml");
         std::fs::write(&config, text).unwrap();
@@ -94,10 +96,15 @@ impl ApprovalWarden {
 
     /// report-bot acting for alice on `task`, issued through the API; written as a credential directory.
     async fn agent(&self, alice: &Path, task: &str) -> (PathBuf, Value) {
+        self.agent_with(alice, serde_json::json!({"agent": "report-bot", "task": task}))
+            .await
+    }
+
+    async fn agent_with(&self, alice: &Path, request: Value) -> (PathBuf, Value) {
         let c = api(alice);
         let resp = c
             .post(format!("{}/v1/credentials", self.api))
-            .json(&serde_json::json!({"agent": "report-bot", "task": task}))
+            .json(&request)
             .send()
             .await
             .unwrap();
@@ -107,6 +114,12 @@ impl ApprovalWarden {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("identity.crt"), body["certificate"].as_str().unwrap()).unwrap();
         std::fs::write(dir.join("identity.key"), body["private_key"].as_str().unwrap()).unwrap();
+        // libpq refuses a key others can read.
+        std::fs::set_permissions(
+            dir.join("identity.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         std::fs::write(dir.join("ca.crt"), body["ca_certificate"].as_str().unwrap()).unwrap();
         std::fs::write(
             dir.join("profile.toml"),
@@ -190,7 +203,7 @@ async fn a_write_role_is_requested_approved_by_a_dba_then_assumed() {
 
     // The agent's credential never carries writer by default, and cannot be issued with it.
     let (agent, body) = w.agent(&alice, &task).await;
-    assert_eq!(body["roles"], serde_json::json!(["analyst"]), "{body}");
+    assert_eq!(body["roles"], serde_json::json!(["analyst", "reviewed"]), "{body}");
     let resp = api(&alice)
         .post(format!("{}/v1/credentials", w.api))
         .json(&serde_json::json!({"agent": "report-bot", "task": task, "roles": ["analyst", "writer"]}))
@@ -359,4 +372,208 @@ async fn a_role_that_allows_it_is_approved_by_the_agents_requester() {
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+// ---- Statement review (approval = "statement"): role `reviewed` writes shop2.orders, a dba decides each write.
+
+fn pg_log() -> String {
+    std::fs::read_to_string(harness().cluster.log_path()).unwrap_or_default()
+}
+
+impl ApprovalWarden {
+    /// A held statement containing `marker`, as carol (a dba) sees it in `warden requests list`.
+    fn wait_for_review(&self, carol: &Path, marker: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            if let Some(q) = self
+                .list(carol)
+                .into_iter()
+                .find(|q| q["kind"] == "statement" && q["statement"].as_str().is_some_and(|s| s.contains(marker)))
+            {
+                return q;
+            }
+            assert!(Instant::now() < deadline, "no held statement with {marker}");
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    fn psql(&self, cred: &Path, commands: &[&str]) -> std::process::Child {
+        let mut cmd = Command::new(psql_bin());
+        cmd.arg("-X").arg(format!(
+            "host=127.0.0.1 port={} dbname=shop2 user=report-bot sslmode=verify-full sslrootcert={d}/ca.crt sslcert={d}/identity.crt sslkey={d}/identity.key",
+            self.port,
+            d = cred.display()
+        ));
+        for c in commands {
+            cmd.arg("-c").arg(c);
+        }
+        cmd.env_remove("PGPASSWORD")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    async fn reviewed_agent(&self, alice: &Path) -> (PathBuf, String) {
+        let task = format!("T-rev-{}", uuid::Uuid::new_v4().simple());
+        let (agent, body) = self
+            .agent_with(
+                alice,
+                serde_json::json!({"agent": "report-bot", "task": task, "roles": ["reviewed"], "database": "shop2"}),
+            )
+            .await;
+        assert_eq!(body["roles"], serde_json::json!(["reviewed"]));
+        (agent, task)
+    }
+}
+
+#[tokio::test]
+async fn a_held_write_runs_only_once_a_dba_approves_simple_protocol() {
+    let w = approval_warden();
+    let (alice, carol) = (w.human("alice"), w.human("carol"));
+    let (agent, task) = w.reviewed_agent(&alice).await;
+    let marker = format!("rev-ok-{}", uuid::Uuid::new_v4().simple());
+    let insert = format!("INSERT INTO orders (customer_id, status, total, region) VALUES (1, '{marker}', 1, 'eu')");
+    // Outside a transaction, then inside one.
+    let child = w.psql(
+        &agent,
+        &[
+            &insert,
+            "BEGIN",
+            &insert.replace(&marker, &format!("{marker}-tx")),
+            "COMMIT",
+        ],
+    );
+
+    let held = w.wait_for_review(&carol, &marker);
+    let id = held["id"].as_str().unwrap().to_string();
+    assert_eq!(held["agent"], "agent:report-bot");
+    assert_eq!(held["requester"], "human:alice");
+    assert_eq!(held["task"], task.as_str());
+    assert_eq!(held["may_approve"], true);
+    // Held: PostgreSQL has not seen it.
+    assert!(!pg_log().contains(&marker), "the held statement reached PostgreSQL");
+    // The agent's requester and the agent itself may not approve; a dba may.
+    refused(&w.requests(&alice, &["approve", &id]), "requester_may_approve");
+    refused(&w.requests(&agent, &["approve", &id]), "only humans approve");
+    let out = w.requests(&carol, &["approve", &id, "--reason", "looks right"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The second write, inside the transaction, is held too.
+    let tx = w.wait_for_review(&carol, &format!("{marker}-tx"));
+    let out = w.requests(&carol, &["approve", tx["id"].as_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("NOTICE:  warden: waiting for approval, review id {id}")),
+        "{err}"
+    );
+    assert_eq!(stdout(&out).matches("INSERT 0 1").count(), 2, "{}", stdout(&out));
+    assert!(pg_log().contains(&marker), "the approved statement ran as sent");
+
+    let events = audit_in(&w.config, &["--task", &task]);
+    let with = |name: &str| {
+        events
+            .iter()
+            .find(|e| e["event"] == name && e["review_id"] == id.as_str())
+    };
+    assert!(with("review.pending").is_some(), "review.pending");
+    assert_eq!(with("review.approved").unwrap()["actor"], "human:carol");
+    let query = with("query").expect("the query event links to its review");
+    assert_eq!(query["decision"], "allow");
+    assert!(query["statement"].as_str().unwrap().contains(&marker));
+}
+
+#[tokio::test]
+async fn a_denied_write_never_runs_and_names_who_denied_it() {
+    let w = approval_warden();
+    let (alice, carol) = (w.human("alice"), w.human("carol"));
+    let (agent, task) = w.reviewed_agent(&alice).await;
+    let marker = format!("rev-no-{}", uuid::Uuid::new_v4().simple());
+    let insert = format!("INSERT INTO orders (customer_id, status, total, region) VALUES (1, '{marker}', 1, 'eu')");
+    let child = w.psql(&agent, &["BEGIN", &insert, "SELECT 'after'", "ROLLBACK"]);
+    let held = w.wait_for_review(&carol, &marker);
+    let id = held["id"].as_str().unwrap().to_string();
+    let out = w.requests(&carol, &["deny", &id, "--reason", "not today"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "ERROR:  warden: review {id} was denied by human:carol: not today"
+        )),
+        "{err}"
+    );
+    // The transaction is aborted as after any failed statement.
+    assert!(err.contains("current transaction is aborted"), "{err}");
+    assert!(!pg_log().contains(&marker), "a denied statement reached PostgreSQL");
+    let denied = audit_in(&w.config, &["--task", &task, "--event", "review.denied"]);
+    assert_eq!(denied[0]["actor"], "human:carol");
+    assert_eq!(denied[0]["reason"], "not today");
+    let query = audit_in(&w.config, &["--task", &task, "--event", "query", "--decision", "deny"]);
+    assert!(query.iter().any(|q| q["review_id"] == id.as_str()), "{query:?}");
+}
+
+#[tokio::test]
+async fn extended_protocol_writes_are_held_with_their_parameters_and_time_out() {
+    let w = approval_warden();
+    let (alice, carol) = (w.human("alice"), w.human("carol"));
+    let (agent, task) = w.reviewed_agent(&alice).await;
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(w.port)
+        .user("report-bot")
+        .dbname("shop2")
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    let client = connect_with(&cfg, &agent.join("ca.crt"), Some(load_cert(&agent)))
+        .await
+        .unwrap();
+
+    // Approved: runs with its parameters.
+    let marker = format!("rev-ext-{}", uuid::Uuid::new_v4().simple());
+    let sql = format!("INSERT INTO orders (customer_id, status, total, region) VALUES (1, $1, 1, 'eu') /* {marker} */");
+    let status = format!("{marker}-param");
+    let (sql2, status2) = (sql.clone(), status.clone());
+    let client = std::sync::Arc::new(client);
+    let c2 = client.clone();
+    let run = tokio::spawn(async move { c2.execute(sql2.as_str(), &[&status2]).await });
+    let carol2 = carol.clone();
+    let marker2 = marker.clone();
+    let held = tokio::task::spawn_blocking(move || approval_warden().wait_for_review(&carol2, &marker2))
+        .await
+        .unwrap();
+    assert_eq!(held["parameters"], serde_json::json!([status]), "{held}");
+    assert!(
+        !pg_log().contains(&marker),
+        "held at Execute: PostgreSQL has not run it"
+    );
+    let id = held["id"].as_str().unwrap().to_string();
+    let carol3 = carol.clone();
+    let out = tokio::task::spawn_blocking(move || approval_warden().requests(&carol3, &["approve", &id]))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(run.await.unwrap().expect("approved"), 1);
+
+    // Nobody decides: refused after review_timeout (4s), and the session goes on.
+    let late = format!("rev-late-{}", uuid::Uuid::new_v4().simple());
+    let started = Instant::now();
+    let err = client
+        .execute(
+            format!("UPDATE orders SET status = $1 WHERE id = 1 /* {late} */").as_str(),
+            &[&late],
+        )
+        .await
+        .expect_err("times out");
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(db.code().code(), "42501");
+    assert!(db.message().contains("was not decided within 4s"), "{}", db.message());
+    assert!(started.elapsed() >= Duration::from_secs(4));
+    assert!(!pg_log().contains(&late));
+    assert_eq!(client.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    let timeouts = audit_in(&w.config, &["--task", &task, "--event", "review.timeout"]);
+    assert_eq!(timeouts.len(), 1, "{timeouts:?}");
 }

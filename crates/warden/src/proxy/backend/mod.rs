@@ -74,6 +74,12 @@ const LOGIN_CERT_VALIDITY: Duration = Duration::minutes(5);
 /// Provisions (when the grants changed) and opens the session's upstream connection.
 pub async fn open(shared: &Arc<Shared>, session: &Session) -> Result<Upstream, ProxyError> {
     let db = provision(shared, session).await?;
+    let login_lock = (db.upstream_auth == UpstreamAuth::Password)
+        .then(|| shared.provisioner.password_login_lock(&db.name, &session.db_role));
+    let _login = match &login_lock {
+        Some(l) => Some(l.lock().await),
+        None => None,
+    };
     let (client_cert, password) = match db.upstream_auth {
         UpstreamAuth::Cert => {
             let cert = shared

@@ -22,12 +22,28 @@ pub struct Provisioner {
     done: std::sync::Mutex<HashMap<(String, String), u64>>,
     /// Each database's catalog as last loaded, for statement analysis.
     catalogs: std::sync::Mutex<HashMap<String, Arc<warden_sql::Catalog>>>,
+    /// One password login per role at a time: a second one-time password set before the first login
+    /// completed would replace the first one and fail that login.
+    password_logins: std::sync::Mutex<HashMap<RoleKey, Arc<Mutex<()>>>>,
 }
+
+/// (database, role)
+type RoleKey = (String, String);
 
 /// Admin logins use a db-CA certificate valid only long enough to log in.
 const ADMIN_CERT_VALIDITY: Duration = Duration::minutes(10);
 
 impl Provisioner {
+    /// The lock a password login of `role` in `db` holds from setting the password to logging in.
+    pub fn password_login_lock(&self, db: &str, role: &str) -> Arc<Mutex<()>> {
+        self.password_logins
+            .lock()
+            .expect("password login map lock poisoned")
+            .entry((db.to_string(), role.to_string()))
+            .or_default()
+            .clone()
+    }
+
     pub async fn ensure(
         &self,
         db_ca: &CertificateAuthority,
