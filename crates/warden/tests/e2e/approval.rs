@@ -550,6 +550,16 @@ async fn extended_protocol_writes_are_held_with_their_parameters_and_time_out() 
         !pg_log().contains(&marker),
         "held at Execute: PostgreSQL has not run it"
     );
+    // Other sessions are not held up meanwhile, not even the same agent's.
+    let other = connect_with(&cfg, &agent.join("ca.crt"), Some(load_cert(&agent)))
+        .await
+        .unwrap();
+    let n: i64 = other
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(n >= 4);
     let id = held["id"].as_str().unwrap().to_string();
     let carol3 = carol.clone();
     let out = tokio::task::spawn_blocking(move || approval_warden().requests(&carol3, &["approve", &id]))
@@ -557,6 +567,34 @@ async fn extended_protocol_writes_are_held_with_their_parameters_and_time_out() 
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(run.await.unwrap().expect("approved"), 1);
+
+    // Denied: 42501 naming who, and PostgreSQL never runs it.
+    let no = format!("rev-extno-{}", uuid::Uuid::new_v4().simple());
+    let c3 = client.clone();
+    let sql3 = format!("DELETE FROM orders WHERE status = $1 /* {no} */");
+    let no2 = no.clone();
+    let run = tokio::spawn(async move { c3.execute(sql3.as_str(), &[&no2]).await });
+    let (carol4, no3) = (carol.clone(), no.clone());
+    let held = tokio::task::spawn_blocking(move || approval_warden().wait_for_review(&carol4, &no3))
+        .await
+        .unwrap();
+    let id = held["id"].as_str().unwrap().to_string();
+    let carol5 = carol.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        approval_warden().requests(&carol5, &["deny", &id, "--reason", "keep them"])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = run.await.unwrap().expect_err("denied");
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(db.code().code(), "42501");
+    assert!(
+        db.message().contains("was denied by human:carol: keep them"),
+        "{}",
+        db.message()
+    );
+    assert!(!pg_log().contains(&no));
 
     // Nobody decides: refused after review_timeout (4s), and the session goes on.
     let late = format!("rev-late-{}", uuid::Uuid::new_v4().simple());
@@ -576,4 +614,34 @@ async fn extended_protocol_writes_are_held_with_their_parameters_and_time_out() 
     assert_eq!(client.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
     let timeouts = audit_in(&w.config, &["--task", &task, "--event", "review.timeout"]);
     assert_eq!(timeouts.len(), 1, "{timeouts:?}");
+}
+
+#[tokio::test]
+async fn a_simple_protocol_write_nobody_decides_times_out() {
+    let w = approval_warden();
+    let alice = w.human("alice");
+    let (agent, task) = w.reviewed_agent(&alice).await;
+    let marker = format!("rev-simple-late-{}", uuid::Uuid::new_v4().simple());
+    let started = Instant::now();
+    let child = w.psql(
+        &agent,
+        &[
+            &format!("UPDATE orders SET status = '{marker}' WHERE id = 2"),
+            "SELECT 'still here'",
+        ],
+    );
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(err.contains("was not decided within 4s"), "{err}");
+    assert!(started.elapsed() >= Duration::from_secs(4));
+    assert!(
+        stdout(&out).contains("still here"),
+        "the session goes on: {}",
+        stdout(&out)
+    );
+    assert!(!pg_log().contains(&marker));
+    assert_eq!(
+        audit_in(&w.config, &["--task", &task, "--event", "review.timeout"]).len(),
+        1
+    );
 }
