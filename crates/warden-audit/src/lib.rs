@@ -40,16 +40,23 @@
 //! and a writer that finds the file grown by someone else (a CLI command beside the running proxy)
 //! continues the chain from the last record on disk, so several processes can share one log.
 
+pub mod checkpoint;
 mod event;
+pub mod files;
+mod reader;
 mod recover;
 mod search;
 mod verify;
 mod writer;
 
 pub use event::{format_ts, Event, EventBody, IdentityRecord, LockRecord};
+pub use files::{segments, Segment};
+pub use reader::{read_after, Reader, StoredRecord};
 pub use search::{search, SearchFilter};
-pub use verify::{verify, VerifyReport};
-pub use writer::{AuditHandle, AuditLog, FsyncMode, Pending};
+pub use verify::{verify, verify_with, VerifyOptions, VerifyReport};
+pub use writer::{
+    AuditHandle, AuditLog, AuditOptions, FsyncMode, Pending, DEFAULT_CHECKPOINT_EVERY, DEFAULT_ROTATE_BYTES,
+};
 
 use std::path::PathBuf;
 

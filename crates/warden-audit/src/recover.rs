@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::path::Path;
 
 use crate::{Event, GENESIS};
 
@@ -16,9 +17,31 @@ pub(crate) struct Head {
     pub torn: Option<usize>,
 }
 
-/// Reads the last complete record; cuts a torn tail first. Call with the file locked, so the bytes
-/// after the last `\n` cannot be another writer's record in progress: only a crash leaves them.
-pub(crate) fn recover_head(file: &mut File) -> io::Result<Head> {
+/// Reads the last complete record of the active file (or, when it is empty, of the newest rotated
+/// file); cuts a torn tail first. Call with the writers' lock held, so the bytes after the last `\n`
+/// cannot be another writer's record in progress: only a crash leaves them.
+pub(crate) fn recover_head(file: &mut File, active: &Path) -> io::Result<Head> {
+    let mut head = recover_file(file)?;
+    if head.seq == 0 && head.len == 0 {
+        let segments = crate::files::segments(active)?;
+        if let Some(last) = segments.iter().rev().find(|s| s.last_seq.is_some()) {
+            let mut rotated = File::open(&last.path)?;
+            let before = recover_file_readonly(&mut rotated)?;
+            head.seq = before.seq;
+            head.prev = before.prev;
+        }
+    }
+    Ok(head)
+}
+
+/// The last record of a rotated file, which is complete by construction (rotation follows a write).
+fn recover_file_readonly(file: &mut File) -> io::Result<Head> {
+    let len = file.metadata()?.len();
+    let tail = read_tail(file, len)?;
+    last_record(&tail, len, None)
+}
+
+fn recover_file(file: &mut File) -> io::Result<Head> {
     let len = file.metadata()?.len();
     let tail = read_tail(file, len)?;
     let mut complete = &tail[..];
@@ -33,6 +56,11 @@ pub(crate) fn recover_head(file: &mut File) -> io::Result<Head> {
         file.set_len(new_len)?;
         file.sync_data()?;
     }
+    last_record(complete, new_len, torn)
+}
+
+/// The head from the bytes at the end of a file, which end with a complete line (or are empty).
+fn last_record(complete: &[u8], new_len: u64, torn: Option<usize>) -> io::Result<Head> {
     let Some(body) = complete.strip_suffix(b"\n") else {
         return Ok(Head {
             seq: 0,

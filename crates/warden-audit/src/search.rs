@@ -1,4 +1,3 @@
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use time::format_description::well_known::Rfc3339;
@@ -78,41 +77,17 @@ fn names_full(want: &str, full: &str) -> bool {
     }
 }
 
-/// Scans the log line by line and returns the matching events in log order. A missing log is empty.
-/// An incomplete last line (a record being written right now) is skipped.
+/// Scans the log (rotated files, then the active one) and returns the matching events in log order.
+/// A missing log is empty. An incomplete last line (a record being written right now) is skipped.
 pub fn search(path: &Path, filter: &SearchFilter) -> Result<Vec<Event>, AuditError> {
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(AuditError::Open {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })
-        }
-    };
-    let mut reader = BufReader::new(file);
     let mut out = Vec::new();
-    let mut line = Vec::new();
-    let mut n = 0;
-    while filter.limit.is_none_or(|l| out.len() < l) {
-        line.clear();
-        let read_err = |reason: String| AuditError::Read {
-            path: path.to_path_buf(),
-            line: n + 1,
-            reason,
-        };
-        reader
-            .read_until(b'\n', &mut line)
-            .map_err(|e| read_err(e.to_string()))?;
-        let Some(text) = line.strip_suffix(b"\n") else {
-            break; // end of file, or a record still being written
-        };
-        let event: Event =
-            serde_json::from_slice(text).map_err(|e| read_err(format!("not a valid audit record: {e}")))?;
-        n += 1;
-        if filter.matches(&event) {
-            out.push(event);
+    for record in crate::read_after(path, 0)? {
+        if filter.limit.is_some_and(|l| out.len() >= l) {
+            break;
+        }
+        let record = record?;
+        if filter.matches(&record.event) {
+            out.push(record.event);
         }
     }
     Ok(out)

@@ -39,6 +39,8 @@ async fn log_of(n: usize) -> (tempfile::TempDir, std::path::PathBuf) {
     for i in 0..n {
         log.append(body("query", &format!("n{i}"))).await.unwrap();
     }
+    // Signed now, so the writer thread has nothing left to do once the handle is dropped.
+    log.checkpoint_now().await.unwrap();
     (dir, path)
 }
 
@@ -145,7 +147,8 @@ async fn a_torn_final_line_is_cut_on_open_and_the_chain_continues() {
     assert_eq!(log.append(body("query", "after")).await.unwrap(), 4);
     assert_eq!(verify(&path).unwrap().records, 4);
 
-    // A crash during the very first write leaves no complete line at all.
+    // A crash during the very first write of a new log leaves no complete line at all.
+    std::fs::remove_file(files::checkpoints_path(&path)).unwrap();
     std::fs::write(&path, b"{\"ts\":").unwrap();
     let log = AuditLog::open(&path, FsyncMode::Batch).unwrap();
     assert_eq!(log.recovered_tail, Some(6));
@@ -218,7 +221,7 @@ async fn the_reasons_name_what_broke() {
     let mut rewritten = original.clone();
     rewritten[2] = String::from_utf8(line).unwrap().trim_end().to_string();
     write(&rewritten);
-    assert_eq!(tampered(&path), (4, "prev_hash does not link to line 3".to_string()));
+    assert_eq!(tampered(&path), (4, "prev_hash does not link to seq 3".to_string()));
 
     write(&["{\"ts\":1}".to_string()]);
     assert_eq!(tampered(&path), (1, "not valid JSON".to_string()));
@@ -234,7 +237,8 @@ async fn verify_waits_for_a_record_in_progress() {
     std::fs::write(&path, first).unwrap();
     // Another writer holds the lock and has written half of its record.
     let mut other = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
-    other.lock().unwrap();
+    let lock = std::fs::File::open(files::lock_path(&path)).unwrap();
+    lock.lock().unwrap();
     other.write_all(&second[..40]).unwrap();
     let verifier = std::thread::spawn({
         let path = path.clone();
@@ -242,7 +246,7 @@ async fn verify_waits_for_a_record_in_progress() {
     });
     std::thread::sleep(std::time::Duration::from_millis(50));
     other.write_all(&second[40..]).unwrap();
-    other.unlock().unwrap();
+    lock.unlock().unwrap();
     assert_eq!(verifier.join().unwrap().unwrap().records, 2);
 }
 

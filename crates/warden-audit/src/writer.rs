@@ -8,14 +8,42 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::{mpsc, Arc};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
+use crate::checkpoint::{self, Signer};
 use crate::event::{encode_line, format_ts, EventBody};
+use crate::files;
 use crate::recover::{lock_exclusive, recover_head};
 use crate::AuditError;
+
+/// How a log is written. `Default` is what `warden.toml` defaults to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditOptions {
+    pub fsync: FsyncMode,
+    /// Rotate the active file once it holds at least this many bytes; `None` never rotates.
+    pub rotate_bytes: Option<u64>,
+    /// While records arrive, sign the chain head at most this often (and always on the first write
+    /// of a process, when the log is opened, before rotating and when the last handle is dropped).
+    /// `None` writes no checkpoints.
+    pub checkpoint_every: Option<Duration>,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        AuditOptions {
+            fsync: FsyncMode::Batch,
+            rotate_bytes: Some(DEFAULT_ROTATE_BYTES),
+            checkpoint_every: Some(DEFAULT_CHECKPOINT_EVERY),
+        }
+    }
+}
+
+pub const DEFAULT_ROTATE_BYTES: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 /// When a record counts as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -35,12 +63,20 @@ pub struct AuditLog;
 /// A handle to the writer thread; cheap to clone. The thread stops when the last handle is dropped.
 #[derive(Clone)]
 pub struct AuditHandle {
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::Sender<Msg>,
     path: Arc<Path>,
     /// Bytes of a torn final line (a crash mid-write) cut when the log was opened.
     pub recovered_tail: Option<usize>,
     #[cfg(test)]
     fail_writes: Arc<std::sync::atomic::AtomicBool>,
+}
+
+// Records are nearly every message: boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Record(Request),
+    /// Sign the head now (a clean shutdown), answered when the checkpoint is on disk.
+    Checkpoint(oneshot::Sender<Result<(), AuditError>>),
 }
 
 struct Request {
@@ -83,37 +119,65 @@ const BUF_INITIAL: usize = 64 * 1024;
 const BUF_RETAINED_MAX: usize = 8 * 1024 * 1024;
 
 impl AuditLog {
-    /// Opens (or creates, 0600, in a 0700 directory) the log, cuts a torn tail, finds the chain head,
-    /// and starts the writer thread.
+    /// [`AuditLog::open_with`] with the default options and this fsync mode.
     pub fn open(path: &Path, mode: FsyncMode) -> Result<AuditHandle, AuditError> {
+        AuditLog::open_with(
+            path,
+            AuditOptions {
+                fsync: mode,
+                ..AuditOptions::default()
+            },
+        )
+    }
+
+    /// Opens (or creates, 0600, in a 0700 directory) the log, cuts a torn tail, finds the chain head
+    /// (in the last rotated file if the active one is empty), signs it, and starts the writer thread.
+    pub fn open_with(path: &Path, opts: AuditOptions) -> Result<AuditHandle, AuditError> {
         let open_err = |e: io::Error| AuditError::Open {
             path: path.to_path_buf(),
             reason: e.to_string(),
         };
-        let mut file = create(path).map_err(open_err)?;
-        // Another process may be appending right now: only under its lock is a tail without '\n'
-        // known to be torn rather than in progress.
-        lock_exclusive(&file).map_err(open_err)?;
-        let head = recover_head(&mut file);
-        let unlocked = file.unlock();
-        let head = head.map_err(open_err)?;
-        unlocked.map_err(open_err)?;
-
+        let file = create(path).map_err(open_err)?;
+        let lock = files::open_lock(path).map_err(open_err)?;
+        let signer = match opts.checkpoint_every {
+            Some(_) => {
+                let (key, public) = files::key_paths(path);
+                Some(Signer::load_or_create(&key, &public).map_err(open_err)?)
+            }
+            None => None,
+        };
         let path: Arc<Path> = Arc::from(path);
         #[cfg(test)]
         let fail_writes = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writer = Writer {
+        let mut writer = Writer {
             file,
+            lock,
             path: path.clone(),
-            mode,
-            seq: head.seq,
-            prev: head.prev,
-            len: head.len,
+            opts,
+            seq: 0,
+            prev: crate::GENESIS.to_string(),
+            len: u64::MAX,
             failed: None,
             buf: Vec::with_capacity(BUF_INITIAL),
+            signer,
+            signed_seq: 0,
+            last_checkpoint: None,
             #[cfg(test)]
             fail_writes: fail_writes.clone(),
         };
+        // Another process may be appending right now: only under the lock is a tail without '\n'
+        // known to be torn rather than in progress.
+        lock_exclusive(&writer.lock).map_err(open_err)?;
+        let opened = writer.follow_other_writers().and_then(|torn| {
+            if writer.seq > 0 {
+                writer.checkpoint()?;
+            }
+            Ok(torn)
+        });
+        let unlocked = writer.lock.unlock();
+        let torn = opened.map_err(open_err)?;
+        unlocked.map_err(open_err)?;
+
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("warden-audit".into())
@@ -122,7 +186,7 @@ impl AuditLog {
         Ok(AuditHandle {
             tx,
             path,
-            recovered_tail: head.torn,
+            recovered_tail: torn,
             #[cfg(test)]
             fail_writes,
         })
@@ -157,7 +221,7 @@ impl AuditHandle {
     /// For callers that must not wait but must keep order (a `query.result` awaited in the background).
     pub fn submit(&self, body: EventBody) -> Pending {
         let (ack, rx) = oneshot::channel();
-        let rx = self.tx.send(Request { body, ack }).ok().map(|_| rx);
+        let rx = self.tx.send(Msg::Record(Request { body, ack })).ok().map(|_| rx);
         Pending {
             rx,
             path: self.path.clone(),
@@ -173,12 +237,22 @@ impl AuditHandle {
     /// For command-line tools. Panics inside a tokio runtime (use [`AuditHandle::append`] there).
     pub fn append_blocking(&self, body: EventBody) -> Result<u64, AuditError> {
         let (ack, rx) = oneshot::channel();
-        self.tx.send(Request { body, ack }).map_err(|_| stopped(&self.path))?;
+        self.tx
+            .send(Msg::Record(Request { body, ack }))
+            .map_err(|_| stopped(&self.path))?;
         rx.blocking_recv().unwrap_or_else(|_| Err(stopped(&self.path)))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Signs the chain head now, if anything is unsigned; for a clean shutdown, so the last records
+    /// are covered without waiting for the interval.
+    pub async fn checkpoint_now(&self) -> Result<(), AuditError> {
+        let (ack, rx) = oneshot::channel();
+        self.tx.send(Msg::Checkpoint(ack)).map_err(|_| stopped(&self.path))?;
+        rx.await.unwrap_or_else(|_| Err(stopped(&self.path)))
     }
 
     /// Makes every later write fail as a full disk would, through the same error path.
@@ -189,9 +263,12 @@ impl AuditHandle {
 }
 
 struct Writer {
+    /// The active file, as this writer last opened it (rotation by another process replaces it).
     file: File,
+    /// The writers' lock: held while appending, checkpointing or rotating.
+    lock: File,
     path: Arc<Path>,
-    mode: FsyncMode,
+    opts: AuditOptions,
     /// The last record's seq and hash: where the next record links.
     seq: u64,
     prev: String,
@@ -200,25 +277,70 @@ struct Writer {
     /// Once a write or fsync fails, what reached the disk is unknown: every later record is refused.
     failed: Option<String>,
     buf: Vec<u8>,
+    signer: Option<Signer>,
+    /// The newest seq this writer has signed.
+    signed_seq: u64,
+    last_checkpoint: Option<Instant>,
     #[cfg(test)]
     fail_writes: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Request>) {
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
         let mut batch = VecDeque::new();
-        while let Ok(first) = rx.recv() {
-            batch.push_back(first);
+        loop {
+            // Records written since the last checkpoint are signed once the interval is up, even if
+            // nothing else arrives.
+            let due = match (self.opts.checkpoint_every, self.last_checkpoint) {
+                (Some(every), Some(at)) if self.seq > self.signed_seq => Some(at + every),
+                _ => None,
+            };
+            let first = match due {
+                Some(due) => match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                    Ok(r) => r,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        let _ = self.checkpoint_locked();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                },
+                None => match rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => break,
+                },
+            };
+            let mut asked = Vec::new();
+            match first {
+                Msg::Record(r) => batch.push_back(r),
+                Msg::Checkpoint(ack) => asked.push(ack),
+            }
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(r) => batch.push_back(r),
+                    Ok(Msg::Record(r)) => batch.push_back(r),
+                    Ok(Msg::Checkpoint(ack)) => asked.push(ack),
                     Err(_) => break,
                 }
             }
-            self.write_batch(&mut batch);
+            if !batch.is_empty() {
+                self.write_batch(&mut batch);
+            }
+            if !asked.is_empty() {
+                let result = if self.seq > self.signed_seq || self.seq == 0 {
+                    self.checkpoint_locked()
+                } else {
+                    Ok(())
+                };
+                for ack in asked {
+                    let _ = ack.send(result.clone());
+                }
+            }
             if self.buf.capacity() > BUF_RETAINED_MAX {
                 self.buf = Vec::with_capacity(BUF_INITIAL);
             }
+        }
+        // The last handle is gone: sign what this writer wrote.
+        if self.seq > self.signed_seq {
+            let _ = self.checkpoint_locked();
         }
     }
 
@@ -241,15 +363,15 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: &mut VecDeque<Request>) -> io::Result<()> {
-        lock_exclusive(&self.file)?;
+        lock_exclusive(&self.lock)?;
         let written = self.commit_locked(batch);
-        let unlocked = self.file.unlock();
+        let unlocked = self.lock.unlock();
         written.and(unlocked)
     }
 
     fn commit_locked(&mut self, batch: &mut VecDeque<Request>) -> io::Result<()> {
         self.follow_other_writers()?;
-        if self.mode == FsyncMode::Always {
+        if self.opts.fsync == FsyncMode::Always {
             // Each record is acknowledged as soon as its own fsync returns.
             while let Some(r) = batch.pop_front() {
                 self.buf.clear();
@@ -260,29 +382,122 @@ impl Writer {
                 }
                 let _ = r.ack.send(Ok(seq));
             }
-            return Ok(());
+        } else {
+            self.buf.clear();
+            let first = self.seq + 1;
+            for r in batch.iter() {
+                self.encode(&r.body);
+            }
+            self.flush()?;
+            for (seq, r) in (first..).zip(batch.drain(..)) {
+                let _ = r.ack.send(Ok(seq));
+            }
         }
-        self.buf.clear();
-        let first = self.seq + 1;
-        for r in batch.iter() {
-            self.encode(&r.body);
+        // The records are acknowledged: a failure from here on refuses later records only.
+        let rotate = self.opts.rotate_bytes.is_some_and(|max| self.len >= max);
+        let due = match (self.opts.checkpoint_every, self.last_checkpoint) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(every), Some(at)) => at.elapsed() >= every,
+        };
+        if rotate || due {
+            self.checkpoint()?;
         }
-        self.flush()?;
-        for (seq, r) in (first..).zip(batch.drain(..)) {
-            let _ = r.ack.send(Ok(seq));
+        if rotate {
+            self.rotate()?;
         }
         Ok(())
     }
 
-    /// A CLI command beside the proxy may have appended since our last write: continue after its
-    /// last record instead of forking the chain.
-    fn follow_other_writers(&mut self) -> io::Result<()> {
+    /// Another process (a CLI command beside the proxy) may have appended, or rotated the active
+    /// file, since our last write: continue after the last record on disk instead of forking the
+    /// chain. Returns the bytes of a torn tail that were cut.
+    fn follow_other_writers(&mut self) -> io::Result<Option<usize>> {
+        use std::os::unix::fs::MetadataExt;
+        let on_disk = match std::fs::metadata(&*self.path) {
+            Ok(m) => Some(m.ino()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        if on_disk != Some(self.file.metadata()?.ino()) {
+            self.file = create(&self.path)?;
+            self.len = u64::MAX;
+        }
         if self.file.metadata()?.len() != self.len {
-            let head = recover_head(&mut self.file)?;
+            let head = recover_head(&mut self.file, &self.path)?;
             self.seq = head.seq;
             self.prev = head.prev;
             self.len = head.len;
+            return Ok(head.torn);
         }
+        Ok(None)
+    }
+
+    /// Signs the head under the lock (for the timer and the last handle going away).
+    fn checkpoint_locked(&mut self) -> Result<(), AuditError> {
+        if let Some(reason) = &self.failed {
+            return Err(AuditError::Unavailable {
+                path: self.path.to_path_buf(),
+                reason: reason.clone(),
+            });
+        }
+        let done = lock_exclusive(&self.lock).and_then(|_| {
+            let signed = self.follow_other_writers().and_then(|_| self.checkpoint());
+            let unlocked = self.lock.unlock();
+            signed.and(unlocked)
+        });
+        done.map_err(|e| {
+            // Not a lost record, but a weaker anchor: said loudly, and the next interval retries.
+            eprintln!(
+                "warden-audit: cannot write a checkpoint of {}: {e}",
+                self.path.display()
+            );
+            self.last_checkpoint = Some(Instant::now());
+            AuditError::Unavailable {
+                path: self.path.to_path_buf(),
+                reason: format!("cannot write a checkpoint: {e}"),
+            }
+        })
+    }
+
+    /// Appends a signed checkpoint of the current head (the caller holds the lock).
+    fn checkpoint(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(signer) = &self.signer else {
+            return Ok(());
+        };
+        self.last_checkpoint = Some(Instant::now());
+        if self.seq == 0 {
+            return Ok(());
+        }
+        let c = signer.sign(self.seq, &self.prev, &format_ts(OffsetDateTime::now_utc()));
+        let path = files::checkpoints_path(&self.path);
+        let existed = path.exists();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)?;
+        checkpoint::cut_torn_tail(&mut file)?;
+        checkpoint::append(&mut file, &c)?;
+        if self.opts.fsync != FsyncMode::Off {
+            file.sync_data()?;
+            if !existed {
+                files::sync_dir(&path)?;
+            }
+        }
+        self.signed_seq = self.seq;
+        Ok(())
+    }
+
+    /// Renames the full active file after its last seq and starts an empty one (under the lock).
+    fn rotate(&mut self) -> io::Result<()> {
+        let rotated = files::rotated_path(&self.path, self.seq);
+        std::fs::rename(&*self.path, &rotated)?;
+        // `create` syncs the directory, so the rename and the new file are durable together.
+        self.file = create(&self.path)?;
+        self.len = 0;
         Ok(())
     }
 
@@ -301,7 +516,7 @@ impl Writer {
         }
         self.file.write_all(&self.buf)?;
         self.len += self.buf.len() as u64;
-        if self.mode != FsyncMode::Off {
+        if self.opts.fsync != FsyncMode::Off {
             self.file.sync_data()?;
         }
         Ok(())

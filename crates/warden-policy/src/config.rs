@@ -45,6 +45,10 @@ pub struct AuditSettings {
     /// "always" | "batch" | "off", checked at load.
     pub fsync: String,
     pub path: PathBuf,
+    /// Rotate the active file at this size; 0 never rotates.
+    pub rotate_size_mib: u64,
+    /// Sign the chain head at most this often while records arrive (milliseconds, at least 1).
+    pub checkpoint_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -401,7 +405,34 @@ fn build_audit(cx: &Locator, server: &ServerSettings, raw: &RawConfig) -> Result
         Some(p) => clean(&cx.path.parent().unwrap_or(Path::new(".")).join(p)),
         None => server.data_dir.join("audit").join("audit.jsonl"),
     };
-    Ok(AuditSettings { fsync, path })
+    let rotate_size_mib = match &raw.audit.rotate_size_mib {
+        None => 256,
+        Some(v) if (0..=1024 * 1024).contains(v.get_ref()) => *v.get_ref() as u64,
+        Some(v) => {
+            return Err(cx.invalid(
+                v,
+                "audit.rotate_size_mib",
+                "must be between 0 (never rotate) and 1048576",
+            ))
+        }
+    };
+    let checkpoint_interval_ms = match &raw.audit.checkpoint_interval_ms {
+        None => 200,
+        Some(v) if (1..=3_600_000).contains(v.get_ref()) => *v.get_ref() as u64,
+        Some(v) => {
+            return Err(cx.invalid(
+                v,
+                "audit.checkpoint_interval_ms",
+                "must be between 1 and 3600000; a longer interval leaves more of the log's end unsigned",
+            ))
+        }
+    };
+    Ok(AuditSettings {
+        fsync,
+        path,
+        rotate_size_mib,
+        checkpoint_interval_ms,
+    })
 }
 
 fn build_role(cx: &Locator, r: &RawRole, databases: &[DatabaseConfig]) -> Result<Role, ConfigError> {

@@ -46,6 +46,8 @@ pub(crate) struct RawServer {
 pub(crate) struct RawAudit {
     pub fsync: Option<Spanned<String>>,
     pub path: Option<String>,
+    pub rotate_size_mib: Option<Spanned<i64>>,
+    pub checkpoint_interval_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

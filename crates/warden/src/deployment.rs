@@ -139,8 +139,17 @@ pub fn audit_mode(config: &Config) -> warden_audit::FsyncMode {
     }
 }
 
+pub fn audit_options(config: &Config) -> warden_audit::AuditOptions {
+    let a = &config.audit;
+    warden_audit::AuditOptions {
+        fsync: audit_mode(config),
+        rotate_bytes: (a.rotate_size_mib > 0).then_some(a.rotate_size_mib * 1024 * 1024),
+        checkpoint_every: Some(std::time::Duration::from_millis(a.checkpoint_interval_ms)),
+    }
+}
+
 /// Opens the deployment's audit log; the proxy and CLI commands share it (appends are locked).
 pub fn open_audit(config: &Config) -> Result<warden_audit::AuditHandle> {
-    warden_audit::AuditLog::open(&config.audit.path, audit_mode(config))
+    warden_audit::AuditLog::open_with(&config.audit.path, audit_options(config))
         .with_context(|| format!("opening the audit log {}", config.audit.path.display()))
 }

@@ -40,10 +40,15 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Check the whole hash chain; exit 1 and print the first bad record if it does not hold.
+    /// Check the whole hash chain across rotated files and every signed checkpoint; exit 1 and
+    /// print the first bad record if it does not hold. Shows progress on a terminal.
     Verify {
         #[arg(long, env = "WARDEN_CONFIG")]
         config: PathBuf,
+        /// The checkpoint public key (64 hex characters) to trust, instead of the checkpoint.pub
+        /// beside the log: pin the key you recorded when the deployment was set up.
+        #[arg(long)]
+        public_key: Option<String>,
     },
 }
 
@@ -92,14 +97,38 @@ pub fn run(command: AuditCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::Verify { config } => {
+        AuditCommand::Verify { config, public_key } => {
             let config = deployment::load_config(&config)?;
-            match warden_audit::verify(&config.audit.path) {
-                Ok(report) => {
+            let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("verifying {bar:40} {bytes}/{total_bytes} ({eta} left)")
+                    .expect("static template"),
+            );
+            let mut progress = |done: u64, total: u64| {
+                bar.set_length(total);
+                bar.set_position(done);
+            };
+            let result = warden_audit::verify_with(
+                &config.audit.path,
+                warden_audit::VerifyOptions {
+                    public_key,
+                    progress: Some(&mut progress),
+                },
+            );
+            bar.finish_and_clear();
+            match result {
+                Ok(r) => {
                     println!(
-                        "ok: {} records, chain intact, head {}",
-                        report.records, report.last_hash
+                        "ok: {} records in {} file(s), chain intact, head {}",
+                        r.records, r.files, r.last_hash
                     );
+                    match &r.last_checkpoint {
+                        Some((seq, ts)) => println!(
+                            "signed: {} checkpoint(s), the newest at seq {seq} ({ts}); {} record(s) after it are chained but not yet signed",
+                            r.checkpoints, r.unsigned_tail
+                        ),
+                        None => println!("signed: no checkpoints (empty log or no key)"),
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {

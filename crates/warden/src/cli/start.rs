@@ -133,7 +133,12 @@ impl Server {
             tokio::spawn(crate::api::serve(self.shared.clone(), listener, acceptor, stop.clone()));
             tokio::spawn(crate::api::requests::expire_periodically(self.shared.clone()));
         }
+        let shared = self.shared.clone();
         proxy::serve(self.shared, self.listener, stop).await;
+        // The last records are signed now rather than at the next interval.
+        if let Err(e) = shared.audit.checkpoint_now().await {
+            tracing::error!(error = %e, "cannot sign the audit log's last records");
+        }
         tracing::info!("warden stopped");
     }
 }
