@@ -62,6 +62,14 @@ pub struct EventBody {
     /// On `review.*` events, and on the `query` event of a reviewed statement: the review's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review_id: Option<String>,
+    /// On `query.result`: the result's column names (from PostgreSQL's RowDescription), when the
+    /// statement returned rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+    /// On `query.result`: the first rows as text (NULL as null), only when `[audit] result_rows` is
+    /// above 0 (it is 0 by default: results can hold what the log should not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_rows: Option<Vec<Vec<Option<String>>>>,
 }
 
 /// A lock as the audit log records it.

@@ -9,7 +9,9 @@
 //! A record is first serialised by `serde_json` (compact, no spaces) without its `hash` field, fields
 //! in this order, absent optional fields left out: `ts`, `seq`, `event`, `session_id`, `identity`,
 //! `credential_id`, `database`, `db_user`, `client_addr`, `statement`, `parameters`, `decision`,
-//! `reason`, `rows`, `duration_us`, `error`, `query_id`, `prev_hash`. Call those bytes S.
+//! `reason`, `rows`, `duration_us`, `error`, `query_id`, `actor`, `lock`, `request_id`, `review_id`,
+//! `columns`, `sample_rows`, `prev_hash`. Call those bytes S. (A verifier need not know the fields:
+//! it hashes the stored bytes, below.)
 //!
 //! - `hash` is the lowercase hex SHA-256 of S.
 //! - The stored line is S with its final `}` replaced by `,"hash":"<hash>"}`, then `\n`.
