@@ -34,6 +34,9 @@
 //!     prev, seq = rec["hash"], seq + 1
 //! ```
 //!
+//! Records are redacted ([`Redactor`], `[audit] redact`) before they are enqueued, so secrets never
+//! reach the disk nor any sink that ships the log.
+//!
 //! # Writing
 //!
 //! One thread owns the file: callers enqueue events and are answered once their record is written
@@ -47,13 +50,15 @@ mod event;
 pub mod files;
 mod reader;
 mod recover;
+mod redact;
 mod search;
 mod verify;
 mod writer;
 
 pub use event::{format_ts, Event, EventBody, IdentityRecord, LockRecord};
 pub use files::{segments, Segment};
-pub use reader::{read_after, Reader, StoredRecord};
+pub use reader::{read_after, read_from, Position, Reader, StoredRecord};
+pub use redact::{Redactor, REDACTED};
 pub use search::{search, SearchFilter};
 pub use verify::{verify, verify_with, VerifyOptions, VerifyReport};
 pub use writer::{

@@ -320,6 +320,8 @@ async fn stored_lines_follow_the_documented_rule() {
         }),
         request_id: Some("rq_1".into()),
         review_id: Some("rv_1".into()),
+        columns: Some(vec!["id".into()]),
+        sample_rows: Some(vec![vec![Some("1".into()), None]]),
     };
     log.append(full.clone()).await.unwrap();
     log.append(body("session.end", "bot")).await.unwrap();
@@ -513,4 +515,73 @@ async fn a_full_disk_fails_closed() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_redacted_before_they_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let opts = AuditOptions {
+        fsync: FsyncMode::Off,
+        redactor: std::sync::Arc::new(Redactor::new(vec![regex::Regex::new("sk_live_[A-Za-z0-9]+").unwrap()])),
+        ..AuditOptions::default()
+    };
+    let log = AuditLog::open_with(&path, opts).unwrap();
+    let mut b = body("query", "r");
+    b.statement = Some("SELECT 'sk_live_abc'".into());
+    b.parameters = Some(vec![Some("sk_live_def".into())]);
+    let mut written = log.written();
+    log.append(b).await.unwrap();
+    written.wait_for(|seq| *seq == 1).await.unwrap();
+    log.checkpoint_now().await.unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("sk_live"), "{text}");
+    assert!(
+        text.contains("SELECT '[REDACTED]'") && text.contains("[\"[REDACTED]\"]"),
+        "{text}"
+    );
+    verify(&path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_resumes_from_its_position_across_rotations() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let opts = AuditOptions {
+        fsync: FsyncMode::Off,
+        rotate_bytes: Some(1500),
+        ..AuditOptions::default()
+    };
+    let log = AuditLog::open_with(&path, opts).unwrap();
+    let mut at = Position {
+        seq: 0,
+        ino: 0,
+        offset: 0,
+    };
+    let mut seen = Vec::new();
+    for round in 0..6 {
+        for i in 0..4 {
+            log.append(body("query", &format!("r{round}-{i}"))).await.unwrap();
+        }
+        for r in read_from(&path, at).unwrap() {
+            let r = r.unwrap();
+            assert_eq!(
+                r.line,
+                std::fs::read(&r.file).unwrap()[r.offset as usize..][..r.line.len()]
+            );
+            seen.push(r.event.seq);
+            at = r.next;
+        }
+    }
+    assert!(segments(&path).unwrap().len() > 3, "the log rotated");
+    assert_eq!(seen, (1..=24).collect::<Vec<u64>>());
+    // A stale position (another file's inode) falls back to reading by seq.
+    let stale = Position {
+        seq: 20,
+        ino: 1,
+        offset: 999_999,
+    };
+    let rest: Vec<u64> = read_from(&path, stale).unwrap().map(|r| r.unwrap().event.seq).collect();
+    assert_eq!(rest, vec![21, 22, 23, 24]);
+    log.checkpoint_now().await.unwrap();
 }

@@ -12,16 +12,17 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::checkpoint::{self, Signer};
 use crate::event::{encode_line, format_ts, EventBody};
 use crate::files;
 use crate::recover::{lock_exclusive, recover_head};
+use crate::redact::Redactor;
 use crate::AuditError;
 
 /// How a log is written. `Default` is what `warden.toml` defaults to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct AuditOptions {
     pub fsync: FsyncMode,
     /// Rotate the active file once it holds at least this many bytes; `None` never rotates.
@@ -30,6 +31,8 @@ pub struct AuditOptions {
     /// of a process, when the log is opened, before rotating and when the last handle is dropped).
     /// `None` writes no checkpoints.
     pub checkpoint_every: Option<Duration>,
+    /// Patterns cut out of every record's free text before it is enqueued.
+    pub redactor: Arc<Redactor>,
 }
 
 impl Default for AuditOptions {
@@ -38,6 +41,7 @@ impl Default for AuditOptions {
             fsync: FsyncMode::Batch,
             rotate_bytes: Some(DEFAULT_ROTATE_BYTES),
             checkpoint_every: Some(DEFAULT_CHECKPOINT_EVERY),
+            redactor: Arc::default(),
         }
     }
 }
@@ -65,6 +69,9 @@ pub struct AuditLog;
 pub struct AuditHandle {
     tx: mpsc::Sender<Msg>,
     path: Arc<Path>,
+    redactor: Arc<Redactor>,
+    /// The seq of the last record this process wrote: shippers wake on it instead of polling.
+    written: watch::Receiver<u64>,
     /// Bytes of a torn final line (a crash mid-write) cut when the log was opened.
     pub recovered_tail: Option<usize>,
     #[cfg(test)]
@@ -147,6 +154,8 @@ impl AuditLog {
             None => None,
         };
         let path: Arc<Path> = Arc::from(path);
+        let redactor = opts.redactor.clone();
+        let (written_tx, written) = watch::channel(0);
         #[cfg(test)]
         let fail_writes = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut writer = Writer {
@@ -162,6 +171,7 @@ impl AuditLog {
             signer,
             signed_seq: 0,
             last_checkpoint: None,
+            written: written_tx,
             #[cfg(test)]
             fail_writes: fail_writes.clone(),
         };
@@ -186,6 +196,8 @@ impl AuditLog {
         Ok(AuditHandle {
             tx,
             path,
+            redactor,
+            written,
             recovered_tail: torn,
             #[cfg(test)]
             fail_writes,
@@ -219,7 +231,8 @@ fn create(path: &Path) -> io::Result<File> {
 impl AuditHandle {
     /// Enqueues now, so records keep the order of the calls, and resolves when the record is written.
     /// For callers that must not wait but must keep order (a `query.result` awaited in the background).
-    pub fn submit(&self, body: EventBody) -> Pending {
+    pub fn submit(&self, mut body: EventBody) -> Pending {
+        self.redactor.apply(&mut body);
         let (ack, rx) = oneshot::channel();
         let rx = self.tx.send(Msg::Record(Request { body, ack })).ok().map(|_| rx);
         Pending {
@@ -235,7 +248,8 @@ impl AuditHandle {
     }
 
     /// For command-line tools. Panics inside a tokio runtime (use [`AuditHandle::append`] there).
-    pub fn append_blocking(&self, body: EventBody) -> Result<u64, AuditError> {
+    pub fn append_blocking(&self, mut body: EventBody) -> Result<u64, AuditError> {
+        self.redactor.apply(&mut body);
         let (ack, rx) = oneshot::channel();
         self.tx
             .send(Msg::Record(Request { body, ack }))
@@ -245,6 +259,12 @@ impl AuditHandle {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Changes to the seq of the last record this process wrote (0 before the first). Records that
+    /// other processes append are not announced: followers also poll.
+    pub fn written(&self) -> watch::Receiver<u64> {
+        self.written.clone()
     }
 
     /// Signs the chain head now, if anything is unsigned; for a clean shutdown, so the last records
@@ -281,6 +301,7 @@ struct Writer {
     /// The newest seq this writer has signed.
     signed_seq: u64,
     last_checkpoint: Option<Instant>,
+    written: watch::Sender<u64>,
     #[cfg(test)]
     fail_writes: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -323,6 +344,7 @@ impl Writer {
             }
             if !batch.is_empty() {
                 self.write_batch(&mut batch);
+                self.written.send_replace(self.seq);
             }
             if !asked.is_empty() {
                 let result = if self.seq > self.signed_seq || self.seq == 0 {
