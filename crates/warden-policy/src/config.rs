@@ -11,6 +11,7 @@ use warden_identity::{parse_duration, IdentityKind, IdentityName};
 use crate::error::{ConfigError, Refusal};
 use crate::grants::{GrantSet, TableGrant};
 use crate::raw::{RawConfig, RawIdentity, RawRole};
+use crate::sinks::{build_sinks, SinkConfig};
 use crate::upstream::UpstreamUrl;
 
 /// The whole deployment configuration.
@@ -49,6 +50,10 @@ pub struct AuditSettings {
     pub rotate_size_mib: u64,
     /// Sign the chain head at most this often while records arrive (milliseconds, at least 1).
     pub checkpoint_interval_ms: u64,
+    /// `[audit] redact`: compiled, none matching the empty string.
+    pub redact: Vec<regex::Regex>,
+    /// `[[audit.sink]]`, names unique.
+    pub sinks: Vec<SinkConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,8 +220,8 @@ impl Config {
 }
 
 /// Turns byte offsets into line numbers for error messages.
-struct Locator<'a> {
-    path: &'a Path,
+pub(crate) struct Locator<'a> {
+    pub(crate) path: &'a Path,
     text: &'a str,
 }
 
@@ -226,10 +231,14 @@ impl Locator<'_> {
         self.text[..end].bytes().filter(|b| *b == b'\n').count() + 1
     }
 
-    fn invalid<T>(&self, value: &Spanned<T>, key: &str, reason: impl Into<String>) -> ConfigError {
+    pub(crate) fn invalid<T>(&self, value: &Spanned<T>, key: &str, reason: impl Into<String>) -> ConfigError {
+        self.invalid_at(value.span(), key, reason)
+    }
+
+    pub(crate) fn invalid_at(&self, span: Range<usize>, key: &str, reason: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
-            line: self.line(value.span()),
+            line: self.line(span),
             key: key.to_string(),
             reason: reason.into(),
         }
@@ -373,7 +382,7 @@ fn default_max_message_size() -> usize {
 }
 
 /// `dir/./audit` reads as `dir/audit` in every message that shows it.
-fn clean(path: &Path) -> PathBuf {
+pub(crate) fn clean(path: &Path) -> PathBuf {
     path.components()
         .filter(|c| !matches!(c, std::path::Component::CurDir))
         .collect()
@@ -427,11 +436,27 @@ fn build_audit(cx: &Locator, server: &ServerSettings, raw: &RawConfig) -> Result
             ))
         }
     };
+    let mut redact = Vec::new();
+    for p in &raw.audit.redact {
+        let re = regex::Regex::new(p.get_ref())
+            .map_err(|e| cx.invalid(p, "audit.redact", format!("not a regular expression: {e}")))?;
+        if re.is_match("") {
+            return Err(cx.invalid(
+                p,
+                "audit.redact",
+                "the pattern matches the empty string, so it would redact between every character",
+            ));
+        }
+        redact.push(re);
+    }
+    let sinks = build_sinks(cx, &path, &raw.audit.sink)?;
     Ok(AuditSettings {
         fsync,
         path,
         rotate_size_mib,
         checkpoint_interval_ms,
+        redact,
+        sinks,
     })
 }
 

@@ -10,10 +10,12 @@ mod decide;
 mod error;
 mod grants;
 mod raw;
+mod sinks;
 mod upstream;
 
 pub use config::{Approval, AuditSettings, Config, DatabaseConfig, IdentityConfig, Role, ServerSettings, UpstreamAuth};
 pub use decide::{decide, Decision};
 pub use error::{ConfigError, Refusal};
 pub use grants::{ColumnScope, GrantSet, TableGrant, TablePrivileges, TableRef};
+pub use sinks::{Secret, SinkConfig, SinkKind, SyslogSink, SyslogTransport, WebhookFormat, WebhookSink};
 pub use upstream::{SslMode, UpstreamUrl};

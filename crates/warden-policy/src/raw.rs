@@ -48,6 +48,32 @@ pub(crate) struct RawAudit {
     pub path: Option<String>,
     pub rotate_size_mib: Option<Spanned<i64>>,
     pub checkpoint_interval_ms: Option<Spanned<i64>>,
+    /// Regular expressions whose matches are cut out of statements and parameters.
+    #[serde(default)]
+    pub redact: Vec<Spanned<String>>,
+    /// `[[audit.sink]]`: where the log is shipped (SIEM export).
+    #[serde(default)]
+    pub sink: Vec<RawSink>,
+}
+
+/// One `[[audit.sink]]`. Every key of every type is here; which ones a type admits is checked in
+/// `sinks.rs`, so that a key of another type is named in the error.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSink {
+    pub name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub path: Option<Spanned<String>>,
+    pub address: Option<Spanned<String>>,
+    pub facility: Option<Spanned<String>>,
+    pub app_name: Option<Spanned<String>>,
+    pub url: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
+    pub batch_size: Option<Spanned<i64>>,
+    pub batch_interval_ms: Option<Spanned<i64>>,
+    pub headers: Option<BTreeMap<String, Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,6 +5,7 @@
 //! DATA_DIR/ca/host-ca.{crt,key}   signs Warden's own server certificate; clients trust it (ca.crt)
 //! DATA_DIR/ca/db-ca.{crt,key}     signs the short-lived certificates Warden logs in to PostgreSQL with
 //! DATA_DIR/audit/audit.jsonl      the audit log
+//! DATA_DIR/audit/sinks/NAME.cursor the last record each `[[audit.sink]]` delivered
 //! DATA_DIR/state/warden.db        issued and revoked credentials, locks (SQLite)
 //! ```
 
@@ -145,6 +146,7 @@ pub fn audit_options(config: &Config) -> warden_audit::AuditOptions {
         fsync: audit_mode(config),
         rotate_bytes: (a.rotate_size_mib > 0).then_some(a.rotate_size_mib * 1024 * 1024),
         checkpoint_every: Some(std::time::Duration::from_millis(a.checkpoint_interval_ms)),
+        redactor: std::sync::Arc::new(warden_audit::Redactor::new(a.redact.clone())),
     }
 }
 

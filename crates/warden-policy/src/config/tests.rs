@@ -1,5 +1,6 @@
 use super::*;
 use crate::TableRef;
+use crate::{SinkKind, SyslogTransport, WebhookFormat};
 
 const SAMPLE: &str = r#"
 [server]
@@ -238,5 +239,162 @@ fn a_session_approval_role_needs_approvers() {
     assert!(
         err.contains("role.approvers") && err.contains("warden.toml:28"),
         "{err}"
+    );
+}
+
+/// SAMPLE with `audit` lines after `fsync` (line 9 on) and `sinks` at the end.
+fn with_audit(audit: &str, sinks: &str) -> Result<Config, ConfigError> {
+    parse(&format!(
+        "{}\n{sinks}",
+        SAMPLE.replace("fsync = \"batch\"", &format!("fsync = \"batch\"\n{audit}"))
+    ))
+}
+
+#[test]
+fn sinks_and_redaction_parse() {
+    let c = with_audit(
+        r#"redact = ["sk_live_[A-Za-z0-9]+"]"#,
+        r#"
+[[audit.sink]]
+name = "out"
+type = "stdout"
+
+[[audit.sink]]
+name = "export"
+type = "file"
+path = "export/audit.jsonl"
+
+[[audit.sink]]
+name = "syslog-1"
+type = "syslog"
+address = "tcp://siem.example.com:6514"
+facility = "local3"
+
+[[audit.sink]]
+name = "siem"
+type = "webhook"
+url = "https://siem.example.com/ingest?x=1"
+ca_file = "siem-ca.pem"
+format = "json"
+batch_size = 100
+batch_interval_ms = 250
+headers = { Authorization = "Bearer s3cret", X-Source = "warden" }
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.audit.redact.len(), 1);
+    let s = &c.audit.sinks;
+    assert_eq!(s.len(), 4);
+    assert!(matches!(s[0].kind, SinkKind::Stdout));
+    assert!(matches!(&s[1].kind, SinkKind::File { path } if path == Path::new("/etc/warden/export/audit.jsonl")));
+    let SinkKind::Syslog(sys) = &s[2].kind else { panic!() };
+    assert_eq!(sys.transport, SyslogTransport::Tcp("siem.example.com:6514".into()));
+    assert_eq!((sys.facility, sys.app_name.as_str()), (19, "warden"));
+    let SinkKind::Webhook(w) = &s[3].kind else { panic!() };
+    assert_eq!(w.ca_file.as_deref(), Some(Path::new("/etc/warden/siem-ca.pem")));
+    assert_eq!(w.format, WebhookFormat::Json);
+    assert_eq!((w.batch_size, w.batch_interval.as_millis()), (100, 250));
+    assert_eq!(w.headers[0].0, "Authorization");
+    assert_eq!(w.headers[0].1.expose(), "Bearer s3cret");
+    let debug = format!("{:?}", c.audit);
+    assert!(!debug.contains("s3cret"), "header values stay out of Debug: {debug}");
+
+    let c = with_audit(
+        "",
+        "[[audit.sink]]\nname = \"u\"\ntype = \"syslog\"\naddress = \"unix:///dev/log\"",
+    )
+    .unwrap();
+    let SinkKind::Syslog(sys) = &c.audit.sinks[0].kind else {
+        panic!()
+    };
+    assert_eq!(sys.transport, SyslogTransport::Unix("/dev/log".into()));
+    assert_eq!(sys.facility, 10, "authpriv by default");
+    let c = with_audit(
+        "",
+        "[[audit.sink]]\nname = \"w\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/x\"",
+    )
+    .unwrap();
+    let SinkKind::Webhook(w) = &c.audit.sinks[0].kind else {
+        panic!()
+    };
+    assert_eq!(
+        (w.batch_size, w.batch_interval.as_millis(), w.format),
+        (500, 1000, WebhookFormat::Ndjson)
+    );
+}
+
+#[test]
+fn bad_redaction_and_sinks_are_located() {
+    let bad = |audit: &str, sinks: &str| with_audit(audit, sinks).unwrap_err().to_string();
+    let e = bad(r#"redact = ["ok", "sk_live_[unclosed"]"#, "");
+    assert!(
+        e.starts_with("/etc/warden/warden.toml:9: `audit.redact`: not a regular expression"),
+        "{e}"
+    );
+    let e = bad(r#"redact = ["x*"]"#, "");
+    assert!(
+        e.contains(":9: `audit.redact`: the pattern matches the empty string"),
+        "{e}"
+    );
+
+    let sink = |body: &str| format!("[[audit.sink]]\n{body}");
+    // The first sink's `name` is on line 52.
+    let at = |line: usize, key: &str| format!("/etc/warden/warden.toml:{line}: `{key}`");
+    let e = bad("", &sink("name = \"Bad Name\"\ntype = \"stdout\""));
+    assert!(e.starts_with(&at(52, "audit.sink.name")), "{e}");
+    let e = bad("", &sink("name = \"a\"\ntype = \"kafka\""));
+    assert!(e.starts_with(&at(53, "audit.sink.type")), "{e}");
+    let e = bad("", &sink("name = \"a\"\ntype = \"file\"\nurl = \"http://x/\""));
+    assert!(
+        e.starts_with(&at(54, "audit.sink.url")) && e.contains("a file sink has no `url`"),
+        "{e}"
+    );
+    let e = bad("", &sink("name = \"a\"\ntype = \"file\""));
+    assert!(e.starts_with(&at(52, "audit.sink.path")), "{e}");
+    let e = bad(
+        "",
+        &sink("name = \"a\"\ntype = \"file\"\npath = \"data/audit/audit.jsonl\""),
+    );
+    assert!(e.contains("the audit log itself"), "{e}");
+    let e = bad("", &sink("name = \"a\"\ntype = \"syslog\"\naddress = \"udp://host\""));
+    assert!(e.starts_with(&at(54, "audit.sink.address")), "{e}");
+    let e = bad(
+        "",
+        &sink("name = \"a\"\ntype = \"syslog\"\naddress = \"udp://h:514\"\nfacility = \"loca8\""),
+    );
+    assert!(e.starts_with(&at(55, "audit.sink.facility")), "{e}");
+    let e = bad("", &sink("name = \"a\"\ntype = \"webhook\"\nurl = \"ftp://h/\""));
+    assert!(e.starts_with(&at(54, "audit.sink.url")), "{e}");
+    let e = bad("", &sink("name = \"a\"\ntype = \"webhook\"\nurl = \"https://u:p@h/\""));
+    assert!(e.contains("not in the URL"), "{e}");
+    let e = bad(
+        "",
+        &sink("name = \"a\"\ntype = \"webhook\"\nurl = \"http://h/\"\nca_file = \"ca.pem\""),
+    );
+    assert!(e.starts_with(&at(55, "audit.sink.ca_file")), "{e}");
+    let e = bad(
+        "",
+        &sink("name = \"a\"\ntype = \"webhook\"\nurl = \"http://h/\"\nbatch_size = 0"),
+    );
+    assert!(e.starts_with(&at(55, "audit.sink.batch_size")), "{e}");
+    let e = bad(
+        "",
+        &sink("name = \"a\"\ntype = \"webhook\"\nurl = \"http://h/\"\nheaders = { \"Bad Header\" = \"v\" }"),
+    );
+    assert!(e.starts_with(&at(55, "audit.sink.headers")), "{e}");
+    let e = bad(
+        "",
+        &sink("name = \"a\"\ntype = \"webhook\"\nurl = \"http://h/\"\nretries = 3"),
+    );
+    assert!(e.contains("retries"), "unknown keys are refused: {e}");
+    let two = format!(
+        "{}\n{}",
+        sink("name = \"a\"\ntype = \"stdout\""),
+        sink("name = \"a\"\ntype = \"stdout\"")
+    );
+    let e = bad("", &two);
+    assert!(
+        e.starts_with(&at(55, "audit.sink.name")) && e.contains("defined twice"),
+        "{e}"
     );
 }
