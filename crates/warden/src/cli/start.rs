@@ -11,6 +11,7 @@ use warden_audit::FsyncMode;
 
 use crate::deployment::{self, Authorities};
 use crate::proxy::{self, Shared};
+use crate::sinks::Sinks;
 use crate::tls;
 
 pub fn run(config: &Path) -> Result<ExitCode> {
@@ -45,7 +46,11 @@ pub struct Server {
     listener: TcpListener,
     api: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     config_path: std::path::PathBuf,
+    sinks: Sinks,
 }
+
+/// How long the audit sinks get at shutdown to deliver what is left (the rest goes at the next start).
+const SINK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Warden's own server certificate is reissued at each start from the host CA; it never leaves memory.
 const SERVER_CERT_VALIDITY: Duration = Duration::days(30);
@@ -76,6 +81,7 @@ impl Server {
             }
         }
         let audit = deployment::open_audit(&config)?;
+        let sinks = Sinks::prepare(&config, &audit)?;
         let store = Arc::new(deployment::open_state(&config)?);
         let state: Arc<dyn warden_state::StateStore> = store.clone();
         let requests: Arc<dyn warden_state::RequestStore> = store;
@@ -114,6 +120,7 @@ impl Server {
             listener,
             api,
             config_path: config_path.to_path_buf(),
+            sinks,
         })
     }
 
@@ -133,12 +140,14 @@ impl Server {
             tokio::spawn(crate::api::serve(self.shared.clone(), listener, acceptor, stop.clone()));
             tokio::spawn(crate::api::requests::expire_periodically(self.shared.clone()));
         }
+        let sinks = self.sinks.spawn();
         let shared = self.shared.clone();
         proxy::serve(self.shared, self.listener, stop).await;
         // The last records are signed now rather than at the next interval.
         if let Err(e) = shared.audit.checkpoint_now().await {
             tracing::error!(error = %e, "cannot sign the audit log's last records");
         }
+        sinks.shutdown(SINK_GRACE).await;
         tracing::info!("warden stopped");
     }
 }

@@ -1,0 +1,112 @@
+//! A sink's cursor: the last record it delivered, in `AUDIT_DIR/sinks/NAME.cursor` (0600), replaced
+//! atomically (write a temporary file, then rename) after every delivered batch.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use warden_audit::{Position, StoredRecord};
+
+pub(super) struct Cursor {
+    path: PathBuf,
+}
+
+/// The file's content. The hash ties it to one log: a cursor left over from a log that was
+/// replaced is noticed instead of silently skipping the new log's first records.
+#[derive(Debug, Serialize, Deserialize)]
+struct Saved {
+    seq: u64,
+    hash: String,
+    /// The inode and offset of the record's line, to resume without rereading the file up to it.
+    ino: u64,
+    offset: u64,
+}
+
+/// Beside the log: `DIR/sinks/NAME.cursor` for the log `DIR/audit.jsonl`; for a log of another name,
+/// `DIR/sinks/STEM.NAME.cursor`, so two logs in one directory keep their cursors apart.
+pub(super) fn path(log: &Path, sink: &str) -> PathBuf {
+    let dir = log.parent().unwrap_or(Path::new(".")).join("sinks");
+    match log.file_stem().and_then(|s| s.to_str()) {
+        Some("audit") | None => dir.join(format!("{sink}.cursor")),
+        Some(stem) => dir.join(format!("{stem}.{sink}.cursor")),
+    }
+}
+
+impl Cursor {
+    pub(super) fn new(path: PathBuf) -> Self {
+        Cursor { path }
+    }
+
+    /// The position after the last delivered record, `None` for a sink that has delivered nothing.
+    /// An error when the cursor does not describe a record of this log.
+    pub(super) async fn load(&self, log: &Path) -> Result<Option<Position>> {
+        let (path, log) = (self.path.clone(), log.to_path_buf());
+        tokio::task::spawn_blocking(move || load(&path, &log)).await?
+    }
+
+    pub(super) async fn save(&self, last: &StoredRecord) -> Result<()> {
+        let saved = Saved {
+            seq: last.event.seq,
+            hash: last.event.hash.clone(),
+            ino: last.next.ino,
+            offset: last.offset,
+        };
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || save(&path, &saved)).await?
+    }
+}
+
+fn load(path: &Path, log: &Path) -> Result<Option<Position>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let saved: Saved = serde_json::from_str(&text).with_context(|| format!("{} is not a cursor", path.display()))?;
+    // Reread the delivered record itself: from its own line when the file is still there.
+    let before = Position {
+        seq: saved.seq.saturating_sub(1),
+        ino: saved.ino,
+        offset: saved.offset,
+    };
+    let found = warden_audit::read_from(log, before)?.next().transpose()?;
+    match found {
+        Some(r) if r.event.seq == saved.seq && r.event.hash != saved.hash => bail!(
+            "{} names seq {} with hash {}, but the log's record {} has hash {}",
+            path.display(),
+            saved.seq,
+            saved.hash,
+            saved.seq,
+            r.event.hash
+        ),
+        Some(r) if r.event.seq == saved.seq => Ok(Some(r.next)),
+        // Records up to there were removed (old rotated files deleted): carry on after the cursor.
+        Some(_) => Ok(Some(Position {
+            seq: saved.seq,
+            ino: 0,
+            offset: 0,
+        })),
+        None => bail!("{} names seq {}, but the log ends before it", path.display(), saved.seq),
+    }
+}
+
+fn save(path: &Path, saved: &Saved) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let tmp = path.with_extension("cursor.tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(serde_json::to_string(saved)?.as_bytes())?;
+    file.write_all(b"\n")?;
+    // Without the fsync a crash could leave an empty cursor behind the rename.
+    file.sync_data()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
