@@ -124,6 +124,16 @@ impl Config {
         build(&cx, raw)
     }
 
+    /// Whether `[audit]` differs from `other`'s: the log, its redaction and its sinks are set up at
+    /// start, so a reload cannot change them.
+    pub fn audit_differs(&self, other: &Config) -> bool {
+        let (a, b) = (&self.audit, &other.audit);
+        let patterns = |s: &AuditSettings| s.redact.iter().map(|r| r.as_str().to_string()).collect::<Vec<_>>();
+        (&a.fsync, &a.path, a.rotate_size_mib, a.checkpoint_interval_ms, &a.sinks)
+            != (&b.fsync, &b.path, b.rotate_size_mib, b.checkpoint_interval_ms, &b.sinks)
+            || patterns(a) != patterns(b)
+    }
+
     /// The directory relative paths in this file are resolved against.
     pub fn base_dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))

@@ -10,13 +10,13 @@ use crate::error::ConfigError;
 use crate::raw::RawSink;
 
 /// One configured sink. Its name keys its cursor file, so renaming a sink ships the log again.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SinkConfig {
     pub name: String,
     pub kind: SinkKind,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SinkKind {
     /// JSON lines on Warden's standard output (its own logs go to standard error).
     Stdout,
@@ -28,7 +28,7 @@ pub enum SinkKind {
     Webhook(WebhookSink),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SyslogSink {
     pub transport: SyslogTransport,
     /// The RFC 5424 facility number (`authpriv` = 10 by default).
@@ -46,7 +46,7 @@ pub enum SyslogTransport {
     Unix(PathBuf),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WebhookSink {
     pub url: url::Url,
     /// Roots to trust for an https url instead of the system's.

@@ -398,3 +398,13 @@ fn bad_redaction_and_sinks_are_located() {
         "{e}"
     );
 }
+
+#[test]
+fn audit_changes_are_noticed_for_reload() {
+    let sink = "[[audit.sink]]\nname = \"w\"\ntype = \"webhook\"\nurl = \"http://h/\"\nheaders = { A = \"1\" }";
+    let base = with_audit("redact = [\"a+\"]", sink).unwrap();
+    assert!(!base.audit_differs(&with_audit("redact = [\"a+\"]", sink).unwrap()));
+    assert!(base.audit_differs(&with_audit("redact = [\"b+\"]", sink).unwrap()));
+    assert!(base.audit_differs(&with_audit("redact = [\"a+\"]", &sink.replace("\"1\"", "\"2\"")).unwrap()));
+    assert!(base.audit_differs(&with_audit("redact = [\"a+\"]", "").unwrap()));
+}

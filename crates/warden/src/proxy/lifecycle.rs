@@ -290,8 +290,11 @@ pub async fn reload(shared: &Arc<Shared>, path: &Path, why: &str) -> bool {
     match deployment::load_config(path) {
         Ok(new) => {
             let new = Arc::new(new);
-            shared.config.store(new.clone());
+            let old = shared.config.swap(new.clone());
             tracing::info!(config = %path.display(), trigger = why, "configuration reloaded");
+            if old.audit_differs(&new) {
+                tracing::warn!(config = %path.display(), "[audit] changed (log, redact or sinks): it takes effect at the next start");
+            }
             shared.sessions.reevaluate(&new);
             tokio::spawn(reprovision(shared.clone()));
             true
