@@ -85,6 +85,21 @@ data_dir        = "."
 # "always": fsync every record; "batch": group commit, a statement waits for its batch to be on disk;
 # "off": no fsync (unsafe: a crash can lose records of statements that ran).
 fsync = "batch"
+# Secrets cut out of statements, parameters and errors before a record is written (regular expressions;
+# each match becomes [REDACTED]). The log and every sink only ever hold the redacted text.
+# redact = ['sk_live_[A-Za-z0-9]+']
+
+# SIEM export (docs/siem.md): each sink receives every record of the log, in order, at least once; an
+# outage delays records, it never loses them (the log is the buffer; AUDIT_DIR/sinks/NAME.cursor says
+# what each sink has). A new sink starts from the log's first record.
+# [[audit.sink]]
+# name = "siem"
+# type = "webhook"                 # "stdout" | "file" (path = ...) | "syslog" (address = "udp://HOST:PORT",
+#                                  #   "tcp://HOST:PORT" or "unix:///dev/log"; facility, app_name) | "webhook"
+# url  = "https://siem.example.com/ingest"
+# headers = { Authorization = "Bearer ..." }
+# batch_size = 500                 # records per POST (newline-delimited JSON: the log's own lines)
+# batch_interval_ms = 1000         # longest a record waits for its batch to fill
 
 # One [[database]] per database clients may ask for by name.
 [[database]]
@@ -139,5 +154,17 @@ mod tests {
         let c = warden_policy::Config::parse(std::path::Path::new("/tmp/x/warden.toml"), super::SAMPLE_CONFIG).unwrap();
         assert_eq!(c.databases.len(), 1);
         assert_eq!(c.identities.len(), 2);
+        // The commented sink is valid once uncommented.
+        let uncommented = super::SAMPLE_CONFIG
+            .replace("# redact = ", "redact = ")
+            .replace("# [[audit.sink]]", "[[audit.sink]]")
+            .replace("# name = \"siem\"", "name = \"siem\"")
+            .replace("# type = \"webhook\"", "type = \"webhook\"")
+            .replace("# url  = ", "url  = ")
+            .replace("# headers = ", "headers = ")
+            .replace("# batch_size = ", "batch_size = ")
+            .replace("# batch_interval_ms = ", "batch_interval_ms = ");
+        let c = warden_policy::Config::parse(std::path::Path::new("/tmp/x/warden.toml"), &uncommented).unwrap();
+        assert_eq!((c.audit.sinks.len(), c.audit.redact.len()), (1, 1));
     }
 }

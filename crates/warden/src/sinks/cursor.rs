@@ -17,8 +17,11 @@ pub(super) struct Cursor {
 struct Saved {
     seq: u64,
     hash: String,
-    /// The inode and offset of the record's line, to resume without rereading the file up to it.
+    /// The inode and offset of the record's line, to resume without rereading the file up to it
+    /// (left out of a hand-written cursor: the log is then read from its start to find the record).
+    #[serde(default)]
     ino: u64,
+    #[serde(default)]
     offset: u64,
 }
 
