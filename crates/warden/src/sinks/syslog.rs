@@ -48,6 +48,9 @@ impl Syslog {
                     framed.extend_from_slice(format!("{} ", m.len()).as_bytes());
                     framed.extend_from_slice(&m);
                 }
+                if self.tcp.as_ref().is_some_and(|s| !still_open(s)) {
+                    self.tcp = None;
+                }
                 let stream = match &mut self.tcp {
                     Some(s) => s,
                     None => self.tcp.insert(
@@ -110,6 +113,15 @@ impl Syslog {
         }
         result
     }
+}
+
+/// Whether the receiver has not closed the connection. Syslog over TCP has no acknowledgement: a
+/// write to a connection the peer already closed succeeds locally and the records are lost, so a
+/// closed connection is noticed before writing (the receiver sends nothing, so a read that is not
+/// `WouldBlock` means EOF or an error).
+fn still_open(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [meta sequenceId="SEQ"] JSON`. The timestamp is
@@ -199,6 +211,63 @@ mod tests {
             ts.ends_with('Z') && ts.len() == "2026-11-23T06:44:19.123456Z".len(),
             "{ts}"
         );
+    }
+
+    #[tokio::test]
+    async fn tcp_frames_by_octet_counting_and_reconnects() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, FsyncMode::Off).unwrap();
+        for s in ["SELECT 1", "SELECT 'two words'"] {
+            log.append(EventBody {
+                event: "query".into(),
+                statement: Some(s.into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        log.checkpoint_now().await.unwrap();
+        let records: Vec<StoredRecord> = warden_audit::read_after(&path, 0)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let mut sink = Syslog::new(&SyslogSink {
+            transport: SyslogTransport::Tcp(addr),
+            facility: 16,
+            app_name: "w".into(),
+        });
+        for round in 0..2 {
+            sink.deliver(&records).await.unwrap();
+            let (mut conn, _) = tokio::time::timeout(std::time::Duration::from_secs(5), listener.accept())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: the records went into the closed connection"))
+                .unwrap();
+            let mut got = Vec::new();
+            while !got.ends_with(&records[1].line) {
+                let mut chunk = [0u8; 4096];
+                let n = conn.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "round {round}: the connection ended early");
+                got.extend_from_slice(&chunk[..n]);
+            }
+            // The receiver goes away (a restart): the next delivery notices and connects again
+            // instead of writing into the closed connection.
+            drop(conn);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let mut rest = &got[..];
+            for r in &records {
+                let space = rest.iter().position(|b| *b == b' ').unwrap();
+                let len: usize = std::str::from_utf8(&rest[..space]).unwrap().parse().unwrap();
+                let msg = &rest[space + 1..space + 1 + len];
+                assert!(msg.starts_with(b"<134>1 "), "round {round}");
+                assert!(msg.ends_with(&r.line), "round {round}");
+                rest = &rest[space + 1 + len..];
+            }
+            assert!(rest.is_empty());
+        }
     }
 
     #[test]

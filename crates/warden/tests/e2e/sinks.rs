@@ -86,13 +86,14 @@ headers = {{ Authorization = "{HOOK_TOKEN}" }}
         .join(format!("{}.siem.cursor", log.file_stem().unwrap().to_string_lossy()));
     assert!(cursor.exists(), "{} is written", cursor.display());
     let restarted_log = h.root.join("sinks-webhook-2.log");
-    let _child = spawn_warden_child(&config, &restarted_log, port).unwrap();
+    let mut child = spawn_warden_child(&config, &restarted_log, port).unwrap();
     let lines = wait_for_delivery(&log, &restarted_log, || hook.lines());
     assert_in_order(&lines);
     assert!(
         lines.iter().any(|l| l.contains("\"event\":\"credential.issued\"")),
         "the CLI's record was shipped"
     );
+    stop(&mut child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +134,7 @@ app_name = "warden-e2e"
         });
     }
     let warden_log = h.root.join("sinks-lines.log");
-    let _child = spawn_warden_child(&config, &warden_log, port).unwrap();
+    let mut child = spawn_warden_child(&config, &warden_log, port).unwrap();
     let cred = h.agent();
     let out = psql_at(h, port, &cred, &format!("SELECT 'lines', '{SECRET}'"));
     assert!(out.status.success(), "{}", stderr(&out));
@@ -181,6 +182,7 @@ app_name = "warden-e2e"
         assert_eq!(msg, line, "MSG is the stored line");
     }
     assert!(!messages.concat().contains("sk_live_"));
+    stop(&mut child);
 }
 
 /// `<PRI>1 TS HOST APP PROCID MSGID [SD] MSG` into its parts (an empty MSG when it does not parse).
