@@ -303,11 +303,11 @@ fn build_webhook(cx: &Locator, base: &Path, r: &RawSink) -> Result<WebhookSink, 
             return Err(cx.invalid(value, "audit.sink.headers", format!("Warden sets {key} itself")));
         }
         // The value is not quoted back: it is usually a token.
-        if value.get_ref().bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+        if !value.get_ref().bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
             return Err(cx.invalid(
                 value,
                 "audit.sink.headers",
-                format!("the value of {key} has a control character"),
+                format!("the value of {key} must be printable ASCII"),
             ));
         }
         headers.push((key.clone(), Secret(value.get_ref().clone())));

@@ -384,6 +384,11 @@ fn bad_redaction_and_sinks_are_located() {
     assert!(e.starts_with(&at(55, "audit.sink.headers")), "{e}");
     let e = bad(
         "",
+        &sink("name = \"a\"\ntype = \"webhook\"\nurl = \"http://h/\"\nheaders = { A = \"caf\u{e9}\" }"),
+    );
+    assert!(e.contains("printable ASCII") && !e.contains("caf"), "{e}");
+    let e = bad(
+        "",
         &sink("name = \"a\"\ntype = \"webhook\"\nurl = \"http://h/\"\nretries = 3"),
     );
     assert!(e.contains("retries"), "unknown keys are refused: {e}");

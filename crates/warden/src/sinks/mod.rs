@@ -16,7 +16,7 @@ mod webhook;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use warden_audit::{AuditHandle, Position, StoredRecord};
@@ -50,7 +50,8 @@ impl Sinks {
         let log = config.audit.path.clone();
         let mut shippers = Vec::new();
         for sink in &config.audit.sinks {
-            shippers.push(Shipper::new(sink, &log, audit)?);
+            let shipper = Shipper::new(sink, &log, audit).with_context(|| format!("audit sink \"{}\"", sink.name))?;
+            shippers.push(shipper);
         }
         Ok(Sinks { shippers })
     }

@@ -69,7 +69,9 @@ impl Webhook {
             .build()?;
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
-            let mut value = HeaderValue::from_str(value.expose()).context("a header value")?;
+            // The config admits only header names and printable ASCII values; the value is not quoted.
+            let mut value =
+                HeaderValue::from_str(value.expose()).with_context(|| format!("the value of header {name}"))?;
             value.set_sensitive(true);
             headers.insert(HeaderName::from_bytes(name.as_bytes())?, value);
         }
