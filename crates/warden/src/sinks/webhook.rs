@@ -141,3 +141,108 @@ fn describe(e: reqwest::Error) -> anyhow::Error {
     }
     anyhow::anyhow!(text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use warden_audit::{AuditLog, EventBody, FsyncMode};
+    use warden_identity::CertificateAuthority;
+
+    /// An https receiver whose certificate only `ca_file` vouches for gets the records as a JSON array.
+    #[tokio::test]
+    async fn https_with_a_ca_file_and_a_json_array() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, FsyncMode::Off).unwrap();
+        for s in ["SELECT 1", "SELECT 2"] {
+            let body = EventBody {
+                event: "query".into(),
+                statement: Some(s.into()),
+                ..Default::default()
+            };
+            log.append(body).await.unwrap();
+        }
+        log.checkpoint_now().await.unwrap();
+        let records: Vec<StoredRecord> = warden_audit::read_after(&path, 0)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+
+        let ca = CertificateAuthority::generate("test SIEM CA", time::Duration::hours(1)).unwrap();
+        let server = ca
+            .issue_server(&["localhost".into()], time::Duration::hours(1))
+            .unwrap();
+        let tls = crate::tls::server_config(vec![server.cert_der.clone()], server.key_der, b"http/1.1").unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut conn = acceptor.accept(tcp).await.unwrap();
+            let mut got = Vec::new();
+            loop {
+                let mut chunk = [0u8; 4096];
+                let n = conn.read(&mut chunk).await.unwrap();
+                got.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&got).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.to_lowercase().strip_prefix("content-length: ").map(str::to_string))
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    if body.len() >= length {
+                        conn.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                            .await
+                            .unwrap();
+                        conn.shutdown().await.unwrap();
+                        return (head.to_lowercase(), body.to_string());
+                    }
+                }
+                assert!(n > 0, "the request ended early: {text}");
+            }
+        });
+
+        let ca_file = dir.path().join("siem-ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        let config = WebhookSink {
+            url: format!("https://localhost:{port}/ingest").parse().unwrap(),
+            ca_file: Some(ca_file),
+            format: WebhookFormat::Json,
+            batch_size: 10,
+            batch_interval: Duration::ZERO,
+            headers: Vec::new(),
+        };
+        Webhook::new(&config).unwrap().deliver(&records).await.unwrap();
+        let (head, body) = received.await.unwrap();
+        assert!(head.starts_with("post /ingest http/1.1"), "{head}");
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert!(
+            head.contains("x-warden-first-seq: 1") && head.contains("x-warden-last-seq: 2"),
+            "{head}"
+        );
+        let lines: Vec<String> = records
+            .iter()
+            .map(|r| String::from_utf8(r.line.clone()).unwrap())
+            .collect();
+        assert_eq!(body, format!("[{}]", lines.join(",")));
+        let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(parsed[1]["statement"], "SELECT 2");
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_refused_at_start() {
+        let config = WebhookSink {
+            url: "https://siem.example.com/".parse().unwrap(),
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            format: WebhookFormat::Ndjson,
+            batch_size: 1,
+            batch_interval: Duration::ZERO,
+            headers: Vec::new(),
+        };
+        let e = Webhook::new(&config).err().expect("a missing ca_file is refused");
+        assert!(format!("{e:#}").contains("/nonexistent/ca.pem"), "{e:#}");
+    }
+}
