@@ -113,3 +113,66 @@ fn save(path: &Path, saved: &Saved) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warden_audit::{AuditLog, EventBody, FsyncMode};
+
+    #[tokio::test]
+    async fn a_cursor_resumes_after_its_record_and_refuses_another_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&log_path, FsyncMode::Off).unwrap();
+        for _ in 0..4 {
+            log.append(EventBody {
+                event: "query".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        log.checkpoint_now().await.unwrap();
+        let records: Vec<StoredRecord> = warden_audit::read_after(&log_path, 0)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let cursor = Cursor::new(path(&log_path, "siem"));
+        assert_eq!(cursor.path, dir.path().join("sinks/siem.cursor"));
+        assert_eq!(
+            cursor.load(&log_path).await.unwrap(),
+            None,
+            "a new sink starts at the beginning"
+        );
+
+        cursor.save(&records[1]).await.unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&cursor.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let at = cursor.load(&log_path).await.unwrap().unwrap();
+        assert_eq!(at, records[1].next);
+        let next: Vec<u64> = warden_audit::read_from(&log_path, at)
+            .unwrap()
+            .map(|r| r.unwrap().event.seq)
+            .collect();
+        assert_eq!(next, vec![3, 4]);
+
+        // Written by hand: seq and hash only.
+        let hand = format!("{{\"seq\":3,\"hash\":\"{}\"}}", records[2].event.hash);
+        std::fs::write(&cursor.path, hand).unwrap();
+        assert_eq!(cursor.load(&log_path).await.unwrap().unwrap().seq, 3);
+
+        // Another log's cursor: same seq, another hash; or a seq the log never reached.
+        std::fs::write(&cursor.path, format!("{{\"seq\":3,\"hash\":\"{}\"}}", "0".repeat(64))).unwrap();
+        let e = cursor.load(&log_path).await.unwrap_err().to_string();
+        assert!(e.contains("names seq 3 with hash"), "{e}");
+        std::fs::write(&cursor.path, format!("{{\"seq\":9,\"hash\":\"{}\"}}", "0".repeat(64))).unwrap();
+        let e = cursor.load(&log_path).await.unwrap_err().to_string();
+        assert!(e.contains("the log ends before it"), "{e}");
+
+        assert_eq!(
+            path(&dir.path().join("other.jsonl"), "siem"),
+            dir.path().join("sinks/other.siem.cursor")
+        );
+    }
+}
