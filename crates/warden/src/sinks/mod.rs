@@ -118,7 +118,7 @@ impl Shipper {
         loop {
             // A dropped sender counts as a stop: the process is going away.
             let stopping = *stop.borrow() || stop.has_changed().is_err();
-            let batch = match read_batch(&self.log, at, self.batch_size).await {
+            let batch = match read_batch(&self.name, &self.log, at, self.batch_size).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(sink = %self.name, error = %e, "cannot read the audit log; retrying");
@@ -214,8 +214,31 @@ impl Shipper {
     }
 }
 
-/// Up to `max` records after `at`.
-async fn read_batch(log: &Path, at: Position, max: usize) -> Result<Vec<StoredRecord>> {
+/// Up to `max` records after `at`, contiguous. A file rotated between listing the log's files and
+/// opening them makes the reader skip it: a batch that does not start right after `at` is read
+/// again, and one with a hole is cut before it. A gap that stays is real (rotated files deleted):
+/// it is said, and shipping goes on after it.
+async fn read_batch(name: &str, log: &Path, at: Position, max: usize) -> Result<Vec<StoredRecord>> {
+    let mut batch = read_records(log, at, max).await?;
+    for _ in 0..3 {
+        if batch.first().is_none_or(|r| r.event.seq == at.seq + 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        batch = read_records(log, at, max).await?;
+    }
+    if let Some(first) = batch.first().filter(|r| r.event.seq != at.seq + 1) {
+        tracing::warn!(sink = %name, after_seq = at.seq, next_seq = first.event.seq, "records are missing from the audit log (deleted files?); shipping what follows");
+    }
+    let contiguous = batch
+        .windows(2)
+        .position(|w| w[1].event.seq != w[0].event.seq + 1)
+        .map_or(batch.len(), |i| i + 1);
+    batch.truncate(contiguous);
+    Ok(batch)
+}
+
+async fn read_records(log: &Path, at: Position, max: usize) -> Result<Vec<StoredRecord>> {
     let log = log.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<Vec<StoredRecord>> {
         let mut batch = Vec::new();
@@ -269,5 +292,55 @@ impl Backoff {
 
     fn reset(&mut self) {
         *self = Backoff::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warden_audit::{AuditLog, AuditOptions, EventBody, FsyncMode};
+
+    #[tokio::test]
+    async fn batches_follow_rotation_and_go_on_after_deleted_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("audit.jsonl");
+        let opts = AuditOptions {
+            fsync: FsyncMode::Off,
+            rotate_bytes: Some(600),
+            ..AuditOptions::default()
+        };
+        let log = AuditLog::open_with(&log_path, opts).unwrap();
+        for _ in 0..12 {
+            let body = EventBody {
+                event: "query".into(),
+                statement: Some("SELECT 'some text to fill the file'".into()),
+                ..Default::default()
+            };
+            log.append(body).await.unwrap();
+        }
+        log.checkpoint_now().await.unwrap();
+        let start = Position {
+            seq: 0,
+            ino: 0,
+            offset: 0,
+        };
+        let mut at = start;
+        let mut seqs = Vec::new();
+        loop {
+            let batch = read_batch("t", &log_path, at, 5).await.unwrap();
+            let Some(last) = batch.last() else { break };
+            at = last.next;
+            seqs.extend(batch.iter().map(|r| r.event.seq));
+        }
+        assert_eq!(seqs, (1..=12).collect::<Vec<u64>>());
+
+        // The oldest rotated file is deleted (retention): a new sink starts after the hole.
+        let segments = warden_audit::segments(&log_path).unwrap();
+        assert!(segments.len() > 2, "{segments:?}");
+        std::fs::remove_file(&segments[0].path).unwrap();
+        let gone = segments[0].last_seq.unwrap();
+        let batch = read_batch("t", &log_path, start, 100).await.unwrap();
+        let seqs: Vec<u64> = batch.iter().map(|r| r.event.seq).collect();
+        assert_eq!(seqs, (gone + 1..=12).collect::<Vec<u64>>());
     }
 }

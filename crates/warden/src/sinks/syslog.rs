@@ -270,6 +270,40 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_unix_socket_gets_one_datagram_per_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, FsyncMode::Off).unwrap();
+        for _ in 0..2 {
+            log.append(EventBody {
+                event: "session.start".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        log.checkpoint_now().await.unwrap();
+        let records: Vec<StoredRecord> = warden_audit::read_after(&path, 0)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let socket_path = dir.path().join("log.sock");
+        let receiver = UnixDatagram::bind(&socket_path).unwrap();
+        let mut sink = Syslog::new(&SyslogSink {
+            transport: SyslogTransport::Unix(socket_path),
+            facility: 10,
+            app_name: "warden".into(),
+        });
+        sink.deliver(&records).await.unwrap();
+        for r in &records {
+            let mut buf = vec![0u8; 65536];
+            let n = receiver.recv(&mut buf).await.unwrap();
+            assert!(buf[..n].starts_with(b"<86>1 "));
+            assert!(buf[..n].ends_with(&r.line));
+        }
+    }
+
     #[test]
     fn header_fields_are_printable_ascii() {
         assert_eq!(header_field("a b\tc", 32), "abc");
