@@ -360,9 +360,19 @@ fn build_server(cx: &Locator, base: &Path, raw: &RawConfig) -> Result<ServerSett
         data_dir: clean(&base.join(s.data_dir.as_deref().unwrap_or("."))),
         max_message_size,
         admins,
-        review_timeout: cx
-            .duration(&s.review_timeout, "server.review_timeout")?
-            .unwrap_or(DEFAULT_REVIEW_TIMEOUT),
+        review_timeout: match (
+            &s.review_timeout,
+            cx.duration(&s.review_timeout, "server.review_timeout")?,
+        ) {
+            (Some(v), Some(d)) if d > Duration::days(1) => {
+                return Err(cx.invalid(
+                    v,
+                    "server.review_timeout",
+                    "must be at most 1d: a held statement keeps its session and transaction waiting",
+                ))
+            }
+            (_, d) => d.unwrap_or(DEFAULT_REVIEW_TIMEOUT),
+        },
         danger_disable_statement_checks: s.danger_disable_statement_checks,
     })
 }
