@@ -49,6 +49,8 @@ pub struct AuditSettings {
     pub rotate_size_mib: u64,
     /// Sign the chain head at most this often while records arrive (milliseconds, at least 1).
     pub checkpoint_interval_ms: u64,
+    /// Record the first N rows of each result in `query.result` (0, the default: none).
+    pub result_rows: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -437,11 +439,23 @@ fn build_audit(cx: &Locator, server: &ServerSettings, raw: &RawConfig) -> Result
             ))
         }
     };
+    let result_rows = match &raw.audit.result_rows {
+        None => 0,
+        Some(v) if (0..=1000).contains(v.get_ref()) => *v.get_ref() as usize,
+        Some(v) => {
+            return Err(cx.invalid(
+                v,
+                "audit.result_rows",
+                "must be between 0 (no rows recorded, the default) and 1000",
+            ))
+        }
+    };
     Ok(AuditSettings {
         fsync,
         path,
         rotate_size_mib,
         checkpoint_interval_ms,
+        result_rows,
     })
 }
 

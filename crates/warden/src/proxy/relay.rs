@@ -91,6 +91,10 @@ struct Outcome {
     rows: u64,
     data_rows: u64,
     error: Option<String>,
+    /// The last result set's column names and formats.
+    columns: Option<Vec<(String, i16)>>,
+    /// Its first rows, when `[audit] result_rows` asks for them.
+    sample: Vec<Vec<Option<String>>>,
     /// Warden's stand-in for a denied statement: its error is the denial (shown without PL/pgSQL context).
     denied: bool,
 }
@@ -103,6 +107,8 @@ impl Outcome {
             rows: 0,
             data_rows: 0,
             error: None,
+            columns: None,
+            sample: Vec::new(),
             denied: false,
         }
     }
@@ -253,6 +259,7 @@ pub async fn run(
         max,
         notices: notice_rx,
         rfq_seen: 0,
+        result_rows: shared.config.load().audit.result_rows,
     };
     let draining = drain(&mut shutdown, to_client.queue.clone());
     let expiry = expires(&session);
@@ -343,6 +350,9 @@ async fn drain(shutdown: &mut watch::Receiver<bool>, queue: Queue) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Longest value (bytes) of a recorded result row; longer ones are cut.
+const MAX_SAMPLE_VALUE: usize = 256;
 
 /// How long the farewell, the shutdown and the cancel of an ended session may take.
 const KILL_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -932,6 +942,8 @@ struct ServerSide<'a> {
     notices: tokio::sync::mpsc::UnboundedReceiver<BytesMut>,
     /// ReadyForQuery messages relayed so far: which batch the responses belong to.
     rfq_seen: u64,
+    /// Rows of each result to record (`[audit] result_rows`, as the session started).
+    result_rows: usize,
 }
 
 /// What happens to one message from PostgreSQL.
@@ -993,7 +1005,7 @@ impl ServerSide<'_> {
         match frame.tag {
             b'1' if self.swallow.take(self.rfq_seen, true) => return Ok(Relay::Drop),
             b'2' if self.swallow.take(self.rfq_seen, false) => return Ok(Relay::Drop),
-            b'C' | b'E' | b'I' | b's' | b'Z' | b'D' => {}
+            b'C' | b'E' | b'I' | b's' | b'Z' | b'D' | b'T' => {}
             _ => return Ok(Relay::Forward),
         }
         let mut relay = Relay::Forward;
@@ -1001,6 +1013,18 @@ impl ServerSide<'_> {
         if frame.tag == b'D' {
             if let Some(Pending::Simple(o) | Pending::Execute(o)) = q.front_mut() {
                 o.data_rows += 1;
+                if o.sample.len() < self.result_rows {
+                    let formats: Vec<i16> = o.columns.iter().flatten().map(|c| c.1).collect();
+                    if let Some(row) = warden_wire::backend::data_row(frame.body(), &formats, MAX_SAMPLE_VALUE) {
+                        o.sample.push(row);
+                    }
+                }
+            }
+            return Ok(relay);
+        }
+        if frame.tag == b'T' {
+            if let Some(Pending::Simple(o) | Pending::Execute(o)) = q.front_mut() {
+                o.columns = warden_wire::backend::row_description(frame.body());
             }
             return Ok(relay);
         }
@@ -1072,6 +1096,8 @@ impl ServerSide<'_> {
         body.rows = Some(o.rows);
         body.duration_us = Some(o.started.elapsed().as_micros() as u64);
         body.error = o.error;
+        body.columns = o.columns.map(|c| c.into_iter().map(|(name, _)| name).collect());
+        body.sample_rows = (!o.sample.is_empty()).then_some(o.sample);
         let audit = self.shared.audit.clone();
         let session = self.session.id.clone();
         // Enqueued now (so records keep their order), awaited in the background.
