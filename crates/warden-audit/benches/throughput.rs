@@ -32,7 +32,13 @@ async fn main() {
     for mode in [FsyncMode::Always, FsyncMode::Batch, FsyncMode::Off] {
         for producers in [1, 16, 64] {
             let dir = tempfile::tempdir_in(&base).expect("a temporary directory");
-            let r = run(&dir.path().join("audit.jsonl"), mode, producers, Duration::from_secs(secs)).await;
+            let r = run(
+                &dir.path().join("audit.jsonl"),
+                mode,
+                producers,
+                Duration::from_secs(secs),
+            )
+            .await;
             println!(
                 "{:<7} {:>9} {:>12} {:>12.0} {:>12} {:>12}",
                 format!("{mode:?}").to_lowercase(),

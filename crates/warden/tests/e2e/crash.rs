@@ -43,7 +43,9 @@ fn crash_mid_load(fsync: &str) {
         for c in 0..CLIENTS {
             let cfg = client_config(copy.port);
             let (cred, prefix, acked) = (cred.clone(), prefix.clone(), acked.clone());
-            clients.push(tokio::spawn(async move { load(cfg, &cred, &format!("{prefix}{c}-"), &acked).await }));
+            clients.push(tokio::spawn(async move {
+                load(cfg, &cred, &format!("{prefix}{c}-"), &acked).await
+            }));
         }
         let deadline = Instant::now() + Duration::from_secs(120);
         while acked.load(Ordering::SeqCst) < KILL_AFTER {
@@ -104,7 +106,10 @@ fn crash_mid_load(fsync: &str) {
         .collect();
     // The witness works: every statement a client saw complete is in PostgreSQL's log.
     let unlogged: Vec<_> = acked.difference(&executed).collect();
-    assert!(unlogged.is_empty(), "acknowledged but not in PostgreSQL's log: {unlogged:?}");
+    assert!(
+        unlogged.is_empty(),
+        "acknowledged but not in PostgreSQL's log: {unlogged:?}"
+    );
     assert!(executed.len() >= KILL_AFTER, "{} statements ran", executed.len());
     assert!(executed.contains(&after), "the statement after the restart ran");
     let unrecorded: Vec<_> = executed.difference(&recorded).collect();
@@ -137,20 +142,23 @@ async fn load(cfg: tokio_postgres::Config, cred: &Path, prefix: &str, acked: &At
     let mut done = Vec::new();
     for n in 0..PER_CLIENT {
         let marker = format!("{prefix}{n}");
-        let result = match n % 3 {
-            0 => client.simple_query(&format!("SELECT '{marker}'")).await.map(drop),
-            1 => client.query(&format!("SELECT '{marker}'::text"), &[]).await.map(drop),
-            _ => async {
-                let tx = client.transaction().await?;
-                tx.execute(
+        let result =
+            match n % 3 {
+                0 => client.simple_query(&format!("SELECT '{marker}'")).await.map(drop),
+                1 => client.query(&format!("SELECT '{marker}'::text"), &[]).await.map(drop),
+                _ => {
+                    async {
+                        let tx = client.transaction().await?;
+                        tx.execute(
                     &format!("INSERT INTO orders (customer_id, status, total, region) VALUES (1, '{marker}', 1, 'eu')"),
                     &[],
                 )
                 .await?;
-                tx.rollback().await
-            }
-            .await,
-        };
+                        tx.rollback().await
+                    }
+                    .await
+                }
+            };
         match result {
             Ok(()) => {
                 done.push(marker);
@@ -198,7 +206,11 @@ fn client_config(port: u16) -> tokio_postgres::Config {
 fn set_fsync(config: &Path, mode: &str) {
     let text = std::fs::read_to_string(config).unwrap();
     assert!(text.contains("fsync = \"batch\""));
-    std::fs::write(config, text.replace("fsync = \"batch\"", &format!("fsync = \"{mode}\""))).unwrap();
+    std::fs::write(
+        config,
+        text.replace("fsync = \"batch\"", &format!("fsync = \"{mode}\"")),
+    )
+    .unwrap();
 }
 
 /// SIGTERM, then waits: a clean stop signs the chain head.
@@ -264,7 +276,10 @@ fn audit_log_that_cannot_be_written_refuses_statements() {
             filled.len()
         )
     });
-    assert!(!filled.is_empty(), "the log filled before any statement ran: {refused_err}");
+    assert!(
+        !filled.is_empty(),
+        "the log filled before any statement ran: {refused_err}"
+    );
     assert!(
         warden.try_wait().unwrap().is_none(),
         "Warden died at the file-size limit (SIGXFSZ not ignored?):\n{log}"
@@ -290,9 +305,18 @@ fn audit_log_that_cannot_be_written_refuses_statements() {
 
     let pg = std::fs::read_to_string(h.cluster.log_path()).unwrap();
     let quoted = |m: &str| format!("'{m}'");
-    assert!(pg.contains(&quoted(&filled[0])), "the witness works: the first statement is in PostgreSQL's log");
-    assert!(!pg.contains(&quoted(&refused_marker)), "the statement whose record failed reached PostgreSQL");
-    assert!(!pg.contains(&quoted(&after_marker)), "a statement after the failure reached PostgreSQL");
+    assert!(
+        pg.contains(&quoted(&filled[0])),
+        "the witness works: the first statement is in PostgreSQL's log"
+    );
+    assert!(
+        !pg.contains(&quoted(&refused_marker)),
+        "the statement whose record failed reached PostgreSQL"
+    );
+    assert!(
+        !pg.contains(&quoted(&after_marker)),
+        "a statement after the failure reached PostgreSQL"
+    );
     assert!(
         log.contains("audit unavailable") && log.contains("File too large"),
         "Warden's log does not say the audit log is unavailable:\n{log}"
