@@ -204,6 +204,7 @@ pub async fn run(
     let mut body = session.event("session.start");
     body.reason = Some(format!("backend pid {}", upstream.backend_key.0));
     if let Err(e) = shared.audit.append(body).await {
+        tracing::error!(session = %session.id, error = %e, "audit unavailable: session refused");
         let e = ProxyError::AuditUnavailable { reason: e.to_string() };
         let mut buf = BytesMut::new();
         fatal(&e, &mut buf);
@@ -897,7 +898,7 @@ impl ClientSide<'_> {
         body.decision = Some(if denied.is_some() { "deny" } else { "allow" }.into());
         body.reason = denied.map(str::to_string);
         self.shared.audit.append(body).await.map_err(|e| {
-            tracing::error!(session = %self.session.id, error = %e, "audit unavailable: refusing statements");
+            tracing::error!(session = %self.session.id, error = %e, "audit unavailable: statements are refused until the audit log can be written and Warden is restarted");
             ProxyError::AuditUnavailable { reason: e.to_string() }
         })
     }

@@ -6,6 +6,7 @@ mod approval;
 mod audit;
 mod common;
 mod connect;
+mod crash;
 mod lifecycle;
 mod quickstart;
 mod redteam;

@@ -514,7 +514,7 @@ pub fn watchdog(then: &str) {
         .expect("spawning watchdog");
 }
 
-fn wait_for_port(port: u16, log: &Path) {
+pub fn wait_for_port(port: u16, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
