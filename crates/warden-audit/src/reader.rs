@@ -2,7 +2,7 @@
 //! shippers and the search index use to follow the log.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::files::{segments, Segment};
@@ -24,6 +24,8 @@ pub struct Reader {
     segments: std::vec::IntoIter<Segment>,
     current: Option<(PathBuf, BufReader<File>, u64, usize)>,
     after: u64,
+    /// Where to start in the first file: just past record `after` (see [`read_after_from`]).
+    resume: Option<(PathBuf, u64)>,
     line: Vec<u8>,
     done: bool,
 }
@@ -44,6 +46,32 @@ pub fn read_after(active: &Path, after: u64) -> Result<Reader, AuditError> {
         segments: wanted.into_iter(),
         current: None,
         after,
+        resume: None,
+        line: Vec::new(),
+        done: false,
+    })
+}
+
+/// As [`read_after`], for a follower that knows where record `after` ends: `resume` is the byte just
+/// past its line in the file that holds it (the first rotated file whose last seq is at least
+/// `after`, else the active file). That file is read from there instead of from its start, so
+/// following a large active file costs only the new records. A wrong `resume` (the log was
+/// replaced) shows as a record that does not parse or a seq that does not follow.
+pub fn read_after_from(active: &Path, after: u64, resume: u64) -> Result<Reader, AuditError> {
+    let all = segments(active).map_err(|e| AuditError::Open {
+        path: active.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let wanted: Vec<Segment> = all
+        .into_iter()
+        .filter(|s| s.last_seq.is_none_or(|last| last >= after))
+        .collect();
+    let resume = wanted.first().map(|s| (s.path.clone(), resume));
+    Ok(Reader {
+        segments: wanted.into_iter(),
+        current: None,
+        after,
+        resume,
         line: Vec::new(),
         done: false,
     })
@@ -56,8 +84,13 @@ impl Iterator for Reader {
         while !self.done {
             if self.current.is_none() {
                 let segment = self.segments.next()?;
-                match File::open(&segment.path) {
-                    Ok(f) => self.current = Some((segment.path, BufReader::new(f), 0, 0)),
+                let start = match self.resume.take() {
+                    Some((path, at)) if path == segment.path => at,
+                    _ => 0,
+                };
+                match File::open(&segment.path).and_then(|mut f| f.seek(SeekFrom::Start(start)).map(|_| f)) {
+                    // Line numbers count from the resume point (errors then name the seq instead).
+                    Ok(f) => self.current = Some((segment.path, BufReader::new(f), start, 0)),
                     // The active file before the first record, or a file rotated while we listed.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => {

@@ -11,3 +11,4 @@ mod quickstart;
 mod redteam;
 mod refusals;
 mod relay;
+mod sessions;
