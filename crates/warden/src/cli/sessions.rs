@@ -223,7 +223,7 @@ fn replay(out: &mut impl Write, id: &str, records: &[StoredRecord], speed: f64) 
             previous = at;
         }
         let offset = match (at, start) {
-            (Some(at), Some(start)) => format!("+{:>8.3}s", (at - start).as_seconds_f64()),
+            (Some(at), Some(start)) => format!("{:>10}", format!("+{:.3}s", (at - start).as_seconds_f64())),
             _ => format!("{:>10}", "?"),
         };
         let b = &e.body;

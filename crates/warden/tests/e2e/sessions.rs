@@ -32,18 +32,22 @@ fn listed(h: &Harness, extra: &[&str], session: &str) -> Option<Value> {
         .find(|s| s["session_id"] == session)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_list_and_play_a_session_with_a_denial_and_an_error() {
     let h = harness();
     let task = format!("T-sessions-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let cred = h.issue("agent", "report-bot", &["--requester", "human:alice", "--task", &task]);
+    let cred = h.issue(
+        "agent",
+        "report-bot",
+        &["--requester", "human:alice", "--task", &task, "--roles", "analyst"],
+    );
 
     let first = h.connect(&cred, "report-bot", "shop", false).await.unwrap();
     first.simple_query("SELECT 'play-1'").await.unwrap();
     let denied = first.simple_query("SELECT email FROM customers").await.unwrap_err();
     assert_eq!(denied.code().map(|c| c.code()), Some("42501"), "{denied}");
     let failed = first.simple_query("SELECT 1/0").await.unwrap_err();
-    assert!(failed.to_string().contains("division by zero"), "{failed}");
+    assert_eq!(failed.as_db_error().map(|e| e.message()), Some("division by zero"), "{failed:?}");
     let q = h.wait_for_event(&["--task", &task, "--event", "query"], |e| e["statement"] == "SELECT 'play-1'");
     let a = q["session_id"].as_str().unwrap().to_string();
 
@@ -143,11 +147,15 @@ async fn sessions_list_and_play_a_session_with_a_denial_and_an_error() {
     assert_eq!(listed(h, &[], &b).unwrap()["statements"], 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_search_by_until_decision_and_requester_prints_stored_lines() {
     let h = harness();
     let task = format!("T-search-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let cred = h.issue("agent", "report-bot", &["--requester", "human:alice", "--task", &task]);
+    let cred = h.issue(
+        "agent",
+        "report-bot",
+        &["--requester", "human:alice", "--task", &task, "--roles", "analyst"],
+    );
     let client = h.connect(&cred, "report-bot", "shop", false).await.unwrap();
     client.simple_query("SELECT 'before-cut'").await.unwrap();
     let first = h.wait_for_event(&["--task", &task, "--event", "query"], |e| e["statement"] == "SELECT 'before-cut'");
