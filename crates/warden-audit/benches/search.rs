@@ -43,7 +43,11 @@ fn main() {
         .filter_map(|s| std::fs::metadata(&s.path).ok())
         .map(|m| m.len())
         .sum();
-    println!("log: {:.0} MiB in {}", bytes as f64 / 1048576.0, log.parent().unwrap().display());
+    println!(
+        "log: {:.0} MiB in {}",
+        bytes as f64 / 1048576.0,
+        log.parent().unwrap().display()
+    );
 
     let started = Instant::now();
     let mut index = Index::open(&log).unwrap();
@@ -60,15 +64,66 @@ fn main() {
     let t_to = ts_of(&log, last * 19 / 20);
     let f = SearchFilter::default;
     let cases: Vec<(&str, SearchFilter)> = vec![
-        ("identity agent:bot-17", SearchFilter { identity: Some("agent:bot-17".into()), ..f() }),
-        ("identity human:h-7 (its agents too)", SearchFilter { identity: Some("human:h-7".into()), ..f() }),
-        ("requester human:h-7, newest 50", SearchFilter { requester: Some("human:h-7".into()), limit: Some(50), newest: true, ..f() }),
-        ("task T-1234", SearchFilter { task: Some("T-1234".into()), ..f() }),
-        ("session s-0012345", SearchFilter { session: Some(format!("s-{:07}", 12345)), ..f() }),
-        ("decision deny, 5% time range", SearchFilter { decision: Some("deny".into()), since: Some(t_from), until: Some(t_to), ..f() }),
-        ("event auth.failed, newest 100", SearchFilter { event: Some("auth.failed".into()), limit: Some(100), newest: true, ..f() }),
+        (
+            "identity agent:bot-17",
+            SearchFilter {
+                identity: Some("agent:bot-17".into()),
+                ..f()
+            },
+        ),
+        (
+            "identity human:h-7 (its agents too)",
+            SearchFilter {
+                identity: Some("human:h-7".into()),
+                ..f()
+            },
+        ),
+        (
+            "requester human:h-7, newest 50",
+            SearchFilter {
+                requester: Some("human:h-7".into()),
+                limit: Some(50),
+                newest: true,
+                ..f()
+            },
+        ),
+        (
+            "task T-1234",
+            SearchFilter {
+                task: Some("T-1234".into()),
+                ..f()
+            },
+        ),
+        (
+            "session s-0012345",
+            SearchFilter {
+                session: Some(format!("s-{:07}", 12345)),
+                ..f()
+            },
+        ),
+        (
+            "decision deny, 5% time range",
+            SearchFilter {
+                decision: Some("deny".into()),
+                since: Some(t_from),
+                until: Some(t_to),
+                ..f()
+            },
+        ),
+        (
+            "event auth.failed, newest 100",
+            SearchFilter {
+                event: Some("auth.failed".into()),
+                limit: Some(100),
+                newest: true,
+                ..f()
+            },
+        ),
     ];
-    println!("{:<40} {:>9} {:>11} {:>11}", "search (open + catch up + query + read)", "events", "median", "max");
+    println!(
+        "{:<40} {:>9} {:>11} {:>11}",
+        "search (open + catch up + query + read)", "events", "median", "max"
+    );
     for (name, filter) in &cases {
         let mut times = Vec::new();
         let mut found = 0;
@@ -80,8 +135,22 @@ fn main() {
             times.push(started.elapsed());
         }
         times.sort();
-        println!("{name:<40} {found:>9} {:>11} {:>11}", ms(times[times.len() / 2]), ms(times[times.len() - 1]));
+        println!(
+            "{name:<40} {found:>9} {:>11} {:>11}",
+            ms(times[times.len() / 2]),
+            ms(times[times.len() - 1])
+        );
     }
+    let started = Instant::now();
+    let mut index = Index::open(&log).unwrap();
+    index.catch_up().unwrap();
+    let sessions = index.sessions().unwrap();
+    println!(
+        "{:<40} {:>9} {:>11}",
+        "sessions list (all, with counts)",
+        sessions.len(),
+        ms(started.elapsed())
+    );
     let started = Instant::now();
     let scanned = warden_audit::search_records(&log, &cases[3].1).unwrap().len();
     println!(
@@ -101,7 +170,10 @@ fn ts_of(log: &Path, seq: u64) -> OffsetDateTime {
 }
 
 fn write_log(log: &Path, n: usize) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let handle = AuditLog::open_with(
         log,
         AuditOptions {
@@ -148,7 +220,7 @@ fn next(rng: &mut u64) -> usize {
 fn session_events(session: usize, rng: &mut u64) -> Vec<EventBody> {
     let id = format!("s-{session:07}");
     let human = next(rng) % HUMANS;
-    let identity = if next(rng) % 4 == 0 {
+    let identity = if next(rng).is_multiple_of(4) {
         IdentityRecord {
             kind: "human".into(),
             name: format!("h-{human}"),
@@ -172,11 +244,16 @@ fn session_events(session: usize, rng: &mut u64) -> Vec<EventBody> {
         credential_id: Some(format!("cr_{:016x}", next(rng))),
         database: Some("shop".into()),
         db_user: Some(format!("w_{session:x}")),
-        client_addr: Some(format!("10.0.{}.{}:{}", session % 250, next(rng) % 250, 40000 + next(rng) % 20000)),
+        client_addr: Some(format!(
+            "10.0.{}.{}:{}",
+            session % 250,
+            next(rng) % 250,
+            40000 + next(rng) % 20000
+        )),
         ..EventBody::default()
     };
     let mut out = Vec::new();
-    if session % 50 == 0 {
+    if session.is_multiple_of(50) {
         out.push(EventBody {
             event: "auth.failed".into(),
             client_addr: base.client_addr.clone(),
@@ -193,8 +270,14 @@ fn session_events(session: usize, rng: &mut u64) -> Vec<EventBody> {
         let roll = next(rng) % 100;
         let denied = roll < 2;
         let statement = match q % 3 {
-            0 => format!("SELECT id, total, status FROM orders WHERE customer_id = {} ORDER BY id DESC LIMIT 20", next(rng) % 100_000),
-            1 => format!("SELECT count(*) FROM line_items li JOIN products p ON p.id = li.product_id WHERE li.order_id = {}", next(rng) % 1_000_000),
+            0 => format!(
+                "SELECT id, total, status FROM orders WHERE customer_id = {} ORDER BY id DESC LIMIT 20",
+                next(rng) % 100_000
+            ),
+            1 => format!(
+                "SELECT count(*) FROM line_items li JOIN products p ON p.id = li.product_id WHERE li.order_id = {}",
+                next(rng) % 1_000_000
+            ),
             _ if denied => "DELETE FROM customers WHERE created_at < now() - interval '1 year'".into(),
             _ => "SELECT name, email FROM customers WHERE id = $1".into(),
         };

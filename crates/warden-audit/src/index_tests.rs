@@ -17,7 +17,14 @@ fn varied(i: usize) -> EventBody {
         3 => ("workload", "etl".to_string(), None),
         _ => ("agent", "alice".to_string(), Some("bob")),
     };
-    let event = ["session.start", "query", "query.result", "query", "session.end", "auth.failed"][i % 6];
+    let event = [
+        "session.start",
+        "query",
+        "query.result",
+        "query",
+        "session.end",
+        "auth.failed",
+    ][i % 6];
     let mut body = EventBody {
         event: event.into(),
         session_id: Some(session),
@@ -25,14 +32,14 @@ fn varied(i: usize) -> EventBody {
             kind: kind.into(),
             name,
             requester: requester.map(str::to_string),
-            task: (i % 3 != 0).then(|| format!("T-{}", i % 7)),
+            task: (!i.is_multiple_of(3)).then(|| format!("T-{}", i % 7)),
             roles: vec!["analyst".into()],
         }),
         ..EventBody::default()
     };
     if event == "query" {
         body.statement = Some(format!("SELECT {i}"));
-        body.decision = Some(if i % 5 == 0 { "deny" } else { "allow" }.into());
+        body.decision = Some(if i.is_multiple_of(5) { "deny" } else { "allow" }.into());
     }
     if event == "auth.failed" {
         body.identity = None;
@@ -55,7 +62,7 @@ fn write_log(dir: &Path, n: usize) -> PathBuf {
     .unwrap();
     for i in 0..n {
         log.append_blocking(varied(i)).unwrap();
-        if i % 200 == 0 {
+        if i.is_multiple_of(200) {
             // Spread the timestamps a little, for the time ranges.
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -75,29 +82,101 @@ fn filters(path: &Path) -> Vec<SearchFilter> {
     let f = SearchFilter::default;
     let mut out = vec![
         f(),
-        SearchFilter { identity: Some("human:alice".into()), ..f() },
-        SearchFilter { identity: Some("alice".into()), ..f() },
-        SearchFilter { identity: Some("agent:bot-1".into()), ..f() },
-        SearchFilter { identity: Some("bob".into()), ..f() },
-        SearchFilter { identity: Some("nobody".into()), ..f() },
-        SearchFilter { requester: Some("human:alice".into()), ..f() },
-        SearchFilter { requester: Some("bob".into()), ..f() },
-        SearchFilter { requester: Some("human:bob".into()), task: Some("T-2".into()), ..f() },
-        SearchFilter { task: Some("T-3".into()), ..f() },
-        SearchFilter { session: Some("sess-005".into()), ..f() },
-        SearchFilter { decision: Some("deny".into()), ..f() },
-        SearchFilter { decision: Some("deny".into()), since: Some(t300), until: Some(t700), ..f() },
-        SearchFilter { since: Some(t700), ..f() },
-        SearchFilter { until: Some(t300), ..f() },
-        SearchFilter { event: Some("auth.failed".into()), ..f() },
-        SearchFilter { event: Some("query".into()), identity: Some("human:bob".into()), ..f() },
-        SearchFilter { identity: Some("human:alice".into()), limit: Some(5), ..f() },
-        SearchFilter { identity: Some("human:alice".into()), limit: Some(5), newest: true, ..f() },
-        SearchFilter { decision: Some("allow".into()), limit: Some(0), newest: true, ..f() },
+        SearchFilter {
+            identity: Some("human:alice".into()),
+            ..f()
+        },
+        SearchFilter {
+            identity: Some("alice".into()),
+            ..f()
+        },
+        SearchFilter {
+            identity: Some("agent:bot-1".into()),
+            ..f()
+        },
+        SearchFilter {
+            identity: Some("bob".into()),
+            ..f()
+        },
+        SearchFilter {
+            identity: Some("nobody".into()),
+            ..f()
+        },
+        SearchFilter {
+            requester: Some("human:alice".into()),
+            ..f()
+        },
+        SearchFilter {
+            requester: Some("bob".into()),
+            ..f()
+        },
+        SearchFilter {
+            requester: Some("human:bob".into()),
+            task: Some("T-2".into()),
+            ..f()
+        },
+        SearchFilter {
+            task: Some("T-3".into()),
+            ..f()
+        },
+        SearchFilter {
+            session: Some("sess-005".into()),
+            ..f()
+        },
+        SearchFilter {
+            decision: Some("deny".into()),
+            ..f()
+        },
+        SearchFilter {
+            decision: Some("deny".into()),
+            since: Some(t300),
+            until: Some(t700),
+            ..f()
+        },
+        SearchFilter {
+            since: Some(t700),
+            ..f()
+        },
+        SearchFilter {
+            until: Some(t300),
+            ..f()
+        },
+        SearchFilter {
+            event: Some("auth.failed".into()),
+            ..f()
+        },
+        SearchFilter {
+            event: Some("query".into()),
+            identity: Some("human:bob".into()),
+            ..f()
+        },
+        SearchFilter {
+            identity: Some("human:alice".into()),
+            limit: Some(5),
+            ..f()
+        },
+        SearchFilter {
+            identity: Some("human:alice".into()),
+            limit: Some(5),
+            newest: true,
+            ..f()
+        },
+        SearchFilter {
+            decision: Some("allow".into()),
+            limit: Some(0),
+            newest: true,
+            ..f()
+        },
     ];
     // Bounds with nanoseconds, just around a record's microsecond.
-    out.push(SearchFilter { since: Some(t300 + time::Duration::nanoseconds(1)), ..f() });
-    out.push(SearchFilter { until: Some(t300 - time::Duration::nanoseconds(1)), ..f() });
+    out.push(SearchFilter {
+        since: Some(t300 + time::Duration::nanoseconds(1)),
+        ..f()
+    });
+    out.push(SearchFilter {
+        until: Some(t300 - time::Duration::nanoseconds(1)),
+        ..f()
+    });
     out
 }
 
@@ -201,7 +280,9 @@ fn index_rebuilds_when_the_log_is_replaced() {
     assert_same(&path, &mut index);
 
     // A row whose line changed under it (same seq, other content) is caught at query time.
-    let text = std::fs::read_to_string(&path).unwrap().replace("\"sess-005\"", "\"sess-00X\"");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"sess-005\"", "\"sess-00X\"");
     std::fs::write(&path, text).unwrap();
     let found = index
         .search(&SearchFilter {

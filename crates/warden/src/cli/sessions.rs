@@ -105,7 +105,12 @@ fn list(config: &std::path::Path, active: bool, limit: Option<usize>, json: bool
         return Ok(ExitCode::SUCCESS);
     }
     if sessions.is_empty() {
-        writeln!(out, "No {}sessions in {}.", if active { "active " } else { "" }, log.display())?;
+        writeln!(
+            out,
+            "No {}sessions in {}.",
+            if active { "active " } else { "" },
+            log.display()
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     writeln!(

@@ -47,15 +47,22 @@ async fn sessions_list_and_play_a_session_with_a_denial_and_an_error() {
     let denied = first.simple_query("SELECT email FROM customers").await.unwrap_err();
     assert_eq!(denied.code().map(|c| c.code()), Some("42501"), "{denied}");
     let failed = first.simple_query("SELECT 1/0").await.unwrap_err();
-    assert_eq!(failed.as_db_error().map(|e| e.message()), Some("division by zero"), "{failed:?}");
-    let q = h.wait_for_event(&["--task", &task, "--event", "query"], |e| e["statement"] == "SELECT 'play-1'");
+    assert_eq!(
+        failed.as_db_error().map(|e| e.message()),
+        Some("division by zero"),
+        "{failed:?}"
+    );
+    let q = h.wait_for_event(&["--task", &task, "--event", "query"], |e| {
+        e["statement"] == "SELECT 'play-1'"
+    });
     let a = q["session_id"].as_str().unwrap().to_string();
 
     // A second session stays open while the first ends.
     let second = h.connect(&cred, "report-bot", "shop", false).await.unwrap();
     second.simple_query("SELECT 'still-here'").await.unwrap();
-    let b = h.wait_for_event(&["--task", &task, "--event", "query"], |e| e["statement"] == "SELECT 'still-here'")
-        ["session_id"]
+    let b = h.wait_for_event(&["--task", &task, "--event", "query"], |e| {
+        e["statement"] == "SELECT 'still-here'"
+    })["session_id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -79,7 +86,13 @@ async fn sessions_list_and_play_a_session_with_a_denial_and_an_error() {
     assert_eq!(open["active"], true);
     assert!(open["ended_at"].is_null());
     let table = warden(h, &["sessions", "list"]);
-    assert!(stdout(&table).lines().any(|l| l.starts_with(&a) && l.contains("(client)")), "{}", stdout(&table));
+    assert!(
+        stdout(&table)
+            .lines()
+            .any(|l| l.starts_with(&a) && l.contains("(client)")),
+        "{}",
+        stdout(&table)
+    );
 
     // Played as stored, in order, by a unique prefix of the id.
     let events = json_lines(&warden(h, &["sessions", "play", "--json", &a[..13]]));
@@ -109,9 +122,15 @@ async fn sessions_list_and_play_a_session_with_a_denial_and_an_error() {
     assert!(result_of(queries[0]).get("error").is_none());
     assert_eq!(queries[1]["statement"], "SELECT email FROM customers");
     assert_eq!(queries[1]["decision"], "deny");
-    assert_eq!(queries[1]["reason"], "role analyst may not read column public.customers.email");
+    assert_eq!(
+        queries[1]["reason"],
+        "role analyst may not read column public.customers.email"
+    );
     assert_eq!(queries[2]["statement"], "SELECT 1/0");
-    assert!(result_of(queries[2])["error"].as_str().unwrap().contains("division by zero"));
+    assert!(result_of(queries[2])["error"]
+        .as_str()
+        .unwrap()
+        .contains("division by zero"));
 
     // Replayed in the terminal: statements and outcomes in order (time is not asserted).
     let played = warden(h, &["sessions", "play", "--speed", "1000", &a]);
@@ -158,7 +177,9 @@ async fn audit_search_by_until_decision_and_requester_prints_stored_lines() {
     );
     let client = h.connect(&cred, "report-bot", "shop", false).await.unwrap();
     client.simple_query("SELECT 'before-cut'").await.unwrap();
-    let first = h.wait_for_event(&["--task", &task, "--event", "query"], |e| e["statement"] == "SELECT 'before-cut'");
+    let first = h.wait_for_event(&["--task", &task, "--event", "query"], |e| {
+        e["statement"] == "SELECT 'before-cut'"
+    });
     std::thread::sleep(std::time::Duration::from_millis(20));
     client.simple_query("SELECT email FROM customers").await.unwrap_err();
     let denied = h.wait_for_event(&["--task", &task, "--decision", "deny"], |_| true);
@@ -186,7 +207,16 @@ async fn audit_search_by_until_decision_and_requester_prints_stored_lines() {
     // --json prints the stored bytes: the very line in the log.
     let out = run_ok(
         Command::new(WARDEN)
-            .args(["audit", "search", "--json", "--task", &task, "--decision", "deny", "--config"])
+            .args([
+                "audit",
+                "search",
+                "--json",
+                "--task",
+                &task,
+                "--decision",
+                "deny",
+                "--config",
+            ])
             .arg(&h.config),
     );
     let printed = String::from_utf8(out.stdout).unwrap();
