@@ -144,10 +144,20 @@ fn main() {
     let started = Instant::now();
     let mut index = Index::open(&log).unwrap();
     index.catch_up().unwrap();
-    let sessions = index.sessions().unwrap();
+    let sessions = index.sessions(false, None).unwrap();
     println!(
         "{:<40} {:>9} {:>11}",
         "sessions list (all, with counts)",
+        sessions.len(),
+        ms(started.elapsed())
+    );
+    let started = Instant::now();
+    let mut index = Index::open(&log).unwrap();
+    index.catch_up().unwrap();
+    let sessions = index.sessions(false, Some(20)).unwrap();
+    println!(
+        "{:<40} {:>9} {:>11}",
+        "sessions list --limit 20",
         sessions.len(),
         ms(started.elapsed())
     );

@@ -208,59 +208,144 @@ impl Index {
         Ok(ids)
     }
 
-    /// Every session with a `session.start` or `session.end`, oldest first.
-    pub fn sessions(&mut self) -> Result<Vec<SessionSummary>, AuditError> {
-        let bounds = self.search(&SearchFilter {
-            event: Some("session.start".into()),
-            ..SearchFilter::default()
-        })?;
-        let ends = self.search(&SearchFilter {
-            event: Some("session.end".into()),
-            ..SearchFilter::default()
-        })?;
-        let mut by_id: HashMap<String, SessionSummary> = HashMap::new();
-        let mut order: Vec<(u64, String)> = Vec::new();
-        for r in bounds.into_iter().chain(ends) {
-            let Some(id) = r.event.body.session_id.clone() else {
-                continue;
-            };
-            let s = by_id.entry(id.clone()).or_insert_with(|| {
-                order.push((r.event.seq, id.clone()));
-                SessionSummary {
-                    session_id: id,
-                    start: None,
-                    end: None,
-                    statements: 0,
-                    denials: 0,
-                }
-            });
-            if r.event.body.event == "session.start" {
-                s.start.get_or_insert(r.event);
-            } else {
-                s.end = Some(r.event);
+    /// The sessions with a `session.start` or `session.end`, oldest first: all of them, or only the
+    /// active ones (started, not ended), and of those only the newest `newest`. Sessions are chosen
+    /// from the index alone; only the chosen ones' first and last records are read from the log.
+    pub fn sessions(&mut self, active_only: bool, newest: Option<usize>) -> Result<Vec<SessionSummary>, AuditError> {
+        match self.try_sessions(active_only, newest)? {
+            Ok(found) => Ok(found),
+            Err(m) => {
+                note_rebuild(&self.path, &m);
+                self.reset()?;
+                self.catch_up()?;
+                self.try_sessions(active_only, newest)?.map_err(|m| self.mismatch(m))
             }
+        }
+    }
+
+    fn try_sessions(
+        &self,
+        active_only: bool,
+        newest: Option<usize>,
+    ) -> Result<Result<Vec<SessionSummary>, Mismatch>, AuditError> {
+        let mut bounds: HashMap<String, Bounds> = HashMap::new();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT session_id, seq, off, len, event FROM events \
+                 WHERE event IN ('session.start', 'session.end') AND session_id IS NOT NULL ORDER BY seq",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Row {
+                        seq: r.get::<_, i64>(1)? as u64,
+                        off: r.get::<_, i64>(2)? as u64,
+                        len: r.get::<_, i64>(3)? as u64,
+                    },
+                    r.get::<_, String>(4)? == "session.start",
+                ))
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.err(e))?;
+        for (id, row, is_start) in rows {
+            let b = bounds.entry(id).or_insert((row.seq, None, None));
+            if is_start {
+                b.1.get_or_insert(row);
+            } else {
+                b.2 = Some(row);
+            }
+        }
+        let mut chosen: Vec<(String, Bounds)> = bounds
+            .into_iter()
+            .filter(|(_, (_, start, end))| !active_only || (start.is_some() && end.is_none()))
+            .collect();
+        chosen.sort_by_key(|(_, (first, _, _))| *first);
+        if let Some(n) = newest {
+            let skip = chosen.len().saturating_sub(n);
+            chosen.drain(..skip);
+        }
+        let counts = self.query_counts(chosen.len() > 1000)?;
+        let mut lines = LineReader::new(&self.log)?;
+        let mut out = Vec::with_capacity(chosen.len());
+        for (id, (_, start, end)) in chosen {
+            let mut read = |row: Option<Row>| -> Result<Result<Option<Event>, Mismatch>, AuditError> {
+                let Some(row) = row else { return Ok(Ok(None)) };
+                Ok(lines.read(row)?.and_then(|r| {
+                    if r.event.body.session_id.as_deref() == Some(id.as_str()) {
+                        Ok(Some(r.event))
+                    } else {
+                        Err(Mismatch(format!(
+                            "the record with seq {} is not of session {id}",
+                            row.seq
+                        )))
+                    }
+                }))
+            };
+            let start = match read(start)? {
+                Ok(e) => e,
+                Err(m) => return Ok(Err(m)),
+            };
+            let end = match read(end)? {
+                Ok(e) => e,
+                Err(m) => return Ok(Err(m)),
+            };
+            let (statements, denials) = match &counts {
+                Some(all) => all.get(&id).copied().unwrap_or((0, 0)),
+                None => self.count_one(&id)?,
+            };
+            out.push(SessionSummary {
+                session_id: id,
+                start,
+                end,
+                statements,
+                denials,
+            });
+        }
+        Ok(Ok(out))
+    }
+
+    /// Statements and denials of every session at once (`all`), or `None` to count them one by one.
+    fn query_counts(&self, all: bool) -> Result<Option<Counts>, AuditError> {
+        if !all {
+            return Ok(None);
         }
         let mut stmt = self
             .conn
-            .prepare(
+            .prepare_cached(
                 "SELECT session_id, COUNT(*), SUM(decision = 'deny') FROM events \
                  WHERE event = 'query' AND session_id IS NOT NULL GROUP BY session_id",
             )
             .map_err(|e| self.err(e))?;
         let counts = stmt
             .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    (
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
+                    ),
+                ))
             })
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .and_then(|rows| rows.collect::<rusqlite::Result<HashMap<_, _>>>())
             .map_err(|e| self.err(e))?;
-        for (id, n, denied) in counts {
-            if let Some(s) = by_id.get_mut(&id) {
-                s.statements = n as u64;
-                s.denials = denied.unwrap_or(0) as u64;
-            }
-        }
-        order.sort();
-        Ok(order.into_iter().filter_map(|(_, id)| by_id.remove(&id)).collect())
+        Ok(Some(counts))
+    }
+
+    fn count_one(&self, id: &str) -> Result<(u64, u64), AuditError> {
+        self.conn
+            .prepare_cached(
+                "SELECT COUNT(*), COALESCE(SUM(decision = 'deny'), 0) FROM events \
+                 WHERE event = 'query' AND session_id = ?1",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![id], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+                })
+            })
+            .map_err(|e| self.err(e))
     }
 
     fn try_search(&self, filter: &SearchFilter) -> Result<Result<Vec<StoredRecord>, Mismatch>, AuditError> {
@@ -477,6 +562,12 @@ impl Index {
         }
     }
 }
+
+/// A session's first seq seen, its `session.start` row and its `session.end` row.
+type Bounds = (u64, Option<Row>, Option<Row>);
+
+/// Statements and denials by session id.
+type Counts = HashMap<String, (u64, u64)>;
 
 enum Batch {
     /// A full batch: there may be more.

@@ -306,7 +306,7 @@ fn sessions_are_summarised_and_found_by_prefix() {
     let path = write_log(dir.path(), 600);
     let mut index = Index::open(&path).unwrap();
     index.catch_up().unwrap();
-    let sessions = index.sessions().unwrap();
+    let sessions = index.sessions(false, None).unwrap();
     assert_eq!(sessions.len(), 37);
     let s5 = sessions.iter().find(|s| s.session_id == "sess-005").unwrap();
     let scan = search_records(
@@ -324,6 +324,13 @@ fn sessions_are_summarised_and_found_by_prefix() {
         .filter(|r| r.event.body.decision.as_deref() == Some("deny"))
         .count();
     assert_eq!(s5.denials, denied as u64);
+    let newest = index.sessions(false, Some(3)).unwrap();
+    let ids: Vec<&str> = newest.iter().map(|s| s.session_id.as_str()).collect();
+    let all_ids: Vec<&str> = sessions.iter().map(|s| s.session_id.as_str()).collect();
+    assert_eq!(ids, all_ids[all_ids.len() - 3..]);
+    assert_eq!(newest[2].statements, sessions[sessions.len() - 1].statements);
+    assert_eq!(newest[2].denials, sessions[sessions.len() - 1].denials);
+    assert!(index.sessions(true, None).unwrap().iter().all(|s| s.active()));
     assert_eq!(index.sessions_with_prefix("sess-00", 20).unwrap().len(), 10);
     assert_eq!(index.sessions_with_prefix("sess-005", 2).unwrap(), vec!["sess-005"]);
     assert!(index.sessions_with_prefix("zzz", 2).unwrap().is_empty());

@@ -88,15 +88,7 @@ fn index(config: &std::path::Path) -> Result<(Index, PathBuf)> {
 
 fn list(config: &std::path::Path, active: bool, limit: Option<usize>, json: bool) -> Result<ExitCode> {
     let (mut index, log) = index(config)?;
-    let mut sessions: Vec<SessionSummary> = index
-        .sessions()?
-        .into_iter()
-        .filter(|s| !active || s.active())
-        .collect();
-    if let Some(limit) = limit {
-        let skip = sessions.len().saturating_sub(limit);
-        sessions.drain(..skip);
-    }
+    let sessions: Vec<SessionSummary> = index.sessions(active, limit)?;
     let mut out = std::io::stdout().lock();
     if json {
         for s in &sessions {
