@@ -162,15 +162,25 @@ impl Index {
     /// that no longer continues the indexed records (replaced, or cut) makes the index rebuild.
     pub fn catch_up(&mut self) -> Result<u64, AuditError> {
         let mut added = 0;
+        // A record that does not follow is first read again (a rotation may have raced the
+        // listing of files), then the index is rebuilt once; a log that still does not follow
+        // (a record really missing) is indexed as it is.
+        let (mut retried, mut rebuilt, mut strict) = (false, false, true);
         loop {
-            match self.catch_up_batch()? {
-                Batch::Added(n) => added += n,
+            match self.catch_up_batch(strict)? {
+                Batch::Added(n) => {
+                    added += n;
+                    retried = false;
+                }
                 Batch::Done(n) => return Ok(added + n),
-                Batch::Diverged(m) => {
+                Batch::Diverged(_) if !retried => retried = true,
+                Batch::Diverged(m) if !rebuilt => {
                     note_rebuild(&self.path, &m);
                     self.reset()?;
                     added = 0;
+                    rebuilt = true;
                 }
+                Batch::Diverged(_) => strict = false,
             }
         }
     }
@@ -418,7 +428,7 @@ impl Index {
         Ok(row.zip(hash))
     }
 
-    fn catch_up_batch(&mut self) -> Result<Batch, AuditError> {
+    fn catch_up_batch(&mut self, strict: bool) -> Result<Batch, AuditError> {
         let log = self.log.clone();
         let path = self.path.clone();
         let err = |e: rusqlite::Error| AuditError::Index {
@@ -453,6 +463,8 @@ impl Index {
         };
         let mut prev = head.as_ref().map(|(row, hash)| (row.seq, hash.clone()));
         let mut n = 0usize;
+        // Stopped before the end: a full batch, or a record that did not follow.
+        let mut more = false;
         {
             let mut insert = tx
                 .prepare_cached(
@@ -471,14 +483,19 @@ impl Index {
                     Err(e) => return Err(e),
                 };
                 let e = &record.event;
-                // The first new record must follow the last indexed one. A break further on is
-                // indexed anyway: search is not verification (`warden audit verify` reports it).
-                if let (0, Some((seq, hash))) = (n, &prev) {
-                    if e.seq != seq + 1 || &e.prev_hash != hash {
-                        return Ok(Batch::Diverged(Mismatch(format!(
-                            "record {} does not follow the indexed record {seq}",
-                            e.seq
-                        ))));
+                // Each record must follow the one before. The first that does not ends the batch
+                // (the next one lists the files again); if it is the batch's first, see `catch_up`.
+                // Search is not verification: the hashes themselves are `warden audit verify`'s job.
+                if let (true, Some((seq, hash))) = (strict, &prev) {
+                    if e.seq != seq + 1 || (n == 0 && &e.prev_hash != hash) {
+                        if n == 0 {
+                            return Ok(Batch::Diverged(Mismatch(format!(
+                                "record {} does not follow the indexed record {seq}",
+                                e.seq
+                            ))));
+                        }
+                        more = true;
+                        break;
                     }
                 }
                 let b = &e.body;
@@ -503,6 +520,7 @@ impl Index {
                 prev = Some((e.seq, e.hash.clone()));
                 n += 1;
                 if n >= BATCH {
+                    more = true;
                     break;
                 }
             }
@@ -515,7 +533,7 @@ impl Index {
             .map_err(err)?;
         }
         tx.commit().map_err(err)?;
-        Ok(if n >= BATCH {
+        Ok(if more {
             Batch::Added(n as u64)
         } else {
             Batch::Done(n as u64)
@@ -570,7 +588,7 @@ type Bounds = (u64, Option<Row>, Option<Row>);
 type Counts = HashMap<String, (u64, u64)>;
 
 enum Batch {
-    /// A full batch: there may be more.
+    /// Stopped before the end of the log: there is more.
     Added(u64),
     /// Caught up.
     Done(u64),

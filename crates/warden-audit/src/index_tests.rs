@@ -335,3 +335,46 @@ fn sessions_are_summarised_and_found_by_prefix() {
     assert_eq!(index.sessions_with_prefix("sess-005", 2).unwrap(), vec!["sess-005"]);
     assert!(index.sessions_with_prefix("zzz", 2).unwrap().is_empty());
 }
+
+#[test]
+fn followers_share_the_index_while_the_log_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_log(dir.path(), 100);
+    let log = AuditLog::open_with(
+        &path,
+        AuditOptions {
+            fsync: FsyncMode::Off,
+            rotate_bytes: Some(16 * 1024),
+            checkpoint_every: None,
+        },
+    )
+    .unwrap();
+    let writer = std::thread::spawn(move || {
+        for i in 100..3000 {
+            log.append_blocking(varied(i)).unwrap();
+        }
+    });
+    let followers: Vec<_> = (0..3)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut index = Index::open(&path).unwrap();
+                for _ in 0..20 {
+                    index.catch_up().unwrap();
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    writer.join().unwrap();
+    for f in followers {
+        f.join().unwrap();
+    }
+    let mut index = Index::open(&path).unwrap();
+    index.catch_up().unwrap();
+    assert_eq!(index.last_seq().unwrap(), 3000);
+    let all = index.search(&SearchFilter::default()).unwrap();
+    assert_eq!(all.len(), 3000, "no record missing or indexed twice");
+    assert!(all.iter().enumerate().all(|(i, r)| r.event.seq == i as u64 + 1));
+    assert_same(&path, &mut index);
+}
