@@ -2,7 +2,7 @@
 //! shippers and the search index use to follow the log.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::files::{segments, Segment};
@@ -21,32 +21,64 @@ pub struct StoredRecord {
 
 /// Iterator over the records after a seq; see [`read_after`].
 pub struct Reader {
-    segments: std::vec::IntoIter<Segment>,
+    active: PathBuf,
+    /// Files opened so far: each is read once (the active file too, until the next reader).
+    opened: Vec<PathBuf>,
     current: Option<(PathBuf, BufReader<File>, u64, usize)>,
     after: u64,
+    /// The seq of the last record returned, or `after`.
+    last: u64,
+    /// Where to start in the first file: just past record `after` (see [`read_after_from`]).
+    resume: Option<u64>,
     line: Vec<u8>,
     done: bool,
 }
 
 /// The records with `seq > after`, in order, across rotated files and then the active file. Stops
 /// at the end, or at a last line still being written. Rotated files that end at or before `after`
-/// are not opened.
+/// are not opened. The files are listed again each time one is finished, so a rotation while
+/// reading is followed (the active file renamed, a new one begun).
 pub fn read_after(active: &Path, after: u64) -> Result<Reader, AuditError> {
-    let all = segments(active).map_err(|e| AuditError::Open {
-        path: active.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let wanted: Vec<Segment> = all
-        .into_iter()
-        .filter(|s| s.last_seq.is_none_or(|last| last > after))
-        .collect();
-    Ok(Reader {
-        segments: wanted.into_iter(),
-        current: None,
-        after,
-        line: Vec::new(),
-        done: false,
-    })
+    Ok(Reader::new(active, after, None))
+}
+
+/// As [`read_after`], for a follower that knows where record `after` ends: `resume` is the byte just
+/// past its line in the file that holds it (the first rotated file whose last seq is at least
+/// `after`, else the active file). That file is read from there instead of from its start, so
+/// following a large active file costs only the new records. A wrong `resume` (the log was
+/// replaced) shows as a record that does not parse or a seq that does not follow.
+pub fn read_after_from(active: &Path, after: u64, resume: u64) -> Result<Reader, AuditError> {
+    Ok(Reader::new(active, after, Some(resume)))
+}
+
+impl Reader {
+    fn new(active: &Path, after: u64, resume: Option<u64>) -> Self {
+        Reader {
+            active: active.to_path_buf(),
+            opened: Vec::new(),
+            current: None,
+            after,
+            last: after,
+            resume,
+            line: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// The next file to read: the first not yet opened that may hold records after the last one
+    /// returned (with a resume point, the first one is the file holding record `after` itself).
+    fn next_segment(&mut self) -> Result<Option<Segment>, AuditError> {
+        let all = segments(&self.active).map_err(|e| AuditError::Open {
+            path: self.active.clone(),
+            reason: e.to_string(),
+        })?;
+        let inclusive = self.resume.is_some() && self.opened.is_empty();
+        Ok(all.into_iter().find(|s| {
+            !self.opened.contains(&s.path)
+                && s.last_seq
+                    .is_none_or(|l| if inclusive { l >= self.last } else { l > self.last })
+        }))
+    }
 }
 
 impl Iterator for Reader {
@@ -55,9 +87,23 @@ impl Iterator for Reader {
     fn next(&mut self) -> Option<Self::Item> {
         while !self.done {
             if self.current.is_none() {
-                let segment = self.segments.next()?;
-                match File::open(&segment.path) {
-                    Ok(f) => self.current = Some((segment.path, BufReader::new(f), 0, 0)),
+                let segment = match self.next_segment() {
+                    Ok(Some(s)) => s,
+                    Ok(None) => return None,
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                };
+                let start = if self.opened.is_empty() {
+                    self.resume.unwrap_or(0)
+                } else {
+                    0
+                };
+                self.opened.push(segment.path.clone());
+                match File::open(&segment.path).and_then(|mut f| f.seek(SeekFrom::Start(start)).map(|_| f)) {
+                    // Line numbers count from the resume point (errors then name the seq instead).
+                    Ok(f) => self.current = Some((segment.path, BufReader::new(f), start, 0)),
                     // The active file before the first record, or a file rotated while we listed.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => {
@@ -104,6 +150,7 @@ impl Iterator for Reader {
             if event.seq <= self.after {
                 continue;
             }
+            self.last = event.seq;
             return Some(Ok(StoredRecord {
                 event,
                 line: text.to_vec(),

@@ -12,3 +12,4 @@ mod quickstart;
 mod redteam;
 mod refusals;
 mod relay;
+mod sessions;
