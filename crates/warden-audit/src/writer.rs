@@ -371,6 +371,8 @@ impl Writer {
 
     fn commit_locked(&mut self, batch: &mut VecDeque<Request>) -> io::Result<()> {
         self.follow_other_writers()?;
+        // A checkpoint that is due is written before the batch's last acknowledgement, so whoever
+        // waits on a record also finds it signed when the interval says it should be.
         if self.opts.fsync == FsyncMode::Always {
             // Each record is acknowledged as soon as its own fsync returns.
             while let Some(r) = batch.pop_front() {
@@ -379,6 +381,12 @@ impl Writer {
                 if let Err(e) = self.flush() {
                     batch.push_front(r);
                     return Err(e);
+                }
+                if batch.is_empty() {
+                    if let Err(e) = self.after_write() {
+                        batch.push_front(r);
+                        return Err(e);
+                    }
                 }
                 let _ = r.ack.send(Ok(seq));
             }
@@ -389,11 +397,17 @@ impl Writer {
                 self.encode(&r.body);
             }
             self.flush()?;
+            self.after_write()?;
             for (seq, r) in (first..).zip(batch.drain(..)) {
                 let _ = r.ack.send(Ok(seq));
             }
         }
-        // The records are acknowledged: a failure from here on refuses later records only.
+        Ok(())
+    }
+
+    /// After a write: the checkpoint if one is due, and rotation if the file is full. A failure here
+    /// refuses the batch's records (they are on disk, but the caller will not act on them).
+    fn after_write(&mut self) -> io::Result<()> {
         let rotate = self.opts.rotate_bytes.is_some_and(|max| self.len >= max);
         let due = match (self.opts.checkpoint_every, self.last_checkpoint) {
             (None, _) => false,
