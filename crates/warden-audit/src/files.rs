@@ -5,6 +5,7 @@
 //! - `DIR/audit.00000000000000012345.jsonl`: a rotated file whose last record has seq 12345 (20
 //!   digits, so names sort in chain order);
 //! - `DIR/audit.jsonl.lock`: the advisory lock every writer holds while it appends or rotates;
+//! - `DIR/audit.index.db` (0600): the search index, a cache rebuilt from the log ([`crate::Index`]);
 //! - `DIR/audit.checkpoints.jsonl`: signed checkpoints of the chain head ([`crate::checkpoint`]);
 //! - `DIR/checkpoint.key` (0600) and `DIR/checkpoint.pub`: the Ed25519 key that signs them.
 
@@ -60,6 +61,12 @@ pub fn checkpoints_path(active: &Path) -> PathBuf {
     let (dir, stem, ext) = split(active);
     let ext = if ext.is_empty() { "jsonl".to_string() } else { ext };
     dir.join(format!("{stem}.checkpoints.{ext}"))
+}
+
+/// The search index ([`crate::Index`]): `DIR/audit.index.db` for `DIR/audit.jsonl`.
+pub fn index_path(active: &Path) -> PathBuf {
+    let (dir, stem, _) = split(active);
+    dir.join(format!("{stem}.index.db"))
 }
 
 /// The checkpoint signing key (PKCS#8, 0600) and its public half (hex).

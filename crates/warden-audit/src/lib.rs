@@ -1,7 +1,7 @@
 //! Warden's audit log: one JSON object per line, each chained to the one before by SHA-256.
 //!
 //! This crate owns the record format, the writer that makes records durable before the proxy acts on
-//! them, and the two readers (`search`, `verify`). It knows nothing about sessions, policy or the wire:
+//! them, and the readers (`search` with its SQLite index, `verify`). It knows nothing about sessions, policy or the wire:
 //! callers fill in an [`EventBody`] and get back the record's `seq`.
 //!
 //! # The chain, for independent verification
@@ -48,6 +48,7 @@
 pub mod checkpoint;
 mod event;
 pub mod files;
+mod index;
 mod reader;
 mod recover;
 mod redact;
@@ -57,9 +58,10 @@ mod writer;
 
 pub use event::{format_ts, Event, EventBody, IdentityRecord, LockRecord};
 pub use files::{segments, Segment};
-pub use reader::{read_after, read_from, Position, Reader, StoredRecord};
+pub use index::{Index, SessionSummary};
+pub use reader::{read_after, read_after_from, Reader, StoredRecord};
 pub use redact::{Redactor, REDACTED};
-pub use search::{search, SearchFilter};
+pub use search::{search, search_records, SearchFilter};
 pub use verify::{verify, verify_with, VerifyOptions, VerifyReport};
 pub use writer::{
     AuditHandle, AuditLog, AuditOptions, FsyncMode, Pending, DEFAULT_CHECKPOINT_EVERY, DEFAULT_ROTATE_BYTES,
@@ -79,6 +81,10 @@ pub enum AuditError {
     /// A reader could not read or parse a line.
     #[error("audit log {path}, line {line}: {reason}")]
     Read { path: PathBuf, line: usize, reason: String },
+    /// The search index beside the log could not be opened, read or written. It is a cache: the
+    /// log itself is intact, and a linear search does not need it.
+    #[error("audit index {path}: {reason}")]
+    Index { path: PathBuf, reason: String },
     /// `verify` found a record that is not what the writer wrote.
     #[error("audit log {path}: line {line}{}: {reason}\n  {record}", seq.map(|s| format!(" (seq {s})")).unwrap_or_default())]
     Tampered {

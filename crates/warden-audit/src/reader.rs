@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::files::{segments, Segment};
@@ -18,92 +17,68 @@ pub struct StoredRecord {
     pub file: PathBuf,
     /// Byte offset of the line in `file`.
     pub offset: u64,
-    /// Just after this record: where a follower continues ([`read_from`]).
-    pub next: Position,
-}
-
-/// A place just after a record. The file is named by its inode, not its path: rotation renames the
-/// active file (and keeps the inode), so a follower's position survives it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Position {
-    /// The seq of the record just before this place.
-    pub seq: u64,
-    pub ino: u64,
-    pub offset: u64,
 }
 
 /// Iterator over the records after a seq; see [`read_after`].
 pub struct Reader {
-    segments: std::vec::IntoIter<Segment>,
-    /// path, reader, inode, byte offset, line number.
-    current: Option<(PathBuf, BufReader<File>, u64, u64, usize)>,
+    active: PathBuf,
+    /// Files opened so far: each is read once (the active file too, until the next reader).
+    opened: Vec<PathBuf>,
+    current: Option<(PathBuf, BufReader<File>, u64, usize)>,
     after: u64,
+    /// The seq of the last record returned, or `after`.
+    last: u64,
+    /// Where to start in the first file: just past record `after` (see [`read_after_from`]).
+    resume: Option<u64>,
     line: Vec<u8>,
     done: bool,
 }
 
 /// The records with `seq > after`, in order, across rotated files and then the active file. Stops
 /// at the end, or at a last line still being written. Rotated files that end at or before `after`
-/// are not opened.
+/// are not opened. The files are listed again each time one is finished, so a rotation while
+/// reading is followed (the active file renamed, a new one begun).
 pub fn read_after(active: &Path, after: u64) -> Result<Reader, AuditError> {
-    let all = segments(active).map_err(|e| AuditError::Open {
-        path: active.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let wanted: Vec<Segment> = all
-        .into_iter()
-        .filter(|s| s.last_seq.is_none_or(|last| last > after))
-        .collect();
-    Ok(Reader {
-        segments: wanted.into_iter(),
-        current: None,
-        after,
-        line: Vec::new(),
-        done: false,
-    })
+    Ok(Reader::new(active, after, None))
 }
 
-/// As [`read_after`]`(active, at.seq)`, but starting at `at` without rereading the file up to it,
-/// when `at` still names a file of the log and the record there follows `at.seq`. Otherwise (the
-/// file is gone, or its inode was reused) it falls back to [`read_after`], so it is never wrong, at
-/// worst slower.
-pub fn read_from(active: &Path, at: Position) -> Result<std::iter::Peekable<Reader>, AuditError> {
-    if let Some(mut resumed) = resume(active, at) {
-        match resumed.peek() {
-            None => return Ok(resumed),
-            Some(Ok(r)) if r.event.seq == at.seq + 1 => return Ok(resumed),
-            Some(_) => {}
-        }
-    }
-    Ok(read_after(active, at.seq)?.peekable())
+/// As [`read_after`], for a follower that knows where record `after` ends: `resume` is the byte just
+/// past its line in the file that holds it (the first rotated file whose last seq is at least
+/// `after`, else the active file). That file is read from there instead of from its start, so
+/// following a large active file costs only the new records. A wrong `resume` (the log was
+/// replaced) shows as a record that does not parse or a seq that does not follow.
+pub fn read_after_from(active: &Path, after: u64, resume: u64) -> Result<Reader, AuditError> {
+    Ok(Reader::new(active, after, Some(resume)))
 }
 
-fn resume(active: &Path, at: Position) -> Option<std::iter::Peekable<Reader>> {
-    let all = segments(active).ok()?;
-    let mut wanted: Vec<Segment> = all
-        .into_iter()
-        .filter(|s| s.last_seq.is_none_or(|last| last > at.seq))
-        .collect();
-    let index = wanted
-        .iter()
-        .position(|s| std::fs::metadata(&s.path).is_ok_and(|m| m.ino() == at.ino && m.len() >= at.offset))?;
-    let rest = wanted.split_off(index + 1);
-    let segment = wanted.pop()?;
-    let mut file = File::open(&segment.path).ok()?;
-    if file.metadata().ok()?.ino() != at.ino {
-        return None;
-    }
-    file.seek(SeekFrom::Start(at.offset)).ok()?;
-    Some(
+impl Reader {
+    fn new(active: &Path, after: u64, resume: Option<u64>) -> Self {
         Reader {
-            segments: rest.into_iter(),
-            current: Some((segment.path, BufReader::new(file), at.ino, at.offset, 0)),
-            after: at.seq,
+            active: active.to_path_buf(),
+            opened: Vec::new(),
+            current: None,
+            after,
+            last: after,
+            resume,
             line: Vec::new(),
             done: false,
         }
-        .peekable(),
-    )
+    }
+
+    /// The next file to read: the first not yet opened that may hold records after the last one
+    /// returned (with a resume point, the first one is the file holding record `after` itself).
+    fn next_segment(&mut self) -> Result<Option<Segment>, AuditError> {
+        let all = segments(&self.active).map_err(|e| AuditError::Open {
+            path: self.active.clone(),
+            reason: e.to_string(),
+        })?;
+        let inclusive = self.resume.is_some() && self.opened.is_empty();
+        Ok(all.into_iter().find(|s| {
+            !self.opened.contains(&s.path)
+                && s.last_seq
+                    .is_none_or(|l| if inclusive { l >= self.last } else { l > self.last })
+        }))
+    }
 }
 
 impl Iterator for Reader {
@@ -112,9 +87,23 @@ impl Iterator for Reader {
     fn next(&mut self) -> Option<Self::Item> {
         while !self.done {
             if self.current.is_none() {
-                let segment = self.segments.next()?;
-                match File::open(&segment.path).and_then(|f| Ok((f.metadata()?.ino(), f))) {
-                    Ok((ino, f)) => self.current = Some((segment.path, BufReader::new(f), ino, 0, 0)),
+                let segment = match self.next_segment() {
+                    Ok(Some(s)) => s,
+                    Ok(None) => return None,
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                };
+                let start = if self.opened.is_empty() {
+                    self.resume.unwrap_or(0)
+                } else {
+                    0
+                };
+                self.opened.push(segment.path.clone());
+                match File::open(&segment.path).and_then(|mut f| f.seek(SeekFrom::Start(start)).map(|_| f)) {
+                    // Line numbers count from the resume point (errors then name the seq instead).
+                    Ok(f) => self.current = Some((segment.path, BufReader::new(f), start, 0)),
                     // The active file before the first record, or a file rotated while we listed.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => {
@@ -126,7 +115,7 @@ impl Iterator for Reader {
                     }
                 }
             }
-            let (path, reader, ino, offset, line_no) = self.current.as_mut()?;
+            let (path, reader, offset, line_no) = self.current.as_mut()?;
             self.line.clear();
             let n = match reader.read_until(b'\n', &mut self.line) {
                 Ok(n) => n,
@@ -161,17 +150,12 @@ impl Iterator for Reader {
             if event.seq <= self.after {
                 continue;
             }
-            let seq = event.seq;
+            self.last = event.seq;
             return Some(Ok(StoredRecord {
                 event,
                 line: text.to_vec(),
                 file: path.clone(),
                 offset: at,
-                next: Position {
-                    seq,
-                    ino: *ino,
-                    offset: *offset,
-                },
             }));
         }
         None

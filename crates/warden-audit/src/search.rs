@@ -1,9 +1,10 @@
+use std::collections::VecDeque;
 use std::path::Path;
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::{AuditError, Event};
+use crate::{AuditError, Event, StoredRecord};
 
 /// Every field that is set must match; unset fields match everything.
 #[derive(Debug, Clone, Default)]
@@ -19,8 +20,10 @@ pub struct SearchFilter {
     pub until: Option<OffsetDateTime>,
     pub decision: Option<String>,
     pub event: Option<String>,
-    /// At most this many, the first ones in log order.
+    /// At most this many: the first ones in log order, or the last ones with `newest`.
     pub limit: Option<usize>,
+    /// With `limit`, keep the newest matching events (still returned in log order).
+    pub newest: bool,
 }
 
 impl SearchFilter {
@@ -79,16 +82,27 @@ fn names_full(want: &str, full: &str) -> bool {
 
 /// Scans the log (rotated files, then the active one) and returns the matching events in log order.
 /// A missing log is empty. An incomplete last line (a record being written right now) is skipped.
+///
+/// This reads every record: it is the reference that [`crate::Index::search`] must agree with, and
+/// the fallback when the index cannot be used.
 pub fn search(path: &Path, filter: &SearchFilter) -> Result<Vec<Event>, AuditError> {
-    let mut out = Vec::new();
+    Ok(search_records(path, filter)?.into_iter().map(|r| r.event).collect())
+}
+
+/// As [`search`], with each record's stored line and place.
+pub fn search_records(path: &Path, filter: &SearchFilter) -> Result<Vec<StoredRecord>, AuditError> {
+    let mut out = VecDeque::new();
     for record in crate::read_after(path, 0)? {
-        if filter.limit.is_some_and(|l| out.len() >= l) {
+        if !filter.newest && filter.limit.is_some_and(|l| out.len() >= l) {
             break;
         }
         let record = record?;
         if filter.matches(&record.event) {
-            out.push(record.event);
+            out.push_back(record);
+            if filter.newest && filter.limit.is_some_and(|l| out.len() > l) {
+                out.pop_front();
+            }
         }
     }
-    Ok(out)
+    Ok(out.into())
 }

@@ -521,12 +521,10 @@ async fn a_full_disk_fails_closed() {
 async fn records_are_redacted_before_they_are_written() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.jsonl");
-    let opts = AuditOptions {
-        fsync: FsyncMode::Off,
-        redactor: std::sync::Arc::new(Redactor::new(vec![regex::Regex::new("sk_live_[A-Za-z0-9]+").unwrap()])),
-        ..AuditOptions::default()
-    };
-    let log = AuditLog::open_with(&path, opts).unwrap();
+    let redactor = Redactor::new(vec![regex::Regex::new("sk_live_[A-Za-z0-9]+").unwrap()]);
+    let log = AuditLog::open(&path, FsyncMode::Off)
+        .unwrap()
+        .with_redactor(std::sync::Arc::new(redactor));
     let mut b = body("query", "r");
     b.statement = Some("SELECT 'sk_live_abc'".into());
     b.parameters = Some(vec![Some("sk_live_def".into())]);
@@ -543,42 +541,162 @@ async fn records_are_redacted_before_they_are_written() {
     verify(&path).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_resumes_from_its_position_across_rotations() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.jsonl");
-    let opts = AuditOptions {
+fn small_files(every: Option<std::time::Duration>) -> AuditOptions {
+    AuditOptions {
         fsync: FsyncMode::Off,
-        rotate_bytes: Some(1500),
-        ..AuditOptions::default()
-    };
-    let log = AuditLog::open_with(&path, opts).unwrap();
-    let mut at = Position {
-        seq: 0,
-        ino: 0,
-        offset: 0,
-    };
-    let mut seen = Vec::new();
-    for round in 0..6 {
-        for i in 0..4 {
-            log.append(body("query", &format!("r{round}-{i}"))).await.unwrap();
-        }
-        for r in read_from(&path, at).unwrap() {
-            // (The writer may be rotating right now: it rotates after acknowledging.)
-            let r = r.unwrap();
-            seen.push(r.event.seq);
-            at = r.next;
-        }
+        rotate_bytes: Some(2_000),
+        checkpoint_every: every,
     }
-    assert!(segments(&path).unwrap().len() > 3, "the log rotated");
-    assert_eq!(seen, (1..=24).collect::<Vec<u64>>());
-    // A stale position (another file's inode) falls back to reading by seq.
-    let stale = Position {
-        seq: 20,
-        ino: 1,
-        offset: 999_999,
-    };
-    let rest: Vec<u64> = read_from(&path, stale).unwrap().map(|r| r.unwrap().event.seq).collect();
-    assert_eq!(rest, vec![21, 22, 23, 24]);
+}
+
+#[tokio::test]
+async fn rotation_keeps_one_chain_across_files_and_readers_follow_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open_with(&path, small_files(Some(std::time::Duration::from_millis(1)))).unwrap();
+    for i in 0..60 {
+        log.append(body("query", &format!("r{i}"))).await.unwrap();
+    }
     log.checkpoint_now().await.unwrap();
+    let files = segments(&path).unwrap();
+    assert!(files.len() > 3, "{files:?}");
+    // Each rotated file is named for its last record, and the names sort in chain order.
+    for s in &files[..files.len() - 1] {
+        let last = events(&s.path).last().unwrap().seq;
+        assert_eq!(s.last_seq, Some(last), "{}", s.path.display());
+    }
+    let report = verify(&path).unwrap();
+    assert_eq!((report.records, report.files), (60, files.len()));
+    assert_eq!(report.unsigned_tail, 0);
+    let seqs: Vec<u64> = read_after(&path, 0).unwrap().map(|r| r.unwrap().event.seq).collect();
+    assert_eq!(seqs, (1..=60).collect::<Vec<_>>());
+    let tail: Vec<u64> = read_after(&path, 41).unwrap().map(|r| r.unwrap().event.seq).collect();
+    assert_eq!(tail, (42..=60).collect::<Vec<_>>());
+    assert_eq!(search(&path, &SearchFilter::default()).unwrap().len(), 60);
+
+    // A record's stored offset points at its line.
+    let r = read_after(&path, 30).unwrap().next().unwrap().unwrap();
+    let bytes = std::fs::read(&r.file).unwrap();
+    assert!(bytes[r.offset as usize..].starts_with(&r.line));
+
+    // A rotated file that goes missing breaks the chain where it was.
+    drop(log);
+    std::fs::remove_file(&files[1].path).unwrap();
+    let (_, reason) = tampered(&path);
+    assert!(reason.starts_with("seq gap"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_second_writer_continues_after_the_other_rotated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let a = AuditLog::open_with(&path, small_files(None)).unwrap();
+    let b = AuditLog::open_with(&path, small_files(None)).unwrap();
+    for i in 0..40 {
+        let log = if i % 3 == 0 { &b } else { &a };
+        assert_eq!(log.append(body("query", &format!("w{i}"))).await.unwrap(), i + 1);
+    }
+    assert!(segments(&path).unwrap().len() > 2);
+    assert_eq!(verify(&path).unwrap().records, 40);
+}
+
+#[tokio::test]
+async fn checkpoints_catch_a_dropped_or_rewritten_tail() {
+    let (dir, path) = log_of(5).await;
+    let report = verify(&path).unwrap();
+    assert_eq!(report.last_checkpoint.as_ref().map(|c| c.0), Some(5));
+    assert!(report.checkpoints >= 1);
+    let original = lines(&path);
+    let write = |ls: &[String]| std::fs::write(&path, ls.join("\n") + "\n").unwrap();
+
+    // The last two records cut off: the chain that is left is intact, the checkpoint is not.
+    write(&original[..3]);
+    let (_, reason) = tampered(&path);
+    assert!(
+        reason.contains("the log ends at seq 3") && reason.contains("removed from the end"),
+        "{reason}"
+    );
+
+    // The last record replaced by a well-formed one with a fresh hash that links correctly.
+    let mut forged: Event = serde_json::from_str(&original[4]).unwrap();
+    forged.body.statement = Some("SELECT 'nothing to see'".into());
+    let mut line = Vec::new();
+    event::encode_line(&forged.ts, forged.seq, &forged.body, &forged.prev_hash, &mut line);
+    let mut rewritten = original.clone();
+    rewritten[4] = String::from_utf8(line).unwrap().trim_end().to_string();
+    write(&rewritten);
+    let (line_no, reason) = tampered(&path);
+    assert_eq!(line_no, 5);
+    assert!(reason.contains("the log was rewritten"), "{reason}");
+
+    // A checkpoint re-signed by another key does not verify; a pinned key must match.
+    write(&original);
+    verify(&path).unwrap();
+    let other = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    let other = ring::signature::Ed25519KeyPair::from_pkcs8(other.as_ref()).unwrap();
+    use ring::signature::KeyPair;
+    let wrong_key = hex::encode(other.public_key().as_ref());
+    let pinned = verify_with(
+        &path,
+        VerifyOptions {
+            public_key: Some(wrong_key),
+            progress: None,
+        },
+    );
+    assert!(
+        matches!(pinned, Err(AuditError::Tampered { ref reason, .. }) if reason.contains("signature")),
+        "{pinned:?}"
+    );
+
+    // The checkpoints removed while the key is there: truncation could no longer be seen, so no.
+    std::fs::remove_file(files::checkpoints_path(&path)).unwrap();
+    let (_, reason) = tampered(&path);
+    assert!(reason.contains("no signed checkpoint"), "{reason}");
+    drop(dir);
+}
+
+#[tokio::test]
+async fn a_torn_checkpoint_line_is_cut_before_the_next_one() {
+    let (_dir, path) = log_of(2).await;
+    let ckpts = files::checkpoints_path(&path);
+    let mut text = std::fs::read(&ckpts).unwrap();
+    text.extend_from_slice(b"{\"seq\":2,\"ha");
+    std::fs::write(&ckpts, &text).unwrap();
+    verify(&path).unwrap();
+    let log = AuditLog::open(&path, FsyncMode::Batch).unwrap();
+    log.append(body("query", "after")).await.unwrap();
+    log.checkpoint_now().await.unwrap();
+    let report = verify(&path).unwrap();
+    assert_eq!(report.last_checkpoint.map(|c| c.0), Some(3));
+    assert!(std::fs::read_to_string(&ckpts)
+        .unwrap()
+        .lines()
+        .all(|l| l.ends_with('}')));
+}
+
+#[tokio::test]
+async fn records_are_signed_after_the_interval_without_more_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open_with(
+        &path,
+        AuditOptions {
+            fsync: FsyncMode::Batch,
+            rotate_bytes: None,
+            checkpoint_every: Some(std::time::Duration::from_millis(50)),
+        },
+    )
+    .unwrap();
+    for i in 0..5 {
+        log.append(body("query", &format!("t{i}"))).await.unwrap();
+    }
+    // The first write is signed at once; the rest once the interval is up, with no further write.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while verify(&path).unwrap().unsigned_tail > 0 {
+        assert!(std::time::Instant::now() < deadline, "never signed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let key = std::fs::metadata(files::key_paths(&path).0).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
 }

@@ -22,7 +22,7 @@ use crate::redact::Redactor;
 use crate::AuditError;
 
 /// How a log is written. `Default` is what `warden.toml` defaults to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditOptions {
     pub fsync: FsyncMode,
     /// Rotate the active file once it holds at least this many bytes; `None` never rotates.
@@ -31,8 +31,6 @@ pub struct AuditOptions {
     /// of a process, when the log is opened, before rotating and when the last handle is dropped).
     /// `None` writes no checkpoints.
     pub checkpoint_every: Option<Duration>,
-    /// Patterns cut out of every record's free text before it is enqueued.
-    pub redactor: Arc<Redactor>,
 }
 
 impl Default for AuditOptions {
@@ -41,7 +39,6 @@ impl Default for AuditOptions {
             fsync: FsyncMode::Batch,
             rotate_bytes: Some(DEFAULT_ROTATE_BYTES),
             checkpoint_every: Some(DEFAULT_CHECKPOINT_EVERY),
-            redactor: Arc::default(),
         }
     }
 }
@@ -69,6 +66,7 @@ pub struct AuditLog;
 pub struct AuditHandle {
     tx: mpsc::Sender<Msg>,
     path: Arc<Path>,
+    /// Patterns cut out of every record's free text before it is enqueued (none by default).
     redactor: Arc<Redactor>,
     /// The seq of the last record this process wrote: shippers wake on it instead of polling.
     written: watch::Receiver<u64>,
@@ -154,7 +152,6 @@ impl AuditLog {
             None => None,
         };
         let path: Arc<Path> = Arc::from(path);
-        let redactor = opts.redactor.clone();
         let (written_tx, written) = watch::channel(0);
         #[cfg(test)]
         let fail_writes = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -196,7 +193,7 @@ impl AuditLog {
         Ok(AuditHandle {
             tx,
             path,
-            redactor,
+            redactor: Arc::default(),
             written,
             recovered_tail: torn,
             #[cfg(test)]
@@ -255,6 +252,13 @@ impl AuditHandle {
             .send(Msg::Record(Request { body, ack }))
             .map_err(|_| stopped(&self.path))?;
         rx.blocking_recv().unwrap_or_else(|_| Err(stopped(&self.path)))
+    }
+
+    /// Cuts `redactor`'s matches out of every record this handle, and clones made from it afterwards,
+    /// enqueue.
+    pub fn with_redactor(mut self, redactor: Arc<Redactor>) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -393,6 +397,8 @@ impl Writer {
 
     fn commit_locked(&mut self, batch: &mut VecDeque<Request>) -> io::Result<()> {
         self.follow_other_writers()?;
+        // A checkpoint that is due is written before the batch's last acknowledgement, so whoever
+        // waits on a record also finds it signed when the interval says it should be.
         if self.opts.fsync == FsyncMode::Always {
             // Each record is acknowledged as soon as its own fsync returns.
             while let Some(r) = batch.pop_front() {
@@ -401,6 +407,12 @@ impl Writer {
                 if let Err(e) = self.flush() {
                     batch.push_front(r);
                     return Err(e);
+                }
+                if batch.is_empty() {
+                    if let Err(e) = self.after_write() {
+                        batch.push_front(r);
+                        return Err(e);
+                    }
                 }
                 let _ = r.ack.send(Ok(seq));
             }
@@ -411,11 +423,17 @@ impl Writer {
                 self.encode(&r.body);
             }
             self.flush()?;
+            self.after_write()?;
             for (seq, r) in (first..).zip(batch.drain(..)) {
                 let _ = r.ack.send(Ok(seq));
             }
         }
-        // The records are acknowledged: a failure from here on refuses later records only.
+        Ok(())
+    }
+
+    /// After a write: the checkpoint if one is due, and rotation if the file is full. A failure here
+    /// refuses the batch's records (they are on disk, but the caller will not act on them).
+    fn after_write(&mut self) -> io::Result<()> {
         let rotate = self.opts.rotate_bytes.is_some_and(|max| self.len >= max);
         let due = match (self.opts.checkpoint_every, self.last_checkpoint) {
             (None, _) => false,

@@ -50,6 +50,8 @@ pub struct AuditSettings {
     pub rotate_size_mib: u64,
     /// Sign the chain head at most this often while records arrive (milliseconds, at least 1).
     pub checkpoint_interval_ms: u64,
+    /// Record the first N rows of each result in `query.result` (0, the default: none).
+    pub result_rows: usize,
     /// `[audit] redact`: compiled, none matching the empty string.
     pub redact: Vec<regex::Regex>,
     /// `[[audit.sink]]`, names unique.
@@ -379,9 +381,19 @@ fn build_server(cx: &Locator, base: &Path, raw: &RawConfig) -> Result<ServerSett
         data_dir: clean(&base.join(s.data_dir.as_deref().unwrap_or("."))),
         max_message_size,
         admins,
-        review_timeout: cx
-            .duration(&s.review_timeout, "server.review_timeout")?
-            .unwrap_or(DEFAULT_REVIEW_TIMEOUT),
+        review_timeout: match (
+            &s.review_timeout,
+            cx.duration(&s.review_timeout, "server.review_timeout")?,
+        ) {
+            (Some(v), Some(d)) if d > Duration::days(1) => {
+                return Err(cx.invalid(
+                    v,
+                    "server.review_timeout",
+                    "must be at most 1d: a held statement keeps its session and transaction waiting",
+                ))
+            }
+            (_, d) => d.unwrap_or(DEFAULT_REVIEW_TIMEOUT),
+        },
         danger_disable_statement_checks: s.danger_disable_statement_checks,
     })
 }
@@ -446,6 +458,17 @@ fn build_audit(cx: &Locator, server: &ServerSettings, raw: &RawConfig) -> Result
             ))
         }
     };
+    let result_rows = match &raw.audit.result_rows {
+        None => 0,
+        Some(v) if (0..=1000).contains(v.get_ref()) => *v.get_ref() as usize,
+        Some(v) => {
+            return Err(cx.invalid(
+                v,
+                "audit.result_rows",
+                "must be between 0 (no rows recorded, the default) and 1000",
+            ))
+        }
+    };
     let mut redact = Vec::new();
     for p in &raw.audit.redact {
         let re = regex::Regex::new(p.get_ref())
@@ -465,6 +488,7 @@ fn build_audit(cx: &Locator, server: &ServerSettings, raw: &RawConfig) -> Result
         path,
         rotate_size_mib,
         checkpoint_interval_ms,
+        result_rows,
         redact,
         sinks,
     })

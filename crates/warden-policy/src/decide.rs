@@ -95,6 +95,19 @@ const HARMLESS_VOLATILE: &[&str] = &[
 /// Schemas of PostgreSQL's own catalog: readable by every role (PostgreSQL's privileges still apply).
 const SYSTEM_SCHEMAS: &[&str] = &["pg_catalog", "information_schema"];
 
+/// Whether running the statement may change data: a write, a `DO` block or a procedure, or a call
+/// of a volatile (or unknown) function other than the harmless built-ins. What statement review
+/// holds for a person's approval.
+pub fn may_write(s: &StatementAccess) -> bool {
+    s.class() == warden_sql::Class::Write
+        || !s.writes.is_empty()
+        || s.effects.contains(&warden_sql::SessionEffect::DoBlock)
+        || s.functions.iter().any(|(name, volatility)| {
+            let base = name.rsplit('.').next().unwrap_or(name);
+            matches!(volatility, Volatility::Volatile | Volatility::Unknown) && !HARMLESS_VOLATILE.contains(&base)
+        })
+}
+
 /// Decides a whole statement string: denied as a whole if any statement in it is denied.
 pub fn decide(statements: &[StatementAccess], roles: &[&Role]) -> Decision {
     for s in statements {

@@ -14,7 +14,7 @@ mod sinks;
 mod upstream;
 
 pub use config::{Approval, AuditSettings, Config, DatabaseConfig, IdentityConfig, Role, ServerSettings, UpstreamAuth};
-pub use decide::{decide, Decision};
+pub use decide::{decide, may_write, Decision};
 pub use error::{ConfigError, Refusal};
 pub use grants::{ColumnScope, GrantSet, TableGrant, TablePrivileges, TableRef};
 pub use sinks::{Secret, SinkConfig, SinkKind, SyslogSink, SyslogTransport, WebhookFormat, WebhookSink};

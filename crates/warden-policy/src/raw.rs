@@ -48,6 +48,7 @@ pub(crate) struct RawAudit {
     pub path: Option<String>,
     pub rotate_size_mib: Option<Spanned<i64>>,
     pub checkpoint_interval_ms: Option<Spanned<i64>>,
+    pub result_rows: Option<Spanned<i64>>,
     /// Regular expressions whose matches are cut out of statements and parameters.
     #[serde(default)]
     pub redact: Vec<Spanned<String>>,

@@ -205,6 +205,63 @@ pub fn command_rows(tag: &str) -> Option<u64> {
     last.parse().ok()
 }
 
+/// A RowDescription's column names and format codes (0 text, 1 binary); `None` if it is malformed.
+pub fn row_description(body: &[u8]) -> Option<Vec<(String, i16)>> {
+    let count = i16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+    let mut rest = &body[2..];
+    let mut out = Vec::with_capacity(count.max(0) as usize);
+    for _ in 0..count {
+        let end = rest.iter().position(|&b| b == 0)?;
+        let name = String::from_utf8_lossy(&rest[..end]).into_owned();
+        // table oid (4), attnum (2), type oid (4), typlen (2), typmod (4), then format (2).
+        let fixed = rest.get(end + 1..end + 1 + 18)?;
+        let format = i16::from_be_bytes([fixed[16], fixed[17]]);
+        out.push((name, format));
+        rest = &rest[end + 1 + 18..];
+    }
+    Some(out)
+}
+
+/// A DataRow's values for a record: text as (lossy) UTF-8, binary-format columns as `\x` hex, each cut
+/// to `max_value` bytes (with `...` appended); NULL as `None`. `None` if it is malformed.
+pub fn data_row(body: &[u8], formats: &[i16], max_value: usize) -> Option<Vec<Option<String>>> {
+    let count = i16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+    let mut rest = &body[2..];
+    let mut out = Vec::with_capacity(count.max(0) as usize);
+    for i in 0..count.max(0) as usize {
+        let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+        rest = &rest[4..];
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let value = rest.get(..len as usize)?;
+        rest = &rest[len as usize..];
+        let shown = &value[..value.len().min(max_value)];
+        let binary = match formats.get(i) {
+            Some(f) => *f == 1,
+            None => {
+                std::str::from_utf8(value).map_or(true, |t| t.chars().any(|c| c.is_control() && c != '\n' && c != '\t'))
+            }
+        };
+        let mut text = if binary {
+            let mut s = String::with_capacity(2 + shown.len() * 2);
+            s.push_str("\\x");
+            for b in shown {
+                s.push_str(&format!("{b:02x}"));
+            }
+            s
+        } else {
+            String::from_utf8_lossy(shown).into_owned()
+        };
+        if shown.len() < value.len() {
+            text.push_str("...");
+        }
+        out.push(Some(text));
+    }
+    Some(out)
+}
+
 pub fn authentication_ok(buf: &mut BytesMut) {
     write_tagged(buf, b'R', |b| b.put_i32(0));
 }
@@ -279,6 +336,43 @@ mod tests {
 
     fn parse_one(buf: &mut BytesMut) -> Frame {
         split_frame(buf, 1 << 20).unwrap().unwrap()
+    }
+
+    #[test]
+    fn row_descriptions_and_data_rows_for_the_record() {
+        let mut t = BytesMut::new();
+        t.put_i16(2);
+        for (name, format) in [("id", 0i16), ("blob", 1)] {
+            t.put_slice(name.as_bytes());
+            t.put_u8(0);
+            t.put_i32(16384);
+            t.put_i16(1);
+            t.put_i32(23);
+            t.put_i16(4);
+            t.put_i32(-1);
+            t.put_i16(format);
+        }
+        let cols = row_description(&t).unwrap();
+        assert_eq!(cols, vec![("id".to_string(), 0), ("blob".to_string(), 1)]);
+        let formats: Vec<i16> = cols.iter().map(|c| c.1).collect();
+        let mut d = BytesMut::new();
+        d.put_i16(3);
+        d.put_i32(5);
+        d.put_slice(b"hello");
+        d.put_i32(2);
+        d.put_slice(&[0xde, 0xad]);
+        d.put_i32(-1);
+        assert_eq!(
+            data_row(&d, &formats, 3).unwrap(),
+            vec![Some("hel...".to_string()), Some("\\xdead".to_string()), None]
+        );
+        // Truncated input is refused, never read past.
+        for cut in 0..d.len() {
+            assert!(data_row(&d[..cut], &formats, 10).is_none(), "cut at {cut}");
+        }
+        for cut in 0..t.len() {
+            assert!(row_description(&t[..cut]).is_none(), "cut at {cut}");
+        }
     }
 
     #[test]

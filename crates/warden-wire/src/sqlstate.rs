@@ -12,3 +12,6 @@ pub const TOO_MANY_CONNECTIONS: &str = "53300";
 pub const CANNOT_CONNECT_NOW: &str = "57P03";
 pub const INVALID_CATALOG_NAME: &str = "3D000";
 pub const SYNTAX_ERROR: &str = "42601";
+pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
+pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
+pub const INVALID_CURSOR_NAME: &str = "34000";

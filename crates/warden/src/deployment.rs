@@ -146,12 +146,15 @@ pub fn audit_options(config: &Config) -> warden_audit::AuditOptions {
         fsync: audit_mode(config),
         rotate_bytes: (a.rotate_size_mib > 0).then_some(a.rotate_size_mib * 1024 * 1024),
         checkpoint_every: Some(std::time::Duration::from_millis(a.checkpoint_interval_ms)),
-        redactor: std::sync::Arc::new(warden_audit::Redactor::new(a.redact.clone())),
     }
 }
 
 /// Opens the deployment's audit log; the proxy and CLI commands share it (appends are locked).
 pub fn open_audit(config: &Config) -> Result<warden_audit::AuditHandle> {
-    warden_audit::AuditLog::open_with(&config.audit.path, audit_options(config))
-        .with_context(|| format!("opening the audit log {}", config.audit.path.display()))
+    let redactor = warden_audit::Redactor::new(config.audit.redact.clone());
+    Ok(
+        warden_audit::AuditLog::open_with(&config.audit.path, audit_options(config))
+            .with_context(|| format!("opening the audit log {}", config.audit.path.display()))?
+            .with_redactor(std::sync::Arc::new(redactor)),
+    )
 }

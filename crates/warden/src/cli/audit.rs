@@ -1,9 +1,10 @@
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use time::OffsetDateTime;
-use warden_audit::{Event, SearchFilter};
+use warden_audit::{Event, Index, SearchFilter};
 use warden_identity::parse_duration;
 
 use crate::deployment;
@@ -24,9 +25,13 @@ pub enum AuditCommand {
         session: Option<String>,
         #[arg(long)]
         task: Option<String>,
-        /// Only events newer than this, e.g. 10m, 2h, 7d.
+        /// Only events at or after this: a duration ago (10m, 2h, 7d) or an RFC 3339 time
+        /// (2026-11-23T06:00:00Z).
         #[arg(long)]
         since: Option<String>,
+        /// Only events at or before this: a duration ago or an RFC 3339 time, like --since.
+        #[arg(long)]
+        until: Option<String>,
         /// allow or deny.
         #[arg(long)]
         decision: Option<String>,
@@ -36,9 +41,13 @@ pub enum AuditCommand {
         /// At most this many events (the newest).
         #[arg(long)]
         limit: Option<usize>,
-        /// Print the events as stored, one JSON object per line.
+        /// Print the events as stored (the exact line bytes, so they can be checked against the
+        /// chain), one JSON object per line.
         #[arg(long)]
         json: bool,
+        /// Scan the whole log instead of using the index beside it (slower; the reference).
+        #[arg(long)]
+        no_index: bool,
     },
     /// Check the whole hash chain across rotated files and every signed checkpoint; exit 1 and
     /// print the first bad record if it does not hold. Shows progress on a terminal.
@@ -61,39 +70,59 @@ pub fn run(command: AuditCommand) -> Result<ExitCode> {
             session,
             task,
             since,
+            until,
             decision,
             event,
             limit,
             json,
+            no_index,
         } => {
             let config = deployment::load_config(&config)?;
-            let since = since
-                .map(|s| parse_duration(&s).map(|d| OffsetDateTime::now_utc() - d))
-                .transpose()?;
+            let now = OffsetDateTime::now_utc();
+            let since = since.map(|s| parse_time(&s, now, "--since")).transpose()?;
+            let until = until.map(|s| parse_time(&s, now, "--until")).transpose()?;
+            if let Some(d) = &decision {
+                if d != "allow" && d != "deny" {
+                    bail!("--decision must be allow or deny, not {d:?}");
+                }
+            }
             let filter = SearchFilter {
                 identity,
                 requester,
                 session,
                 task,
                 since,
+                until,
                 decision,
                 event,
-                ..SearchFilter::default()
+                limit,
+                newest: true,
             };
-            let mut events = warden_audit::search(&config.audit.path, &filter)?;
-            if let Some(limit) = limit {
-                let skip = events.len().saturating_sub(limit);
-                events.drain(..skip);
-            }
-            for e in &events {
+            let log = &config.audit.path;
+            let records = if no_index {
+                warden_audit::search_records(log, &filter)?
+            } else {
+                match open_index(log) {
+                    Ok(Some(mut index)) => index.search(&filter)?,
+                    Ok(None) => Vec::new(),
+                    Err(e) => {
+                        eprintln!("warden: {e:#}; scanning the log instead");
+                        warden_audit::search_records(log, &filter)?
+                    }
+                }
+            };
+            let mut out = std::io::stdout().lock();
+            for r in &records {
                 if json {
-                    println!("{}", serde_json::to_string(e)?);
+                    out.write_all(&r.line)?;
+                    out.write_all(b"\n")?;
                 } else {
-                    println!("{}", one_line(e));
+                    writeln!(out, "{}", one_line(&r.event))?;
                 }
             }
+            out.flush()?;
             if !json {
-                eprintln!("{} event(s) in {}", events.len(), config.audit.path.display());
+                eprintln!("{} event(s) in {}", records.len(), log.display());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -140,8 +169,28 @@ pub fn run(command: AuditCommand) -> Result<ExitCode> {
     }
 }
 
+/// The index beside the log, caught up with it; `None` when there is no log yet (nothing to find).
+pub(crate) fn open_index(log: &Path) -> Result<Option<Index>> {
+    if !log.parent().is_some_and(|d| d.as_os_str().is_empty() || d.exists()) {
+        return Ok(None);
+    }
+    let mut index = Index::open(log)?;
+    index.catch_up()?;
+    Ok(Some(index))
+}
+
+/// `10m` (that long ago) or an RFC 3339 time.
+pub(crate) fn parse_time(s: &str, now: OffsetDateTime, flag: &str) -> Result<OffsetDateTime> {
+    if let Ok(t) = OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Ok(t);
+    }
+    parse_duration(s)
+        .map(|d| now - d)
+        .map_err(|e| anyhow::anyhow!("{flag} {s:?}: neither a duration (10m, 2h, 7d) nor an RFC 3339 time: {e}"))
+}
+
 /// A human-readable line: time, event, who (and for whom, which task), what.
-fn one_line(e: &Event) -> String {
+pub(crate) fn one_line(e: &Event) -> String {
     let b = &e.body;
     let mut s = format!("{} #{} {:<13}", e.ts, e.seq, b.event);
     if let Some(id) = &b.identity {

@@ -85,6 +85,12 @@ data_dir        = "."
 # "always": fsync every record; "batch": group commit, a statement waits for its batch to be on disk;
 # "off": no fsync (unsafe: a crash can lose records of statements that ran).
 fsync = "batch"
+# The active file is rotated (renamed audit.<last seq>.jsonl) at this size; the chain continues.
+# rotate_size_mib = 256
+# Warden signs the chain head (Ed25519, audit/checkpoint.key) at most this often while records arrive.
+# checkpoint_interval_ms = 200
+# Record the first N rows of each result in query.result (0: column names and counts only).
+# result_rows = 0
 # Secrets cut out of statements, parameters and errors before a record is written (regular expressions;
 # each match becomes [REDACTED]). The log and every sink only ever hold the redacted text.
 # redact = ['sk_live_[A-Za-z0-9]+']

@@ -15,6 +15,7 @@ pub(crate) mod issue;
 mod lock;
 mod quickstart;
 mod requests;
+mod sessions;
 mod start;
 
 pub use init::SAMPLE_CONFIG;
@@ -88,6 +89,11 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Sessions from the audit log: list them, or replay one with its statements, timing and outcomes.
+    Sessions {
+        #[command(subcommand)]
+        command: sessions::SessionsCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -113,6 +119,7 @@ pub fn main() -> ExitCode {
         } => init::export_ca(&config, which),
         Command::Issue(args) => issue::run(&args),
         Command::Audit { command } => audit::run(command),
+        Command::Sessions { command } => sessions::run(command),
         Command::Exec(args) => exec::run(&args),
         Command::Requests { command } => requests::run(command),
         Command::Lock(args) => lock::lock(&args),

@@ -134,6 +134,7 @@ impl Server {
         tracing::info!(listen = %addr, config = %self.config_path.display(), "warden is accepting PostgreSQL connections");
         tokio::spawn(reload_on_hangup(self.shared.clone(), self.config_path.clone()));
         tokio::spawn(proxy::lifecycle::watch(self.shared.clone(), self.config_path.clone()));
+        tokio::spawn(index_periodically(self.shared.clone(), stop.clone()));
         if let Some((listener, acceptor)) = self.api {
             let at = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
             tracing::info!(listen = %at, "warden API is accepting HTTPS requests");
@@ -166,6 +167,59 @@ async fn stop_on_signals(stop: watch::Sender<bool>) {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
     }
     let _ = stop.send(true);
+}
+
+/// How often the running proxy brings the audit search index up to date.
+const INDEX_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps the search index beside the audit log current, so that `warden audit search` and `warden
+/// sessions` on a busy deployment only index the last second's records. SQLite work is blocking: it
+/// runs on a blocking thread, one catch-up at a time. The index is a cache: failures are logged (once
+/// per distinct error) and never touch the proxy.
+async fn index_periodically(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut index: Option<(std::path::PathBuf, warden_audit::Index)> = None;
+    let mut last_error: Option<String> = None;
+    let mut tick = tokio::time::interval(INDEX_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let log = shared.config.load().audit.path.clone();
+        let current = index.take().filter(|(path, _)| *path == log);
+        let job = tokio::task::spawn_blocking(move || {
+            let mut ix = match current {
+                Some((_, ix)) => ix,
+                None => warden_audit::Index::open(&log)?,
+            };
+            let added = ix.catch_up();
+            Ok::<_, warden_audit::AuditError>((log, ix, added))
+        });
+        match job.await {
+            Ok(Ok((log, ix, added))) => {
+                index = Some((log, ix));
+                match added {
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::debug!(records = n, "audit index caught up");
+                        }
+                        last_error = None;
+                    }
+                    Err(e) => note_index_error(&mut last_error, e.to_string()),
+                }
+            }
+            Ok(Err(e)) => note_index_error(&mut last_error, e.to_string()),
+            Err(e) => note_index_error(&mut last_error, format!("indexing task failed: {e}")),
+        }
+    }
+}
+
+fn note_index_error(last: &mut Option<String>, error: String) {
+    if last.as_ref() != Some(&error) {
+        tracing::warn!(error = %error, "audit search index not updated (searches catch up by themselves)");
+        *last = Some(error);
+    }
 }
 
 /// Builds the new config fully, then swaps it in; a bad file keeps the old config and says why.

@@ -14,6 +14,9 @@ pub struct CancelTarget {
     pub port: u16,
     pub process_id: i32,
     pub secret_key: i32,
+    /// Woken by a cancel, for a statement Warden itself holds (waiting for review): PostgreSQL has
+    /// nothing to cancel then.
+    pub held: std::sync::Arc<tokio::sync::Notify>,
 }
 
 #[derive(Default)]
@@ -47,6 +50,7 @@ impl CancelRegistry {
             .get(&(process_id, secret_key))
             .cloned();
         let Some(t) = target else { return Ok(false) };
+        t.held.notify_waiters();
         let mut stream = TcpStream::connect((t.host.as_str(), t.port)).await?;
         let mut buf = BytesMut::with_capacity(16);
         warden_wire::frontend::cancel_request(t.process_id, t.secret_key, &mut buf);

@@ -20,6 +20,9 @@ pub enum Verdict {
     Allow {
         effects: Vec<(String, SessionEffect)>,
         review: Option<super::review::ReviewNeed>,
+        /// Whether it may change data (what review holds), kept so that a prepared statement is
+        /// held, or not, by the session's roles when it is executed rather than when it was parsed.
+        may_write: bool,
     },
     Deny {
         code: &'static str,
@@ -56,6 +59,7 @@ impl Enforcer {
             return Ok(Verdict::Allow {
                 effects: Vec::new(),
                 review: None,
+                may_write: false,
             });
         }
         let current = session.roles.load();
@@ -152,13 +156,15 @@ impl Enforcer {
             }
         }
         all.extend(statements.iter().cloned());
+        let may_write = all.iter().any(warden_policy::may_write);
         Ok(match decide(&all, &roles) {
             Decision::Allow => Verdict::Allow {
                 effects: statements
                     .iter()
                     .flat_map(|s| s.effects.iter().map(|e| (s.text.clone(), e.clone())))
                     .collect(),
-                review: review_need(&all, &roles),
+                review: review_need(may_write, &roles),
+                may_write,
             },
             Decision::Deny { reason, hint, .. } => deny(sqlstate::INSUFFICIENT_PRIVILEGE, reason, hint),
         })
@@ -182,15 +188,35 @@ impl Enforcer {
     }
 }
 
-/// A write from a session holding a role with `approval = "statement"` waits for a human.
-fn review_need(statements: &[StatementAccess], roles: &[&Role]) -> Option<super::review::ReviewNeed> {
+/// A statement that may change data, from a session holding a role with `approval = "statement"`,
+/// waits for a human.
+fn review_need(may_write: bool, roles: &[&Role]) -> Option<super::review::ReviewNeed> {
     let reviewed: Vec<String> = roles
         .iter()
         .filter(|r| r.approval == warden_policy::Approval::Statement)
         .map(|r| r.name.clone())
         .collect();
-    let writes = statements.iter().any(|s| s.class() == warden_sql::Class::Write);
-    (writes && !reviewed.is_empty()).then_some(super::review::ReviewNeed { roles: reviewed })
+    (may_write && !reviewed.is_empty()).then_some(super::review::ReviewNeed { roles: reviewed })
+}
+
+impl Enforcer {
+    /// For a prepared statement that may write, decided again at each Execute under the session's
+    /// current roles (a reload may have put a role under review since the Parse).
+    pub fn review_now(&self, shared: &Shared, session: &Session, may_write: bool) -> Option<super::review::ReviewNeed> {
+        if !may_write {
+            return None;
+        }
+        let config = shared.config.load();
+        let current = session.roles.load();
+        let roles: Vec<&Role> = current.iter().filter_map(|r| config.role(r)).collect();
+        review_need(true, &roles)
+    }
+
+    /// Whether `name` was prepared with SQL PREPARE in this session (it shares PostgreSQL's namespace
+    /// with protocol-level Parse).
+    pub fn is_sql_prepared(&self, name: &str) -> bool {
+        self.prepared.contains_key(name)
+    }
 }
 
 fn deny(code: &'static str, reason: String, hint: String) -> Verdict {

@@ -48,7 +48,8 @@ pub enum ProxyError {
     Upstream { database: String, reason: String },
     #[error("PostgreSQL refused the login of role {role}: {message}")]
     UpstreamAuth { role: String, message: String },
-    #[error("the audit log cannot be written ({reason}); Warden refuses to run statements it cannot record")]
+    /// `reason` is the writer's error: it names the file and the OS error (`File too large`, `No space left`).
+    #[error("{reason}; nothing was sent to PostgreSQL: Warden runs no statement it cannot record. An administrator must make the audit log writable again (disk space, file size limit, permissions) and restart Warden")]
     AuditUnavailable { reason: String },
     #[error("{message}")]
     Locked { message: String },

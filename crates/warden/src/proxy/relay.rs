@@ -8,7 +8,7 @@
 //! message; nothing buffers more than one message.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -91,6 +91,10 @@ struct Outcome {
     rows: u64,
     data_rows: u64,
     error: Option<String>,
+    /// The last result set's column names and formats.
+    columns: Option<Vec<(String, i16)>>,
+    /// Its first rows, when `[audit] result_rows` asks for them.
+    sample: Vec<Vec<Option<String>>>,
     /// Warden's stand-in for a denied statement: its error is the denial (shown without PL/pgSQL context).
     denied: bool,
 }
@@ -103,6 +107,8 @@ impl Outcome {
             rows: 0,
             data_rows: 0,
             error: None,
+            columns: None,
+            sample: Vec::new(),
             denied: false,
         }
     }
@@ -116,10 +122,58 @@ impl Outcome {
 }
 
 /// Responses to messages Warden added (the Parse and Bind of a stand-in): dropped, not relayed.
+/// Kept per batch, keyed by the number of the ReadyForQuery that ends it: if something earlier in the
+/// batch fails, PostgreSQL skips the stand-in and its responses never come, and the count must not
+/// carry over to swallow the next batch's responses.
 #[derive(Default)]
 struct Swallow {
-    parse_complete: AtomicUsize,
-    bind_complete: AtomicUsize,
+    batches: Mutex<VecDeque<SwallowBatch>>,
+}
+
+struct SwallowBatch {
+    /// How many ReadyForQuery messages come before the one that ends this batch.
+    rfq: u64,
+    parse_complete: usize,
+    bind_complete: usize,
+}
+
+impl Swallow {
+    fn add(&self, rfq: u64) {
+        let mut b = self.batches.lock().expect("swallow lock poisoned");
+        match b.back_mut() {
+            Some(last) if last.rfq == rfq => {
+                last.parse_complete += 1;
+                last.bind_complete += 1;
+            }
+            _ => b.push_back(SwallowBatch {
+                rfq,
+                parse_complete: 1,
+                bind_complete: 1,
+            }),
+        }
+    }
+
+    /// Whether a ParseComplete (`parse`) or BindComplete of the batch ended by ReadyForQuery number
+    /// `rfq` is a stand-in's.
+    fn take(&self, rfq: u64, parse: bool) -> bool {
+        let mut b = self.batches.lock().expect("swallow lock poisoned");
+        while b.front().is_some_and(|f| f.rfq < rfq) {
+            b.pop_front();
+        }
+        let Some(front) = b.front_mut().filter(|f| f.rfq == rfq) else {
+            return false;
+        };
+        let n = if parse {
+            &mut front.parse_complete
+        } else {
+            &mut front.bind_complete
+        };
+        if *n == 0 {
+            return false;
+        }
+        *n -= 1;
+        true
+    }
 }
 
 type Queue = Arc<Mutex<VecDeque<Pending>>>;
@@ -132,11 +186,13 @@ pub async fn run(
     upstream: Upstream,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let held = Arc::new(tokio::sync::Notify::new());
     let cancel_key = shared.cancels.register(CancelTarget {
         host: upstream.host.clone(),
         port: upstream.port,
         process_id: upstream.backend_key.0,
         secret_key: upstream.backend_key.1,
+        held: held.clone(),
     });
     let started = Instant::now();
     let (client_stream, client_buf) = client.into_parts();
@@ -148,6 +204,7 @@ pub async fn run(
     let mut body = session.event("session.start");
     body.reason = Some(format!("backend pid {}", upstream.backend_key.0));
     if let Err(e) = shared.audit.append(body).await {
+        tracing::error!(session = %session.id, error = %e, "audit unavailable: session refused");
         let e = ProxyError::AuditUnavailable { reason: e.to_string() };
         let mut buf = BytesMut::new();
         fatal(&e, &mut buf);
@@ -186,6 +243,10 @@ pub async fn run(
         portals: HashMap::new(),
         enforcer: Enforcer::new(parse_search_path(&upstream.search_path, &db_role)),
         notices: notice_tx,
+        out: BytesMut::with_capacity(8 * 1024),
+        rfq: 0,
+        batch_denied: false,
+        held,
     };
     let mut to_client = ServerSide {
         shared: &shared,
@@ -198,6 +259,8 @@ pub async fn run(
         wr: client_wr,
         max,
         notices: notice_rx,
+        rfq_seen: 0,
+        result_rows: shared.config.load().audit.result_rows,
     };
     let draining = drain(&mut shutdown, to_client.queue.clone());
     let expiry = expires(&session);
@@ -289,6 +352,9 @@ async fn drain(shutdown: &mut watch::Receiver<bool>, queue: Queue) {
     }
 }
 
+/// Longest value (bytes) of a recorded result row; longer ones are cut.
+const MAX_SAMPLE_VALUE: usize = 256;
+
 /// How long the farewell, the shutdown and the cancel of an ended session may take.
 const KILL_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -326,37 +392,52 @@ struct ClientSide<'a> {
     portals: HashMap<String, Portal>,
     enforcer: Enforcer,
     notices: tokio::sync::mpsc::UnboundedSender<BytesMut>,
+    /// Messages decided and waiting to be written to PostgreSQL.
+    out: BytesMut,
+    /// How many ReadyForQuery messages PostgreSQL sends before the one that ends the current batch
+    /// (one per Query and per Sync sent so far).
+    rfq: u64,
+    /// A stand-in has been sent in the current extended-protocol batch: PostgreSQL is certain to skip
+    /// everything after it up to Sync.
+    batch_denied: bool,
+    /// Woken by the client's CancelRequest.
+    held: Arc<tokio::sync::Notify>,
 }
 
 /// The end of a statement review.
 enum Reviewed {
     Approved(String),
-    Refused { id: String, reason: String },
+    Refused {
+        id: String,
+        code: &'static str,
+        reason: String,
+    },
+    /// The client went away while its statement was held: the review is withdrawn.
+    ClientGone,
 }
 
-#[derive(Clone, Default)]
+/// What Warden knows of a prepared statement PostgreSQL holds under a name.
+#[derive(Clone)]
 struct Prepared {
     sql: Arc<str>,
-    /// Denied at Parse: PostgreSQL never saw it.
-    denied: bool,
     /// Session effects to apply when it runs.
     effects: Arc<Vec<(String, SessionEffect)>>,
-    /// Held for a human's approval at each Execute.
-    review: Option<Arc<ReviewNeed>>,
+    /// May change data: held for review at Execute if the session then holds a reviewed role.
+    may_write: bool,
 }
 
 #[derive(Clone)]
 struct Portal {
     sql: Arc<str>,
     params: Vec<Option<String>>,
-    denied: bool,
+    /// Why running it is refused (a portal Warden did not let PostgreSQL bind as the client asked).
+    denied: Option<String>,
     effects: Arc<Vec<(String, SessionEffect)>>,
-    review: Option<Arc<ReviewNeed>>,
+    may_write: bool,
 }
 
 impl ClientSide<'_> {
     async fn run(&mut self) -> End {
-        let mut out = BytesMut::with_capacity(8 * 1024);
         loop {
             loop {
                 let frame = match split_frame(&mut self.buf, self.max) {
@@ -364,28 +445,31 @@ impl ClientSide<'_> {
                     Ok(None) => break,
                     Err(e) => return End::protocol(format!("client sent a bad message: {e}")),
                 };
+                let ends_batch = matches!(frame.tag, b'Q' | b'S' | b'F');
                 match self.inspect(&frame).await {
-                    Ok(Step::Forward) => out.extend_from_slice(&frame.raw),
-                    Ok(Step::Replace(instead)) => out.extend_from_slice(&instead),
+                    Ok(Step::Forward) => self.out.extend_from_slice(&frame.raw),
+                    Ok(Step::Replace(instead)) => self.out.extend_from_slice(&instead),
                     Ok(Step::Terminate) => {
-                        out.extend_from_slice(&frame.raw);
-                        let _ = write_flush(&mut self.wr, &out).await;
+                        self.out.extend_from_slice(&frame.raw);
+                        let _ = write_flush(&mut self.wr, &self.out).await;
                         return End::Client;
                     }
+                    Ok(Step::ClientGone) => return End::Client,
                     Err(e) => {
-                        let _ = write_flush(&mut self.wr, &out).await;
+                        let _ = write_flush(&mut self.wr, &self.out).await;
                         return End::Failed {
                             code: e.sqlstate(),
                             reason: e.to_string(),
                         };
                     }
                 }
-            }
-            if !out.is_empty() {
-                if let Err(e) = write_flush(&mut self.wr, &out).await {
-                    return End::io(format!("writing to PostgreSQL: {e}"));
+                if ends_batch {
+                    self.rfq += 1;
+                    self.batch_denied = false;
                 }
-                out.clear();
+            }
+            if let Err(e) = self.flush_out().await {
+                return e;
             }
             if self.buf.capacity() - self.buf.len() < 4096 {
                 self.buf.reserve(8 * 1024);
@@ -396,6 +480,16 @@ impl ClientSide<'_> {
                 Err(e) => return End::io(format!("reading from client: {e}")),
             }
         }
+    }
+
+    async fn flush_out(&mut self) -> Result<(), End> {
+        if !self.out.is_empty() {
+            if let Err(e) = write_flush(&mut self.wr, &self.out).await {
+                return Err(End::io(format!("writing to PostgreSQL: {e}")));
+            }
+            self.out.clear();
+        }
+        Ok(())
     }
 
     /// Decides and records what must be decided and recorded before `frame` goes on.
@@ -410,108 +504,160 @@ impl ClientSide<'_> {
                     Verdict::Allow {
                         effects,
                         review: Some(need),
+                        may_write,
                     } => match self.review(sql, None, &need).await? {
-                        Reviewed::Approved(id) => (Verdict::Allow { effects, review: None }, Some(id)),
-                        Reviewed::Refused { id, reason } => (review_denial(reason), Some(id)),
+                        Reviewed::Approved(id) => (
+                            Verdict::Allow {
+                                effects,
+                                review: None,
+                                may_write,
+                            },
+                            Some(id),
+                        ),
+                        Reviewed::Refused { id, code, reason } => (review_denial(code, reason), Some(id)),
+                        Reviewed::ClientGone => return Ok(Step::ClientGone),
                     },
                     v => (v, None),
                 };
                 return self.simple(sql, verdict, review.as_deref()).await;
             }
             FrontendMessage::Parse { name, sql, .. } => {
+                if self.batch_denied {
+                    // PostgreSQL skips it (an earlier stand-in in this batch failed): it creates nothing.
+                    return Ok(Step::Forward);
+                }
+                // PostgreSQL refuses a name in use; deciding here keeps Warden's view of what each
+                // name runs the same as PostgreSQL's (SQL PREPARE shares the namespace).
+                if !name.is_empty() && (self.statements.contains_key(name) || self.enforcer.is_sql_prepared(name)) {
+                    let reason = format!("prepared statement \"{name}\" already exists");
+                    return self
+                        .deny_extended(
+                            sql,
+                            None,
+                            sqlstate::DUPLICATE_PREPARED_STATEMENT,
+                            reason,
+                            "close it first, or use another name".into(),
+                            None,
+                        )
+                        .await;
+                }
                 let verdict = self
                     .enforcer
                     .check(self.shared, self.session, sql, self.in_transaction())
                     .await?;
                 match verdict {
-                    Verdict::Allow { effects, review } => {
-                        // Its effects on the session count when it runs (Execute), not when parsed.
+                    Verdict::Allow { effects, may_write, .. } => {
+                        // Its effects on the session count when it runs (Execute), not when parsed;
+                        // whether it is held is decided then too, under the roles of that moment.
                         self.statements.insert(
                             name.to_string(),
                             Prepared {
                                 sql: Arc::from(sql),
-                                denied: false,
                                 effects: Arc::new(effects),
-                                review: review.map(Arc::new),
+                                may_write,
                             },
                         );
                     }
                     Verdict::Deny { code, reason, hint } => {
-                        let seq = self.record_query(sql.to_string(), None, Some(&reason), None).await?;
-                        self.statements.insert(
-                            name.to_string(),
-                            Prepared {
-                                sql: Arc::from(sql),
-                                denied: true,
-                                effects: Arc::default(),
-                                review: None,
-                            },
-                        );
-                        self.push(Pending::Execute(Outcome::denied(seq)));
-                        // A stand-in that fails at Execute with the denial; PostgreSQL then skips the
-                        // client's own Bind/Execute up to Sync, as after any failed Parse.
-                        return Ok(Step::Replace(self.extended_denial(code, &reason, &hint)));
+                        // The stand-in becomes PostgreSQL's unnamed statement; a name the client asked
+                        // for is not created. PostgreSQL then skips the client's Bind/Execute up to Sync.
+                        return self.deny_extended(sql, None, code, reason, hint, None).await;
                     }
                 }
             }
             FrontendMessage::Bind(bind) => {
-                let p = self.statements.get(bind.statement).cloned().unwrap_or_default();
-                let params = (0..bind.params.len()).map(|i| bind.param_display(i)).collect();
+                if self.batch_denied {
+                    return Ok(Step::Forward);
+                }
+                let params: Vec<Option<String>> = (0..bind.params.len()).map(|i| bind.param_display(i)).collect();
+                let Some(p) = self.statements.get(bind.statement).cloned() else {
+                    // Never forwarded: a name Warden did not see parsed (or one made by SQL PREPARE)
+                    // could run anything.
+                    let reason = if self.enforcer.is_sql_prepared(bind.statement) {
+                        format!(
+                            "prepared statement \"{}\" was made with SQL PREPARE; binding it through the extended protocol is not supported",
+                            bind.statement
+                        )
+                    } else {
+                        format!("prepared statement \"{}\" does not exist", bind.statement)
+                    };
+                    self.portals.remove(bind.portal);
+                    return self
+                        .deny_extended(
+                            "",
+                            Some(params),
+                            sqlstate::INVALID_SQL_STATEMENT_NAME,
+                            reason,
+                            "Parse it first through Warden, or use EXECUTE".into(),
+                            None,
+                        )
+                        .await;
+                };
                 self.portals.insert(
                     bind.portal.to_string(),
                     Portal {
                         sql: p.sql,
                         params,
-                        denied: p.denied,
+                        denied: None,
                         effects: p.effects,
-                        review: p.review,
+                        may_write: p.may_write,
                     },
                 );
             }
             FrontendMessage::Execute { portal, .. } => {
-                let p = self.portals.get(portal).cloned();
-                match p {
-                    // Denied at Parse: PostgreSQL is skipping to Sync and will not run it.
-                    Some(Portal { denied: true, .. }) => {}
-                    Some(Portal {
-                        sql,
-                        params,
-                        effects,
-                        review,
-                        ..
-                    }) => {
-                        let mut review_id = None;
-                        if let Some(need) = review {
-                            match self.review(&sql, Some(params.clone()), &need).await? {
-                                Reviewed::Approved(id) => review_id = Some(id),
-                                Reviewed::Refused { id, reason } => {
-                                    let seq = self
-                                        .record_query(sql.to_string(), Some(params), Some(&reason), Some(&id))
-                                        .await?;
-                                    self.push(Pending::Execute(Outcome::denied(seq)));
-                                    // The client's Parse and Bind ran; the stand-in takes its Execute's place.
-                                    let hint = review_hint();
-                                    return Ok(Step::Replace(self.extended_denial(
-                                        sqlstate::INSUFFICIENT_PRIVILEGE,
-                                        &reason,
-                                        &hint,
-                                    )));
-                                }
-                            }
+                if self.batch_denied {
+                    // Skipped by PostgreSQL, which is failing this batch up to Sync.
+                    return Ok(Step::Forward);
+                }
+                let Some(p) = self.portals.get(portal).cloned() else {
+                    let reason = format!("portal \"{portal}\" does not exist");
+                    return self
+                        .deny_extended(
+                            "",
+                            None,
+                            sqlstate::INVALID_CURSOR_NAME,
+                            reason,
+                            "Bind it first".into(),
+                            None,
+                        )
+                        .await;
+                };
+                if let Some(reason) = p.denied {
+                    return self
+                        .deny_extended(
+                            &p.sql,
+                            Some(p.params),
+                            sqlstate::INSUFFICIENT_PRIVILEGE,
+                            reason,
+                            String::new(),
+                            None,
+                        )
+                        .await;
+                }
+                let mut review_id = None;
+                if let Some(need) = self.enforcer.review_now(self.shared, self.session, p.may_write) {
+                    match self.review(&p.sql, Some(p.params.clone()), &need).await? {
+                        Reviewed::Approved(id) => review_id = Some(id),
+                        Reviewed::Refused { id, code, reason } => {
+                            // The client's Parse and Bind ran; the stand-in takes its Execute's place.
+                            return self
+                                .deny_extended(&p.sql, Some(p.params), code, reason, review_hint(), Some(&id))
+                                .await;
                         }
-                        let seq = self
-                            .record_query(sql.to_string(), Some(params), None, review_id.as_deref())
-                            .await?;
-                        self.push(Pending::Execute(Outcome::new(seq)));
-                        self.enforcer.applied(&effects, &self.session.db_role);
-                    }
-                    None => {
-                        let seq = self.record_query(String::new(), None, None, None).await?;
-                        self.push(Pending::Execute(Outcome::new(seq)));
+                        Reviewed::ClientGone => return Ok(Step::ClientGone),
                     }
                 }
+                let seq = self
+                    .record_query(p.sql.to_string(), Some(p.params), None, review_id.as_deref())
+                    .await?;
+                self.push(Pending::Execute(Outcome::new(seq)));
+                self.enforcer.applied(&p.effects, &self.session.db_role);
             }
             FrontendMessage::Close { kind, name } => {
+                if self.batch_denied {
+                    // Skipped by PostgreSQL: the statement or portal stays.
+                    return Ok(Step::Forward);
+                }
                 if kind == b'S' {
                     self.statements.remove(name);
                 } else {
@@ -574,6 +720,14 @@ impl ClientSide<'_> {
         body.review_id = Some(id.clone());
         body.reason = Some(format!("held for review under role {}", need.roles.join(", ")));
         self.shared.audit.append(body).await.map_err(audit_failed)?;
+        // What came before the held message goes on now: only the held statement waits.
+        if let Err(e) = write_flush(&mut self.wr, &self.out).await {
+            return Err(ProxyError::Upstream {
+                database: self.session.database.clone(),
+                reason: format!("writing to PostgreSQL: {e}"),
+            });
+        }
+        self.out.clear();
         let mut notice = BytesMut::new();
         let message = format!(
             "warden: waiting for approval, review id {id}: role {} has each write approved by a person; an approver runs `warden requests approve {id}` (this waits up to {})",
@@ -590,18 +744,55 @@ impl ClientSide<'_> {
         .encode_notice(&mut notice);
         let _ = self.notices.send(notice);
         tracing::info!(session = %self.session.id, review = %id, "statement held for review");
-        let outcome = ticket.wait(wait).await;
+        // While it waits, the client may hang up or cancel: either withdraws the review. Whatever
+        // else it sends meanwhile is kept for after the decision.
+        let held = self.held.clone();
+        let outcome = {
+            let waiting = ticket.wait(wait);
+            tokio::pin!(waiting);
+            // A client pipelining a lot behind the held statement is not read further (backpressure).
+            let limit = self.max.saturating_mul(4);
+            loop {
+                if self.buf.capacity() - self.buf.len() < 4096 {
+                    self.buf.reserve(8 * 1024);
+                }
+                tokio::select! {
+                    o = &mut waiting => break Some(Some(o)),
+                    _ = held.notified() => break Some(None),
+                    read = self.rd.read_buf(&mut self.buf), if self.buf.len() < limit => match read {
+                        Ok(0) | Err(_) => break None,
+                        Ok(_) => {}
+                    },
+                }
+            }
+        };
         drop(ticket);
+        let Some(outcome) = outcome else {
+            let mut body = self.session.event("review.withdrawn");
+            body.review_id = Some(id.clone());
+            body.reason = Some("the client disconnected while the statement was held".into());
+            self.shared.audit.append(body).await.map_err(audit_failed)?;
+            return Ok(Reviewed::ClientGone);
+        };
         let mut body = self.session.event("review.pending");
         body.review_id = Some(id.clone());
         let result = match outcome {
-            ReviewOutcome::Approved { by, reason } => {
+            None => {
+                body.event = "review.cancelled".into();
+                body.reason = Some("the client cancelled the statement while it was held".into());
+                Reviewed::Refused {
+                    id: id.clone(),
+                    code: sqlstate::QUERY_CANCELED,
+                    reason: format!("canceling statement due to user request (review {id} withdrawn)"),
+                }
+            }
+            Some(ReviewOutcome::Approved { by, reason }) => {
                 body.event = "review.approved".into();
                 body.actor = Some(by);
                 body.reason = reason;
                 Reviewed::Approved(id.clone())
             }
-            ReviewOutcome::Denied { by, reason } => {
+            Some(ReviewOutcome::Denied { by, reason }) => {
                 body.event = "review.denied".into();
                 let why = format!(
                     "review {id} was denied by {by}{}",
@@ -611,10 +802,11 @@ impl ClientSide<'_> {
                 body.reason = reason;
                 Reviewed::Refused {
                     id: id.clone(),
+                    code: sqlstate::INSUFFICIENT_PRIVILEGE,
                     reason: why,
                 }
             }
-            ReviewOutcome::TimedOut { .. } => {
+            Some(ReviewOutcome::TimedOut { .. }) => {
                 body.event = "review.timeout".into();
                 let why = format!(
                     "review {id} was not decided within {}; ask an approver to watch `warden requests list`, then send the statement again",
@@ -623,6 +815,7 @@ impl ClientSide<'_> {
                 body.reason = Some(why.clone());
                 Reviewed::Refused {
                     id: id.clone(),
+                    code: sqlstate::INSUFFICIENT_PRIVILEGE,
                     reason: why,
                 }
             }
@@ -631,16 +824,40 @@ impl ClientSide<'_> {
         Ok(result)
     }
 
-    /// Parse, Bind and Execute of a stand-in that fails with the denial, in place of a client message.
-    fn extended_denial(&self, code: &str, reason: &str, hint: &str) -> BytesMut {
-        self.swallow.parse_complete.fetch_add(1, Ordering::SeqCst);
-        self.swallow.bind_complete.fetch_add(1, Ordering::SeqCst);
+    /// Records a refused extended-protocol message and answers it with a stand-in (Parse, Bind and
+    /// Execute of a statement that fails with the denial) in its place. The stand-in becomes
+    /// PostgreSQL's unnamed statement and portal; PostgreSQL then skips the rest of the batch.
+    async fn deny_extended(
+        &mut self,
+        sql: &str,
+        params: Option<Vec<Option<String>>>,
+        code: &str,
+        reason: String,
+        hint: String,
+        review: Option<&str>,
+    ) -> Result<Step, ProxyError> {
+        let seq = self
+            .record_query(sql.to_string(), params, Some(&reason), review)
+            .await?;
+        self.push(Pending::Execute(Outcome::denied(seq)));
+        self.swallow.add(self.rfq);
+        self.batch_denied = true;
+        let denied = |sql: &str| Portal {
+            sql: Arc::from(sql),
+            params: Vec::new(),
+            denied: Some(format!("the unnamed statement is a refused one ({reason})")),
+            effects: Arc::default(),
+            may_write: false,
+        };
+        // What PostgreSQL now holds under the unnamed names.
+        self.statements.remove("");
+        self.portals.insert(String::new(), denied(sql));
         let mut instead = BytesMut::new();
-        let stmt = denial_statement(code, reason, hint);
+        let stmt = denial_statement(code, &reason, &hint);
         fe::parse_message("", &stmt, &mut instead);
         fe::bind_message("", "", &mut instead);
         fe::execute_message("", 0, &mut instead);
-        instead
+        Ok(Step::Replace(instead))
     }
 
     fn in_transaction(&self) -> bool {
@@ -681,7 +898,7 @@ impl ClientSide<'_> {
         body.decision = Some(if denied.is_some() { "deny" } else { "allow" }.into());
         body.reason = denied.map(str::to_string);
         self.shared.audit.append(body).await.map_err(|e| {
-            tracing::error!(session = %self.session.id, error = %e, "audit unavailable: refusing statements");
+            tracing::error!(session = %self.session.id, error = %e, "audit unavailable: statements are refused until the audit log can be written and Warden is restarted");
             ProxyError::AuditUnavailable { reason: e.to_string() }
         })
     }
@@ -695,9 +912,9 @@ fn review_hint() -> String {
     "a person must approve each write of this role; see `warden requests list`".into()
 }
 
-fn review_denial(reason: String) -> Verdict {
+fn review_denial(code: &'static str, reason: String) -> Verdict {
     Verdict::Deny {
-        code: sqlstate::INSUFFICIENT_PRIVILEGE,
+        code,
         reason,
         hint: review_hint(),
     }
@@ -708,6 +925,8 @@ enum Step {
     /// Send these bytes instead of the message (a denied statement's stand-in).
     Replace(BytesMut),
     Terminate,
+    /// The client hung up while its statement was held.
+    ClientGone,
 }
 
 /// PostgreSQL -> client.
@@ -722,6 +941,10 @@ struct ServerSide<'a> {
     swallow: Arc<Swallow>,
     tx_status: Arc<AtomicU8>,
     notices: tokio::sync::mpsc::UnboundedReceiver<BytesMut>,
+    /// ReadyForQuery messages relayed so far: which batch the responses belong to.
+    rfq_seen: u64,
+    /// Rows of each result to record (`[audit] result_rows`, as the session started).
+    result_rows: usize,
 }
 
 /// What happens to one message from PostgreSQL.
@@ -779,16 +1002,11 @@ impl ServerSide<'_> {
     }
 
     /// Tracks results against the statements in flight.
-    fn observe(&self, frame: &Frame, finished: &mut Vec<Outcome>) -> Result<Relay, ProxyError> {
-        let swallow = |counter: &AtomicUsize| {
-            counter
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-        };
+    fn observe(&mut self, frame: &Frame, finished: &mut Vec<Outcome>) -> Result<Relay, ProxyError> {
         match frame.tag {
-            b'1' if swallow(&self.swallow.parse_complete) => return Ok(Relay::Drop),
-            b'2' if swallow(&self.swallow.bind_complete) => return Ok(Relay::Drop),
-            b'C' | b'E' | b'I' | b's' | b'Z' | b'D' => {}
+            b'1' if self.swallow.take(self.rfq_seen, true) => return Ok(Relay::Drop),
+            b'2' if self.swallow.take(self.rfq_seen, false) => return Ok(Relay::Drop),
+            b'C' | b'E' | b'I' | b's' | b'Z' | b'D' | b'T' => {}
             _ => return Ok(Relay::Forward),
         }
         let mut relay = Relay::Forward;
@@ -796,6 +1014,18 @@ impl ServerSide<'_> {
         if frame.tag == b'D' {
             if let Some(Pending::Simple(o) | Pending::Execute(o)) = q.front_mut() {
                 o.data_rows += 1;
+                if o.sample.len() < self.result_rows {
+                    let formats: Vec<i16> = o.columns.iter().flatten().map(|c| c.1).collect();
+                    if let Some(row) = warden_wire::backend::data_row(frame.body(), &formats, MAX_SAMPLE_VALUE) {
+                        o.sample.push(row);
+                    }
+                }
+            }
+            return Ok(relay);
+        }
+        if frame.tag == b'T' {
+            if let Some(Pending::Simple(o) | Pending::Execute(o)) = q.front_mut() {
+                o.columns = warden_wire::backend::row_description(frame.body());
             }
             return Ok(relay);
         }
@@ -842,6 +1072,7 @@ impl ServerSide<'_> {
             }
             BackendMessage::ReadyForQuery { status } => {
                 self.tx_status.store(status, Ordering::SeqCst);
+                self.rfq_seen += 1;
                 // Drop anything left before the sync point, then the sync point itself.
                 while let Some(p) = q.pop_front() {
                     match p {
@@ -866,6 +1097,8 @@ impl ServerSide<'_> {
         body.rows = Some(o.rows);
         body.duration_us = Some(o.started.elapsed().as_micros() as u64);
         body.error = o.error;
+        body.columns = o.columns.map(|c| c.into_iter().map(|(name, _)| name).collect());
+        body.sample_rows = (!o.sample.is_empty()).then_some(o.sample);
         let audit = self.shared.audit.clone();
         let session = self.session.id.clone();
         // Enqueued now (so records keep their order), awaited in the background.

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use warden_audit::{Position, StoredRecord};
+use warden_audit::StoredRecord;
+
+use super::{read_blocking, Position};
 
 pub(super) struct Cursor {
     path: PathBuf,
@@ -17,12 +19,10 @@ pub(super) struct Cursor {
 struct Saved {
     seq: u64,
     hash: String,
-    /// The inode and offset of the record's line, to resume without rereading the file up to it
-    /// (left out of a hand-written cursor: the log is then read from its start to find the record).
+    /// Where the record's line starts in the file that holds it, to find it again without rereading
+    /// the file (left out of a hand-written cursor: the log is then read by seq).
     #[serde(default)]
-    ino: u64,
-    #[serde(default)]
-    offset: u64,
+    offset: Option<u64>,
 }
 
 /// Beside the log: `DIR/sinks/NAME.cursor` for the log `DIR/audit.jsonl`; for a log of another name,
@@ -51,8 +51,7 @@ impl Cursor {
         let saved = Saved {
             seq: last.event.seq,
             hash: last.event.hash.clone(),
-            ino: last.next.ino,
-            offset: last.offset,
+            offset: Some(last.offset),
         };
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || save(&path, &saved)).await?
@@ -69,10 +68,9 @@ fn load(path: &Path, log: &Path) -> Result<Option<Position>> {
     // Reread the delivered record itself: from its own line when the file is still there.
     let before = Position {
         seq: saved.seq.saturating_sub(1),
-        ino: saved.ino,
-        offset: saved.offset,
+        end: saved.offset,
     };
-    let found = warden_audit::read_from(log, before)?.next().transpose()?;
+    let found = read_blocking(log, before, 1)?.pop();
     match found {
         Some(r) if r.event.seq == saved.seq && r.event.hash != saved.hash => bail!(
             "{} names seq {} with hash {}, but the log's record {} has hash {}",
@@ -82,12 +80,11 @@ fn load(path: &Path, log: &Path) -> Result<Option<Position>> {
             saved.seq,
             r.event.hash
         ),
-        Some(r) if r.event.seq == saved.seq => Ok(Some(r.next)),
+        Some(r) if r.event.seq == saved.seq => Ok(Some(Position::after(&r))),
         // Records up to there were removed (old rotated files deleted): carry on after the cursor.
         Some(_) => Ok(Some(Position {
             seq: saved.seq,
-            ino: 0,
-            offset: 0,
+            end: None,
         })),
         None => bail!("{} names seq {}, but the log ends before it", path.display(), saved.seq),
     }
@@ -150,10 +147,11 @@ mod tests {
         let mode = std::fs::metadata(&cursor.path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let at = cursor.load(&log_path).await.unwrap().unwrap();
-        assert_eq!(at, records[1].next);
-        let next: Vec<u64> = warden_audit::read_from(&log_path, at)
+        assert_eq!(at, Position::after(&records[1]));
+        let next: Vec<u64> = read_blocking(&log_path, at, 10)
             .unwrap()
-            .map(|r| r.unwrap().event.seq)
+            .iter()
+            .map(|r| r.event.seq)
             .collect();
         assert_eq!(next, vec![3, 4]);
 

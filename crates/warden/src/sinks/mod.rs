@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use warden_audit::{AuditHandle, Position, StoredRecord};
+use warden_audit::{AuditHandle, StoredRecord};
 use warden_policy::{Config, SinkConfig, SinkKind};
 
 use cursor::Cursor;
@@ -31,6 +31,26 @@ const POLL: Duration = Duration::from_millis(200);
 const LINE_BATCH: usize = 500;
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Just after a record: its seq and, when known, where its line ends in the file that holds it (to
+/// resume there instead of rereading the file up to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Position {
+    pub seq: u64,
+    pub end: Option<u64>,
+}
+
+impl Position {
+    /// Before the log's first record.
+    pub(crate) const START: Position = Position { seq: 0, end: None };
+
+    pub(crate) fn after(r: &StoredRecord) -> Position {
+        Position {
+            seq: r.event.seq,
+            end: Some(r.offset + r.line.len() as u64 + 1),
+        }
+    }
+}
 
 /// The configured sinks, built (connections are made lazily) but not yet shipping.
 pub struct Sinks {
@@ -151,7 +171,7 @@ impl Shipper {
                 return;
             }
             let last = batch.last().expect("the batch is not empty");
-            at = last.next;
+            at = Position::after(last);
             if let Err(e) = self.cursor.save(last).await {
                 // Not fatal: at worst these records are sent again after a restart.
                 tracing::warn!(sink = %self.name, error = %e, "cannot save the sink's cursor");
@@ -198,11 +218,7 @@ impl Shipper {
     /// The position after the last delivered record; the start of the log for a new sink, or when
     /// the cursor does not match this log (it was replaced).
     async fn load_cursor(&mut self) -> Position {
-        let start = Position {
-            seq: 0,
-            ino: 0,
-            offset: 0,
-        };
+        let start = Position::START;
         match self.cursor.load(&self.log).await {
             Ok(Some(at)) => at,
             Ok(None) => start,
@@ -240,14 +256,24 @@ async fn read_batch(name: &str, log: &Path, at: Position, max: usize) -> Result<
 
 async fn read_records(log: &Path, at: Position, max: usize) -> Result<Vec<StoredRecord>> {
     let log = log.to_path_buf();
-    tokio::task::spawn_blocking(move || -> Result<Vec<StoredRecord>> {
-        let mut batch = Vec::new();
-        for r in warden_audit::read_from(&log, at)?.take(max) {
-            batch.push(r?);
+    tokio::task::spawn_blocking(move || read_blocking(&log, at, max)).await?
+}
+
+/// Up to `max` records after `at`: from `at.end` when that still fits (the first record read
+/// follows `at`), else by seq from the log's first file that may hold them.
+pub(crate) fn read_blocking(log: &Path, at: Position, max: usize) -> Result<Vec<StoredRecord>> {
+    if let Some(end) = at.end {
+        let resumed: Result<Vec<StoredRecord>, _> =
+            warden_audit::read_after_from(log, at.seq, end)?.take(max).collect();
+        if let Ok(batch) = resumed {
+            if batch.first().is_none_or(|r| r.event.seq == at.seq + 1) {
+                return Ok(batch);
+            }
         }
-        Ok(batch)
-    })
-    .await?
+    }
+    Ok(warden_audit::read_after(log, at.seq)?
+        .take(max)
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Until this process writes a record, `poll` passes (another process may have), or stop.
@@ -319,17 +345,13 @@ mod tests {
             log.append(body).await.unwrap();
         }
         log.checkpoint_now().await.unwrap();
-        let start = Position {
-            seq: 0,
-            ino: 0,
-            offset: 0,
-        };
+        let start = Position::START;
         let mut at = start;
         let mut seqs = Vec::new();
         loop {
             let batch = read_batch("t", &log_path, at, 5).await.unwrap();
             let Some(last) = batch.last() else { break };
-            at = last.next;
+            at = Position::after(last);
             seqs.extend(batch.iter().map(|r| r.event.seq));
         }
         assert_eq!(seqs, (1..=12).collect::<Vec<u64>>());

@@ -645,3 +645,331 @@ async fn a_simple_protocol_write_nobody_decides_times_out() {
         1
     );
 }
+
+/// A client that sends protocol messages exactly as a test spells them, to check what Warden does
+/// with sequences that drivers rarely send.
+mod raw {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use bytes::{BufMut, BytesMut};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use warden_wire::backend::BackendMessage;
+    use warden_wire::frontend as fe;
+
+    use crate::common::{load_cert, tls_config};
+
+    pub struct Raw {
+        stream: tokio_rustls::client::TlsStream<TcpStream>,
+        buf: BytesMut,
+    }
+
+    /// One message from Warden: its tag, and for errors and notices `CODE: message`.
+    pub type Msg = (char, String);
+
+    impl Raw {
+        pub async fn connect(port: u16, cred: &Path) -> Raw {
+            let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let mut b = BytesMut::new();
+            fe::ssl_request(&mut b);
+            tcp.write_all(&b).await.unwrap();
+            let mut answer = [0u8; 1];
+            tcp.read_exact(&mut answer).await.unwrap();
+            assert_eq!(answer[0], b'S');
+            let config = tls_config(&cred.join("ca.crt"), Some(load_cert(cred)));
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let stream = connector.connect(name, tcp).await.unwrap();
+            let mut raw = Raw {
+                stream,
+                buf: BytesMut::new(),
+            };
+            let mut b = BytesMut::new();
+            fe::startup_message(&[("user", "report-bot"), ("database", "shop2")], &mut b);
+            raw.stream.write_all(&b).await.unwrap();
+            let hello = raw.until_ready().await;
+            assert!(hello.iter().all(|m| m.0 != 'E'), "{hello:?}");
+            raw
+        }
+
+        pub async fn send(&mut self, messages: &[BytesMut]) {
+            let mut all = BytesMut::new();
+            for m in messages {
+                all.extend_from_slice(m);
+            }
+            self.stream.write_all(&all).await.unwrap();
+            self.stream.flush().await.unwrap();
+        }
+
+        /// Messages up to and including the next ReadyForQuery.
+        pub async fn until_ready(&mut self) -> Vec<Msg> {
+            let mut out = Vec::new();
+            loop {
+                while let Some(frame) = warden_wire::split_frame(&mut self.buf, 1 << 24).unwrap() {
+                    let text = match BackendMessage::parse(&frame) {
+                        Ok(BackendMessage::ErrorResponse(e)) => {
+                            format!("{}: {}", e.code().unwrap_or(""), e.message().unwrap_or(""))
+                        }
+                        _ if frame.tag == b'N' => String::from_utf8_lossy(frame.body()).into_owned(),
+                        _ => String::new(),
+                    };
+                    out.push((frame.tag as char, text));
+                    if frame.tag == b'Z' {
+                        return out;
+                    }
+                }
+                let n = tokio::time::timeout(std::time::Duration::from_secs(30), self.stream.read_buf(&mut self.buf))
+                    .await
+                    .expect("no answer within 30 s")
+                    .unwrap();
+                assert!(n > 0, "connection closed; so far {out:?}");
+            }
+        }
+    }
+
+    pub fn parse(name: &str, sql: &str) -> BytesMut {
+        let mut b = BytesMut::new();
+        fe::parse_message(name, sql, &mut b);
+        b
+    }
+
+    /// Bind with text parameters.
+    pub fn bind(portal: &str, statement: &str, params: &[&str]) -> BytesMut {
+        let mut body = BytesMut::new();
+        body.put_slice(portal.as_bytes());
+        body.put_u8(0);
+        body.put_slice(statement.as_bytes());
+        body.put_u8(0);
+        body.put_i16(0);
+        body.put_i16(params.len() as i16);
+        for p in params {
+            body.put_i32(p.len() as i32);
+            body.put_slice(p.as_bytes());
+        }
+        body.put_i16(0);
+        let mut b = BytesMut::new();
+        b.put_u8(b'B');
+        b.put_i32(body.len() as i32 + 4);
+        b.extend_from_slice(&body);
+        b
+    }
+
+    pub fn execute(portal: &str) -> BytesMut {
+        let mut b = BytesMut::new();
+        fe::execute_message(portal, 0, &mut b);
+        b
+    }
+
+    pub fn sync() -> BytesMut {
+        BytesMut::from(&b"S\0\0\0\x04"[..])
+    }
+
+    pub fn query(sql: &str) -> BytesMut {
+        let mut b = BytesMut::new();
+        fe::query(sql, &mut b);
+        b
+    }
+
+    pub fn errors(msgs: &[Msg]) -> Vec<&str> {
+        msgs.iter().filter(|m| m.0 == 'E').map(|m| m.1.as_str()).collect()
+    }
+}
+
+impl ApprovalWarden {
+    /// Denies the held statement containing `marker`, as carol, once it is listed.
+    fn deny_when_held(&'static self, carol: PathBuf, marker: String) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let held = self.wait_for_review(&carol, &marker);
+            let id = held["id"].as_str().unwrap().to_string();
+            let out = self.requests(&carol, &["deny", &id, "--reason", "test"]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            id
+        })
+    }
+}
+
+/// PostgreSQL ran a statement holding `marker` (its log shows statements as they execute).
+fn pg_ran(marker: &str) -> bool {
+    pg_log().lines().any(|l| l.contains(marker) && !l.contains("warden: "))
+}
+
+#[tokio::test]
+async fn a_reused_statement_name_cannot_swap_what_a_held_write_runs() {
+    use raw::*;
+    let w = approval_warden();
+    let (alice, carol) = (w.human("alice"), w.human("carol"));
+    let (agent, _task) = w.reviewed_agent(&alice).await;
+    let mut c = Raw::connect(w.port, &agent).await;
+
+    // A name in use is refused, as PostgreSQL would: the write stays what s1 runs, and is held.
+    let m1 = format!("rev-name-{}", uuid::Uuid::new_v4().simple());
+    c.send(&[
+        parse(
+            "s1",
+            &format!("UPDATE orders SET status = status WHERE id = 1 /* {m1} */"),
+        ),
+        sync(),
+    ])
+    .await;
+    assert!(errors(&c.until_ready().await).is_empty());
+    c.send(&[parse("s1", "SELECT 1"), sync()]).await;
+    let got = c.until_ready().await;
+    assert!(errors(&got).iter().any(|e| e.starts_with("42P05:")), "{got:?}");
+    let denier = w.deny_when_held(carol.clone(), m1.clone());
+    c.send(&[bind("", "s1", &[]), execute(""), sync()]).await;
+    let got = c.until_ready().await;
+    denier.join().unwrap();
+    assert!(
+        errors(&got)
+            .iter()
+            .any(|e| e.starts_with("42501:") && e.contains("denied by human:carol")),
+        "{got:?}"
+    );
+    assert!(!pg_ran(&m1), "the write ran unreviewed");
+
+    // A refused Parse of a name in use creates nothing and leaves the old statement, still held.
+    let m2 = format!("rev-name2-{}", uuid::Uuid::new_v4().simple());
+    c.send(&[
+        parse(
+            "s2",
+            &format!("UPDATE orders SET status = status WHERE id = 1 /* {m2} */"),
+        ),
+        sync(),
+    ])
+    .await;
+    assert!(errors(&c.until_ready().await).is_empty());
+    c.send(&[parse("s3", "SELECT * FROM no_such_table_anywhere"), sync()])
+        .await;
+    let got = c.until_ready().await;
+    assert_eq!(errors(&got).len(), 1, "{got:?}");
+    // s3 was never created: binding it is refused without reaching PostgreSQL.
+    c.send(&[bind("", "s3", &[]), execute(""), sync()]).await;
+    let got = c.until_ready().await;
+    assert!(errors(&got).iter().any(|e| e.starts_with("26000:")), "{got:?}");
+    let denier = w.deny_when_held(carol.clone(), m2.clone());
+    c.send(&[bind("p", "s2", &[]), execute("p"), sync()]).await;
+    let got = c.until_ready().await;
+    denier.join().unwrap();
+    assert!(errors(&got).iter().any(|e| e.starts_with("42501:")), "{got:?}");
+    assert!(!pg_ran(&m2), "the write ran unreviewed");
+
+    // The session is in step afterwards: a plain read answers as usual.
+    c.send(&[parse("", "SELECT 7"), bind("", "", &[]), execute(""), sync()])
+        .await;
+    let got = c.until_ready().await;
+    let tags: String = got.iter().map(|m| m.0).collect();
+    assert_eq!(tags, "12DCZ", "{got:?}");
+}
+
+#[tokio::test]
+async fn a_statement_made_by_sql_prepare_cannot_be_bound_past_review() {
+    use raw::*;
+    let w = approval_warden();
+    let (alice, carol) = (w.human("alice"), w.human("carol"));
+    let (agent, _task) = w.reviewed_agent(&alice).await;
+    let mut c = Raw::connect(w.port, &agent).await;
+    let m = format!("rev-prep-{}", uuid::Uuid::new_v4().simple());
+    // PREPARE of a write is itself held; approved, it only prepares.
+    let approver = std::thread::spawn({
+        let (carol, m) = (carol.clone(), m.clone());
+        move || {
+            let w = approval_warden();
+            let id = w.wait_for_review(&carol, &m)["id"].as_str().unwrap().to_string();
+            assert!(w.requests(&carol, &["approve", &id]).status.success());
+        }
+    });
+    c.send(&[query(&format!(
+        "PREPARE p(text) AS UPDATE orders SET status = $1 WHERE id = 1 /* {m} */"
+    ))])
+    .await;
+    let got = c.until_ready().await;
+    approver.join().unwrap();
+    assert!(errors(&got).is_empty(), "{got:?}");
+    // Bound through the extended protocol it would run unreviewed: refused.
+    c.send(&[bind("", "p", &["x"]), execute(""), sync()]).await;
+    let got = c.until_ready().await;
+    assert!(
+        errors(&got)
+            .iter()
+            .any(|e| e.starts_with("26000:") && e.contains("SQL PREPARE")),
+        "{got:?}"
+    );
+    assert!(
+        !pg_log().lines().any(|l| l.contains("execute p") && l.contains(&m)),
+        "the prepared write ran"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_bind_before_a_denied_execute_leaves_the_session_in_step() {
+    use raw::*;
+    let w = approval_warden();
+    let (alice, carol) = (w.human("alice"), w.human("carol"));
+    let (agent, _task) = w.reviewed_agent(&alice).await;
+    let mut c = Raw::connect(w.port, &agent).await;
+    let m = format!("rev-step-{}", uuid::Uuid::new_v4().simple());
+    let denier = w.deny_when_held(carol.clone(), m.clone());
+    // PostgreSQL refuses the Bind ('abc' is no integer) and skips the rest, stand-in included.
+    c.send(&[
+        parse(
+            "",
+            &format!("UPDATE orders SET status = status WHERE id = $1 /* {m} */"),
+        ),
+        bind("", "", &["abc"]),
+        execute(""),
+        sync(),
+    ])
+    .await;
+    let got = c.until_ready().await;
+    denier.join().unwrap();
+    assert!(errors(&got).iter().any(|e| e.starts_with("22P02:")), "{got:?}");
+    for sql in ["SELECT 1", "SELECT 2"] {
+        c.send(&[parse("", sql), bind("", "", &[]), execute(""), sync()]).await;
+        let got = c.until_ready().await;
+        let tags: String = got.iter().map(|m| m.0).collect();
+        assert_eq!(tags, "12DCZ", "{sql}: {got:?}");
+    }
+}
+
+#[tokio::test]
+async fn functions_that_may_write_are_held_and_a_hang_up_withdraws_the_review() {
+    let w = approval_warden();
+    let (alice, carol) = (w.human("alice"), w.human("carol"));
+    let (agent, task) = w.reviewed_agent(&alice).await;
+
+    // A volatile function may write: held, and denied here.
+    let m = format!("rev-fn-{}", uuid::Uuid::new_v4().simple());
+    let child = w.psql(&agent, &[&format!("SELECT nextval('orders_id_seq') /* {m} */")]);
+    let denier = w.deny_when_held(carol.clone(), m.clone());
+    let id = denier.join().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        stderr(&out).contains(&format!("review {id} was denied")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!pg_ran(&m));
+
+    // The client hangs up while held: the review is withdrawn and can no longer be approved.
+    let m = format!("rev-gone-{}", uuid::Uuid::new_v4().simple());
+    let mut child = w.psql(
+        &agent,
+        &[&format!(
+            "INSERT INTO orders (customer_id, status, total, region) VALUES (1, '{m}', 1, 'eu')"
+        )],
+    );
+    let id = w.wait_for_review(&carol, &m)["id"].as_str().unwrap().to_string();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while w.list(&carol).iter().any(|q| q["id"] == id.as_str()) {
+        assert!(Instant::now() < deadline, "the review outlived its client");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = w.requests(&carol, &["approve", &id]);
+    assert!(!out.status.success(), "approved a withdrawn review");
+    assert!(!pg_ran(&m));
+    let withdrawn = wait_for_event_in(&w.config, &["--task", &task], |e| e["event"] == "review.withdrawn");
+    assert_eq!(withdrawn["review_id"], id.as_str());
+}

@@ -137,12 +137,21 @@ impl Harness {
 
     /// psql through Warden with a credential directory.
     pub fn psql(&self, cred: &Path, user: &str, db: &str, sql: &str) -> Output {
+        self.psql_on(self.warden_port, cred, user, db, sql)
+    }
+
+    /// `psql` as report-bot on shop, through the Warden on `port`.
+    pub fn psql_at(&self, port: u16, cred: &Path, sql: &str) -> Output {
+        self.psql_on(port, cred, "report-bot", "shop", sql)
+    }
+
+    pub fn psql_on(&self, port: u16, cred: &Path, user: &str, db: &str, sql: &str) -> Output {
         Command::new(psql_bin())
             .arg("-X")
             .arg("-At")
             .arg("-v")
             .arg("ON_ERROR_STOP=1")
-            .arg(self.conninfo(cred, user, db))
+            .arg(self.conninfo_at(port, cred, user, db))
             .arg("-c")
             .arg(sql)
             .env_remove("PGPASSWORD")
@@ -505,7 +514,7 @@ pub fn watchdog(then: &str) {
         .expect("spawning watchdog");
 }
 
-fn wait_for_port(port: u16, log: &Path) {
+pub fn wait_for_port(port: u16, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(

@@ -1,0 +1,503 @@
+//! The search index: a SQLite file beside the log (`DIR/audit.index.db` for `DIR/audit.jsonl`, 0600)
+//! with one row per record: its seq, time, event, session, identity, requester, task, decision, and
+//! where its line is. It is a cache derived from the log, never the source of truth: every answer is
+//! read back from the log itself (the stored line, checked to be the record the row names), and a row
+//! that does not match makes the whole index rebuild from the log.
+//!
+//! Rows hold no file names: rotation renames the active file, so a seq is resolved to its file from
+//! the segment list (the first rotated file whose last seq is at least that seq, else the active file)
+//! and the line is read at the stored offset.
+//!
+//! Followers (the running proxy, each CLI command) catch up from the last indexed record, reading only
+//! the new lines, in one IMMEDIATE transaction per batch; several may share the file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::files::index_path;
+use crate::{AuditError, SearchFilter, StoredRecord};
+
+mod lines;
+mod sessions;
+
+use lines::LineReader;
+pub use sessions::SessionSummary;
+
+/// Bumped when the table changes: an index of another version is rebuilt.
+const VERSION: &str = "2";
+
+/// Records per transaction while catching up.
+const BATCH: usize = 20_000;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq            INTEGER PRIMARY KEY,
+    ts             INTEGER,            -- microseconds since the epoch; NULL if `ts` does not parse
+    event          TEXT NOT NULL,
+    session_id     TEXT,
+    identity       TEXT,               -- kind:name
+    identity_name  TEXT,
+    requester      TEXT,               -- as stored, usually kind:name
+    requester_name TEXT,
+    task           TEXT,
+    decision       TEXT,
+    off            INTEGER NOT NULL,   -- byte offset of the line in its file
+    len            INTEGER NOT NULL    -- bytes of the line, without its newline
+);
+-- Each index costs about as much to maintain as the row itself: the full `identity` and `requester`
+-- are found through their names, and columns most records leave empty get partial indexes.
+CREATE INDEX IF NOT EXISTS events_event ON events (event, session_id, decision);
+CREATE INDEX IF NOT EXISTS events_session ON events (session_id) WHERE session_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_identity_name ON events (identity_name) WHERE identity_name IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_requester_name ON events (requester_name) WHERE requester_name IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_task ON events (task) WHERE task IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_decision ON events (decision, ts) WHERE decision IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+"#;
+
+/// An open index over one log.
+pub struct Index {
+    conn: Connection,
+    log: PathBuf,
+    path: PathBuf,
+}
+
+/// What a row says about where its record is.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    seq: u64,
+    off: u64,
+    len: u64,
+}
+
+/// Why a row could not be read back as its record.
+#[derive(Debug)]
+struct Mismatch(String);
+
+impl Index {
+    /// Opens (creating, 0600) the index beside `log` and checks that its last row is still the
+    /// log's record (same seq, same hash); an index that does not match, or of another version, is
+    /// emptied and rebuilt by the next [`Index::catch_up`].
+    pub fn open(log: &Path) -> Result<Index, AuditError> {
+        let path = index_path(log);
+        let err = |e: &dyn std::fmt::Display| AuditError::Index {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| err(&e))?;
+        }
+        let conn = Connection::open(&path).map_err(|e| err(&e))?;
+        conn.busy_timeout(Duration::from_secs(60)).map_err(|e| err(&e))?;
+        // A cache: losing the last commits in a crash only means indexing them again.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err(&e))?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| err(&e))?;
+        // Inserts land all over the text indexes: a larger page cache keeps them in memory.
+        conn.pragma_update(None, "cache_size", -64 * 1024)
+            .map_err(|e| err(&e))?;
+        conn.execute_batch(SCHEMA).map_err(|e| err(&e))?;
+        let mut index = Index {
+            conn,
+            log: log.to_path_buf(),
+            path,
+        };
+        let version = index.meta("version")?;
+        if version.as_deref() != Some(VERSION) {
+            index.reset()?;
+        } else if let Err(m) = index.check_head() {
+            note_rebuild(&index.path, &m);
+            index.reset()?;
+        }
+        Ok(index)
+    }
+
+    /// The index file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The highest indexed seq (0 when empty).
+    pub fn last_seq(&self) -> Result<u64, AuditError> {
+        self.conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get::<_, i64>(0))
+            .map(|s| s as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Indexes the records written since the last indexed one; returns how many were added. A log
+    /// that no longer continues the indexed records (replaced, or cut) makes the index rebuild.
+    pub fn catch_up(&mut self) -> Result<u64, AuditError> {
+        let mut added = 0;
+        // A record that does not follow is first read again (a rotation may have raced the
+        // listing of files), then the index is rebuilt once; a log that still does not follow
+        // (a record really missing) is indexed as it is.
+        let (mut retried, mut rebuilt, mut strict) = (false, false, true);
+        loop {
+            match self.catch_up_batch(strict)? {
+                Batch::Added(n) => {
+                    added += n;
+                    retried = false;
+                }
+                Batch::Done(n) => return Ok(added + n),
+                Batch::Diverged(_) if !retried => retried = true,
+                Batch::Diverged(m) if !rebuilt => {
+                    note_rebuild(&self.path, &m);
+                    self.reset()?;
+                    added = 0;
+                    rebuilt = true;
+                }
+                Batch::Diverged(_) => strict = false,
+            }
+        }
+    }
+
+    /// Events matching `filter`, in log order, read back from the log. The index is used as it is:
+    /// call [`Index::catch_up`] first for the newest records. A row that does not match its record
+    /// rebuilds the index and the search runs again.
+    pub fn search(&mut self, filter: &SearchFilter) -> Result<Vec<StoredRecord>, AuditError> {
+        match self.try_search(filter)? {
+            Ok(found) => Ok(found),
+            Err(m) => {
+                note_rebuild(&self.path, &m);
+                self.reset()?;
+                self.catch_up()?;
+                self.try_search(filter)?.map_err(|m| self.mismatch(m))
+            }
+        }
+    }
+
+    fn try_search(&self, filter: &SearchFilter) -> Result<Result<Vec<StoredRecord>, Mismatch>, AuditError> {
+        let (sql, values) = query(filter);
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let mut rows = stmt
+            .query_map(rusqlite::params_from_iter(values), |r| {
+                Ok(Row {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    off: r.get::<_, i64>(1)? as u64,
+                    len: r.get::<_, i64>(2)? as u64,
+                })
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.err(e))?;
+        if filter.newest && filter.limit.is_some() {
+            rows.reverse();
+        }
+        let mut lines = LineReader::new(&self.log)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            match lines.read(row)? {
+                Ok(record) => {
+                    // The index narrows; the record itself decides (a cheap guard against a stale row).
+                    if !filter.matches(&record.event) {
+                        return Ok(Err(Mismatch(format!(
+                            "the record with seq {} does not match its index row",
+                            row.seq
+                        ))));
+                    }
+                    out.push(record)
+                }
+                Err(m) => return Ok(Err(m)),
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    /// The newest row must still be the log's record: same seq, same hash.
+    fn check_head(&self) -> Result<(), Mismatch> {
+        let head = self.head().map_err(|e| Mismatch(e.to_string()))?;
+        let Some((row, hash)) = head else {
+            return Ok(());
+        };
+        let mut lines = LineReader::new(&self.log).map_err(|e| Mismatch(e.to_string()))?;
+        let record = lines.read(row).map_err(|e| Mismatch(e.to_string()))??;
+        if record.event.hash != hash {
+            return Err(Mismatch(format!(
+                "the record with seq {} is not the one indexed (hash differs)",
+                row.seq
+            )));
+        }
+        Ok(())
+    }
+
+    /// The newest row and the hash of its record.
+    fn head(&self) -> Result<Option<(Row, String)>, AuditError> {
+        let row = self
+            .conn
+            .query_row("SELECT seq, off, len FROM events ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok(Row {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    off: r.get::<_, i64>(1)? as u64,
+                    len: r.get::<_, i64>(2)? as u64,
+                })
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let hash = self.meta("last_hash")?;
+        Ok(row.zip(hash))
+    }
+
+    fn catch_up_batch(&mut self, strict: bool) -> Result<Batch, AuditError> {
+        let log = self.log.clone();
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| AuditError::Index {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        // Read inside the transaction: another follower may have indexed these records meanwhile.
+        let head: Option<(Row, String)> = {
+            let row = tx
+                .query_row("SELECT seq, off, len FROM events ORDER BY seq DESC LIMIT 1", [], |r| {
+                    Ok(Row {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        off: r.get::<_, i64>(1)? as u64,
+                        len: r.get::<_, i64>(2)? as u64,
+                    })
+                })
+                .optional()
+                .map_err(err)?;
+            let hash: Option<String> = tx
+                .query_row("SELECT value FROM meta WHERE key = 'last_hash'", [], |r| r.get(0))
+                .optional()
+                .map_err(err)?;
+            row.zip(hash)
+        };
+        let reader = match &head {
+            Some((row, _)) => crate::read_after_from(&log, row.seq, row.off + row.len + 1)?,
+            None => crate::read_after(&log, 0)?,
+        };
+        let mut prev = head.as_ref().map(|(row, hash)| (row.seq, hash.clone()));
+        let mut n = 0usize;
+        // Stopped before the end: a full batch, or a record that did not follow.
+        let mut more = false;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO events (seq, ts, event, session_id, identity, identity_name, \
+                     requester, requester_name, task, decision, off, len) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                )
+                .map_err(err)?;
+            for record in reader {
+                let record = match record {
+                    Ok(r) => r,
+                    // Resumed in the middle of something else: the log is not the one indexed.
+                    Err(e) if head.is_some() && n == 0 => {
+                        return Ok(Batch::Diverged(Mismatch(format!("reading on from the index: {e}"))))
+                    }
+                    Err(e) => return Err(e),
+                };
+                let e = &record.event;
+                // Each record must follow the one before. The first that does not ends the batch
+                // (the next one lists the files again); if it is the batch's first, see `catch_up`.
+                // Search is not verification: the hashes themselves are `warden audit verify`'s job.
+                if let (true, Some((seq, hash))) = (strict, &prev) {
+                    if e.seq != seq + 1 || (n == 0 && &e.prev_hash != hash) {
+                        if n == 0 {
+                            return Ok(Batch::Diverged(Mismatch(format!(
+                                "record {} does not follow the indexed record {seq}",
+                                e.seq
+                            ))));
+                        }
+                        more = true;
+                        break;
+                    }
+                }
+                let b = &e.body;
+                let id = b.identity.as_ref();
+                let requester = id.and_then(|i| i.requester.as_deref());
+                insert
+                    .execute(params![
+                        e.seq as i64,
+                        micros(&e.ts),
+                        b.event,
+                        b.session_id,
+                        id.map(|i| format!("{}:{}", i.kind, i.name)),
+                        id.map(|i| i.name.as_str()),
+                        requester,
+                        requester.map(|r| r.split_once(':').map_or(r, |(_, name)| name)),
+                        id.and_then(|i| i.task.as_deref()),
+                        b.decision,
+                        record.offset as i64,
+                        record.line.len() as i64,
+                    ])
+                    .map_err(err)?;
+                prev = Some((e.seq, e.hash.clone()));
+                n += 1;
+                if n >= BATCH {
+                    more = true;
+                    break;
+                }
+            }
+        }
+        if let Some((_, hash)) = &prev {
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_hash', ?1)",
+                params![hash],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(if more {
+            Batch::Added(n as u64)
+        } else {
+            Batch::Done(n as u64)
+        })
+    }
+
+    /// Empties the index (the next catch-up rebuilds it from the whole log).
+    fn reset(&mut self) -> Result<(), AuditError> {
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| AuditError::Index {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        tx.execute_batch("DROP TABLE IF EXISTS events; DELETE FROM meta;")
+            .map_err(err)?;
+        tx.execute_batch(SCHEMA).map_err(err)?;
+        tx.execute("INSERT INTO meta (key, value) VALUES ('version', ?1)", params![VERSION])
+            .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, AuditError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    fn err(&self, e: rusqlite::Error) -> AuditError {
+        AuditError::Index {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn mismatch(&self, m: Mismatch) -> AuditError {
+        AuditError::Index {
+            path: self.path.clone(),
+            reason: format!("still does not match the log after a rebuild: {}", m.0),
+        }
+    }
+}
+
+enum Batch {
+    /// Stopped before the end of the log: there is more.
+    Added(u64),
+    /// Caught up.
+    Done(u64),
+    /// The log does not continue what was indexed.
+    Diverged(Mismatch),
+}
+
+/// The index is rebuilt silently in the library; the reason is kept for whoever debugs it.
+fn note_rebuild(path: &Path, m: &Mismatch) {
+    if std::env::var_os("WARDEN_INDEX_DEBUG").is_some() {
+        eprintln!("audit index {}: rebuilding: {}", path.display(), m.0);
+    }
+}
+
+/// The SQL and its parameters for a filter: rows (seq, off, len) in the order to read them.
+fn query(filter: &SearchFilter) -> (String, Vec<Value>) {
+    let mut clauses: Vec<String> = Vec::new();
+    let mut values: Vec<Value> = Vec::new();
+    if let Some(want) = &filter.identity {
+        let own = names(&mut values, "identity", want);
+        let acted_for = names(&mut values, "requester", want);
+        clauses.push(format!("({own} OR {acted_for})"));
+    }
+    if let Some(want) = &filter.requester {
+        clauses.push(names(&mut values, "requester", want));
+    }
+    for (column, value) in [
+        ("task", &filter.task),
+        ("session_id", &filter.session),
+        ("decision", &filter.decision),
+        ("event", &filter.event),
+    ] {
+        if let Some(v) = value {
+            let p = bind(&mut values, v);
+            clauses.push(format!("{column} = {p}"));
+        }
+    }
+    // `ts` is whole microseconds: ts >= since and ts <= until, with the bounds' nanoseconds.
+    if let Some(since) = filter.since {
+        let ns = since.unix_timestamp_nanos();
+        values.push(Value::Integer(ceil_div(ns, 1000)));
+        clauses.push(format!("ts >= ?{}", values.len()));
+    }
+    if let Some(until) = filter.until {
+        let ns = until.unix_timestamp_nanos();
+        values.push(Value::Integer(ns.div_euclid(1000) as i64));
+        clauses.push(format!("ts <= ?{}", values.len()));
+    }
+    let mut sql = String::from("SELECT seq, off, len FROM events");
+    if !clauses.is_empty() {
+        sql += " WHERE ";
+        sql += &clauses.join(" AND ");
+    }
+    let newest = filter.newest && filter.limit.is_some();
+    sql += if newest { " ORDER BY seq DESC" } else { " ORDER BY seq" };
+    if let Some(limit) = filter.limit {
+        values.push(Value::Integer(limit.min(i64::MAX as usize) as i64));
+        sql += &format!(" LIMIT ?{}", values.len());
+    }
+    (sql, values)
+}
+
+/// Whether `column` (`identity` or `requester`, stored as `kind:name`) is named by `want`, a bare
+/// name or `kind:name`; through the `<column>_name` index either way.
+fn names(values: &mut Vec<Value>, column: &str, want: &str) -> String {
+    let whole = bind(values, want);
+    match want.split_once(':') {
+        Some((_, name)) => {
+            let name = bind(values, name);
+            format!("(({column}_name = {name} AND {column} = {whole}) OR {column}_name = {whole})")
+        }
+        None => format!("{column}_name = {whole}"),
+    }
+}
+
+/// Adds a text parameter; returns its placeholder.
+fn bind(values: &mut Vec<Value>, v: &str) -> String {
+    values.push(Value::Text(v.to_string()));
+    format!("?{}", values.len())
+}
+
+fn ceil_div(n: i128, d: i128) -> i64 {
+    (-((-n).div_euclid(d))) as i64
+}
+
+/// `ts` as microseconds since the epoch.
+fn micros(ts: &str) -> Option<i64> {
+    OffsetDateTime::parse(ts, &Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp_nanos().div_euclid(1000) as i64)
+}
+
+#[cfg(test)]
+mod tests;
