@@ -70,9 +70,17 @@ impl Signer {
         let public = hex::encode(key.public_key().as_ref());
         match std::fs::read_to_string(pub_path) {
             Ok(existing) if existing.trim() == public => {}
-            _ => {
+            Ok(_) => {
+                // Someone replaced one of the two: signing on would leave checkpoints nobody can check.
+                return Err(invalid(&format!(
+                    "does not match {} (the checkpoint public key): restore the pair",
+                    pub_path.display()
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 write_atomically(pub_path, format!("{public}\n").as_bytes())?;
             }
+            Err(e) => return Err(e),
         }
         Ok(Signer { key })
     }
@@ -157,6 +165,39 @@ pub fn read_checkpoints(path: &Path) -> Result<Vec<Checkpoint>, (PathBuf, usize,
         out.push(c);
     }
     Ok(out)
+}
+
+/// The newest checkpoint: the file's last complete line (checkpoints are appended in chain order
+/// under the writers' lock). `None` when there is none.
+pub fn last_checkpoint(path: &Path) -> io::Result<Option<Checkpoint>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let back = len.min(8192);
+    let mut tail = vec![0u8; back as usize];
+    file.seek(SeekFrom::Start(len - back))?;
+    file.read_exact(&mut tail)?;
+    let complete = match tail.iter().rposition(|&b| b == b'\n') {
+        Some(i) => &tail[..i],
+        None => return Ok(None),
+    };
+    let last = complete
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(complete, |i| &complete[i + 1..]);
+    if last.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice(last).map(Some).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: last line is not a checkpoint: {e}", path.display()),
+        )
+    })
 }
 
 /// A process killed mid-append leaves part of a line: cut it, so the next line starts clean.

@@ -25,7 +25,6 @@ pub struct Reader {
     /// Files opened so far: each is read once (the active file too, until the next reader).
     opened: Vec<PathBuf>,
     current: Option<(PathBuf, BufReader<File>, u64, usize)>,
-    after: u64,
     /// The seq of the last record returned, or `after`.
     last: u64,
     /// Where to start in the first file: just past record `after` (see [`read_after_from`]).
@@ -57,7 +56,6 @@ impl Reader {
             active: active.to_path_buf(),
             opened: Vec::new(),
             current: None,
-            after,
             last: after,
             resume,
             line: Vec::new(),
@@ -147,7 +145,9 @@ impl Iterator for Reader {
                     }));
                 }
             };
-            if event.seq <= self.after {
+            // Also skips what was already returned from this file under its earlier name (the
+            // active file, rotated after this reader reached its end).
+            if event.seq <= self.last {
                 continue;
             }
             self.last = event.seq;

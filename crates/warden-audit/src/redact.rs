@@ -24,8 +24,8 @@ impl Redactor {
     }
 
     /// Replaces every match in the free text of a record: the statement, its parameters, the error
-    /// (PostgreSQL quotes bad input back) and sample rows. Names, ids and Warden's own reasons are
-    /// left alone: they are not user-supplied text.
+    /// (PostgreSQL quotes bad input back), the reason (a parse error quotes the statement; lock and
+    /// request reasons are typed by people) and sample rows. Names and ids are left alone.
     pub fn apply(&self, body: &mut EventBody) {
         if self.patterns.is_empty() {
             return;
@@ -34,6 +34,7 @@ impl Redactor {
             .statement
             .iter_mut()
             .chain(body.error.iter_mut())
+            .chain(body.reason.iter_mut())
             .chain(body.parameters.iter_mut().flatten().flatten())
             .chain(body.sample_rows.iter_mut().flatten().flatten().flatten());
         for text in fields {
@@ -67,6 +68,7 @@ mod tests {
             statement: Some("UPDATE keys SET k = 'sk_live_abc123' WHERE password = 'hunter2'".into()),
             parameters: Some(vec![Some("sk_live_XYZ".into()), None, Some("plain".into())]),
             error: Some("invalid input: \"sk_live_9\"".into()),
+            reason: Some("cannot parse the statement: unterminated quoted string at or near \"'sk_live_77".into()),
             sample_rows: Some(vec![vec![Some("x sk_live_q y".into()), None]]),
             session_id: Some("sk_live_not_free_text".into()),
             ..Default::default()
@@ -81,6 +83,10 @@ mod tests {
             Some(vec![Some("[REDACTED]".into()), None, Some("plain".into())])
         );
         assert_eq!(body.error.as_deref(), Some("invalid input: \"[REDACTED]\""));
+        assert!(body
+            .reason
+            .as_deref()
+            .is_some_and(|r| !r.contains("sk_live") && r.contains("[REDACTED]")));
         assert_eq!(body.sample_rows, Some(vec![vec![Some("x [REDACTED] y".into()), None]]));
         assert_eq!(body.session_id.as_deref(), Some("sk_live_not_free_text"));
     }

@@ -590,8 +590,9 @@ async fn rotation_keeps_one_chain_across_files_and_readers_follow_it() {
 async fn a_second_writer_continues_after_the_other_rotated() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
-    let a = AuditLog::open_with(&path, small_files(None)).unwrap();
-    let b = AuditLog::open_with(&path, small_files(None)).unwrap();
+    let every = Some(std::time::Duration::from_millis(5));
+    let a = AuditLog::open_with(&path, small_files(every)).unwrap();
+    let b = AuditLog::open_with(&path, small_files(every)).unwrap();
     for i in 0..40 {
         let log = if i % 3 == 0 { &b } else { &a };
         assert_eq!(log.append(body("query", &format!("w{i}"))).await.unwrap(), i + 1);
@@ -640,7 +641,7 @@ async fn checkpoints_catch_a_dropped_or_rewritten_tail() {
         &path,
         VerifyOptions {
             public_key: Some(wrong_key),
-            progress: None,
+            ..VerifyOptions::default()
         },
     );
     assert!(
@@ -699,4 +700,81 @@ async fn records_are_signed_after_the_interval_without_more_writes() {
     let key = std::fs::metadata(files::key_paths(&path).0).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(key.permissions().mode() & 0o777, 0o600);
+}
+
+#[tokio::test]
+async fn a_writer_refuses_to_sign_over_a_cut_or_unsigned_end() {
+    let (_dir, path) = log_of(5).await;
+    let original = lines(&path);
+    let write = |ls: &[String]| std::fs::write(&path, ls.join("\n") + "\n").unwrap();
+    // Cut: opening (the next `warden start` or `warden lock`) must not sign the shorter chain.
+    write(&original[..2]);
+    match AuditLog::open(&path, FsyncMode::Batch) {
+        Err(AuditError::Open { reason, .. }) => assert!(reason.contains("removed from the end"), "{reason}"),
+        other => panic!("opened a cut log: {:?}", other.map(|_| ())),
+    }
+    // The checkpoints deleted as well: still refused, and verify (with the key pinned) fails.
+    let public = std::fs::read_to_string(files::key_paths(&path).1).unwrap();
+    std::fs::remove_file(files::checkpoints_path(&path)).unwrap();
+    match AuditLog::open(&path, FsyncMode::Batch) {
+        Err(AuditError::Open { reason, .. }) => assert!(reason.contains("no signed checkpoint"), "{reason}"),
+        other => panic!("opened an unsigned log: {:?}", other.map(|_| ())),
+    }
+    let pinned = VerifyOptions {
+        public_key: Some(public.trim().to_string()),
+        ..VerifyOptions::default()
+    };
+    assert!(verify_with(&path, pinned).is_err());
+    // The public key deleted too: verify still fails rather than skipping the checkpoints.
+    std::fs::remove_file(files::key_paths(&path).1).unwrap();
+    let (_, reason) = tampered(&path);
+    assert!(reason.contains("no checkpoint public key"), "{reason}");
+    // Only an explicit chain-only check passes, and only `warden audit sign` signs such a head.
+    let chain_only = VerifyOptions {
+        chain_only: true,
+        ..VerifyOptions::default()
+    };
+    assert_eq!(verify_with(&path, chain_only).unwrap().records, 2);
+    // A key whose public half does not match is refused rather than overwritten.
+    std::fs::write(files::key_paths(&path).1, "ab".repeat(32)).unwrap();
+    assert!(AuditLog::open_signing_unsigned_head(&path, AuditOptions::default()).is_err());
+    std::fs::remove_file(files::key_paths(&path).1).unwrap();
+    let log = AuditLog::open_signing_unsigned_head(&path, AuditOptions::default()).unwrap();
+    log.checkpoint_now().await.unwrap();
+    assert_eq!(verify(&path).unwrap().last_checkpoint.map(|c| c.0), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_during_rotation_sees_one_unbroken_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open_with(
+        &path,
+        AuditOptions {
+            fsync: FsyncMode::Off,
+            rotate_bytes: Some(4_000),
+            checkpoint_every: Some(std::time::Duration::from_millis(1)),
+        },
+    )
+    .unwrap();
+    let writer = tokio::spawn({
+        let log = log.clone();
+        async move {
+            for i in 0..3000 {
+                log.append(body("query", &format!("rot{i}"))).await.unwrap();
+            }
+        }
+    });
+    let mut runs = 0;
+    while !writer.is_finished() {
+        let p = path.clone();
+        let r = tokio::task::spawn_blocking(move || verify(&p)).await.unwrap();
+        assert!(r.is_ok(), "verify during rotation: {r:?}");
+        runs += 1;
+    }
+    writer.await.unwrap();
+    assert!(runs > 0);
+    // A reader that reached the end of the active file before it was rotated returns nothing twice.
+    let seqs: Vec<u64> = read_after(&path, 0).unwrap().map(|r| r.unwrap().event.seq).collect();
+    assert_eq!(seqs, (1..=3000).collect::<Vec<_>>());
 }

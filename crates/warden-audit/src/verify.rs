@@ -29,6 +29,9 @@ pub struct VerifyOptions<'a> {
     pub public_key: Option<String>,
     /// Called as bytes are read: (bytes so far, total bytes of all files).
     pub progress: Option<&'a mut dyn FnMut(u64, u64)>,
+    /// Check the hash chain only, not the signed checkpoints: for a copy of a log taken without its
+    /// checkpoints, or one written before checkpoints existed. A cut or rewritten end goes unseen.
+    pub chain_only: bool,
 }
 
 /// [`verify_with`] with the key beside the log and no progress reports.
@@ -46,7 +49,12 @@ pub fn verify_with(path: &Path, mut opts: VerifyOptions<'_>) -> Result<VerifyRep
     };
     let files = segments(path).map_err(|e| open_err(path, e.to_string()))?;
     let ckpt_path = checkpoints_path(path);
-    let checkpoints = read_checkpoints(&ckpt_path).map_err(|(p, line, reason)| AuditError::Tampered {
+    let checkpoints = if opts.chain_only {
+        Ok(Vec::new())
+    } else {
+        read_checkpoints(&ckpt_path)
+    };
+    let checkpoints = checkpoints.map_err(|(p, line, reason)| AuditError::Tampered {
         path: p,
         line,
         seq: None,
@@ -54,6 +62,7 @@ pub fn verify_with(path: &Path, mut opts: VerifyOptions<'_>) -> Result<VerifyRep
         record: String::new(),
     })?;
     let key = match &opts.public_key {
+        _ if opts.chain_only => None,
         Some(hex) => Some(PublicKey::from_hex(hex).map_err(|e| open_err(&ckpt_path, format!("--public-key: {e}")))?),
         None => {
             let (_, public) = key_paths(path);
@@ -97,13 +106,28 @@ pub fn verify_with(path: &Path, mut opts: VerifyOptions<'_>) -> Result<VerifyRep
     };
     let mut line = Vec::new();
     let mut files_seen = 0;
-    let last_index = files.len() - 1;
-    for (index, segment) in files.iter().enumerate() {
+    // The files are listed again before each one: the proxy may rotate while a long verify runs.
+    loop {
+        let done_seq = chain.next_seq - 1;
+        let listed = segments(path).map_err(|e| open_err(path, e.to_string()))?;
+        let Some(segment) = listed.into_iter().find(|s| s.last_seq.is_none_or(|l| l > done_seq)) else {
+            break;
+        };
+        let is_active = segment.last_seq.is_none();
         let file = match File::open(&segment.path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && index == last_index => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && is_active => break,
+            // Renamed between listing and opening: list again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(open_err(&segment.path, e.to_string())),
         };
+        if is_active {
+            // Rotated just before it was opened: the records it held are in a file listed now.
+            let again = segments(path).map_err(|e| open_err(path, e.to_string()))?;
+            if again.iter().any(|s| s.last_seq.is_some_and(|l| l > done_seq)) {
+                continue;
+            }
+        }
         files_seen += 1;
         let mut reader = BufReader::new(file);
         let mut n = 0usize;
@@ -119,7 +143,7 @@ pub fn verify_with(path: &Path, mut opts: VerifyOptions<'_>) -> Result<VerifyRep
             if got == 0 {
                 break;
             }
-            if !line.ends_with(b"\n") && index == last_index && lock.is_none() {
+            if !line.ends_with(b"\n") && is_active && lock.is_none() {
                 // A live writer may be halfway through this record: once the writers' lock is free,
                 // the rest is there. Kept until the end, so no later record is caught halfway either.
                 let l = open_lock(path).map_err(|e| read_err(e, n))?;
@@ -139,9 +163,8 @@ pub fn verify_with(path: &Path, mut opts: VerifyOptions<'_>) -> Result<VerifyRep
                     .take(500)
                     .collect(),
             };
-            let event = chain
-                .check(&line, n == 1 && index == 0)
-                .map_err(|(seq, r)| tampered(seq, r, &line))?;
+            let first = chain.next_seq == 1;
+            let event = chain.check(&line, first).map_err(|(seq, r)| tampered(seq, r, &line))?;
             if let Some(signed) = by_seq.get(&event.seq) {
                 for (ckpt_line, c) in signed {
                     if c.hash != event.hash {
@@ -173,6 +196,9 @@ pub fn verify_with(path: &Path, mut opts: VerifyOptions<'_>) -> Result<VerifyRep
                 });
             }
         }
+        if is_active {
+            break;
+        }
     }
     if let Some(progress) = opts.progress.as_mut() {
         progress(done, total.max(done));
@@ -193,14 +219,25 @@ pub fn verify_with(path: &Path, mut opts: VerifyOptions<'_>) -> Result<VerifyRep
             });
         }
     }
-    if records > 0 && checkpoints.is_empty() && key.is_some() {
-        return Err(AuditError::Tampered {
-            path: ckpt_path,
-            line: 0,
-            seq: None,
-            reason: format!("{records} records but no signed checkpoint: a cut or rewritten end cannot be ruled out"),
-            record: String::new(),
-        });
+    if records > 0 && !opts.chain_only {
+        let missing = if key.is_none() {
+            Some("no checkpoint public key (checkpoint.pub is missing; pin the deployment's key with --public-key)")
+        } else if checkpoints.is_empty() {
+            Some("no signed checkpoint")
+        } else {
+            None
+        };
+        if let Some(what) = missing {
+            return Err(AuditError::Tampered {
+                path: ckpt_path,
+                line: 0,
+                seq: None,
+                reason: format!(
+                    "{records} records but {what}: a cut or rewritten end cannot be ruled out (--chain-only checks the chain alone)"
+                ),
+                record: String::new(),
+            });
+        }
     }
     let last_checkpoint = checkpoints.iter().max_by_key(|c| c.seq).map(|c| (c.seq, c.ts.clone()));
     Ok(VerifyReport {

@@ -138,6 +138,17 @@ impl AuditLog {
     /// Opens (or creates, 0600, in a 0700 directory) the log, cuts a torn tail, finds the chain head
     /// (in the last rotated file if the active one is empty), signs it, and starts the writer thread.
     pub fn open_with(path: &Path, opts: AuditOptions) -> Result<AuditHandle, AuditError> {
+        AuditLog::open_inner(path, opts, false)
+    }
+
+    /// As [`AuditLog::open_with`], for `warden audit sign`: a log with records but no signed
+    /// checkpoint (one written before checkpoints existed, or a crash before the first checkpoint of a
+    /// new log) is opened and its head signed. Run only after the chain itself was verified.
+    pub fn open_signing_unsigned_head(path: &Path, opts: AuditOptions) -> Result<AuditHandle, AuditError> {
+        AuditLog::open_inner(path, opts, true)
+    }
+
+    fn open_inner(path: &Path, opts: AuditOptions, accept_unsigned: bool) -> Result<AuditHandle, AuditError> {
         let open_err = |e: io::Error| AuditError::Open {
             path: path.to_path_buf(),
             reason: e.to_string(),
@@ -168,6 +179,7 @@ impl AuditLog {
             signer,
             signed_seq: 0,
             last_checkpoint: None,
+            accept_unsigned,
             written: written_tx,
             #[cfg(test)]
             fail_writes: fail_writes.clone(),
@@ -302,6 +314,8 @@ struct Writer {
     failed: Option<String>,
     buf: Vec<u8>,
     signer: Option<Signer>,
+    /// A head with no checkpoint at all is accepted (and signed): `warden audit sign` only.
+    accept_unsigned: bool,
     /// The newest seq this writer has signed.
     signed_seq: u64,
     last_checkpoint: Option<Instant>,
@@ -348,7 +362,9 @@ impl Writer {
             }
             if !batch.is_empty() {
                 self.write_batch(&mut batch);
-                self.written.send_replace(self.seq);
+                if self.failed.is_none() {
+                    self.written.send_replace(self.seq);
+                }
             }
             if !asked.is_empty() {
                 let result = if self.seq > self.signed_seq || self.seq == 0 {
@@ -465,12 +481,44 @@ impl Writer {
         }
         if self.file.metadata()?.len() != self.len {
             let head = recover_head(&mut self.file, &self.path)?;
+            self.check_against_checkpoints(head.seq, &head.prev)?;
             self.seq = head.seq;
             self.prev = head.prev;
             self.len = head.len;
             return Ok(head.torn);
         }
         Ok(None)
+    }
+
+    /// Before continuing a chain that changed under us (at open, or after another writer), the head
+    /// must not be behind or different from what was signed: otherwise signing it would launder a cut
+    /// or rewritten end. Such a log is refused (fail closed) until someone looks at it.
+    fn check_against_checkpoints(&self, seq: u64, hash: &str) -> io::Result<()> {
+        if self.signer.is_none() {
+            return Ok(());
+        }
+        let path = files::checkpoints_path(&self.path);
+        let refuse = |why: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{why}; run `warden audit verify` and keep the log as evidence"),
+            )
+        };
+        match checkpoint::last_checkpoint(&path)? {
+            Some(c) if c.seq > seq => Err(refuse(format!(
+                "the log ends at seq {seq}, but seq {} was signed at {}: records were removed from the end",
+                c.seq, c.ts
+            ))),
+            Some(c) if c.seq == seq && c.hash != hash => Err(refuse(format!(
+                "the last record (seq {seq}) differs from the one signed at {}: the log was rewritten",
+                c.ts
+            ))),
+            None if seq > 0 && !self.accept_unsigned => Err(refuse(format!(
+                "the log has {seq} records but {} holds no signed checkpoint, so its end cannot be vouched for (if `warden audit verify --chain-only` passes, `warden audit sign` signs its head)",
+                path.display()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Signs the head under the lock (for the timer and the last handle going away).

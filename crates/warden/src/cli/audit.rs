@@ -58,6 +58,17 @@ pub enum AuditCommand {
         /// beside the log: pin the key you recorded when the deployment was set up.
         #[arg(long)]
         public_key: Option<String>,
+        /// Check the hash chain only, not the signed checkpoints (for a copy taken without them, or a
+        /// log from before checkpoints): a cut or rewritten end goes unseen.
+        #[arg(long)]
+        chain_only: bool,
+    },
+    /// Sign the head of a log that has records but no signed checkpoint (written before checkpoints
+    /// existed, or a crash before a new log's first one), after checking its chain. Warden refuses
+    /// to write to such a log until then.
+    Sign {
+        #[arg(long, env = "WARDEN_CONFIG")]
+        config: PathBuf,
     },
 }
 
@@ -126,7 +137,39 @@ pub fn run(command: AuditCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::Verify { config, public_key } => {
+        AuditCommand::Sign { config } => {
+            let config = deployment::load_config(&config)?;
+            let chain = warden_audit::verify_with(
+                &config.audit.path,
+                warden_audit::VerifyOptions {
+                    chain_only: true,
+                    ..Default::default()
+                },
+            );
+            let report = match chain {
+                Ok(r) => r,
+                Err(e) => {
+                    println!("FAILED: {e}\nnot signed: the chain itself is broken");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let log = warden_audit::AuditLog::open_signing_unsigned_head(
+                &config.audit.path,
+                deployment::audit_options(&config),
+            )?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(log.checkpoint_now())?;
+            println!(
+                "signed: the chain of {} records is intact; its head (seq {}, {}) is now signed",
+                report.records, report.records, report.last_hash
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Verify {
+            config,
+            public_key,
+            chain_only,
+        } => {
             let config = deployment::load_config(&config)?;
             let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
             bar.set_style(
@@ -142,6 +185,7 @@ pub fn run(command: AuditCommand) -> Result<ExitCode> {
                 warden_audit::VerifyOptions {
                     public_key,
                     progress: Some(&mut progress),
+                    chain_only,
                 },
             );
             bar.finish_and_clear();
@@ -203,7 +247,7 @@ pub(crate) fn one_line(e: &Event) -> String {
         }
     }
     if let Some(sess) = &b.session_id {
-        s += &format!(" session={}", &sess[..sess.len().min(8)]);
+        s += &format!(" session={}", sess.chars().take(8).collect::<String>());
     }
     if let Some(d) = &b.decision {
         s += &format!(" {d}");

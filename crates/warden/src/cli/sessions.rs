@@ -96,6 +96,7 @@ fn list(config: &std::path::Path, active: bool, limit: Option<usize>, json: bool
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let mut out = Escaped::new(out);
     if sessions.is_empty() {
         writeln!(
             out,
@@ -180,8 +181,71 @@ fn play(config: &std::path::Path, prefix: &str, speed: f64, json: bool) -> Resul
         }
         return Ok(ExitCode::SUCCESS);
     }
-    replay(&mut out, &id, &records, speed)?;
+    replay(&mut Escaped::new(out), &id, &records, speed)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Text for a terminal: control characters from the log (an agent's statement could carry escape
+/// sequences that hide or fake lines) are shown as `\xNN` instead of being sent to the terminal.
+struct Escaped<W: Write> {
+    inner: W,
+    /// A 0xC2 byte whose follower is still to come (C1 controls are 0xC2 0x80..=0x9F in UTF-8).
+    pending_c2: bool,
+}
+
+impl<W: Write> Escaped<W> {
+    fn new(inner: W) -> Self {
+        Escaped {
+            inner,
+            pending_c2: false,
+        }
+    }
+}
+
+impl<W: Write> Write for Escaped<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = Vec::with_capacity(buf.len());
+        for &b in buf {
+            if self.pending_c2 {
+                self.pending_c2 = false;
+                if (0x80..=0x9f).contains(&b) {
+                    out.extend_from_slice(format!("\\u{{{b:02x}}}").as_bytes());
+                    continue;
+                }
+                out.push(0xc2);
+            }
+            match b {
+                b'\n' | b'\t' => out.push(b),
+                0x00..=0x1f | 0x7f => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+                0xc2 => self.pending_c2 = true,
+                _ => out.push(b),
+            }
+        }
+        self.inner.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.pending_c2 {
+            self.pending_c2 = false;
+            self.inner.write_all(&[0xc2])?;
+        }
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use std::io::Write;
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let mut w = super::Escaped::new(Vec::new());
+        writeln!(w, "a\x1b[2Jb\u{9b}31mc\té").unwrap();
+        w.flush().unwrap();
+        let text = String::from_utf8(w.inner).unwrap();
+        assert_eq!(text, "a\\x1b[2Jb\\u{9b}31mc\té\n");
+    }
 }
 
 /// Prints the events with the original pauses between them, divided by `speed` (0: no pauses).

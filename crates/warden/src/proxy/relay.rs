@@ -282,7 +282,19 @@ pub async fn run(
         }
     };
     shared.sessions.remove(&session.id);
-    if matches!(end, End::Killed(_)) && !to_client.queue.lock().expect("relay queue lock poisoned").is_empty() {
+    // Statements sent but not answered when the session ended: PostgreSQL may have run them, so
+    // each gets its query.result, saying the answer never came.
+    let unanswered: Vec<Outcome> = to_client
+        .queue
+        .lock()
+        .expect("relay queue lock poisoned")
+        .iter_mut()
+        .filter_map(|p| match p {
+            Pending::Simple(o) | Pending::Execute(o) => Some(std::mem::replace(o, Outcome::new(o.query_seq))),
+            Pending::Sync => None,
+        })
+        .collect();
+    if matches!(end, End::Killed(_)) && !unanswered.is_empty() {
         // A statement is running: stop it in PostgreSQL too, not only the client's view of it.
         let _ = tokio::time::timeout(KILL_IO_TIMEOUT, shared.cancels.cancel(cancel_key.0, cancel_key.1)).await;
     }
@@ -313,6 +325,15 @@ pub async fn run(
     }
     let _ = tokio::time::timeout(KILL_IO_TIMEOUT, to_client.wr.shutdown()).await;
     shared.cancels.remove(cancel_key);
+    for mut o in unanswered {
+        o.error.get_or_insert_with(|| {
+            format!(
+                "session ended before PostgreSQL's answer was relayed ({})",
+                end.reason()
+            )
+        });
+        to_client.record_result(o);
+    }
     let mut body = session.event("session.end");
     body.reason = Some(end.reason());
     body.duration_us = Some(started.elapsed().as_micros() as u64);
@@ -973,14 +994,15 @@ impl ServerSide<'_> {
                     Err(e) => return End::protocol(e.to_string()),
                 }
             }
+            // Recorded first: the statements ran, whether or not the client is still there to hear it.
+            for outcome in finished.drain(..) {
+                self.record_result(outcome);
+            }
             if !out.is_empty() {
                 if let Err(e) = write_flush(&mut self.wr, &out).await {
                     return End::io(format!("writing to client: {e}"));
                 }
                 out.clear();
-            }
-            for outcome in finished.drain(..) {
-                self.record_result(outcome);
             }
             if self.buf.capacity() - self.buf.len() < 4096 {
                 self.buf.reserve(8 * 1024);
@@ -1024,7 +1046,11 @@ impl ServerSide<'_> {
             return Ok(relay);
         }
         if frame.tag == b'T' {
-            if let Some(Pending::Simple(o) | Pending::Execute(o)) = q.front_mut() {
+            // The first result set's, like the sample rows (a string of several statements has more).
+            if let Some(Pending::Simple(o) | Pending::Execute(o)) = q.front_mut().filter(|p| match p {
+                Pending::Simple(o) | Pending::Execute(o) => o.columns.is_none(),
+                Pending::Sync => false,
+            }) {
                 o.columns = warden_wire::backend::row_description(frame.body());
             }
             return Ok(relay);

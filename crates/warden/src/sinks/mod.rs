@@ -139,7 +139,15 @@ impl Shipper {
             // A dropped sender counts as a stop: the process is going away.
             let stopping = *stop.borrow() || stop.has_changed().is_err();
             let batch = match read_batch(&self.name, &self.log, at, self.batch_size).await {
-                Ok(b) => b,
+                Ok(mut b) => {
+                    // Only what is on disk leaves: in `batch` mode a record is readable before its
+                    // fsync, and one lost in a crash must not exist in the SIEM alone. Durable is
+                    // what this process wrote and acknowledged, or what a checkpoint covers (signed
+                    // after the records' fsync, by whichever process wrote them).
+                    let durable = (*self.written.borrow()).max(signed_seq(&self.log));
+                    b.retain(|r| r.event.seq <= durable);
+                    b
+                }
                 Err(e) => {
                     tracing::warn!(sink = %self.name, error = %e, "cannot read the audit log; retrying");
                     if stopping || !backoff.wait(&mut stop).await {
@@ -274,6 +282,14 @@ pub(crate) fn read_blocking(log: &Path, at: Position, max: usize) -> Result<Vec<
     Ok(warden_audit::read_after(log, at.seq)?
         .take(max)
         .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The newest seq a checkpoint covers (0 when none can be read).
+fn signed_seq(log: &Path) -> u64 {
+    warden_audit::checkpoint::last_checkpoint(&warden_audit::files::checkpoints_path(log))
+        .ok()
+        .flatten()
+        .map_or(0, |c| c.seq)
 }
 
 /// Until this process writes a record, `poll` passes (another process may have), or stop.

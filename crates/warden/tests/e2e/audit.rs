@@ -26,9 +26,16 @@ fn verify_passes_and_catches_a_one_byte_edit() {
     );
     std::fs::write(&config, text).unwrap();
 
+    // A copy without its checkpoints: the chain alone can be checked, and only when asked for.
+    let unsigned = Command::new(WARDEN)
+        .args(["audit", "verify", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(unsigned.status.code(), Some(1), "{}", stdout(&unsigned));
     let verify = || {
         Command::new(WARDEN)
-            .args(["audit", "verify", "--config"])
+            .args(["audit", "verify", "--chain-only", "--config"])
             .arg(&config)
             .output()
             .unwrap()
@@ -267,4 +274,29 @@ fn a_rotated_log_verifies_searches_and_replays_across_its_files() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(1), "{}", stdout(&bad));
     std::fs::write(&gone, kept).unwrap();
+}
+
+#[test]
+fn a_statement_whose_client_hangs_up_still_gets_its_result_record() {
+    let h = harness();
+    let cred = h.agent();
+    let marker = format!("hangup-{}", uuid::Uuid::new_v4().simple());
+    let mut child = Command::new(psql_bin())
+        .arg("-X")
+        .arg(h.conninfo(&cred, "report-bot", "shop"))
+        .args(["-c", &format!("SELECT pg_sleep(2) /* {marker} */")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let q = h.wait_for_event(&["--event", "query"], |e| {
+        e["statement"].as_str().is_some_and(|s| s.contains(&marker))
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let r = h.wait_for_event(&["--event", "query.result"], |e| e["query_id"] == q["seq"]);
+    assert!(
+        r["error"].as_str().is_some_and(|e| e.contains("session ended before")),
+        "{r}"
+    );
 }
