@@ -42,7 +42,11 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
 /// Recomputes every hash and link across the rotated files and the active one, and checks every
 /// signed checkpoint against the chain; the first problem is returned with its file, line and record.
 /// A missing log is an empty chain.
-pub fn verify_with(path: &Path, mut opts: VerifyOptions<'_>) -> Result<VerifyReport, AuditError> {
+pub fn verify_with(path: &Path, opts: VerifyOptions<'_>) -> Result<VerifyReport, AuditError> {
+    verify_once(path, opts, true)
+}
+
+fn verify_once(path: &Path, mut opts: VerifyOptions<'_>, may_retry: bool) -> Result<VerifyReport, AuditError> {
     let open_err = |p: &Path, reason: String| AuditError::Open {
         path: p.to_path_buf(),
         reason,
@@ -227,6 +231,18 @@ pub fn verify_with(path: &Path, mut opts: VerifyOptions<'_>) -> Result<VerifyRep
         } else {
             None
         };
+        if missing.is_some() && key.is_some() && may_retry {
+            // The checkpoints were read before the log: a live writer may have written the first
+            // records of a new log, and be writing their checkpoint, since. Once no writer is
+            // mid-commit, a checkpoint for them exists, unless something is wrong: look once more.
+            let lock = open_lock(path).map_err(|e| open_err(path, e.to_string()))?;
+            lock_shared(&lock).map_err(|e| open_err(path, e.to_string()))?;
+            let now = read_checkpoints(&ckpt_path).map(|c| c.len()).unwrap_or(0);
+            drop(lock);
+            if now > 0 {
+                return verify_once(path, opts, false);
+            }
+        }
         if let Some(what) = missing {
             return Err(AuditError::Tampered {
                 path: ckpt_path,

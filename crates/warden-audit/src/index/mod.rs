@@ -88,6 +88,24 @@ impl Index {
     /// log's record (same seq, same hash); an index that does not match, or of another version, is
     /// emptied and rebuilt by the next [`Index::catch_up`].
     pub fn open(log: &Path) -> Result<Index, AuditError> {
+        // Several processes opening a new index at once race to set it up (WAL mode, schema, a
+        // reset), and SQLite answers some of those races with "locked" at once, past the busy
+        // timeout: try again for a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match Index::open_once(log) {
+                Err(AuditError::Index { reason, .. })
+                    if (reason.contains("locked") || reason.contains("busy"))
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(log: &Path) -> Result<Index, AuditError> {
         let path = index_path(log);
         let err = |e: &dyn std::fmt::Display| AuditError::Index {
             path: path.clone(),
