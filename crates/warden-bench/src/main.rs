@@ -59,6 +59,9 @@ struct Args {
     work_dir: PathBuf,
     #[arg(long)]
     keep: bool,
+    /// Leave out the fourth target, Warden with `[audit] fsync = "off"` (shows what the audit fsync costs).
+    #[arg(long)]
+    no_fsync_off: bool,
 }
 
 fn main() -> Result<()> {
@@ -76,6 +79,7 @@ fn main() -> Result<()> {
         work_dir: &args.work_dir,
         scale: args.scale,
         max_connections: (idle_sessions as u32 + 200).max(300),
+        with_fsync_off: !args.no_fsync_off,
     })?;
     watchdog(&targets.shell_stop_command(!args.keep));
     let result = measure(&args, &targets, seconds, rounds, idle_sessions, client_counts, &load_start);
@@ -114,11 +118,14 @@ fn measure(
     // Let PostgreSQL's backends of the idle sessions exit before measuring throughput.
     std::thread::sleep(std::time::Duration::from_secs(3));
 
-    let endpoints: [(&'static str, &Endpoint, Option<u32>); 3] = [
+    let mut endpoints: Vec<(&'static str, &Endpoint, Option<u32>)> = vec![
         ("direct", &t.direct, None),
         ("pgbouncer", &t.pgbouncer, Some(bouncer_pid)),
         ("warden", &t.warden, Some(warden_pid)),
     ];
+    if let Some((child, e)) = &t.warden_nofsync {
+        endpoints.push((report::WARDEN_FSYNC_OFF, e, Some(child.id())));
+    }
     for (name, e, _) in &endpoints {
         let warm = Workload {
             protocol: Protocol::Simple,
@@ -152,8 +159,8 @@ fn measure(
     for round in 0..rounds {
         for w in &workloads {
             // Rotate who goes first, so that no target always runs on a cooler (or hotter) machine.
-            for k in 0..3 {
-                let (name, e, pid) = endpoints[(turn + k) % 3];
+            for k in 0..endpoints.len() {
+                let (name, e, pid) = endpoints[(turn + k) % endpoints.len()];
                 let cpu_before = pid.map(procstat::cpu_seconds).transpose()?;
                 let o = pgbench::run(e, w, &logs).with_context(|| format!("pgbench against {name}"))?;
                 let cpu = match (pid, cpu_before) {
@@ -213,7 +220,10 @@ fn measure(
         load_start,
         load_end
     );
-    println!("TLS with client certificates everywhere; Warden: statement checks on, audit fsync = \"batch\"; pgbouncer: session mode");
+    println!("TLS with client certificates everywhere; warden: statement checks on, audit fsync = \"batch\"; pgbouncer: session mode");
+    if t.warden_nofsync.is_some() {
+        println!("{}: the same Warden with audit fsync = \"off\" (not a product setting to run: shows what the audit fsync costs)", report::WARDEN_FSYNC_OFF);
+    }
     println!();
     print!("{}", report::table(&runs));
     println!();

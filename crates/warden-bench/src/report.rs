@@ -37,7 +37,8 @@ pub struct Run {
     pub vs_pgbouncer: Option<f64>,
 }
 
-pub const TARGETS: [&str; 3] = ["direct", "pgbouncer", "warden"];
+pub const WARDEN_FSYNC_OFF: &str = "warden-fsync-off";
+pub const TARGETS: [&str; 4] = ["direct", "pgbouncer", "warden", WARDEN_FSYNC_OFF];
 
 pub fn aggregate(samples: &[Sample]) -> Vec<Run> {
     let mut keys: Vec<(&'static str, u32, bool)> = Vec::new();
@@ -85,10 +86,10 @@ pub fn aggregate(samples: &[Sample]) -> Vec<Run> {
 pub fn table(runs: &[Run]) -> String {
     let mut out = String::new();
     out += &format!(
-        "{:<9} {:<8} {:>4} {:>3} | {:>9} {:>8} {:>8} | {:>7} {:>7} | {:>9}\n",
+        "{:<16} {:<8} {:>4} {:>3} | {:>9} {:>8} {:>8} | {:>7} {:>7} | {:>9}\n",
         "target", "protocol", "cli", "-C", "TPS", "lat ms", "p99 ms", "×direct", "×pgbncr", "proxy µs/tx"
     );
-    out += &"-".repeat(96);
+    out += &"-".repeat(103);
     out += "\n";
     let mut last = None;
     for r in runs {
@@ -98,7 +99,7 @@ pub fn table(runs: &[Run]) -> String {
         }
         last = Some(key);
         out += &format!(
-            "{:<9} {:<8} {:>4} {:>3} | {:>9.0} {:>8.3} {:>8} | {:>7} {:>7} | {:>9}\n",
+            "{:<16} {:<8} {:>4} {:>3} | {:>9.0} {:>8.3} {:>8} | {:>7} {:>7} | {:>9}\n",
             r.target,
             r.protocol,
             r.clients,

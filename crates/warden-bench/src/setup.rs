@@ -51,6 +51,8 @@ pub struct Targets {
     pub warden: Endpoint,
     pub warden_child: Child,
     pub pgbouncer_child: Child,
+    /// A second Warden on the same deployment with `fsync = "off"`: what the audit fsync costs.
+    pub warden_nofsync: Option<(Child, Endpoint)>,
 }
 
 pub struct SetupOptions<'a> {
@@ -59,6 +61,7 @@ pub struct SetupOptions<'a> {
     pub work_dir: &'a Path,
     pub scale: u32,
     pub max_connections: u32,
+    pub with_fsync_off: bool,
 }
 
 impl Targets {
@@ -114,7 +117,12 @@ impl Targets {
         };
 
         let (pgbouncer_child, pgbouncer) = start_pgbouncer(o.pgbouncer_bin, &root, &cluster, &db_ca, &direct)?;
-        let (warden_child, warden) = start_warden(o.warden_bin, &root, &deploy, &cluster)?;
+        let (warden_child, warden) = start_warden(o.warden_bin, &root, &deploy, &cluster, "batch")?;
+        let warden_nofsync = if o.with_fsync_off {
+            Some(start_warden(o.warden_bin, &root, &deploy, &cluster, "off")?)
+        } else {
+            None
+        };
         Ok(Targets {
             root,
             cluster,
@@ -123,14 +131,16 @@ impl Targets {
             warden,
             warden_child,
             pgbouncer_child,
+            warden_nofsync,
         })
     }
 
     /// A shell command that stops everything: for the watchdog that outlives this process.
     pub fn shell_stop_command(&self, remove: bool) -> String {
         let mut cmd = format!(
-            "kill {} {} $(cat '{}' 2>/dev/null) 2>/dev/null; {}",
+            "kill {} {} {} $(cat '{}' 2>/dev/null) 2>/dev/null; {}",
             self.warden_child.id(),
+            self.warden_nofsync.as_ref().map(|(c, _)| c.id().to_string()).unwrap_or_default(),
             self.pgbouncer_child.id(),
             self.root.join("pgbouncer/pgbouncer.pid").display(),
             self.cluster.shell_stop_command()
@@ -146,7 +156,11 @@ impl Targets {
         if let Ok(pid) = std::fs::read_to_string(self.root.join("pgbouncer/pgbouncer.pid")) {
             let _ = Command::new("kill").arg(pid.trim()).status();
         }
-        for child in [&mut self.warden_child, &mut self.pgbouncer_child] {
+        let mut children = vec![&mut self.warden_child, &mut self.pgbouncer_child];
+        if let Some((c, _)) = self.warden_nofsync.as_mut() {
+            children.push(c);
+        }
+        for child in children {
             // SIGTERM lets Warden drain and pgbouncer shut down cleanly.
             let _ = Command::new("kill").arg(child.id().to_string()).status();
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -243,16 +257,19 @@ fn start_pgbouncer(
     Ok((child, endpoint))
 }
 
-fn start_warden(bin: &Path, root: &Path, deploy: &Path, cluster: &LocalCluster) -> Result<(Child, Endpoint)> {
+/// Warden on `deploy` with `[audit] fsync = fsync`; each mode has its own config, log and audit file,
+/// and both share the CAs and state store (so one credential serves both).
+fn start_warden(bin: &Path, root: &Path, deploy: &Path, cluster: &LocalCluster, fsync: &str) -> Result<(Child, Endpoint)> {
     let port = free_port()?;
-    let config = deploy.join("warden.toml");
+    let config = deploy.join(format!("warden-{fsync}.toml"));
     let toml = format!(
         r#"[server]
 postgres_listen = "127.0.0.1:{port}"
 data_dir = "."
 
 [audit]
-fsync = "batch"
+fsync = "{fsync}"
+path = "audit/{fsync}.jsonl"
 
 [[database]]
 name = "{DATABASE}"
@@ -272,7 +289,7 @@ roles = ["pgbench"]
         ca = cluster.server_ca_path().display(),
     );
     std::fs::write(&config, toml)?;
-    let log = root.join("warden.log");
+    let log = root.join(format!("warden-{fsync}.log"));
     let child = Command::new(bin)
         .args(["start", "--config"])
         .arg(&config)
@@ -283,11 +300,13 @@ roles = ["pgbench"]
         .with_context(|| format!("starting {}", bin.display()))?;
     wait_for_port(port, &log)?;
     let cred = root.join("cred");
-    run(Command::new(bin)
+    if !cred.exists() {
+        run(Command::new(bin)
         .args(["issue", "--config"])
         .arg(&config)
         .args(["--kind", "workload", "--name", WARDEN_USER, "--ttl", "4h", "--out"])
         .arg(&cred))?;
+    }
     let endpoint = Endpoint {
         port,
         user: WARDEN_USER.into(),
