@@ -33,7 +33,10 @@ pub fn parse_criterion(text: &str) -> Vec<AnalysisCost> {
         // [low unit mid unit high unit]
         if tokens.len() == 6 {
             if let (Ok(v), Some(scale)) = (tokens[2].parse::<f64>(), unit_to_micros(tokens[3])) {
-                out.push(AnalysisCost { name, micros: v * scale });
+                out.push(AnalysisCost {
+                    name,
+                    micros: v * scale,
+                });
             }
         }
     }

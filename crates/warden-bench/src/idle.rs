@@ -26,7 +26,10 @@ impl IdleMemory {
 }
 
 pub fn measure(endpoint: &Endpoint, pid: u32, sessions: usize) -> Result<IdleMemory> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(measure_async(endpoint, pid, sessions))
 }
 
@@ -40,7 +43,9 @@ async fn measure_async(endpoint: &Endpoint, pid: u32, sessions: usize) -> Result
         .ssl_mode(tokio_postgres::config::SslMode::Require)
         .connect_timeout(Duration::from_secs(60));
     // One session first, so that what every session shares (catalog, provisioning) is already there.
-    let warm = connect(&cfg, &tls).await.context("a first idle session through Warden")?;
+    let warm = connect(&cfg, &tls)
+        .await
+        .context("a first idle session through Warden")?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss_bytes(pid)?;
     let started = Instant::now();
@@ -71,7 +76,9 @@ async fn measure_async(endpoint: &Endpoint, pid: u32, sessions: usize) -> Result
 }
 
 async fn connect(cfg: &tokio_postgres::Config, tls: &rustls::ClientConfig) -> Result<tokio_postgres::Client> {
-    let (client, conn) = cfg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls.clone())).await?;
+    let (client, conn) = cfg
+        .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls.clone()))
+        .await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });

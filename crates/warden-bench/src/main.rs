@@ -33,7 +33,7 @@ struct Args {
     /// Only 16 clients, short runs, fewer idle sessions.
     #[arg(long)]
     quick: bool,
-    /// Seconds per pgbench run (default 15, --quick 5).
+    /// Seconds per pgbench run (default 10, --quick 5).
     #[arg(long)]
     seconds: Option<u32>,
     /// Rounds of the whole interleaved matrix; the table shows the median (default 2, --quick 1).
@@ -66,7 +66,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let seconds = args.seconds.unwrap_or(if args.quick { 5 } else { 15 });
+    let seconds = args.seconds.unwrap_or(if args.quick { 5 } else { 10 });
     let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 2 });
     let idle_sessions = args.idle_sessions.unwrap_or(if args.quick { 500 } else { 2000 });
     let client_counts: &[u32] = if args.quick { &[16] } else { &[1, 16, 64] };
@@ -82,7 +82,15 @@ fn main() -> Result<()> {
         with_fsync_off: !args.no_fsync_off,
     })?;
     watchdog(&targets.shell_stop_command(!args.keep));
-    let result = measure(&args, &targets, seconds, rounds, idle_sessions, client_counts, &load_start);
+    let result = measure(
+        &args,
+        &targets,
+        seconds,
+        rounds,
+        idle_sessions,
+        client_counts,
+        &load_start,
+    );
     targets.stop();
     if !args.keep {
         let _ = std::fs::remove_dir_all(&targets.root);
@@ -164,7 +172,9 @@ fn measure(
                 let cpu_before = pid.map(procstat::cpu_seconds).transpose()?;
                 let o = pgbench::run(e, w, &logs).with_context(|| format!("pgbench against {name}"))?;
                 let cpu = match (pid, cpu_before) {
-                    (Some(pid), Some(b)) => Some((procstat::cpu_seconds(pid)? - b) * 1e6 / o.transactions.max(1) as f64),
+                    (Some(pid), Some(b)) => {
+                        Some((procstat::cpu_seconds(pid)? - b) * 1e6 / o.transactions.max(1) as f64)
+                    }
                     _ => None,
                 };
                 let s = Sample {
@@ -197,15 +207,20 @@ fn measure(
         }
     }
 
-    let profile = match &args.perf {
-        Some(dir) => Some(perf_profile(dir, &t.warden, warden_pid, seconds)?),
-        None => None,
-    };
+    let mut profiles = Vec::new();
+    if let Some(dir) = &args.perf {
+        for (name, e, pid) in endpoints.iter().filter(|(n, _, _)| n.starts_with("warden")) {
+            let pid = pid.context("a Warden target without a pid")?;
+            profiles.push(perf_profile(&dir.join(name), e, pid, seconds)?);
+        }
+    }
 
     let runs = report::aggregate(&samples);
     let checks = report::checks(&runs, Some(idle.bytes_per_session()));
     let analysis = match &args.analysis {
-        Some(p) => analysis::parse_criterion(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?),
+        Some(p) => {
+            analysis::parse_criterion(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+        }
         None => Vec::new(),
     };
     let load_end = procstat::load_average();
@@ -243,10 +258,18 @@ fn measure(
     }
     println!("Targets:");
     for c in &checks {
-        println!("  [{}] {}: {:.2}", if c.met { "met" } else { "NOT met" }, c.target, c.measured);
+        println!(
+            "  [{}] {}: {:.2}",
+            if c.met { "met" } else { "NOT met" },
+            c.target,
+            c.measured
+        );
     }
-    if let Some(p) = &profile {
-        println!("perf profile of Warden: {}", p.display());
+    for p in &profiles {
+        println!(
+            "perf profile of Warden (pgbench -S, 16 clients, simple): {}",
+            p.display()
+        );
     }
 
     let report = json!({
@@ -307,19 +330,38 @@ fn perf_profile(dir: &Path, warden: &Endpoint, pid: u32, seconds: u32) -> Result
     let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
     perf.wait()?;
     r?;
-    let report = Command::new("perf")
-        .args(["report", "--no-children", "--percent-limit", "0.7", "--stdio", "-g", "none", "-i"])
-        .arg(&data)
-        .output()?;
+    // Self time by symbol, then inclusive time of user-space frames (which code path costs what).
+    let mut text = Vec::new();
+    for (title, mode) in [("self", "--no-children"), ("inclusive (children)", "--children")] {
+        let report = Command::new("perf")
+            .args([
+                "report",
+                mode,
+                "--percent-limit",
+                "1",
+                "--stdio",
+                "-g",
+                "none",
+                "--sort",
+                "comm,dso,symbol",
+                "-i",
+            ])
+            .arg(&data)
+            .output()?;
+        text.extend_from_slice(format!("==== {title} ====\n").as_bytes());
+        text.extend_from_slice(&report.stdout);
+    }
     let txt = dir.join("perf.txt");
-    std::fs::write(&txt, &report.stdout)?;
+    std::fs::write(&txt, text)?;
     Ok(txt)
 }
 
 fn pgbouncer_pid(t: &Targets) -> Result<u32> {
     let file = t.root.join("pgbouncer/pgbouncer.pid");
     let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    text.trim().parse().with_context(|| format!("{} holds no pid", file.display()))
+    text.trim()
+        .parse()
+        .with_context(|| format!("{} holds no pid", file.display()))
 }
 
 fn mib(b: u64) -> f64 {
@@ -330,7 +372,10 @@ fn mib(b: u64) -> f64 {
 // The watchdog must outlive this process, so it is deliberately never waited for.
 #[allow(clippy::zombie_processes)]
 fn watchdog(then: &str) {
-    let script = format!("while kill -0 {} 2>/dev/null; do sleep 0.5; done; {then}", std::process::id());
+    let script = format!(
+        "while kill -0 {} 2>/dev/null; do sleep 0.5; done; {then}",
+        std::process::id()
+    );
     let _ = Command::new("sh")
         .arg("-c")
         .arg(script)

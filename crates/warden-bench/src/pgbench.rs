@@ -56,13 +56,20 @@ pub fn run(endpoint: &Endpoint, w: &Workload, log_dir: &Path) -> Result<Outcome>
     if w.connect_per_tx {
         cmd.arg("-C");
     }
-    let out = cmd.output().context("running pgbench (is it installed? apt-get install -y postgresql-client)")?;
+    let out = cmd
+        .output()
+        .context("running pgbench (is it installed? apt-get install -y postgresql-client)")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        bail!("pgbench failed ({}) against port {}:\n{stdout}{stderr}", out.status, endpoint.port);
+        bail!(
+            "pgbench failed ({}) against port {}:\n{stdout}{stderr}",
+            out.status,
+            endpoint.port
+        );
     }
-    let mut outcome = parse_summary(&stdout).with_context(|| format!("reading pgbench's summary:\n{stdout}{stderr}"))?;
+    let mut outcome =
+        parse_summary(&stdout).with_context(|| format!("reading pgbench's summary:\n{stdout}{stderr}"))?;
     outcome.p99_ms = p99_from_logs(log_dir)?;
     std::fs::remove_dir_all(log_dir)?;
     Ok(outcome)
@@ -94,7 +101,10 @@ pub fn parse_summary(text: &str) -> Result<Outcome> {
 }
 
 fn first_number(s: &str) -> Option<f64> {
-    s.split(|c: char| !(c.is_ascii_digit() || c == '.')).find(|t| !t.is_empty())?.parse().ok()
+    s.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .find(|t| !t.is_empty())?
+        .parse()
+        .ok()
 }
 
 /// pgbench's `-l` lines: `client_id transaction_no time_us script_no epoch epoch_us`.
@@ -102,7 +112,10 @@ fn p99_from_logs(dir: &Path) -> Result<Option<f64>> {
     let mut latencies: Vec<u64> = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let text = std::fs::read_to_string(entry?.path())?;
-        latencies.extend(text.lines().filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()));
+        latencies.extend(
+            text.lines()
+                .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()),
+        );
     }
     if latencies.is_empty() {
         return Ok(None);

@@ -4,7 +4,8 @@ use anyhow::{Context, Result};
 
 /// utime + stime of `pid`, in seconds.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
     // The command name is in parentheses and may hold spaces: count fields after the last ')'.
     let after = &stat[stat.rfind(')').context("no ')' in /proc/PID/stat")? + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -17,7 +18,11 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
 pub fn rss_bytes(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-    let kib: u64 = line.split_whitespace().nth(1).context("VmRSS without a value")?.parse()?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS without a value")?
+        .parse()?;
     Ok(kib * 1024)
 }
 

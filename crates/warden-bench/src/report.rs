@@ -55,7 +55,12 @@ pub fn aggregate(samples: &[Sample]) -> Vec<Run> {
             .filter_map(|target| {
                 let of: Vec<&Sample> = samples
                     .iter()
-                    .filter(|s| s.target == *target && s.protocol == protocol && s.clients == clients && s.connect_per_tx == connect_per_tx)
+                    .filter(|s| {
+                        s.target == *target
+                            && s.protocol == protocol
+                            && s.clients == clients
+                            && s.connect_per_tx == connect_per_tx
+                    })
                     .collect();
                 (!of.is_empty()).then(|| Run {
                     target,
@@ -109,7 +114,9 @@ pub fn table(runs: &[Run]) -> String {
             r.p99_ms.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into()),
             ratio(r.vs_direct),
             ratio(r.vs_pgbouncer),
-            r.proxy_cpu_us_per_tx.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into()),
+            r.proxy_cpu_us_per_tx
+                .map(|v| format!("{v:.1}"))
+                .unwrap_or_else(|| "-".into()),
         );
     }
     out
@@ -133,14 +140,29 @@ pub fn checks(runs: &[Run], idle_bytes_per_session: Option<f64>) -> Vec<Check> {
     for p in [Protocol::Simple, Protocol::Extended] {
         if let Some(w) = find("warden", p, 16, false) {
             if let Some(b) = w.vs_pgbouncer {
-                out.push(check(format!("16 clients {}: warden TPS / pgbouncer >= 1.0", p.name()), b, 1.0, b >= 1.0));
+                out.push(check(
+                    format!("16 clients {}: warden TPS / pgbouncer >= 1.0", p.name()),
+                    b,
+                    1.0,
+                    b >= 1.0,
+                ));
             }
             if let Some(d) = w.vs_direct {
-                out.push(check(format!("16 clients {}: warden TPS / direct >= 0.8", p.name()), d, 0.8, d >= 0.8));
+                out.push(check(
+                    format!("16 clients {}: warden TPS / direct >= 0.8", p.name()),
+                    d,
+                    0.8,
+                    d >= 0.8,
+                ));
             }
             if let (Some(wp), Some(dp)) = (w.p99_ms, find("direct", p, 16, false).and_then(|d| d.p99_ms)) {
                 let r = wp / dp;
-                out.push(check(format!("16 clients {}: warden p99 / direct p99 <= 1.3", p.name()), r, 1.3, r <= 1.3));
+                out.push(check(
+                    format!("16 clients {}: warden p99 / direct p99 <= 1.3", p.name()),
+                    r,
+                    1.3,
+                    r <= 1.3,
+                ));
             }
         }
     }
@@ -157,7 +179,12 @@ pub fn checks(runs: &[Run], idle_bytes_per_session: Option<f64>) -> Vec<Check> {
         }
     }
     if let Some(b) = idle_bytes_per_session {
-        out.push(check("idle session: bytes per session <= 65536".into(), b, 65536.0, b <= 65536.0));
+        out.push(check(
+            "idle session: bytes per session <= 65536".into(),
+            b,
+            65536.0,
+            b <= 65536.0,
+        ));
     }
     out
 }

@@ -89,7 +89,10 @@ impl Targets {
         };
         let mut cluster = LocalCluster::create(&root.join("pg"), pg_port, &options)?;
         cluster.start()?;
-        eprintln!("bench: PostgreSQL on 127.0.0.1:{pg_port}, loading pgbench data (scale {})", o.scale);
+        eprintln!(
+            "bench: PostgreSQL on 127.0.0.1:{pg_port}, loading pgbench data (scale {})",
+            o.scale
+        );
         cluster.psql("postgres", &format!("CREATE DATABASE {DATABASE}"))?;
         load_pgbench(&cluster, o.scale)?;
         cluster.create_admin("warden_admin", DATABASE, &["public"])?;
@@ -140,7 +143,10 @@ impl Targets {
         let mut cmd = format!(
             "kill {} {} {} $(cat '{}' 2>/dev/null) 2>/dev/null; {}",
             self.warden_child.id(),
-            self.warden_nofsync.as_ref().map(|(c, _)| c.id().to_string()).unwrap_or_default(),
+            self.warden_nofsync
+                .as_ref()
+                .map(|(c, _)| c.id().to_string())
+                .unwrap_or_default(),
             self.pgbouncer_child.id(),
             self.root.join("pgbouncer/pgbouncer.pid").display(),
             self.cluster.shell_stop_command()
@@ -179,9 +185,13 @@ impl Targets {
 fn load_pgbench(cluster: &LocalCluster, scale: u32) -> Result<()> {
     let sock = cluster.dir.join("sock");
     let mut cmd = runas_postgres("pgbench");
-    cmd.args(["-i", "-q", "-s", &scale.to_string(), "-h"])
-        .arg(&sock)
-        .args(["-p", &cluster.port.to_string(), "-U", "postgres", DATABASE]);
+    cmd.args(["-i", "-q", "-s", &scale.to_string(), "-h"]).arg(&sock).args([
+        "-p",
+        &cluster.port.to_string(),
+        "-U",
+        "postgres",
+        DATABASE,
+    ]);
     run(&mut cmd).context("pgbench -i")?;
     cluster.psql(DATABASE, "VACUUM ANALYZE")?;
     Ok(())
@@ -259,7 +269,13 @@ fn start_pgbouncer(
 
 /// Warden on `deploy` with `[audit] fsync = fsync`; each mode has its own config, log and audit file,
 /// and both share the CAs and state store (so one credential serves both).
-fn start_warden(bin: &Path, root: &Path, deploy: &Path, cluster: &LocalCluster, fsync: &str) -> Result<(Child, Endpoint)> {
+fn start_warden(
+    bin: &Path,
+    root: &Path,
+    deploy: &Path,
+    cluster: &LocalCluster,
+    fsync: &str,
+) -> Result<(Child, Endpoint)> {
     let port = free_port()?;
     let config = deploy.join(format!("warden-{fsync}.toml"));
     let toml = format!(
@@ -302,10 +318,10 @@ roles = ["pgbench"]
     let cred = root.join("cred");
     if !cred.exists() {
         run(Command::new(bin)
-        .args(["issue", "--config"])
-        .arg(&config)
-        .args(["--kind", "workload", "--name", WARDEN_USER, "--ttl", "4h", "--out"])
-        .arg(&cred))?;
+            .args(["issue", "--config"])
+            .arg(&config)
+            .args(["--kind", "workload", "--name", WARDEN_USER, "--ttl", "4h", "--out"])
+            .arg(&cred))?;
     }
     let endpoint = Endpoint {
         port,
@@ -373,7 +389,8 @@ fn write_key(path: &Path, pem: &str) -> Result<()> {
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {}", path.display()))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
 }
 
 fn wait_for_port(port: u16, log: &Path) -> Result<()> {
