@@ -243,7 +243,8 @@ pub async fn run(
         portals: HashMap::new(),
         enforcer: Enforcer::new(parse_search_path(&upstream.search_path, &db_role)),
         notices: notice_tx,
-        out: BytesMut::with_capacity(8 * 1024),
+        // Grown by the first message that needs it, then kept: an idle session holds no write buffer.
+        out: BytesMut::new(),
         rfq: 0,
         batch_denied: false,
         held,
@@ -978,7 +979,8 @@ enum Relay {
 impl ServerSide<'_> {
     async fn run(&mut self) -> End {
         let mut finished = Vec::new();
-        let mut out = BytesMut::with_capacity(16 * 1024);
+        // As the client side's `out`: grown on first use and then reused, never allocated while idle.
+        let mut out = BytesMut::new();
         loop {
             // Forward everything complete in the buffer in one write; mostly only the tags are looked at.
             loop {
