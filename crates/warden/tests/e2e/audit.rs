@@ -94,12 +94,6 @@ fn search_filters_by_requester_and_task() {
     );
 }
 
-/// Sends SIGTERM and waits for the process to exit.
-fn stop(mut child: std::process::Child) {
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait().unwrap();
-}
-
 #[test]
 fn results_are_recorded_with_columns_and_rows_only_when_asked() {
     let h = harness();
@@ -126,7 +120,7 @@ fn results_are_recorded_with_columns_and_rows_only_when_asked() {
         .unwrap()
         .replace("fsync = \"batch\"", "fsync = \"batch\"\nresult_rows = 1");
     std::fs::write(&w.config, text).unwrap();
-    let child = spawn_warden_child(&w.config, &w.log, w.port).unwrap();
+    let mut child = spawn_warden_child(&w.config, &w.log, w.port).unwrap();
     let out = run_ok(
         Command::new(psql_bin())
             .arg("-X")
@@ -139,7 +133,7 @@ fn results_are_recorded_with_columns_and_rows_only_when_asked() {
     let sample = r["sample_rows"].as_array().expect("sample_rows");
     assert_eq!(sample.len(), 1, "{r}");
     assert_eq!(sample[0].as_array().unwrap().len(), 2, "{r}");
-    stop(child);
+    stop_warden(&mut child);
 }
 
 #[test]
@@ -147,13 +141,13 @@ fn verify_catches_a_dropped_tail_through_the_signed_checkpoints() {
     let h = harness();
     let cred = h.agent();
     let w = h.warden_copy("tail");
-    let child = spawn_warden_child(&w.config, &w.log, w.port).unwrap();
+    let mut child = spawn_warden_child(&w.config, &w.log, w.port).unwrap();
     for n in 0..3 {
         let out = h.psql_at(w.port, &cred, &format!("SELECT 'tail-{n}'"));
         assert!(out.status.success(), "{}", stderr(&out));
     }
     // A clean stop signs the last records.
-    stop(child);
+    stop_warden(&mut child);
     let verify = |extra: &[&str]| {
         Command::new(WARDEN)
             .args(["audit", "verify", "--config"])
@@ -197,7 +191,7 @@ fn a_rotated_log_verifies_searches_and_replays_across_its_files() {
         .unwrap()
         .replace("fsync = \"batch\"", "fsync = \"batch\"\nrotate_size_mib = 1");
     std::fs::write(&w.config, text).unwrap();
-    let child = spawn_warden_child(&w.config, &w.log, w.port).unwrap();
+    let mut child = spawn_warden_child(&w.config, &w.log, w.port).unwrap();
     // Twelve statements of 200 KB each: the 1 MiB file rotates twice.
     let filler = "x".repeat(200_000);
     let mut sql = String::new();
@@ -214,7 +208,7 @@ fn a_rotated_log_verifies_searches_and_replays_across_its_files() {
             .arg(&script),
     );
     assert_eq!(stdout(&out).matches("200000").count(), 12, "{}", stdout(&out));
-    stop(child);
+    stop_warden(&mut child);
 
     let stem = w.config.file_stem().unwrap().to_string_lossy().into_owned();
     let rotated: Vec<_> = std::fs::read_dir(h.deploy.join("audit"))

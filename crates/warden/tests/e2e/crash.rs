@@ -75,17 +75,11 @@ fn crash_mid_load(fsync: &str) {
 
     // Restarted on the same config and log: the torn tail (if any) is cut and the chain continues.
     let restart_log = copy.log.with_extension("restart.log");
-    let restarted = spawn_warden_child(&copy.config, &restart_log, copy.port).unwrap();
+    let mut restarted = spawn_warden_child(&copy.config, &restart_log, copy.port).unwrap();
     let after = format!("{prefix}after-restart");
-    let out = Command::new(psql_bin())
-        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1"])
-        .arg(h.conninfo_at(copy.port, &cred, "report-bot", "shop"))
-        .arg("-c")
-        .arg(format!("SELECT '{after}'"))
-        .output()
-        .unwrap();
+    let out = h.psql_at(copy.port, &cred, &format!("SELECT '{after}'"));
     assert!(out.status.success(), "after the restart: {}", stderr(&out));
-    stop(restarted);
+    stop_warden(&mut restarted);
     let verify = Command::new(WARDEN)
         .args(["audit", "verify", "--config"])
         .arg(&copy.config)
@@ -213,12 +207,6 @@ fn set_fsync(config: &Path, mode: &str) {
     .unwrap();
 }
 
-/// SIGTERM, then waits: a clean stop signs the chain head.
-fn stop(mut child: Child) {
-    Command::new("kill").arg(child.id().to_string()).status().unwrap();
-    child.wait().unwrap();
-}
-
 /// The audit log's file-size limit in the fail-closed test: far above Warden's other files (its state
 /// store, the checkpoints, its own log), reached by the audit log after a few large statements.
 const FSIZE_LIMIT: u64 = 4 * 1024 * 1024;
@@ -323,17 +311,11 @@ fn audit_log_that_cannot_be_written_refuses_statements() {
     );
 
     // Without the limit, a restarted Warden cuts the torn record, the chain verifies, statements run.
-    stop(warden);
-    let restarted = spawn_warden_child(&copy.config, &copy.log.with_extension("restart.log"), copy.port).unwrap();
-    let out = Command::new(psql_bin())
-        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1"])
-        .arg(h.conninfo_at(copy.port, &cred, "report-bot", "shop"))
-        .arg("-c")
-        .arg(format!("SELECT '{tag}restarted'"))
-        .output()
-        .unwrap();
+    stop_warden(&mut warden);
+    let mut restarted = spawn_warden_child(&copy.config, &copy.log.with_extension("restart.log"), copy.port).unwrap();
+    let out = h.psql_at(copy.port, &cred, &format!("SELECT '{tag}restarted'"));
     assert!(out.status.success(), "after the restart: {}", stderr(&out));
-    stop(restarted);
+    stop_warden(&mut restarted);
     let verify = Command::new(WARDEN)
         .args(["audit", "verify", "--config"])
         .arg(&copy.config)

@@ -7,7 +7,7 @@
 //! an identity, task, credential or session that only this file uses (see the test config in common/).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
@@ -507,20 +507,6 @@ async fn expiry_ends_the_session_at_not_after() {
     assert_refused(port, &cred, "report-bot", "shop", &["credential expired at"]).await;
 }
 
-/// SIGTERM, then waits for the process to exit.
-fn stop(child: &mut Child) {
-    run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "warden {} did not exit after SIGTERM",
-            child.id()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Rewrites a config file in one step (a reader never sees half of it).
 fn rewrite(config: &Path, text: &str) {
     let tmp: PathBuf = config.with_extension("toml.new");
@@ -651,7 +637,7 @@ async fn reload_recomputes_live_sessions_roles_and_ends_those_left_without_any()
         .await
         .assert_alive()
         .await;
-    stop(&mut child);
+    stop_warden(&mut child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -665,7 +651,7 @@ async fn locks_survive_a_restart() {
     let (id, _, _) = lock(&w.config, "identity", "human:erin", &reason).await;
     live.assert_ended(&[&id, &reason]).await;
 
-    stop(&mut child);
+    stop_warden(&mut child);
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", w.port)).is_err(),
         "the stopped Warden still listens"
@@ -689,7 +675,7 @@ async fn locks_survive_a_restart() {
     );
     unlock(&w.config, &id).await;
     open(w.port, &erin, "erin", "shop").await.assert_alive().await;
-    stop(&mut child);
+    stop_warden(&mut child);
 }
 
 /// `--ttl` on a lock: it refuses while it lasts and lifts itself, with nobody running `warden unlock`.

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,7 @@ headers = {{ Authorization = "{HOOK_TOKEN}" }}
 
     // The SIEM is down (nothing listens): statements run, records wait in the log.
     for i in 0..4 {
-        let out = psql_at(h, port, &cred, &format!("SELECT 'outage-{i}', '{SECRET}'"));
+        let out = h.psql_at(port, &cred, &format!("SELECT 'outage-{i}', '{SECRET}'"));
         assert!(out.status.success(), "{}", stderr(&out));
     }
     extended_query(h, port, &cred).await;
@@ -52,7 +52,7 @@ headers = {{ Authorization = "{HOOK_TOKEN}" }}
     // It comes back answering 503 twice, then accepts; statements keep running meanwhile.
     let hook = Webhook::start(hook_port, 2);
     for i in 0..3 {
-        let out = psql_at(h, port, &cred, &format!("SELECT 'recovery-{i}'"));
+        let out = h.psql_at(port, &cred, &format!("SELECT 'recovery-{i}'"));
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let lines = wait_for_delivery(&log, &warden_log, || hook.lines());
@@ -72,7 +72,7 @@ headers = {{ Authorization = "{HOOK_TOKEN}" }}
 
     // Down again; a CLI command appends to the log meanwhile; the restarted Warden ships only what
     // is new (the cursor), so the SIEM holds the log exactly once.
-    stop(&mut child);
+    stop_warden(&mut child);
     run_ok(
         Command::new(WARDEN)
             .args(["issue", "--config"])
@@ -93,7 +93,7 @@ headers = {{ Authorization = "{HOOK_TOKEN}" }}
         lines.iter().any(|l| l.contains("\"event\":\"credential.issued\"")),
         "the CLI's record was shipped"
     );
-    stop(&mut child);
+    stop_warden(&mut child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,7 +136,7 @@ app_name = "warden-e2e"
     let warden_log = h.root.join("sinks-lines.log");
     let mut child = spawn_warden_child(&config, &warden_log, port).unwrap();
     let cred = h.agent();
-    let out = psql_at(h, port, &cred, &format!("SELECT 'lines', '{SECRET}'"));
+    let out = h.psql_at(port, &cred, &format!("SELECT 'lines', '{SECRET}'"));
     assert!(out.status.success(), "{}", stderr(&out));
     extended_query(h, port, &cred).await;
 
@@ -182,7 +182,7 @@ app_name = "warden-e2e"
         assert_eq!(msg, line, "MSG is the stored line");
     }
     assert!(!messages.concat().contains("sk_live_"));
-    stop(&mut child);
+    stop_warden(&mut child);
 }
 
 /// `<PRI>1 TS HOST APP PROCID MSGID [SD] MSG` into its parts (an empty MSG when it does not parse).
@@ -208,17 +208,6 @@ fn copy_with_sinks(h: &Harness, stem: &str, sinks: &str) -> (PathBuf, PathBuf, u
     let text = text.replace(&path_line, &format!("{path_line}\nredact = [\"sk_live_[A-Za-z0-9]+\"]")) + sinks;
     std::fs::write(&w.config, text).unwrap();
     (w.config, h.deploy.join(format!("audit/{name}.jsonl")), w.port)
-}
-
-fn psql_at(h: &Harness, port: u16, cred: &Path, sql: &str) -> Output {
-    Command::new(psql_bin())
-        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1"])
-        .arg(h.conninfo_at(port, cred, "report-bot", "shop"))
-        .arg("-c")
-        .arg(sql)
-        .env_remove("PGPASSWORD")
-        .output()
-        .expect("running psql")
 }
 
 /// A secret as a bound parameter of the extended protocol.
@@ -309,20 +298,6 @@ fn wait_until(what: &str, warden_log: &Path, done: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done() {
         assert!(Instant::now() < deadline, "{what}:\n{}", read(warden_log));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// SIGTERM, then waits for the process to exit.
-fn stop(child: &mut Child) {
-    run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "warden {} did not exit after SIGTERM",
-            child.id()
-        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

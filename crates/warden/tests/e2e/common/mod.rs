@@ -225,6 +225,21 @@ pub fn spawn_warden_child(config: &Path, log: &Path, port: u16) -> anyhow::Resul
     Ok(child)
 }
 
+/// SIGTERM, then waits (at most 40 s) for the process to exit: a clean stop drains sessions and
+/// signs the audit log's last records.
+pub fn stop_warden(child: &mut Child) {
+    run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "warden {} did not exit after SIGTERM",
+            child.id()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A Warden of its own on the shared deployment (same CAs, same state store), for tests that reload,
 /// restart or stop it: the harness config with another port and another audit log.
 pub struct WardenCopy {
