@@ -62,6 +62,10 @@ struct Args {
     /// Leave out the fourth target, Warden with `[audit] fsync = "off"` (shows what the audit fsync costs).
     #[arg(long)]
     no_fsync_off: bool,
+    /// Start the targets, print each one's libpq environment, and keep them running (measuring
+    /// nothing) until this process is stopped: for profiling and trying changes by hand.
+    #[arg(long)]
+    serve: bool,
 }
 
 fn main() -> Result<()> {
@@ -82,6 +86,9 @@ fn main() -> Result<()> {
         with_fsync_off: !args.no_fsync_off,
     })?;
     watchdog(&targets.shell_stop_command(!args.keep));
+    if args.serve {
+        return serve(&targets);
+    }
     let result = measure(
         &args,
         &targets,
@@ -371,6 +378,30 @@ fn mib(b: u64) -> f64 {
 /// A shell that waits for this process to exit, however it exits, then runs `then`.
 // The watchdog must outlive this process, so it is deliberately never waited for.
 #[allow(clippy::zombie_processes)]
+/// Writes `<target>.env` (libpq's variables, for `. file`) beside the clusters, prints them, and waits
+/// to be stopped; the watchdog then stops the targets.
+fn serve(t: &Targets) -> Result<()> {
+    let mut endpoints = vec![
+        ("direct", &t.direct, t.cluster.port as u32),
+        ("pgbouncer", &t.pgbouncer, pgbouncer_pid(t)?),
+        ("warden", &t.warden, t.warden_child.id()),
+    ];
+    if let Some((child, e)) = &t.warden_nofsync {
+        endpoints.push((report::WARDEN_FSYNC_OFF, e, child.id()));
+    }
+    for (name, e, pid) in endpoints {
+        let file = t.root.join(format!("{name}.env"));
+        let vars: String = e.env().iter().map(|(k, v)| format!("export {k}='{v}'\n")).collect();
+        std::fs::write(&file, vars)?;
+        let what = if name == "direct" { "port" } else { "pid" };
+        eprintln!("bench: {name:<17} . {}   ({what} {pid})", file.display());
+    }
+    eprintln!("bench: serving until this process (pid {}) is stopped", std::process::id());
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
 fn watchdog(then: &str) {
     let script = format!(
         "while kill -0 {} 2>/dev/null; do sleep 0.5; done; {then}",

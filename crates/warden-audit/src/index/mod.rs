@@ -129,6 +129,8 @@ impl Index {
         // Inserts land all over the text indexes: a larger page cache keeps them in memory.
         conn.pragma_update(None, "cache_size", -64 * 1024)
             .map_err(|e| err(&e))?;
+        // Temporary files (statement journals, sorts) in memory, not written to disk.
+        conn.pragma_update(None, "temp_store", "MEMORY").map_err(|e| err(&e))?;
         conn.execute_batch(SCHEMA).map_err(|e| err(&e))?;
         let mut index = Index {
             conn,
@@ -310,7 +312,9 @@ impl Index {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO events (seq, ts, event, session_id, identity, identity_name, \
+                    // OR IGNORE: nothing to undo half-way, so SQLite needs no statement journal (with
+                    // REPLACE or the default ABORT, that journal's writes were half of indexing's cost).
+                    "INSERT OR IGNORE INTO events (seq, ts, event, session_id, identity, identity_name, \
                      requester, requester_name, task, decision, off, len) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )
