@@ -128,7 +128,9 @@ pub enum SessionEffect {
 /// What one statement touches.
 #[derive(Debug, Clone, Default)]
 pub struct StatementAccess {
-    /// The statement's own text within the string.
+    /// The statement's own text within the string. Only statements with session `effects` are sure
+    /// to carry their own: for others, `AnalysisCache` answers with the first text of the same shape
+    /// (numeric literals may differ).
     pub text: String,
     pub class: Option<Class>,
     /// Relation -> columns read (expanded: `*` and whole-row references list every column).

@@ -9,10 +9,11 @@
 mod access;
 mod cache;
 mod catalog;
+mod shape;
 mod walk;
 
 pub use access::{Class, Forbidden, QualifiedName, SessionEffect, StatementAccess, WriteKind};
-pub use cache::AnalysisCache;
+pub use cache::{Analysis, AnalysisCache};
 pub use catalog::{Catalog, RelationInfo, Volatility};
 
 /// Per-session context the analysis depends on.

@@ -79,32 +79,31 @@ impl Enforcer {
             search_path: self.search_path.clone(),
             user: session.db_role.clone(),
         };
+        let unknown = |a: &warden_sql::Analysis| {
+            a.as_ref().as_ref().is_ok_and(|statements| {
+                statements.iter().any(|s| {
+                    s.forbidden
+                        .iter()
+                        .any(|f| matches!(f, Forbidden::UnknownRelation(_) | Forbidden::UnknownColumn(_)))
+                })
+            })
+        };
         let mut catalog = shared.provisioner.catalog(&shared.db_ca, db, false).await?;
-        let mut refreshed = false;
-        let statements = loop {
-            let analysed = shared.analyses.analyze(sql, &catalog, &context);
-            let statements = match analysed.as_ref() {
-                Ok(s) => s.clone(),
-                Err(e) => {
-                    return Ok(deny(
-                        sqlstate::SYNTAX_ERROR,
-                        e.to_string(),
-                        "check the statement's syntax".into(),
-                    ))
-                }
-            };
-            let unknown = statements.iter().any(|s| {
-                s.forbidden
-                    .iter()
-                    .any(|f| matches!(f, Forbidden::UnknownRelation(_) | Forbidden::UnknownColumn(_)))
-            });
-            if unknown && !refreshed {
-                // A table created since the catalog was read: read it again, once.
-                catalog = shared.provisioner.catalog(&shared.db_ca, db, true).await?;
-                refreshed = true;
-                continue;
+        let mut analysed = shared.analyses.analyze(sql, &catalog, &context);
+        if unknown(&analysed) {
+            // A table created since the catalog was read: read it again, once.
+            catalog = shared.provisioner.catalog(&shared.db_ca, db, true).await?;
+            analysed = shared.analyses.analyze(sql, &catalog, &context);
+        }
+        let statements: &[StatementAccess] = match analysed.as_ref() {
+            Ok(s) => s,
+            Err(e) => {
+                return Ok(deny(
+                    sqlstate::SYNTAX_ERROR,
+                    e.to_string(),
+                    "check the statement's syntax".into(),
+                ))
             }
-            break statements;
         };
         // A search_path set with other statements could be rolled back with them (an error later in the
         // string aborts the implicit transaction), and inside a transaction block by ROLLBACK: both out
@@ -118,7 +117,7 @@ impl Enforcer {
             ));
         }
         let mut in_block = in_transaction;
-        for s in &statements {
+        for s in statements {
             in_block |= s.class() == warden_sql::Class::Transaction;
             if in_block && s.effects.iter().any(|e| matches!(e, SessionEffect::SearchPath(_))) {
                 return Ok(deny(
@@ -128,10 +127,11 @@ impl Enforcer {
                 ));
             }
         }
-        let mut all: Vec<StatementAccess> = Vec::new();
+        // What EXECUTE runs is decided as the statement it prepared (most strings have none).
+        let mut executed: Vec<StatementAccess> = Vec::new();
         // Statements run in order: an EXECUTE may use a PREPARE earlier in the same string.
         let mut prepared_here: HashMap<&str, &str> = HashMap::new();
-        for s in &statements {
+        for s in statements {
             for e in &s.effects {
                 if let SessionEffect::Prepare(name) = e {
                     prepared_here.insert(name, &s.text);
@@ -149,13 +149,18 @@ impl Enforcer {
                         ));
                     };
                     match analyze(text, &catalog, &context) {
-                        Ok(inner) => all.extend(inner),
+                        Ok(inner) => executed.extend(inner),
                         Err(e) => return Ok(deny(sqlstate::SYNTAX_ERROR, e.to_string(), String::new())),
                     }
                 }
             }
         }
-        all.extend(statements.iter().cloned());
+        let all: std::borrow::Cow<[StatementAccess]> = if executed.is_empty() {
+            statements.into()
+        } else {
+            executed.extend(statements.iter().cloned());
+            executed.into()
+        };
         let may_write = all.iter().any(warden_policy::may_write);
         Ok(match decide(&all, &roles) {
             Decision::Allow => Verdict::Allow {
