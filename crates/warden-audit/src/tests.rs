@@ -103,6 +103,28 @@ async fn submit_keeps_the_order_of_calls() {
     assert_eq!(stored[41].body.statement.as_deref(), Some("SELECT 'q41'"));
 }
 
+#[tokio::test]
+async fn records_nobody_waits_on_keep_their_place_and_a_failed_one_fails_what_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let log = AuditLog::open(&path, FsyncMode::Batch).unwrap();
+    log.record(body("query.result", "r1"));
+    assert_eq!(log.append(body("query", "q2")).await.unwrap(), 2);
+    log.record(body("query.result", "r3"));
+    assert_eq!(log.append(body("query", "q4")).await.unwrap(), 4);
+    let stored = events(&path);
+    let order: Vec<_> = stored.iter().map(|e| e.body.statement.clone().unwrap()).collect();
+    assert_eq!(order, ["SELECT 'r1'", "SELECT 'q2'", "SELECT 'r3'", "SELECT 'q4'"]);
+    // A detached record that cannot be written refuses the next record someone waits on.
+    log.fail_writes();
+    log.record(body("query.result", "lost"));
+    assert!(matches!(
+        log.append(body("query", "next")).await,
+        Err(AuditError::Unavailable { .. })
+    ));
+    assert_eq!(verify(&path).unwrap().records, 4);
+}
+
 #[test]
 fn append_blocking_outside_a_runtime() {
     let dir = tempfile::tempdir().unwrap();

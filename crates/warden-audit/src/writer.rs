@@ -86,7 +86,16 @@ enum Msg {
 
 struct Request {
     body: EventBody,
-    ack: oneshot::Sender<Result<u64, AuditError>>,
+    /// None for a record nobody waits on ([`AuditHandle::record`]).
+    ack: Option<oneshot::Sender<Result<u64, AuditError>>>,
+}
+
+impl Request {
+    fn answer(self, result: Result<u64, AuditError>) {
+        if let Some(ack) = self.ack {
+            let _ = ack.send(result);
+        }
+    }
 }
 
 /// An enqueued record; resolves to its `seq` once it is written (and durable, per the mode).
@@ -243,11 +252,19 @@ impl AuditHandle {
     pub fn submit(&self, mut body: EventBody) -> Pending {
         self.redactor.apply(&mut body);
         let (ack, rx) = oneshot::channel();
-        let rx = self.tx.send(Msg::Record(Request { body, ack })).ok().map(|_| rx);
+        let rx = self.tx.send(Msg::Record(Request { body, ack: Some(ack) })).ok().map(|_| rx);
         Pending {
             rx,
             path: self.path.clone(),
         }
+    }
+
+    /// Enqueues a record nobody waits on (a `query.result`: the statement already ran). If it cannot
+    /// be written, the writer says so on stderr once and refuses every later record, so the next
+    /// statement of any session fails closed.
+    pub fn record(&self, mut body: EventBody) {
+        self.redactor.apply(&mut body);
+        let _ = self.tx.send(Msg::Record(Request { body, ack: None }));
     }
 
     /// Resolves to the record's `seq` once it is written and, per the mode, durable. After any write
@@ -261,7 +278,7 @@ impl AuditHandle {
         self.redactor.apply(&mut body);
         let (ack, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Record(Request { body, ack }))
+            .send(Msg::Record(Request { body, ack: Some(ack) }))
             .map_err(|_| stopped(&self.path))?;
         rx.blocking_recv().unwrap_or_else(|_| Err(stopped(&self.path)))
     }
@@ -390,13 +407,17 @@ impl Writer {
     fn write_batch(&mut self, batch: &mut VecDeque<Request>) {
         if self.failed.is_none() {
             if let Err(e) = self.commit(batch) {
+                eprintln!(
+                    "warden-audit: cannot write {}: {e}; every later record is refused",
+                    self.path.display()
+                );
                 self.failed = Some(e.to_string());
             }
         }
         // `commit` removes what it acknowledged; anything left was not (durably) written.
         if let Some(reason) = &self.failed {
             for r in batch.drain(..) {
-                let _ = r.ack.send(Err(AuditError::Unavailable {
+                r.answer(Err(AuditError::Unavailable {
                     path: self.path.to_path_buf(),
                     reason: reason.clone(),
                 }));
@@ -430,7 +451,7 @@ impl Writer {
                         return Err(e);
                     }
                 }
-                let _ = r.ack.send(Ok(seq));
+                r.answer(Ok(seq));
             }
         } else {
             self.buf.clear();
@@ -441,7 +462,7 @@ impl Writer {
             self.flush()?;
             self.after_write()?;
             for (seq, r) in (first..).zip(batch.drain(..)) {
-                let _ = r.ack.send(Ok(seq));
+                r.answer(Ok(seq));
             }
         }
         Ok(())

@@ -1127,15 +1127,9 @@ impl ServerSide<'_> {
         body.error = o.error;
         body.columns = o.columns.map(|c| c.into_iter().map(|(name, _)| name).collect());
         body.sample_rows = (!o.sample.is_empty()).then_some(o.sample);
-        let audit = self.shared.audit.clone();
-        let session = self.session.id.clone();
-        // Enqueued now (so records keep their order), awaited in the background.
-        let pending = audit.submit(body);
-        tokio::spawn(async move {
-            if let Err(e) = pending.await {
-                tracing::error!(%session, error = %e, "cannot record query.result");
-            }
-        });
+        // Enqueued now, so records keep their order; nobody waits on it. A failure to write it
+        // refuses every later record, which the next statement's `query` record reports.
+        self.shared.audit.record(body);
     }
 }
 
