@@ -175,8 +175,13 @@ impl AuditLog {
         let (written_tx, written) = watch::channel(0);
         #[cfg(test)]
         let fail_writes = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ino = {
+            use std::os::unix::fs::MetadataExt;
+            file.metadata().map_err(open_err)?.ino()
+        };
         let mut writer = Writer {
             file,
+            ino,
             lock,
             path: path.clone(),
             opts,
@@ -318,6 +323,8 @@ impl AuditHandle {
 struct Writer {
     /// The active file, as this writer last opened it (rotation by another process replaces it).
     file: File,
+    /// `file`'s inode: another at the path means another process rotated it.
+    ino: u64,
     /// The writers' lock: held while appending, checkpointing or rotating.
     lock: File,
     path: Arc<Path>,
@@ -491,16 +498,21 @@ impl Writer {
     /// chain. Returns the bytes of a torn tail that were cut.
     fn follow_other_writers(&mut self) -> io::Result<Option<usize>> {
         use std::os::unix::fs::MetadataExt;
+        // One stat per batch: the file at the path, and its length.
         let on_disk = match std::fs::metadata(&*self.path) {
-            Ok(m) => Some(m.ino()),
+            Ok(m) => Some((m.ino(), m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        if on_disk != Some(self.file.metadata()?.ino()) {
-            self.file = create(&self.path)?;
-            self.len = u64::MAX;
-        }
-        if self.file.metadata()?.len() != self.len {
+        let changed = match on_disk {
+            Some((ino, len)) if ino == self.ino => len != self.len,
+            _ => {
+                self.file = create(&self.path)?;
+                self.ino = self.file.metadata()?.ino();
+                true
+            }
+        };
+        if changed {
             let head = recover_head(&mut self.file, &self.path)?;
             self.check_against_checkpoints(head.seq, &head.prev)?;
             self.seq = head.seq;
@@ -606,6 +618,10 @@ impl Writer {
         std::fs::rename(&*self.path, &rotated)?;
         // `create` syncs the directory, so the rename and the new file are durable together.
         self.file = create(&self.path)?;
+        self.ino = {
+            use std::os::unix::fs::MetadataExt;
+            self.file.metadata()?.ino()
+        };
         self.len = 0;
         Ok(())
     }
