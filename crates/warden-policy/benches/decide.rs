@@ -1,5 +1,7 @@
 //! Statement analysis and decision, as the proxy runs them per Query or Parse: uncached (parse with
-//! PostgreSQL's grammar, walk, decide) and cached (the analysis looked up by text, then decided).
+//! PostgreSQL's grammar, walk, decide) and cached (the analysis looked up by text, then decided); and
+//! a simple-protocol point select whose number changes every time, as pgbench sends it, which the
+//! cache answers by the statement's shape.
 
 use std::path::Path;
 
@@ -61,6 +63,18 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    let texts: Vec<String> = (0..1000)
+        .map(|i| format!("SELECT id, status, total FROM orders WHERE id = {}", 100_000 + i * 7))
+        .collect();
+    let mut i = 0;
+    c.bench_function("cached by shape/point select, a new number each time", |b| {
+        b.iter(|| {
+            i = (i + 1) % texts.len();
+            let analysis = cache.analyze(black_box(&texts[i]), &catalog, &ctx);
+            let stmts = analysis.as_ref().as_ref().unwrap();
+            black_box(decide(stmts, &roles))
+        })
+    });
 }
 
 criterion_group!(benches, bench);
