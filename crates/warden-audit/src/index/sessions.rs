@@ -43,7 +43,7 @@ impl Index {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT DISTINCT session_id FROM events WHERE session_id >= ?1 AND session_id < ?2 \
+                "SELECT DISTINCT session_id FROM subjects WHERE session_id >= ?1 AND session_id < ?2 \
                  ORDER BY session_id LIMIT ?3",
             )
             .map_err(|e| self.err(e))?;
@@ -78,8 +78,8 @@ impl Index {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT session_id, seq, off, len, event FROM events \
-                 WHERE event IN ('session.start', 'session.end') AND session_id IS NOT NULL ORDER BY seq",
+                "SELECT s.session_id, e.seq, e.off, e.len, e.event FROM events e JOIN subjects s ON s.id = e.subject \
+                 WHERE e.event IN ('session.start', 'session.end') AND s.session_id IS NOT NULL ORDER BY e.seq",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
@@ -161,22 +161,29 @@ impl Index {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT session_id, COUNT(*), SUM(decision = 'deny') FROM events \
-                 WHERE event = 'query' AND session_id IS NOT NULL GROUP BY session_id",
+                "SELECT s.session_id, c.statements, c.denials FROM subjects s JOIN \
+                 (SELECT subject, COUNT(*) AS statements, SUM(decision = 'deny') AS denials FROM events \
+                  WHERE event = 'query' AND subject IS NOT NULL GROUP BY subject) c ON c.subject = s.id \
+                 WHERE s.session_id IS NOT NULL",
             )
             .map_err(|e| self.err(e))?;
-        let counts = stmt
+        let rows = stmt
             .query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
-                    (
-                        r.get::<_, i64>(1)? as u64,
-                        r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
-                    ),
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
                 ))
             })
-            .and_then(|rows| rows.collect::<rusqlite::Result<HashMap<_, _>>>())
             .map_err(|e| self.err(e))?;
+        // A session is usually one subject, but its records may name more than one.
+        let mut counts = Counts::new();
+        for row in rows {
+            let (id, statements, denials) = row.map_err(|e| self.err(e))?;
+            let c = counts.entry(id).or_insert((0, 0));
+            c.0 += statements;
+            c.1 += denials;
+        }
         Ok(Some(counts))
     }
 
@@ -184,7 +191,7 @@ impl Index {
         self.conn
             .prepare_cached(
                 "SELECT COUNT(*), COALESCE(SUM(decision = 'deny'), 0) FROM events \
-                 WHERE event = 'query' AND session_id = ?1",
+                 WHERE event = 'query' AND subject IN (SELECT id FROM subjects WHERE session_id = ?1)",
             )
             .and_then(|mut stmt| {
                 stmt.query_row(params![id], |r| {
