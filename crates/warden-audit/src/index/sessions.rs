@@ -1,11 +1,12 @@
 //! Sessions as the index sees them: `warden sessions list` and the id prefixes of `warden sessions play`.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use rusqlite::params;
 
 use super::lines::LineReader;
-use super::{note_rebuild, Index, Mismatch, Row};
+use super::{note_rebuild, Index, Mismatch, Row, RARE_EVENT};
 use crate::{AuditError, Event};
 
 /// One session as the index sees it: its first and last records and what happened in between.
@@ -34,6 +35,20 @@ type Bounds = (u64, Option<Row>, Option<Row>);
 
 /// Statements and denials by session id.
 type Counts = HashMap<String, (u64, u64)>;
+
+/// The `session.start` and `session.end` rows with their session, in log order (with RARE_EVENT, so
+/// that the partial index on events.event serves).
+pub(super) static BOUNDS_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT s.session_id, e.seq, e.off, e.len, e.event FROM events e JOIN subjects s ON s.id = e.subject \
+         WHERE e.event IN ('session.start', 'session.end') AND {RARE_EVENT} \
+         AND s.session_id IS NOT NULL ORDER BY e.seq"
+    )
+});
+
+/// The statements and denials of one session.
+pub(super) const COUNT_ONE_SQL: &str = "SELECT COUNT(*), COALESCE(SUM(decision = 'deny'), 0) FROM events \
+     WHERE event = 'query' AND subject IN (SELECT id FROM subjects WHERE session_id = ?1)";
 
 impl Index {
     /// The session ids that start with `prefix` (at most `max`), in order.
@@ -75,13 +90,7 @@ impl Index {
         newest: Option<usize>,
     ) -> Result<Result<Vec<SessionSummary>, Mismatch>, AuditError> {
         let mut bounds: HashMap<String, Bounds> = HashMap::new();
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT s.session_id, e.seq, e.off, e.len, e.event FROM events e JOIN subjects s ON s.id = e.subject \
-                 WHERE e.event IN ('session.start', 'session.end') AND s.session_id IS NOT NULL ORDER BY e.seq",
-            )
-            .map_err(|e| self.err(e))?;
+        let mut stmt = self.conn.prepare_cached(&BOUNDS_SQL).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
                 Ok((
@@ -154,7 +163,7 @@ impl Index {
     }
 
     /// Statements and denials of every session at once (`all`), or `None` to count them one by one.
-    fn query_counts(&self, all: bool) -> Result<Option<Counts>, AuditError> {
+    pub(super) fn query_counts(&self, all: bool) -> Result<Option<Counts>, AuditError> {
         if !all {
             return Ok(None);
         }
@@ -187,12 +196,9 @@ impl Index {
         Ok(Some(counts))
     }
 
-    fn count_one(&self, id: &str) -> Result<(u64, u64), AuditError> {
+    pub(super) fn count_one(&self, id: &str) -> Result<(u64, u64), AuditError> {
         self.conn
-            .prepare_cached(
-                "SELECT COUNT(*), COALESCE(SUM(decision = 'deny'), 0) FROM events \
-                 WHERE event = 'query' AND subject IN (SELECT id FROM subjects WHERE session_id = ?1)",
-            )
+            .prepare_cached(COUNT_ONE_SQL)
             .and_then(|mut stmt| {
                 stmt.query_row(params![id], |r| {
                     Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))

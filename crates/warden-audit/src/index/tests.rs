@@ -167,6 +167,51 @@ fn filters(path: &Path) -> Vec<SearchFilter> {
             newest: true,
             ..f()
         },
+        // Who and where with the rest: the subject's records, then the other conditions.
+        SearchFilter {
+            session: Some("sess-005".into()),
+            event: Some("query".into()),
+            ..f()
+        },
+        SearchFilter {
+            session: Some("sess-005".into()),
+            since: Some(t300),
+            until: Some(t700),
+            ..f()
+        },
+        SearchFilter {
+            identity: Some("alice".into()),
+            decision: Some("deny".into()),
+            since: Some(t300),
+            ..f()
+        },
+        SearchFilter {
+            task: Some("T-2".into()),
+            decision: Some("allow".into()),
+            limit: Some(7),
+            newest: true,
+            ..f()
+        },
+        SearchFilter {
+            requester: Some("human:alice".into()),
+            event: Some("auth.failed".into()),
+            ..f()
+        },
+        // The records of every statement, outside the partial indexes.
+        SearchFilter {
+            decision: Some("allow".into()),
+            ..f()
+        },
+        SearchFilter {
+            event: Some("query.result".into()),
+            until: Some(t700),
+            ..f()
+        },
+        SearchFilter {
+            event: Some("session.start".into()),
+            since: Some(t300),
+            ..f()
+        },
     ];
     // Bounds with nanoseconds, just around a record's microsecond.
     out.push(SearchFilter {
@@ -377,4 +422,97 @@ fn followers_share_the_index_while_the_log_grows() {
     assert_eq!(all.len(), 3000, "no record missing or indexed twice");
     assert!(all.iter().enumerate().all(|(i, r)| r.event.seq == i as u64 + 1));
     assert_same(&path, &mut index);
+}
+
+/// The plan SQLite chooses for a statement, one step per line.
+fn plan(index: &Index, sql: &str, values: &[Value]) -> String {
+    let mut stmt = index.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let steps = stmt
+        .query_map(rusqlite::params_from_iter(values), |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .unwrap();
+    steps.join("\n")
+}
+
+#[test]
+fn searches_go_through_the_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_log(dir.path(), 300);
+    let mut index = Index::open(&path).unwrap();
+    index.catch_up().unwrap();
+    let now = OffsetDateTime::now_utc();
+    let f = SearchFilter::default;
+    let cases = [
+        (
+            SearchFilter {
+                session: Some("sess-005".into()),
+                ..f()
+            },
+            "events_subject",
+        ),
+        (
+            SearchFilter {
+                identity: Some("human:alice".into()),
+                event: Some("auth.failed".into()),
+                ..f()
+            },
+            "events_",
+        ),
+        (
+            SearchFilter {
+                task: Some("T-2".into()),
+                event: Some("query".into()),
+                since: Some(now),
+                ..f()
+            },
+            "events_subject",
+        ),
+        (
+            SearchFilter {
+                requester: Some("bob".into()),
+                decision: Some("allow".into()),
+                until: Some(now),
+                limit: Some(3),
+                newest: true,
+                ..f()
+            },
+            "events_subject",
+        ),
+        (
+            SearchFilter {
+                event: Some("auth.failed".into()),
+                limit: Some(3),
+                newest: true,
+                ..f()
+            },
+            "events_event",
+        ),
+        (
+            SearchFilter {
+                decision: Some("deny".into()),
+                since: Some(now),
+                until: Some(now),
+                ..f()
+            },
+            "events_decision",
+        ),
+    ];
+    for (filter, expected) in cases {
+        let (sql, values) = query(&filter);
+        let plan = plan(&index, &sql, &values);
+        assert!(plan.contains(expected), "{filter:?}: {sql}\n{plan}");
+        assert!(!plan.contains("SCAN events"), "{filter:?}: {sql}\n{plan}");
+    }
+    // The session summaries: their start and end through the event index, statements through
+    // the subject, and the counts of every session at once agree with those one by one.
+    let summaries = plan(&index, &sessions::BOUNDS_SQL, &[]);
+    assert!(summaries.contains("events_event"), "{summaries}");
+    let one = plan(&index, sessions::COUNT_ONE_SQL, &[Value::Text("sess-005".into())]);
+    assert!(one.contains("events_subject"), "{one}");
+    let all = index.query_counts(true).unwrap().unwrap();
+    assert_eq!(all.len(), 37);
+    for (id, counts) in all {
+        assert_eq!(counts, index.count_one(&id).unwrap(), "{id}");
+    }
 }
