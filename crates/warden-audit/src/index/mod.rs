@@ -1,6 +1,6 @@
 //! The search index: a SQLite file beside the log (`DIR/audit.index.db` for `DIR/audit.jsonl`, 0600)
-//! with one row per record: its seq, time, event, session, identity, requester, task, decision, and
-//! where its line is. It is a cache derived from the log, never the source of truth: every answer is
+//! with one row per record: its seq, time, event, subject (session, identity, requester and task,
+//! stored once per distinct combination), decision, and where its line is. It is a cache derived from the log, never the source of truth: every answer is
 //! read back from the log itself (the stored line, checked to be the record the row names), and a row
 //! that does not match makes the whole index rebuild from the log.
 //!
@@ -9,7 +9,10 @@
 //! and the line is read at the stored offset.
 //!
 //! Followers (the running proxy, each CLI command) catch up from the last indexed record, reading only
-//! the new lines, in one IMMEDIATE transaction per batch; several may share the file.
+//! the new lines, in one IMMEDIATE transaction per batch; several may share the file. Catching up is
+//! what a busy proxy pays for the index on every record, so it is kept lean: only the indexed fields
+//! are parsed, a row carries one integer for who and where, and few indexes are kept (see SCHEMA;
+//! `cargo bench -p warden-audit --bench catchup` measures it).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,7 +35,7 @@ use record::{micros, Fields, Str};
 pub use sessions::SessionSummary;
 
 /// Bumped when the table changes: an index of another version is rebuilt.
-const VERSION: &str = "3";
+const VERSION: &str = "4";
 
 /// Records per transaction while catching up.
 const BATCH: usize = 20_000;
@@ -77,8 +80,18 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_subject ON events (subject) WHERE subject IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_event ON events (event) WHERE event NOT IN ('query', 'query.result');
 CREATE INDEX IF NOT EXISTS events_decision ON events (decision, ts) WHERE decision <> 'allow';
-CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+-- Instead of an index on ts: the earliest and latest ts of each block of 4096 seqs. Records are
+-- written in time order, so the records of a time range lie in a range of seqs, read in order; a
+-- clock set back only widens that range (see `query`).
+CREATE TABLE IF NOT EXISTS ts_blocks (
+    block  INTEGER PRIMARY KEY,        -- seq >> 12
+    min_ts INTEGER NOT NULL,
+    max_ts INTEGER NOT NULL
+);
 "#;
+
+/// Seqs per row of `ts_blocks`: 1 << TS_BLOCK.
+const TS_BLOCK: u32 = 12;
 
 /// The condition of the partial index `events_event`, and the events it leaves out.
 const RARE_EVENT: &str = "event NOT IN ('query', 'query.result')";
@@ -149,14 +162,15 @@ impl Index {
         // A cache: losing the last commits in a crash only means indexing them again.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err(&e))?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| err(&e))?;
-        // Inserts land all over the text indexes: a larger page cache keeps them in memory.
+        // A larger page cache keeps the subjects' text indexes and the searched pages in memory.
         conn.pragma_update(None, "cache_size", -64 * 1024)
             .map_err(|e| err(&e))?;
         // Temporary files (statement journals, sorts) in memory, not written to disk.
         conn.pragma_update(None, "temp_store", "MEMORY").map_err(|e| err(&e))?;
         // Checkpoints every 16 MiB of WAL rather than 4: a page written by several commits in
         // between (the last page of each index) is copied into the database once.
-        conn.pragma_update(None, "wal_autocheckpoint", 4000).map_err(|e| err(&e))?;
+        conn.pragma_update(None, "wal_autocheckpoint", 4000)
+            .map_err(|e| err(&e))?;
         conn.execute_batch(META).map_err(|e| err(&e))?;
         let mut index = Index {
             conn,
@@ -338,6 +352,8 @@ impl Index {
         let mut n = 0usize;
         // Stopped before the end: a full batch, or a record that did not follow.
         let mut more = false;
+        // The time span of each block of seqs met, for `ts_blocks`.
+        let mut blocks = TsBlocks::default();
         {
             let mut subjects = Subjects::new(&tx).map_err(err)?;
             let mut insert = tx
@@ -386,10 +402,12 @@ impl Index {
                     }
                 }
                 let subject = subjects.id(&f).map_err(err)?;
+                let ts = micros(f.ts.as_str());
+                blocks.add(f.seq, ts);
                 insert
                     .execute(params![
                         f.seq as i64,
-                        micros(f.ts.as_str()),
+                        ts,
                         f.event.as_str(),
                         subject,
                         f.decision.as_ref().map(Str::as_str),
@@ -415,6 +433,7 @@ impl Index {
                 params![last_hash],
             )
             .map_err(err)?;
+            blocks.save(&tx).map_err(err)?;
         }
         tx.commit().map_err(err)?;
         Ok(if more {
@@ -435,8 +454,11 @@ impl Index {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
-        tx.execute_batch("DROP TABLE IF EXISTS events; DROP TABLE IF EXISTS subjects; DELETE FROM meta;")
-            .map_err(err)?;
+        tx.execute_batch(
+            "DROP TABLE IF EXISTS events; DROP TABLE IF EXISTS subjects; DROP TABLE IF EXISTS ts_blocks; \
+             DELETE FROM meta;",
+        )
+        .map_err(err)?;
         tx.execute_batch(SCHEMA).map_err(err)?;
         tx.execute("INSERT INTO meta (key, value) VALUES ('version', ?1)", params![VERSION])
             .map_err(err)?;
@@ -522,19 +544,35 @@ fn query(filter: &SearchFilter) -> (String, Vec<Value>) {
             clauses.push(RARE_EVENT.to_string());
         }
     }
-    // `ts` is whole microseconds: ts >= since and ts <= until, with the bounds' nanoseconds. With
-    // a subject, its records are found through it (`+ts`: not through the time index); without
-    // statistics SQLite might otherwise walk a long time range record by record.
-    let ts = if of_subject.is_empty() { "ts" } else { "+ts" };
+    // `ts` is whole microseconds: ts >= since and ts <= until, with the bounds' nanoseconds. The
+    // records in range lie between the first block of seqs that ends at or after `since` and the
+    // last that starts at or before `until` (`ts_blocks`): that range of seqs is read, and each
+    // record's own `ts` decides. With a subject, its records are found through it instead
+    // (`+ts`: SQLite, without statistics, might otherwise walk a long range of seqs).
+    let by_subject = !of_subject.is_empty();
+    let ts = if by_subject { "+ts" } else { "ts" };
     if let Some(since) = filter.since {
         let ns = since.unix_timestamp_nanos();
         values.push(Value::Integer(ceil_div(ns, 1000)));
-        clauses.push(format!("{ts} >= ?{}", values.len()));
+        let p = values.len();
+        clauses.push(format!("{ts} >= ?{p}"));
+        if !by_subject {
+            clauses.push(format!(
+                "seq >= COALESCE((SELECT MIN(block) FROM ts_blocks WHERE max_ts >= ?{p}) << {TS_BLOCK}, {})",
+                i64::MAX
+            ));
+        }
     }
     if let Some(until) = filter.until {
         let ns = until.unix_timestamp_nanos();
         values.push(Value::Integer(ns.div_euclid(1000) as i64));
-        clauses.push(format!("{ts} <= ?{}", values.len()));
+        let p = values.len();
+        clauses.push(format!("{ts} <= ?{p}"));
+        if !by_subject {
+            clauses.push(format!(
+                "seq < COALESCE(((SELECT MAX(block) FROM ts_blocks WHERE min_ts <= ?{p}) + 1) << {TS_BLOCK}, 0)"
+            ));
+        }
     }
     let mut sql = String::from("SELECT seq, off, len FROM events");
     if !clauses.is_empty() {
@@ -571,6 +609,36 @@ fn bind(values: &mut Vec<Value>, v: &str) -> String {
 
 fn ceil_div(n: i128, d: i128) -> i64 {
     (-((-n).div_euclid(d))) as i64
+}
+
+/// The earliest and latest `ts` of each block of seqs a batch met (records come in seq order).
+#[derive(Default)]
+struct TsBlocks(Vec<(i64, i64, i64)>);
+
+impl TsBlocks {
+    fn add(&mut self, seq: u64, ts: Option<i64>) {
+        let Some(ts) = ts else { return };
+        let block = (seq >> TS_BLOCK) as i64;
+        match self.0.last_mut() {
+            Some((b, min, max)) if *b == block => {
+                *min = (*min).min(ts);
+                *max = (*max).max(ts);
+            }
+            _ => self.0.push((block, ts, ts)),
+        }
+    }
+
+    /// Widens the blocks' rows to take in this batch's records.
+    fn save(&self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO ts_blocks (block, min_ts, max_ts) VALUES (?1, ?2, ?3) ON CONFLICT (block) \
+             DO UPDATE SET min_ts = MIN(min_ts, excluded.min_ts), max_ts = MAX(max_ts, excluded.max_ts)",
+        )?;
+        for (block, min, max) in &self.0 {
+            upsert.execute(params![block, min, max])?;
+        }
+        Ok(())
+    }
 }
 
 /// The subjects' ids met in one batch (a batch is one transaction: ids found or added in it stay

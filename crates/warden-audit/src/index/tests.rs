@@ -497,6 +497,31 @@ fn searches_go_through_the_indexes() {
             },
             "events_decision",
         ),
+        (
+            SearchFilter {
+                since: Some(now),
+                ..f()
+            },
+            "INTEGER PRIMARY KEY",
+        ),
+        (
+            SearchFilter {
+                until: Some(now),
+                limit: Some(3),
+                newest: true,
+                ..f()
+            },
+            "INTEGER PRIMARY KEY",
+        ),
+        (
+            SearchFilter {
+                event: Some("query".into()),
+                since: Some(now),
+                until: Some(now),
+                ..f()
+            },
+            "INTEGER PRIMARY KEY",
+        ),
     ];
     for (filter, expected) in cases {
         let (sql, values) = query(&filter);
@@ -515,4 +540,86 @@ fn searches_go_through_the_indexes() {
     for (id, counts) in all {
         assert_eq!(counts, index.count_one(&id).unwrap(), "{id}");
     }
+}
+
+#[test]
+fn time_ranges_hold_when_the_clock_goes_back() {
+    // A log written by hand: 10,000 records (three blocks of seqs), one a minute, with the clock
+    // set back two hours at record 5,000 and forward again at 9,000.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit/audit.jsonl");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let start = OffsetDateTime::parse("2026-01-01T00:00:00Z", &Rfc3339).unwrap();
+    let ts = |seq: u64| {
+        let minutes = match seq {
+            ..5_000 => seq as i64,
+            5_000..9_000 => seq as i64 - 120,
+            _ => seq as i64 + 1_000,
+        };
+        start + time::Duration::minutes(minutes)
+    };
+    let mut out = Vec::new();
+    let mut prev = crate::GENESIS.to_string();
+    for seq in 1..=10_000u64 {
+        prev = crate::event::encode_line(&crate::format_ts(ts(seq)), seq, &varied(seq as usize), &prev, &mut out);
+    }
+    std::fs::write(&path, &out).unwrap();
+    let mut index = Index::open(&path).unwrap();
+    assert_eq!(index.catch_up().unwrap(), 10_000);
+    let f = SearchFilter::default;
+    let around = |seq: u64, seconds: i64| ts(seq) + time::Duration::seconds(seconds);
+    let mut filters = vec![];
+    for (a, b) in [
+        (4_900, 5_010),
+        (4_950, 4_960),
+        (5_010, 5_020),
+        (8_990, 9_010),
+        (100, 9_999),
+        (3_000, 3_000),
+    ] {
+        for (since, until) in [
+            (Some(around(a, 0)), Some(around(b, 0))),
+            (Some(around(a, 1)), Some(around(b, -1))),
+            (Some(around(a, 0)), None),
+            (None, Some(around(b, 0))),
+        ] {
+            filters.push(SearchFilter { since, until, ..f() });
+            filters.push(SearchFilter {
+                since,
+                until,
+                decision: Some("deny".into()),
+                ..f()
+            });
+            filters.push(SearchFilter {
+                since,
+                until,
+                session: Some("sess-005".into()),
+                ..f()
+            });
+        }
+    }
+    let seqs = |records: Vec<StoredRecord>| records.iter().map(|r| r.event.seq).collect::<Vec<_>>();
+    // The linear scan, over records read once (no limits here).
+    let all = search_records(&path, &f()).unwrap();
+    for filter in filters {
+        let scan: Vec<u64> = all
+            .iter()
+            .filter(|r| filter.matches(&r.event))
+            .map(|r| r.event.seq)
+            .collect();
+        let indexed = index.search(&filter).unwrap();
+        assert_eq!(seqs(indexed), scan, "index and scan differ for {filter:?}");
+    }
+    let past = index
+        .search(&SearchFilter {
+            since: Some(around(5_000, 0)),
+            until: Some(around(5_001, 0)),
+            ..f()
+        })
+        .unwrap();
+    assert_eq!(
+        seqs(past),
+        [4_880, 4_881, 5_000, 5_001],
+        "both times the clock read those minutes"
+    );
 }
