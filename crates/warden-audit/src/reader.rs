@@ -182,7 +182,7 @@ impl Lines {
     }
 
     /// The error for a line that is not a record.
-    pub(crate) fn not_a_record(line: &Line<'_>, e: &serde_json::Error) -> AuditError {
+    pub(crate) fn not_a_record(line: &Line<'_>, e: &dyn std::fmt::Display) -> AuditError {
         AuditError::Read {
             path: line.path.to_path_buf(),
             line: line.line_no,

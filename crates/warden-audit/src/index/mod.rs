@@ -368,9 +368,13 @@ impl Index {
                 let after = lines.last();
                 let parsed = match lines.next_line() {
                     None => break,
-                    Some(Ok(line)) => serde_json::from_slice::<Fields>(line.text)
-                        .map(|f| (f, line.offset, line.text.len()))
-                        .map_err(|e| Lines::not_a_record(&line, &e)),
+                    // UTF-8 checked once for the whole line, rather than string by string.
+                    Some(Ok(line)) => std::str::from_utf8(line.text)
+                        .map_err(|e| Lines::not_a_record(&line, &e))
+                        .and_then(|text| {
+                            serde_json::from_str::<Fields>(text).map_err(|e| Lines::not_a_record(&line, &e))
+                        })
+                        .map(|f| (f, line.offset, line.text.len())),
                     Some(Err(e)) => Err(e),
                 };
                 let (f, offset, len) = match parsed {
