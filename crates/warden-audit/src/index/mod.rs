@@ -177,9 +177,13 @@ impl Index {
             log: log.to_path_buf(),
             path,
         };
+        // The tables are made by `reset`, with the version: an index of another version may have
+        // tables of the same names and other columns.
         let version = index.meta("version")?;
         if version.as_deref() != Some(VERSION) {
             index.reset()?;
+        } else if let Err(e) = index.conn.execute_batch(SCHEMA) {
+            return Err(index.err(e));
         } else if let Err(m) = index.check_head() {
             note_rebuild(&index.path, &m);
             index.reset()?;

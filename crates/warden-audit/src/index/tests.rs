@@ -623,3 +623,28 @@ fn time_ranges_hold_when_the_clock_goes_back() {
         "both times the clock read those minutes"
     );
 }
+
+#[test]
+fn an_index_of_an_older_version_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_log(dir.path(), 200);
+    // Version 2's table and indexes, with a row: same names, other columns.
+    let old = rusqlite::Connection::open(crate::files::index_path(&path)).unwrap();
+    old.execute_batch(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         INSERT INTO meta VALUES ('version', '2'), ('last_hash', 'x');
+         CREATE TABLE events (seq INTEGER PRIMARY KEY, ts INTEGER, event TEXT NOT NULL, session_id TEXT,
+             identity TEXT, identity_name TEXT, requester TEXT, requester_name TEXT, task TEXT, decision TEXT,
+             off INTEGER NOT NULL, len INTEGER NOT NULL);
+         CREATE INDEX events_event ON events (event, session_id, decision);
+         CREATE INDEX events_ts ON events (ts);
+         INSERT INTO events (seq, event, off, len) VALUES (1, 'query', 0, 10);",
+    )
+    .unwrap();
+    drop(old);
+    let mut index = Index::open(&path).unwrap();
+    assert_eq!(index.last_seq().unwrap(), 0, "emptied");
+    assert_eq!(index.catch_up().unwrap(), 200);
+    assert_same(&path, &mut index);
+    assert_eq!(index.sessions(false, None).unwrap().len(), 37);
+}
