@@ -396,7 +396,10 @@ fn serve(t: &Targets) -> Result<()> {
         let what = if name == "direct" { "port" } else { "pid" };
         eprintln!("bench: {name:<17} . {}   ({what} {pid})", file.display());
     }
-    eprintln!("bench: serving until this process (pid {}) is stopped", std::process::id());
+    eprintln!(
+        "bench: serving until this process (pid {}) is stopped",
+        std::process::id()
+    );
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }
