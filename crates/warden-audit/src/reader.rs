@@ -21,6 +21,13 @@ pub struct StoredRecord {
 
 /// Iterator over the records after a seq; see [`read_after`].
 pub struct Reader {
+    lines: Lines,
+}
+
+/// The lines after a seq, unparsed: the part of [`Reader`] that lists, opens and reads the files.
+/// Its user parses each line and says which seq it returned ([`Lines::returned`]), which decides the
+/// files still to read.
+pub(crate) struct Lines {
     active: PathBuf,
     /// Files opened so far: each is read once (the active file too, until the next reader).
     opened: Vec<PathBuf>,
@@ -33,12 +40,24 @@ pub struct Reader {
     done: bool,
 }
 
+/// One whole line, without its `\n`, and where it is.
+pub(crate) struct Line<'a> {
+    pub text: &'a [u8],
+    pub path: &'a Path,
+    /// Byte offset of the line in `path`.
+    pub offset: u64,
+    /// Counted from where reading began in that file.
+    pub line_no: usize,
+}
+
 /// The records with `seq > after`, in order, across rotated files and then the active file. Stops
 /// at the end, or at a last line still being written. Rotated files that end at or before `after`
 /// are not opened. The files are listed again each time one is finished, so a rotation while
 /// reading is followed (the active file renamed, a new one begun).
 pub fn read_after(active: &Path, after: u64) -> Result<Reader, AuditError> {
-    Ok(Reader::new(active, after, None))
+    Ok(Reader {
+        lines: Lines::new(active, after, None),
+    })
 }
 
 /// As [`read_after`], for a follower that knows where record `after` ends: `resume` is the byte just
@@ -47,12 +66,15 @@ pub fn read_after(active: &Path, after: u64) -> Result<Reader, AuditError> {
 /// following a large active file costs only the new records. A wrong `resume` (the log was
 /// replaced) shows as a record that does not parse or a seq that does not follow.
 pub fn read_after_from(active: &Path, after: u64, resume: u64) -> Result<Reader, AuditError> {
-    Ok(Reader::new(active, after, Some(resume)))
+    Ok(Reader {
+        lines: Lines::new(active, after, Some(resume)),
+    })
 }
 
-impl Reader {
-    fn new(active: &Path, after: u64, resume: Option<u64>) -> Self {
-        Reader {
+impl Lines {
+    /// As [`read_after`] (`resume` `None`) or [`read_after_from`], without parsing the lines.
+    pub(crate) fn new(active: &Path, after: u64, resume: Option<u64>) -> Self {
+        Lines {
             active: active.to_path_buf(),
             opened: Vec::new(),
             current: None,
@@ -79,10 +101,24 @@ impl Reader {
     }
 }
 
-impl Iterator for Reader {
-    type Item = Result<StoredRecord, AuditError>;
+impl Lines {
+    /// The seq of the last record returned ([`Lines::returned`]), or `after`.
+    pub(crate) fn last(&self) -> u64 {
+        self.last
+    }
 
-    fn next(&mut self) -> Option<Self::Item> {
+    /// The line just read held record `seq`, returned to the user: later files are chosen after it.
+    pub(crate) fn returned(&mut self, seq: u64) {
+        self.last = seq;
+    }
+
+    /// Stops: the next call to [`Lines::next_line`] returns `None`.
+    pub(crate) fn stop(&mut self) {
+        self.done = true;
+    }
+
+    /// The next whole line; `None` at the end (a last line still being written is left for later).
+    pub(crate) fn next_line(&mut self) -> Option<Result<Line<'_>, AuditError>> {
         while !self.done {
             if self.current.is_none() {
                 let segment = match self.next_segment() {
@@ -129,35 +165,63 @@ impl Iterator for Reader {
             let at = *offset;
             *offset += n as u64;
             *line_no += 1;
-            let Some(text) = self.line.strip_suffix(b"\n") else {
+            if self.line.last() != Some(&b'\n') {
                 // End of this file (or a record still being written): on to the next file, if any.
                 self.current = None;
                 continue;
+            }
+            let (path, _, _, line_no) = self.current.as_ref()?;
+            return Some(Ok(Line {
+                text: &self.line[..self.line.len() - 1],
+                path,
+                offset: at,
+                line_no: *line_no,
+            }));
+        }
+        None
+    }
+
+    /// The error for a line that is not a record.
+    pub(crate) fn not_a_record(line: &Line<'_>, e: &dyn std::fmt::Display) -> AuditError {
+        AuditError::Read {
+            path: line.path.to_path_buf(),
+            line: line.line_no,
+            reason: format!("not a valid audit record: {e}"),
+        }
+    }
+}
+
+impl Iterator for Reader {
+    type Item = Result<StoredRecord, AuditError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let last = self.lines.last();
+            let line = match self.lines.next_line()? {
+                Ok(l) => l,
+                Err(e) => return Some(Err(e)),
             };
-            let event: Event = match serde_json::from_slice(text) {
+            let event: Event = match serde_json::from_slice(line.text) {
                 Ok(e) => e,
                 Err(e) => {
-                    self.done = true;
-                    return Some(Err(AuditError::Read {
-                        path: path.clone(),
-                        line: *line_no,
-                        reason: format!("not a valid audit record: {e}"),
-                    }));
+                    let err = Lines::not_a_record(&line, &e);
+                    self.lines.stop();
+                    return Some(Err(err));
                 }
             };
             // Also skips what was already returned from this file under its earlier name (the
             // active file, rotated after this reader reached its end).
-            if event.seq <= self.last {
+            if event.seq <= last {
                 continue;
             }
-            self.last = event.seq;
-            return Some(Ok(StoredRecord {
+            let record = StoredRecord {
+                line: line.text.to_vec(),
+                file: line.path.to_path_buf(),
+                offset: line.offset,
                 event,
-                line: text.to_vec(),
-                file: path.clone(),
-                offset: at,
-            }));
+            };
+            self.lines.returned(record.event.seq);
+            return Some(Ok(record));
         }
-        None
     }
 }

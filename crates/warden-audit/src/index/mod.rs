@@ -1,6 +1,6 @@
 //! The search index: a SQLite file beside the log (`DIR/audit.index.db` for `DIR/audit.jsonl`, 0600)
-//! with one row per record: its seq, time, event, session, identity, requester, task, decision, and
-//! where its line is. It is a cache derived from the log, never the source of truth: every answer is
+//! with one row per record: its seq, time, event, subject (session, identity, requester and task,
+//! stored once per distinct combination), decision, and where its line is. It is a cache derived from the log, never the source of truth: every answer is
 //! read back from the log itself (the stored line, checked to be the record the row names), and a row
 //! that does not match makes the whole index rebuild from the log.
 //!
@@ -9,60 +9,96 @@
 //! and the line is read at the stored offset.
 //!
 //! Followers (the running proxy, each CLI command) catch up from the last indexed record, reading only
-//! the new lines, in one IMMEDIATE transaction per batch; several may share the file.
+//! the new lines, in one IMMEDIATE transaction per batch; several may share the file. Catching up is
+//! what a busy proxy pays for the index on every record, so it is kept lean: only the indexed fields
+//! are parsed, a row carries one integer for who and where, and few indexes are kept (see SCHEMA;
+//! `cargo bench -p warden-audit --bench catchup` measures it).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::types::Value;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 
 use crate::files::index_path;
+use crate::reader::Lines;
 use crate::{AuditError, SearchFilter, StoredRecord};
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 mod lines;
+mod record;
 mod sessions;
 
 use lines::LineReader;
+use record::{micros, Fields, Str};
 pub use sessions::SessionSummary;
 
 /// Bumped when the table changes: an index of another version is rebuilt.
-const VERSION: &str = "2";
+const VERSION: &str = "4";
 
 /// Records per transaction while catching up.
 const BATCH: usize = 20_000;
 
-const SCHEMA: &str = r#"
+const META: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS events (
-    seq            INTEGER PRIMARY KEY,
-    ts             INTEGER,            -- microseconds since the epoch; NULL if `ts` does not parse
-    event          TEXT NOT NULL,
+"#;
+
+const SCHEMA: &str = r#"
+-- Who and where, once per distinct combination (about once per session): the records point here.
+CREATE TABLE IF NOT EXISTS subjects (
+    id             INTEGER PRIMARY KEY,
     session_id     TEXT,
     identity       TEXT,               -- kind:name
     identity_name  TEXT,
     requester      TEXT,               -- as stored, usually kind:name
     requester_name TEXT,
-    task           TEXT,
-    decision       TEXT,
-    off            INTEGER NOT NULL,   -- byte offset of the line in its file
-    len            INTEGER NOT NULL    -- bytes of the line, without its newline
+    task           TEXT
 );
--- Each index costs about as much to maintain as the row itself: the full `identity` and `requester`
--- are found through their names, and columns most records leave empty get partial indexes.
-CREATE INDEX IF NOT EXISTS events_event ON events (event, session_id, decision);
-CREATE INDEX IF NOT EXISTS events_session ON events (session_id) WHERE session_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_identity_name ON events (identity_name) WHERE identity_name IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_requester_name ON events (requester_name) WHERE requester_name IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_task ON events (task) WHERE task IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_decision ON events (decision, ts) WHERE decision IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+-- The full `identity` and `requester` are found through their names.
+CREATE INDEX IF NOT EXISTS subjects_session ON subjects (session_id, identity_name, task);
+CREATE INDEX IF NOT EXISTS subjects_identity_name ON subjects (identity_name) WHERE identity_name IS NOT NULL;
+CREATE INDEX IF NOT EXISTS subjects_requester_name ON subjects (requester_name) WHERE requester_name IS NOT NULL;
+CREATE INDEX IF NOT EXISTS subjects_task ON subjects (task) WHERE task IS NOT NULL;
+CREATE TABLE IF NOT EXISTS events (
+    seq      INTEGER PRIMARY KEY,
+    ts       INTEGER,                  -- microseconds since the epoch; NULL if `ts` does not parse
+    event    TEXT NOT NULL,
+    subject  INTEGER,                  -- subjects.id; NULL without session and identity
+    decision TEXT,
+    off      INTEGER NOT NULL,         -- byte offset of the line in its file
+    len      INTEGER NOT NULL          -- bytes of the line, without its newline
+);
+-- Each index costs about as much to maintain as the row itself: few, with keys that grow with seq
+-- (subjects are numbered as they appear, so a record's key is near the last ones). The records of
+-- every statement (`query`, `query.result`, `allow`) are left out of the event and decision indexes:
+-- a search for those reads much of the log anyway. A partial index serves only queries that repeat
+-- its condition word for word (RARE_EVENT, RARE_DECISION).
+CREATE INDEX IF NOT EXISTS events_subject ON events (subject) WHERE subject IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_event ON events (event) WHERE event NOT IN ('query', 'query.result');
+CREATE INDEX IF NOT EXISTS events_decision ON events (decision, ts) WHERE decision <> 'allow';
+-- Instead of an index on ts: the earliest and latest ts of each block of 4096 seqs. Records are
+-- written in time order, so the records of a time range lie in a range of seqs, read in order; a
+-- clock set back only widens that range (see `query`).
+CREATE TABLE IF NOT EXISTS ts_blocks (
+    block  INTEGER PRIMARY KEY,        -- seq >> 12
+    min_ts INTEGER NOT NULL,
+    max_ts INTEGER NOT NULL
+);
 "#;
+
+/// Seqs per row of `ts_blocks`: 1 << TS_BLOCK.
+const TS_BLOCK: u32 = 12;
+
+/// The condition of the partial index `events_event`, and the events it leaves out.
+const RARE_EVENT: &str = "event NOT IN ('query', 'query.result')";
+const FREQUENT_EVENTS: [&str; 2] = ["query", "query.result"];
+/// The condition of the partial index `events_decision`, and the decision it leaves out.
+const RARE_DECISION: &str = "decision <> 'allow'";
+const FREQUENT_DECISION: &str = "allow";
 
 /// An open index over one log.
 pub struct Index {
@@ -126,20 +162,28 @@ impl Index {
         // A cache: losing the last commits in a crash only means indexing them again.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err(&e))?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| err(&e))?;
-        // Inserts land all over the text indexes: a larger page cache keeps them in memory.
+        // A larger page cache keeps the subjects' text indexes and the searched pages in memory.
         conn.pragma_update(None, "cache_size", -64 * 1024)
             .map_err(|e| err(&e))?;
         // Temporary files (statement journals, sorts) in memory, not written to disk.
         conn.pragma_update(None, "temp_store", "MEMORY").map_err(|e| err(&e))?;
-        conn.execute_batch(SCHEMA).map_err(|e| err(&e))?;
+        // Checkpoints every 16 MiB of WAL rather than 4: a page written by several commits in
+        // between (the last page of each index) is copied into the database once.
+        conn.pragma_update(None, "wal_autocheckpoint", 4000)
+            .map_err(|e| err(&e))?;
+        conn.execute_batch(META).map_err(|e| err(&e))?;
         let mut index = Index {
             conn,
             log: log.to_path_buf(),
             path,
         };
+        // The tables are made by `reset`, with the version: an index of another version may have
+        // tables of the same names and other columns.
         let version = index.meta("version")?;
         if version.as_deref() != Some(VERSION) {
             index.reset()?;
+        } else if let Err(e) = index.conn.execute_batch(SCHEMA) {
+            return Err(index.err(e));
         } else if let Err(m) = index.check_head() {
             note_rebuild(&index.path, &m);
             index.reset()?;
@@ -301,69 +345,89 @@ impl Index {
                 .map_err(err)?;
             row.zip(hash)
         };
-        let reader = match &head {
-            Some((row, _)) => crate::read_after_from(&log, row.seq, row.off + row.len + 1)?,
-            None => crate::read_after(&log, 0)?,
+        // Lines, parsed here only for the fields indexed (a whole record costs several times more).
+        let mut lines = match &head {
+            Some((row, _)) => Lines::new(&log, row.seq, Some(row.off + row.len + 1)),
+            None => Lines::new(&log, 0, None),
         };
-        let mut prev = head.as_ref().map(|(row, hash)| (row.seq, hash.clone()));
+        // The last record indexed (seq and hash), the head's before the first.
+        let mut prev_seq = head.as_ref().map(|(row, _)| row.seq);
+        let mut last_hash = String::new();
         let mut n = 0usize;
         // Stopped before the end: a full batch, or a record that did not follow.
         let mut more = false;
+        // The time span of each block of seqs met, for `ts_blocks`.
+        let mut blocks = TsBlocks::default();
         {
+            let mut subjects = Subjects::new(&tx).map_err(err)?;
             let mut insert = tx
                 .prepare_cached(
                     // OR IGNORE: nothing to undo half-way, so SQLite needs no statement journal (with
                     // REPLACE or the default ABORT, that journal's writes were half of indexing's cost).
-                    "INSERT OR IGNORE INTO events (seq, ts, event, session_id, identity, identity_name, \
-                     requester, requester_name, task, decision, off, len) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    "INSERT OR IGNORE INTO events (seq, ts, event, subject, decision, off, len) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(err)?;
-            for record in reader {
-                let record = match record {
-                    Ok(r) => r,
+            loop {
+                let after = lines.last();
+                let parsed = match lines.next_line() {
+                    None => break,
+                    // UTF-8 checked once for the whole line, rather than string by string.
+                    Some(Ok(line)) => std::str::from_utf8(line.text)
+                        .map_err(|e| Lines::not_a_record(&line, &e))
+                        .and_then(|text| {
+                            serde_json::from_str::<Fields>(text).map_err(|e| Lines::not_a_record(&line, &e))
+                        })
+                        .map(|f| (f, line.offset, line.text.len())),
+                    Some(Err(e)) => Err(e),
+                };
+                let (f, offset, len) = match parsed {
+                    Ok(p) => p,
                     // Resumed in the middle of something else: the log is not the one indexed.
                     Err(e) if head.is_some() && n == 0 => {
                         return Ok(Batch::Diverged(Mismatch(format!("reading on from the index: {e}"))))
                     }
                     Err(e) => return Err(e),
                 };
-                let e = &record.event;
+                // Already returned from this file under its earlier name (see `Reader`).
+                if f.seq <= after {
+                    continue;
+                }
                 // Each record must follow the one before. The first that does not ends the batch
                 // (the next one lists the files again); if it is the batch's first, see `catch_up`.
                 // Search is not verification: the hashes themselves are `warden audit verify`'s job.
-                if let (true, Some((seq, hash))) = (strict, &prev) {
-                    if e.seq != seq + 1 || (n == 0 && &e.prev_hash != hash) {
+                if let (true, Some(seq)) = (strict, prev_seq) {
+                    let head_hash = head.as_ref().map(|(_, hash)| hash.as_str());
+                    if f.seq != seq + 1 || (n == 0 && Some(f.prev_hash.as_str()) != head_hash) {
                         if n == 0 {
                             return Ok(Batch::Diverged(Mismatch(format!(
                                 "record {} does not follow the indexed record {seq}",
-                                e.seq
+                                f.seq
                             ))));
                         }
                         more = true;
                         break;
                     }
                 }
-                let b = &e.body;
-                let id = b.identity.as_ref();
-                let requester = id.and_then(|i| i.requester.as_deref());
+                let subject = subjects.id(&f).map_err(err)?;
+                let ts = micros(f.ts.as_str());
+                blocks.add(f.seq, ts);
                 insert
                     .execute(params![
-                        e.seq as i64,
-                        micros(&e.ts),
-                        b.event,
-                        b.session_id,
-                        id.map(|i| format!("{}:{}", i.kind, i.name)),
-                        id.map(|i| i.name.as_str()),
-                        requester,
-                        requester.map(|r| r.split_once(':').map_or(r, |(_, name)| name)),
-                        id.and_then(|i| i.task.as_deref()),
-                        b.decision,
-                        record.offset as i64,
-                        record.line.len() as i64,
+                        f.seq as i64,
+                        ts,
+                        f.event.as_str(),
+                        subject,
+                        f.decision.as_ref().map(Str::as_str),
+                        offset as i64,
+                        len as i64,
                     ])
                     .map_err(err)?;
-                prev = Some((e.seq, e.hash.clone()));
+                let seq = f.seq;
+                last_hash.clear();
+                last_hash.push_str(f.hash.as_str());
+                lines.returned(seq);
+                prev_seq = Some(seq);
                 n += 1;
                 if n >= BATCH {
                     more = true;
@@ -371,12 +435,13 @@ impl Index {
                 }
             }
         }
-        if let Some((_, hash)) = &prev {
+        if n > 0 {
             tx.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_hash', ?1)",
-                params![hash],
+                params![last_hash],
             )
             .map_err(err)?;
+            blocks.save(&tx).map_err(err)?;
         }
         tx.commit().map_err(err)?;
         Ok(if more {
@@ -397,8 +462,11 @@ impl Index {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
-        tx.execute_batch("DROP TABLE IF EXISTS events; DELETE FROM meta;")
-            .map_err(err)?;
+        tx.execute_batch(
+            "DROP TABLE IF EXISTS events; DROP TABLE IF EXISTS subjects; DROP TABLE IF EXISTS ts_blocks; \
+             DELETE FROM meta;",
+        )
+        .map_err(err)?;
         tx.execute_batch(SCHEMA).map_err(err)?;
         tx.execute("INSERT INTO meta (key, value) VALUES ('version', ?1)", params![VERSION])
             .map_err(err)?;
@@ -447,35 +515,72 @@ fn note_rebuild(path: &Path, m: &Mismatch) {
 fn query(filter: &SearchFilter) -> (String, Vec<Value>) {
     let mut clauses: Vec<String> = Vec::new();
     let mut values: Vec<Value> = Vec::new();
+    // Who and where: the records of the subjects that match.
+    let mut of_subject: Vec<String> = Vec::new();
     if let Some(want) = &filter.identity {
         let own = names(&mut values, "identity", want);
         let acted_for = names(&mut values, "requester", want);
-        clauses.push(format!("({own} OR {acted_for})"));
+        of_subject.push(format!("({own} OR {acted_for})"));
     }
     if let Some(want) = &filter.requester {
-        clauses.push(names(&mut values, "requester", want));
+        of_subject.push(names(&mut values, "requester", want));
     }
-    for (column, value) in [
-        ("task", &filter.task),
-        ("session_id", &filter.session),
-        ("decision", &filter.decision),
-        ("event", &filter.event),
-    ] {
+    for (column, value) in [("task", &filter.task), ("session_id", &filter.session)] {
         if let Some(v) = value {
             let p = bind(&mut values, v);
-            clauses.push(format!("{column} = {p}"));
+            of_subject.push(format!("{column} = {p}"));
         }
     }
-    // `ts` is whole microseconds: ts >= since and ts <= until, with the bounds' nanoseconds.
+    if !of_subject.is_empty() {
+        clauses.push(format!(
+            "subject IN (SELECT id FROM subjects WHERE {})",
+            of_subject.join(" AND ")
+        ));
+    }
+    // The partial indexes' conditions, where they hold, so that the indexes can serve.
+    if let Some(v) = &filter.decision {
+        let p = bind(&mut values, v);
+        clauses.push(format!("decision = {p}"));
+        if v != FREQUENT_DECISION {
+            clauses.push(RARE_DECISION.to_string());
+        }
+    }
+    if let Some(v) = &filter.event {
+        let p = bind(&mut values, v);
+        clauses.push(format!("event = {p}"));
+        if !FREQUENT_EVENTS.contains(&v.as_str()) {
+            clauses.push(RARE_EVENT.to_string());
+        }
+    }
+    // `ts` is whole microseconds: ts >= since and ts <= until, with the bounds' nanoseconds. The
+    // records in range lie between the first block of seqs that ends at or after `since` and the
+    // last that starts at or before `until` (`ts_blocks`): that range of seqs is read, and each
+    // record's own `ts` decides. With a subject, its records are found through it instead
+    // (`+ts`: SQLite, without statistics, might otherwise walk a long range of seqs).
+    let by_subject = !of_subject.is_empty();
+    let ts = if by_subject { "+ts" } else { "ts" };
     if let Some(since) = filter.since {
         let ns = since.unix_timestamp_nanos();
         values.push(Value::Integer(ceil_div(ns, 1000)));
-        clauses.push(format!("ts >= ?{}", values.len()));
+        let p = values.len();
+        clauses.push(format!("{ts} >= ?{p}"));
+        if !by_subject {
+            clauses.push(format!(
+                "seq >= COALESCE((SELECT MIN(block) FROM ts_blocks WHERE max_ts >= ?{p}) << {TS_BLOCK}, {})",
+                i64::MAX
+            ));
+        }
     }
     if let Some(until) = filter.until {
         let ns = until.unix_timestamp_nanos();
         values.push(Value::Integer(ns.div_euclid(1000) as i64));
-        clauses.push(format!("ts <= ?{}", values.len()));
+        let p = values.len();
+        clauses.push(format!("{ts} <= ?{p}"));
+        if !by_subject {
+            clauses.push(format!(
+                "seq < COALESCE(((SELECT MAX(block) FROM ts_blocks WHERE min_ts <= ?{p}) + 1) << {TS_BLOCK}, 0)"
+            ));
+        }
     }
     let mut sql = String::from("SELECT seq, off, len FROM events");
     if !clauses.is_empty() {
@@ -491,8 +596,8 @@ fn query(filter: &SearchFilter) -> (String, Vec<Value>) {
     (sql, values)
 }
 
-/// Whether `column` (`identity` or `requester`, stored as `kind:name`) is named by `want`, a bare
-/// name or `kind:name`; through the `<column>_name` index either way.
+/// Whether `column` of a subject (`identity` or `requester`, stored as `kind:name`) is named by
+/// `want`, a bare name or `kind:name`; through the `<column>_name` index either way.
 fn names(values: &mut Vec<Value>, column: &str, want: &str) -> String {
     let whole = bind(values, want);
     match want.split_once(':') {
@@ -514,11 +619,128 @@ fn ceil_div(n: i128, d: i128) -> i64 {
     (-((-n).div_euclid(d))) as i64
 }
 
-/// `ts` as microseconds since the epoch.
-fn micros(ts: &str) -> Option<i64> {
-    OffsetDateTime::parse(ts, &Rfc3339)
-        .ok()
-        .map(|t| t.unix_timestamp_nanos().div_euclid(1000) as i64)
+/// The earliest and latest `ts` of each block of seqs a batch met (records come in seq order).
+#[derive(Default)]
+struct TsBlocks(Vec<(i64, i64, i64)>);
+
+impl TsBlocks {
+    fn add(&mut self, seq: u64, ts: Option<i64>) {
+        let Some(ts) = ts else { return };
+        let block = (seq >> TS_BLOCK) as i64;
+        match self.0.last_mut() {
+            Some((b, min, max)) if *b == block => {
+                *min = (*min).min(ts);
+                *max = (*max).max(ts);
+            }
+            _ => self.0.push((block, ts, ts)),
+        }
+    }
+
+    /// Widens the blocks' rows to take in this batch's records.
+    fn save(&self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO ts_blocks (block, min_ts, max_ts) VALUES (?1, ?2, ?3) ON CONFLICT (block) \
+             DO UPDATE SET min_ts = MIN(min_ts, excluded.min_ts), max_ts = MAX(max_ts, excluded.max_ts)",
+        )?;
+        for (block, min, max) in &self.0 {
+            upsert.execute(params![block, min, max])?;
+        }
+        Ok(())
+    }
+}
+
+/// The subjects' ids met in one batch (a batch is one transaction: ids found or added in it stay
+/// valid until it commits, whatever other followers do before or after).
+struct Subjects<'t> {
+    find: rusqlite::CachedStatement<'t>,
+    add: rusqlite::CachedStatement<'t>,
+    /// By hash of the key: the keys with that hash and their ids.
+    known: HashMap<u64, Vec<(SubjectKey, i64)>>,
+    hasher: RandomState,
+}
+
+/// What tells subjects apart: session, identity (kind, name), requester, task.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct SubjectKey<S = String> {
+    session: Option<S>,
+    identity: Option<(S, S)>,
+    requester: Option<S>,
+    task: Option<S>,
+}
+
+impl SubjectKey {
+    fn is(&self, k: &SubjectKey<&str>) -> bool {
+        self.session.as_deref() == k.session
+            && self.identity.as_ref().map(|(a, b)| (a.as_str(), b.as_str())) == k.identity
+            && self.requester.as_deref() == k.requester
+            && self.task.as_deref() == k.task
+    }
+}
+
+impl<'t> Subjects<'t> {
+    fn new(tx: &'t rusqlite::Transaction<'_>) -> rusqlite::Result<Self> {
+        Ok(Subjects {
+            find: tx.prepare_cached(
+                "SELECT id FROM subjects WHERE session_id IS ?1 AND identity IS ?2 AND identity_name IS ?3 \
+                 AND requester IS ?4 AND task IS ?5",
+            )?,
+            add: tx.prepare_cached(
+                "INSERT INTO subjects (session_id, identity, identity_name, requester, requester_name, task) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?,
+            known: HashMap::new(),
+            hasher: RandomState::new(),
+        })
+    }
+
+    /// The id of the record's subject, added if new; `None` for a record without session and identity.
+    fn id(&mut self, f: &Fields<'_>) -> rusqlite::Result<Option<i64>> {
+        let id = f.identity.as_ref();
+        let key = SubjectKey {
+            session: f.session_id.as_ref().map(Str::as_str),
+            identity: id.map(|i| (i.kind.as_str(), i.name.as_str())),
+            requester: id.and_then(|i| i.requester.as_ref()).map(Str::as_str),
+            task: id.and_then(|i| i.task.as_ref()).map(Str::as_str),
+        };
+        if key.session.is_none() && key.identity.is_none() {
+            return Ok(None);
+        }
+        let hash = self.hasher.hash_one(&key);
+        if let Some(found) = self.known.get(&hash).and_then(|v| v.iter().find(|(k, _)| k.is(&key))) {
+            return Ok(Some(found.1));
+        }
+        let identity = key.identity.map(|(kind, name)| format!("{kind}:{name}"));
+        let identity_name = key.identity.map(|(_, name)| name);
+        let found = self
+            .find
+            .query_row(
+                params![key.session, identity, identity_name, key.requester, key.task],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?;
+        let id = match found {
+            Some(id) => id,
+            None => {
+                let requester_name = key.requester.map(|r| r.split_once(':').map_or(r, |(_, name)| name));
+                self.add.insert(params![
+                    key.session,
+                    identity,
+                    identity_name,
+                    key.requester,
+                    requester_name,
+                    key.task
+                ])?
+            }
+        };
+        let owned = SubjectKey {
+            session: key.session.map(str::to_string),
+            identity: key.identity.map(|(a, b)| (a.to_string(), b.to_string())),
+            requester: key.requester.map(str::to_string),
+            task: key.task.map(str::to_string),
+        };
+        self.known.entry(hash).or_default().push((owned, id));
+        Ok(Some(id))
+    }
 }
 
 #[cfg(test)]

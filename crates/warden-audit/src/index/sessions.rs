@@ -1,11 +1,12 @@
 //! Sessions as the index sees them: `warden sessions list` and the id prefixes of `warden sessions play`.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use rusqlite::params;
 
 use super::lines::LineReader;
-use super::{note_rebuild, Index, Mismatch, Row};
+use super::{note_rebuild, Index, Mismatch, Row, RARE_EVENT};
 use crate::{AuditError, Event};
 
 /// One session as the index sees it: its first and last records and what happened in between.
@@ -35,6 +36,20 @@ type Bounds = (u64, Option<Row>, Option<Row>);
 /// Statements and denials by session id.
 type Counts = HashMap<String, (u64, u64)>;
 
+/// The `session.start` and `session.end` rows with their session, in log order (with RARE_EVENT, so
+/// that the partial index on events.event serves).
+pub(super) static BOUNDS_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT s.session_id, e.seq, e.off, e.len, e.event FROM events e JOIN subjects s ON s.id = e.subject \
+         WHERE e.event IN ('session.start', 'session.end') AND {RARE_EVENT} \
+         AND s.session_id IS NOT NULL ORDER BY e.seq"
+    )
+});
+
+/// The statements and denials of one session.
+pub(super) const COUNT_ONE_SQL: &str = "SELECT COUNT(*), COALESCE(SUM(decision = 'deny'), 0) FROM events \
+     WHERE event = 'query' AND subject IN (SELECT id FROM subjects WHERE session_id = ?1)";
+
 impl Index {
     /// The session ids that start with `prefix` (at most `max`), in order.
     pub fn sessions_with_prefix(&self, prefix: &str, max: usize) -> Result<Vec<String>, AuditError> {
@@ -43,7 +58,7 @@ impl Index {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT DISTINCT session_id FROM events WHERE session_id >= ?1 AND session_id < ?2 \
+                "SELECT DISTINCT session_id FROM subjects WHERE session_id >= ?1 AND session_id < ?2 \
                  ORDER BY session_id LIMIT ?3",
             )
             .map_err(|e| self.err(e))?;
@@ -75,13 +90,7 @@ impl Index {
         newest: Option<usize>,
     ) -> Result<Result<Vec<SessionSummary>, Mismatch>, AuditError> {
         let mut bounds: HashMap<String, Bounds> = HashMap::new();
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT session_id, seq, off, len, event FROM events \
-                 WHERE event IN ('session.start', 'session.end') AND session_id IS NOT NULL ORDER BY seq",
-            )
-            .map_err(|e| self.err(e))?;
+        let mut stmt = self.conn.prepare_cached(&BOUNDS_SQL).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
                 Ok((
@@ -154,38 +163,42 @@ impl Index {
     }
 
     /// Statements and denials of every session at once (`all`), or `None` to count them one by one.
-    fn query_counts(&self, all: bool) -> Result<Option<Counts>, AuditError> {
+    pub(super) fn query_counts(&self, all: bool) -> Result<Option<Counts>, AuditError> {
         if !all {
             return Ok(None);
         }
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT session_id, COUNT(*), SUM(decision = 'deny') FROM events \
-                 WHERE event = 'query' AND session_id IS NOT NULL GROUP BY session_id",
+                "SELECT s.session_id, c.statements, c.denials FROM subjects s JOIN \
+                 (SELECT subject, COUNT(*) AS statements, SUM(decision = 'deny') AS denials FROM events \
+                  WHERE event = 'query' AND subject IS NOT NULL GROUP BY subject) c ON c.subject = s.id \
+                 WHERE s.session_id IS NOT NULL",
             )
             .map_err(|e| self.err(e))?;
-        let counts = stmt
+        let rows = stmt
             .query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
-                    (
-                        r.get::<_, i64>(1)? as u64,
-                        r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
-                    ),
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
                 ))
             })
-            .and_then(|rows| rows.collect::<rusqlite::Result<HashMap<_, _>>>())
             .map_err(|e| self.err(e))?;
+        // A session is usually one subject, but its records may name more than one.
+        let mut counts = Counts::new();
+        for row in rows {
+            let (id, statements, denials) = row.map_err(|e| self.err(e))?;
+            let c = counts.entry(id).or_insert((0, 0));
+            c.0 += statements;
+            c.1 += denials;
+        }
         Ok(Some(counts))
     }
 
-    fn count_one(&self, id: &str) -> Result<(u64, u64), AuditError> {
+    pub(super) fn count_one(&self, id: &str) -> Result<(u64, u64), AuditError> {
         self.conn
-            .prepare_cached(
-                "SELECT COUNT(*), COALESCE(SUM(decision = 'deny'), 0) FROM events \
-                 WHERE event = 'query' AND session_id = ?1",
-            )
+            .prepare_cached(COUNT_ONE_SQL)
             .and_then(|mut stmt| {
                 stmt.query_row(params![id], |r| {
                     Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))

@@ -167,6 +167,51 @@ fn filters(path: &Path) -> Vec<SearchFilter> {
             newest: true,
             ..f()
         },
+        // Who and where with the rest: the subject's records, then the other conditions.
+        SearchFilter {
+            session: Some("sess-005".into()),
+            event: Some("query".into()),
+            ..f()
+        },
+        SearchFilter {
+            session: Some("sess-005".into()),
+            since: Some(t300),
+            until: Some(t700),
+            ..f()
+        },
+        SearchFilter {
+            identity: Some("alice".into()),
+            decision: Some("deny".into()),
+            since: Some(t300),
+            ..f()
+        },
+        SearchFilter {
+            task: Some("T-2".into()),
+            decision: Some("allow".into()),
+            limit: Some(7),
+            newest: true,
+            ..f()
+        },
+        SearchFilter {
+            requester: Some("human:alice".into()),
+            event: Some("auth.failed".into()),
+            ..f()
+        },
+        // The records of every statement, outside the partial indexes.
+        SearchFilter {
+            decision: Some("allow".into()),
+            ..f()
+        },
+        SearchFilter {
+            event: Some("query.result".into()),
+            until: Some(t700),
+            ..f()
+        },
+        SearchFilter {
+            event: Some("session.start".into()),
+            since: Some(t300),
+            ..f()
+        },
     ];
     // Bounds with nanoseconds, just around a record's microsecond.
     out.push(SearchFilter {
@@ -377,4 +422,229 @@ fn followers_share_the_index_while_the_log_grows() {
     assert_eq!(all.len(), 3000, "no record missing or indexed twice");
     assert!(all.iter().enumerate().all(|(i, r)| r.event.seq == i as u64 + 1));
     assert_same(&path, &mut index);
+}
+
+/// The plan SQLite chooses for a statement, one step per line.
+fn plan(index: &Index, sql: &str, values: &[Value]) -> String {
+    let mut stmt = index.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let steps = stmt
+        .query_map(rusqlite::params_from_iter(values), |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .unwrap();
+    steps.join("\n")
+}
+
+#[test]
+fn searches_go_through_the_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_log(dir.path(), 300);
+    let mut index = Index::open(&path).unwrap();
+    index.catch_up().unwrap();
+    let now = OffsetDateTime::now_utc();
+    let f = SearchFilter::default;
+    let cases = [
+        (
+            SearchFilter {
+                session: Some("sess-005".into()),
+                ..f()
+            },
+            "events_subject",
+        ),
+        (
+            SearchFilter {
+                identity: Some("human:alice".into()),
+                event: Some("auth.failed".into()),
+                ..f()
+            },
+            "events_",
+        ),
+        (
+            SearchFilter {
+                task: Some("T-2".into()),
+                event: Some("query".into()),
+                since: Some(now),
+                ..f()
+            },
+            "events_subject",
+        ),
+        (
+            SearchFilter {
+                requester: Some("bob".into()),
+                decision: Some("allow".into()),
+                until: Some(now),
+                limit: Some(3),
+                newest: true,
+                ..f()
+            },
+            "events_subject",
+        ),
+        (
+            SearchFilter {
+                event: Some("auth.failed".into()),
+                limit: Some(3),
+                newest: true,
+                ..f()
+            },
+            "events_event",
+        ),
+        (
+            SearchFilter {
+                decision: Some("deny".into()),
+                since: Some(now),
+                until: Some(now),
+                ..f()
+            },
+            "events_decision",
+        ),
+        (
+            SearchFilter {
+                since: Some(now),
+                ..f()
+            },
+            "INTEGER PRIMARY KEY",
+        ),
+        (
+            SearchFilter {
+                until: Some(now),
+                limit: Some(3),
+                newest: true,
+                ..f()
+            },
+            "INTEGER PRIMARY KEY",
+        ),
+        (
+            SearchFilter {
+                event: Some("query".into()),
+                since: Some(now),
+                until: Some(now),
+                ..f()
+            },
+            "INTEGER PRIMARY KEY",
+        ),
+    ];
+    for (filter, expected) in cases {
+        let (sql, values) = query(&filter);
+        let plan = plan(&index, &sql, &values);
+        assert!(plan.contains(expected), "{filter:?}: {sql}\n{plan}");
+        assert!(!plan.contains("SCAN events"), "{filter:?}: {sql}\n{plan}");
+    }
+    // The session summaries: their start and end through the event index, statements through
+    // the subject, and the counts of every session at once agree with those one by one.
+    let summaries = plan(&index, &sessions::BOUNDS_SQL, &[]);
+    assert!(summaries.contains("events_event"), "{summaries}");
+    let one = plan(&index, sessions::COUNT_ONE_SQL, &[Value::Text("sess-005".into())]);
+    assert!(one.contains("events_subject"), "{one}");
+    let all = index.query_counts(true).unwrap().unwrap();
+    assert_eq!(all.len(), 37);
+    for (id, counts) in all {
+        assert_eq!(counts, index.count_one(&id).unwrap(), "{id}");
+    }
+}
+
+#[test]
+fn time_ranges_hold_when_the_clock_goes_back() {
+    // A log written by hand: 10,000 records (three blocks of seqs), one a minute, with the clock
+    // set back two hours at record 5,000 and forward again at 9,000.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit/audit.jsonl");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let start = OffsetDateTime::parse("2026-01-01T00:00:00Z", &Rfc3339).unwrap();
+    let ts = |seq: u64| {
+        let minutes = match seq {
+            ..5_000 => seq as i64,
+            5_000..9_000 => seq as i64 - 120,
+            _ => seq as i64 + 1_000,
+        };
+        start + time::Duration::minutes(minutes)
+    };
+    let mut out = Vec::new();
+    let mut prev = crate::GENESIS.to_string();
+    for seq in 1..=10_000u64 {
+        prev = crate::event::encode_line(&crate::format_ts(ts(seq)), seq, &varied(seq as usize), &prev, &mut out);
+    }
+    std::fs::write(&path, &out).unwrap();
+    let mut index = Index::open(&path).unwrap();
+    assert_eq!(index.catch_up().unwrap(), 10_000);
+    let f = SearchFilter::default;
+    let around = |seq: u64, seconds: i64| ts(seq) + time::Duration::seconds(seconds);
+    let mut filters = vec![];
+    for (a, b) in [
+        (4_900, 5_010),
+        (4_950, 4_960),
+        (5_010, 5_020),
+        (8_990, 9_010),
+        (100, 9_999),
+        (3_000, 3_000),
+    ] {
+        for (since, until) in [
+            (Some(around(a, 0)), Some(around(b, 0))),
+            (Some(around(a, 1)), Some(around(b, -1))),
+            (Some(around(a, 0)), None),
+            (None, Some(around(b, 0))),
+        ] {
+            filters.push(SearchFilter { since, until, ..f() });
+            filters.push(SearchFilter {
+                since,
+                until,
+                decision: Some("deny".into()),
+                ..f()
+            });
+            filters.push(SearchFilter {
+                since,
+                until,
+                session: Some("sess-005".into()),
+                ..f()
+            });
+        }
+    }
+    let seqs = |records: Vec<StoredRecord>| records.iter().map(|r| r.event.seq).collect::<Vec<_>>();
+    // The linear scan, over records read once (no limits here).
+    let all = search_records(&path, &f()).unwrap();
+    for filter in filters {
+        let scan: Vec<u64> = all
+            .iter()
+            .filter(|r| filter.matches(&r.event))
+            .map(|r| r.event.seq)
+            .collect();
+        let indexed = index.search(&filter).unwrap();
+        assert_eq!(seqs(indexed), scan, "index and scan differ for {filter:?}");
+    }
+    let past = index
+        .search(&SearchFilter {
+            since: Some(around(5_000, 0)),
+            until: Some(around(5_001, 0)),
+            ..f()
+        })
+        .unwrap();
+    assert_eq!(
+        seqs(past),
+        [4_880, 4_881, 5_000, 5_001],
+        "both times the clock read those minutes"
+    );
+}
+
+#[test]
+fn an_index_of_an_older_version_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_log(dir.path(), 200);
+    // Version 2's table and indexes, with a row: same names, other columns.
+    let old = rusqlite::Connection::open(crate::files::index_path(&path)).unwrap();
+    old.execute_batch(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         INSERT INTO meta VALUES ('version', '2'), ('last_hash', 'x');
+         CREATE TABLE events (seq INTEGER PRIMARY KEY, ts INTEGER, event TEXT NOT NULL, session_id TEXT,
+             identity TEXT, identity_name TEXT, requester TEXT, requester_name TEXT, task TEXT, decision TEXT,
+             off INTEGER NOT NULL, len INTEGER NOT NULL);
+         CREATE INDEX events_event ON events (event, session_id, decision);
+         CREATE INDEX events_ts ON events (ts);
+         INSERT INTO events (seq, event, off, len) VALUES (1, 'query', 0, 10);",
+    )
+    .unwrap();
+    drop(old);
+    let mut index = Index::open(&path).unwrap();
+    assert_eq!(index.last_seq().unwrap(), 0, "emptied");
+    assert_eq!(index.catch_up().unwrap(), 200);
+    assert_same(&path, &mut index);
+    assert_eq!(index.sessions(false, None).unwrap().len(), 37);
 }
