@@ -257,7 +257,11 @@ impl AuditHandle {
     pub fn submit(&self, mut body: EventBody) -> Pending {
         self.redactor.apply(&mut body);
         let (ack, rx) = oneshot::channel();
-        let rx = self.tx.send(Msg::Record(Request { body, ack: Some(ack) })).ok().map(|_| rx);
+        let rx = self
+            .tx
+            .send(Msg::Record(Request { body, ack: Some(ack) }))
+            .ok()
+            .map(|_| rx);
         Pending {
             rx,
             path: self.path.clone(),
