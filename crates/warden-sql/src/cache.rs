@@ -8,7 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 
 use crate::shape::shape;
@@ -59,9 +59,9 @@ impl AnalysisCache {
     pub fn analyze(&self, sql: &str, catalog: &Catalog, session: &SessionContext) -> Analysis {
         SHAPE.with_borrow_mut(|shaped| {
             shape(sql, shaped);
-            let mut h = self.hasher.build_hasher();
-            (catalog.generation, &session.search_path, &session.user, shaped.as_str()).hash(&mut h);
-            let key = h.finish();
+            let key = self
+                .hasher
+                .hash_one((catalog.generation, &session.search_path, &session.user, shaped.as_str()));
             if let Some(hit) = self
                 .entries
                 .lock()
