@@ -50,6 +50,9 @@ pub struct AnalysisCache {
     hasher: RandomState,
 }
 
+/// Beyond this, the per-thread shape buffer is given back rather than kept.
+const SHAPE_RETAINED_MAX: usize = 64 * 1024;
+
 thread_local! {
     /// The shape of the statement being looked up: no allocation per lookup.
     static SHAPE: RefCell<String> = RefCell::new(String::with_capacity(256));
@@ -58,6 +61,10 @@ thread_local! {
 impl AnalysisCache {
     pub fn analyze(&self, sql: &str, catalog: &Catalog, session: &SessionContext) -> Analysis {
         SHAPE.with_borrow_mut(|shaped| {
+            // One very long statement should not pin its size in every thread.
+            if shaped.capacity() > SHAPE_RETAINED_MAX {
+                *shaped = String::with_capacity(256);
+            }
             shape(sql, shaped);
             let key = self
                 .hasher
