@@ -126,6 +126,9 @@ fn stopped(path: &Path) -> AuditError {
     }
 }
 
+/// With `batch`, how long records nobody waits on (query.result) may stay written but not fsynced.
+pub(crate) const DETACHED_SYNC_WITHIN: Duration = Duration::from_millis(5);
+
 /// Most records one write and one fsync cover, so one batch cannot hold acks back for long.
 const MAX_BATCH: usize = 4096;
 /// The write buffer is reused; one very large batch should not pin its memory forever.
@@ -193,6 +196,7 @@ impl AuditLog {
             signer,
             signed_seq: 0,
             last_checkpoint: None,
+            unsynced_since: None,
             accept_unsigned,
             written: written_tx,
             #[cfg(test)]
@@ -347,6 +351,8 @@ struct Writer {
     /// The newest seq this writer has signed.
     signed_seq: u64,
     last_checkpoint: Option<Instant>,
+    /// With `batch`: since when records nobody waits on have been written but not fsynced.
+    unsynced_since: Option<Instant>,
     written: watch::Sender<u64>,
     #[cfg(test)]
     fail_writes: Arc<std::sync::atomic::AtomicBool>,
@@ -356,17 +362,24 @@ impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
         let mut batch = VecDeque::new();
         loop {
-            // Records written since the last checkpoint are signed once the interval is up, even if
-            // nothing else arrives.
-            let due = match (self.opts.checkpoint_every, self.last_checkpoint) {
+            // Records written since the last checkpoint are signed once the interval is up, and
+            // records nobody waits on are fsynced within DETACHED_SYNC_WITHIN, even if nothing else
+            // arrives.
+            let checkpoint_due = match (self.opts.checkpoint_every, self.last_checkpoint) {
                 (Some(every), Some(at)) if self.seq > self.signed_seq => Some(at + every),
                 _ => None,
             };
+            let sync_due = self.unsynced_since.map(|at| at + DETACHED_SYNC_WITHIN);
+            let due = checkpoint_due.into_iter().chain(sync_due).min();
             let first = match due {
                 Some(due) => match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
                     Ok(r) => r,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        let _ = self.checkpoint_locked();
+                        self.sync_pending();
+                        if checkpoint_due.is_some_and(|d| d <= Instant::now()) {
+                            let _ = self.checkpoint_locked();
+                        }
+                        self.announce();
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -390,9 +403,6 @@ impl Writer {
             }
             if !batch.is_empty() {
                 self.write_batch(&mut batch);
-                if self.failed.is_none() {
-                    self.written.send_replace(self.seq);
-                }
             }
             if !asked.is_empty() {
                 let result = if self.seq > self.signed_seq || self.seq == 0 {
@@ -404,13 +414,41 @@ impl Writer {
                     let _ = ack.send(result.clone());
                 }
             }
+            self.announce();
             if self.buf.capacity() > BUF_RETAINED_MAX {
                 self.buf = Vec::with_capacity(BUF_INITIAL);
             }
         }
-        // The last handle is gone: sign what this writer wrote.
+        // The last handle is gone: make durable and sign what this writer wrote.
+        self.sync_pending();
         if self.seq > self.signed_seq {
             let _ = self.checkpoint_locked();
+        }
+        self.announce();
+    }
+
+    /// Tells followers (the sinks) how far the log is durable: only what is fsynced per the mode.
+    fn announce(&self) {
+        if self.failed.is_none() && self.unsynced_since.is_none() {
+            self.written
+                .send_if_modified(|w| std::mem::replace(w, self.seq) != self.seq);
+        }
+    }
+
+    /// Fsyncs records nobody waited on (with `batch`). A failure fails the log as a failed write does.
+    fn sync_pending(&mut self) {
+        if self.unsynced_since.is_none() || self.failed.is_some() {
+            return;
+        }
+        match self.file.sync_data() {
+            Ok(()) => self.unsynced_since = None,
+            Err(e) => {
+                eprintln!(
+                    "warden-audit: cannot fsync {}: {e}; every later record is refused",
+                    self.path.display()
+                );
+                self.failed = Some(e.to_string());
+            }
         }
     }
 
@@ -452,7 +490,7 @@ impl Writer {
             while let Some(r) = batch.pop_front() {
                 self.buf.clear();
                 let seq = self.encode(&r.body);
-                if let Err(e) = self.flush() {
+                if let Err(e) = self.flush(true) {
                     batch.push_front(r);
                     return Err(e);
                 }
@@ -470,7 +508,9 @@ impl Writer {
             for r in batch.iter() {
                 self.encode(&r.body);
             }
-            self.flush()?;
+            // A batch of records nobody waits on (query.result) is fsynced with the next batch
+            // someone waits on, or within DETACHED_SYNC_WITHIN: it does not hold up the next statement.
+            self.flush(batch.iter().any(|r| r.ack.is_some()))?;
             self.after_write()?;
             for (seq, r) in (first..).zip(batch.drain(..)) {
                 r.answer(Ok(seq));
@@ -511,6 +551,11 @@ impl Writer {
         let changed = match on_disk {
             Some((ino, len)) if ino == self.ino => len != self.len,
             _ => {
+                // Our unsynced records are in the file another process rotated away.
+                if self.unsynced_since.is_some() {
+                    self.file.sync_data()?;
+                    self.unsynced_since = None;
+                }
                 self.file = create(&self.path)?;
                 self.ino = self.file.metadata()?.ino();
                 true
@@ -588,6 +633,11 @@ impl Writer {
     /// Appends a signed checkpoint of the current head (the caller holds the lock).
     fn checkpoint(&mut self) -> io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
+        // Only a durable head is signed: an OS crash must not leave a log shorter than its checkpoint.
+        if self.unsynced_since.is_some() {
+            self.file.sync_data()?;
+            self.unsynced_since = None;
+        }
         let Some(signer) = &self.signer else {
             return Ok(());
         };
@@ -638,7 +688,8 @@ impl Writer {
         self.seq
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    /// Writes `buf`; fsyncs it (and anything written before) when `sync`, per the mode.
+    fn flush(&mut self, sync: bool) -> io::Result<()> {
         #[cfg(test)]
         if self.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(28)); // ENOSPC
@@ -646,7 +697,12 @@ impl Writer {
         self.file.write_all(&self.buf)?;
         self.len += self.buf.len() as u64;
         if self.opts.fsync != FsyncMode::Off {
-            self.file.sync_data()?;
+            if sync {
+                self.file.sync_data()?;
+                self.unsynced_since = None;
+            } else {
+                self.unsynced_since.get_or_insert_with(Instant::now);
+            }
         }
         Ok(())
     }
