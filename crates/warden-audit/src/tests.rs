@@ -118,7 +118,8 @@ async fn records_nobody_waits_on_keep_their_place_and_a_failed_one_fails_what_fo
     // In `batch`, a record nobody waits on is not fsynced by itself at once; followers (the sinks,
     // which ship only durable records) hear of it once the writer's timer has fsynced it.
     let mut written = log.written();
-    assert_eq!(*written.borrow_and_update(), 4);
+    // Announced just after the acknowledgement.
+    written.wait_for(|seq| *seq == 4).await.unwrap();
     let before = std::time::Instant::now();
     log.record(body("query.result", "r5"));
     tokio::time::timeout(std::time::Duration::from_secs(5), written.wait_for(|seq| *seq == 5))
