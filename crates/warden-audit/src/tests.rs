@@ -146,6 +146,31 @@ async fn records_nobody_waits_on_keep_their_place_and_a_failed_one_fails_what_fo
     assert_eq!(verify(&path).unwrap().records, 5);
 }
 
+#[tokio::test]
+async fn an_fsync_that_fails_at_a_checkpoint_fails_the_log_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let opts = AuditOptions {
+        checkpoint_every: Some(std::time::Duration::from_secs(3600)),
+        ..AuditOptions::default()
+    };
+    let log = AuditLog::open_with(&path, opts).unwrap();
+    log.append(body("query", "q1")).await.unwrap();
+    let mut written = log.written();
+    written.wait_for(|seq| *seq == 1).await.unwrap();
+    // Written, not yet fsynced; then the fsync the checkpoint asks for fails.
+    log.record(body("query.result", "r2"));
+    log.fail_writes();
+    assert!(log.checkpoint_now().await.is_err());
+    // Never announced as durable, and nothing more is accepted.
+    tokio::time::sleep(crate::writer::DETACHED_SYNC_WITHIN * 4).await;
+    assert_eq!(*written.borrow(), 1);
+    assert!(matches!(
+        log.append(body("query", "q3")).await,
+        Err(AuditError::Unavailable { .. })
+    ));
+}
+
 #[test]
 fn append_blocking_outside_a_runtime() {
     let dir = tempfile::tempdir().unwrap();

@@ -370,7 +370,11 @@ impl Writer {
                 _ => None,
             };
             let sync_due = self.unsynced_since.map(|at| at + DETACHED_SYNC_WITHIN);
-            let due = checkpoint_due.into_iter().chain(sync_due).min();
+            // A failed log has nothing more to sync or sign: no timer (it would spin).
+            let due = match self.failed {
+                Some(_) => None,
+                None => checkpoint_due.into_iter().chain(sync_due).min(),
+            };
             let first = match due {
                 Some(due) => match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
                     Ok(r) => r,
@@ -414,6 +418,13 @@ impl Writer {
                     let _ = ack.send(result.clone());
                 }
             }
+            // Records nobody waits on, arriving without pause, are still fsynced in time.
+            if self
+                .unsynced_since
+                .is_some_and(|at| at.elapsed() >= DETACHED_SYNC_WITHIN)
+            {
+                self.sync_pending();
+            }
             self.announce();
             if self.buf.capacity() > BUF_RETAINED_MAX {
                 self.buf = Vec::with_capacity(BUF_INITIAL);
@@ -437,17 +448,40 @@ impl Writer {
 
     /// Fsyncs records nobody waited on (with `batch`). A failure fails the log as a failed write does.
     fn sync_pending(&mut self) {
-        if self.unsynced_since.is_none() || self.failed.is_some() {
-            return;
+        if self.unsynced_since.is_some() && self.failed.is_none() {
+            let _ = self.sync_log();
         }
-        match self.file.sync_data() {
-            Ok(()) => self.unsynced_since = None,
+    }
+
+    /// Fsyncs the active file (per the mode). A failure fails the log for good: what reached the disk
+    /// is unknown, and a second fsync of the same descriptor could report success for lost pages.
+    fn sync_log(&mut self) -> io::Result<()> {
+        if self.opts.fsync == FsyncMode::Off {
+            return Ok(());
+        }
+        if let Some(reason) = &self.failed {
+            return Err(io::Error::other(reason.clone()));
+        }
+        #[cfg(test)]
+        let synced = if self.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(io::Error::from_raw_os_error(5)) // EIO
+        } else {
+            self.file.sync_data()
+        };
+        #[cfg(not(test))]
+        let synced = self.file.sync_data();
+        match synced {
+            Ok(()) => {
+                self.unsynced_since = None;
+                Ok(())
+            }
             Err(e) => {
                 eprintln!(
                     "warden-audit: cannot fsync {}: {e}; every later record is refused",
                     self.path.display()
                 );
                 self.failed = Some(e.to_string());
+                Err(e)
             }
         }
     }
@@ -553,8 +587,7 @@ impl Writer {
             _ => {
                 // Our unsynced records are in the file another process rotated away.
                 if self.unsynced_since.is_some() {
-                    self.file.sync_data()?;
-                    self.unsynced_since = None;
+                    self.sync_log()?;
                 }
                 self.file = create(&self.path)?;
                 self.ino = self.file.metadata()?.ino();
@@ -634,10 +667,9 @@ impl Writer {
     fn checkpoint(&mut self) -> io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         // Only a durable head is signed: an OS crash must not leave a log shorter than its checkpoint.
-        if self.unsynced_since.is_some() {
-            self.file.sync_data()?;
-            self.unsynced_since = None;
-        }
+        // Always, not only for what this process left unsynced: another process (the proxy) may have
+        // written records nobody waited on yet, and this one is about to sign them.
+        self.sync_log()?;
         let Some(signer) = &self.signer else {
             return Ok(());
         };

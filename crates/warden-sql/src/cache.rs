@@ -65,7 +65,7 @@ impl AnalysisCache {
             if shaped.capacity() > SHAPE_RETAINED_MAX {
                 *shaped = String::with_capacity(256);
             }
-            shape(sql, shaped);
+            let shareable = shape(sql, shaped);
             let key = self
                 .hasher
                 .hash_one((catalog.generation, &session.search_path, &session.user, shaped.as_str()));
@@ -79,10 +79,14 @@ impl AnalysisCache {
                 return hit.analysis.clone();
             }
             let analysis = Arc::new(analyze(sql, catalog, session));
-            let any_numbers = analysis
-                .as_ref()
-                .as_ref()
-                .is_ok_and(|statements| statements.iter().all(|s| s.effects.is_empty()));
+            // Session effects carry their statement's text; a SET's values are strings that matter
+            // (client_encoding): neither is shared, out of caution.
+            let any_numbers = shareable
+                && analysis.as_ref().as_ref().is_ok_and(|statements| {
+                    statements
+                        .iter()
+                        .all(|s| s.effects.is_empty() && s.class() != crate::Class::Session)
+                });
             let entry = Entry {
                 generation: catalog.generation,
                 search_path: session.search_path.clone(),
@@ -159,6 +163,19 @@ mod tests {
         assert_eq!(text(&b), "PREPARE p AS SELECT id FROM orders WHERE id = 2");
         let again = cache.analyze("PREPARE p AS SELECT id FROM orders WHERE id = 2", &catalog, &ctx);
         assert!(Arc::ptr_eq(&b, &again));
+        // A SET is not shared either (its values are strings that matter), nor a text with a backslash.
+        let a = cache.analyze("SET statement_timeout = 1000", &catalog, &ctx);
+        let b = cache.analyze("SET statement_timeout = 2000", &catalog, &ctx);
+        assert!(!Arc::ptr_eq(&a, &b));
+        let a = cache.analyze("SET client_encoding TO E'WIN'\n'\\' 1'", &catalog, &ctx);
+        let b = cache.analyze("SET client_encoding TO E'WIN'\n'\\' 932'", &catalog, &ctx);
+        assert!(!Arc::ptr_eq(&a, &b));
+        let forbidden = |x: &Analysis| x.as_ref().as_ref().unwrap()[0].forbidden.clone();
+        assert!(forbidden(&a).is_empty(), "{:?}", forbidden(&a));
+        assert!(!forbidden(&b).is_empty(), "windows 932 is refused");
+        let a = cache.analyze("SELECT id FROM orders WHERE id = 1 AND status = E'\\x'", &catalog, &ctx);
+        let b = cache.analyze("SELECT id FROM orders WHERE id = 2 AND status = E'\\x'", &catalog, &ctx);
+        assert!(!Arc::ptr_eq(&a, &b));
         // A text that does not parse is not answered for another of its shape either.
         let bad = cache.analyze("SELEC 1", &catalog, &ctx);
         let other = cache.analyze("SELEC 2", &catalog, &ctx);

@@ -13,8 +13,11 @@
 /// protocol ends the text at the first NUL), so a shape is never the text of another statement.
 pub(crate) const MARK: char = '\0';
 
-/// Writes the shape of `sql` into `out` (cleared first).
-pub(crate) fn shape(sql: &str, out: &mut String) {
+/// Writes the shape of `sql` into `out` (cleared first). Returns whether texts of this shape may share
+/// an analysis: not when `sql` holds a backslash, where PostgreSQL's reading of strings has more
+/// modes than this scan follows (an `E'...'` string continued on the next line stays an escape
+/// string, so `\'` inside the continuation does not end it). Those texts are cached by exact text.
+pub(crate) fn shape(sql: &str, out: &mut String) -> bool {
     out.clear();
     let b = sql.as_bytes();
     let mut i = 0;
@@ -58,6 +61,7 @@ pub(crate) fn shape(sql: &str, out: &mut String) {
         }
     }
     out.push_str(&sql[copied..]);
+    !b.contains(&b'\\')
 }
 
 fn is_ident_start(c: u8) -> bool {
@@ -228,6 +232,15 @@ mod tests {
         assert_eq!(s("SELECT /* 1"), "SELECT /* 1");
         assert_eq!(s("SELECT $q$ 1"), "SELECT $q$ 1");
         assert_eq!(s("SELECT \"a 1"), "SELECT \"a 1");
+    }
+
+    #[test]
+    fn a_text_with_a_backslash_is_not_shared() {
+        let mut out = String::new();
+        assert!(shape("SELECT 1 FROM t WHERE a = 'x'", &mut out));
+        // PostgreSQL reads one escape string, `WIN' 932`, continued across the newline.
+        assert!(!shape("SET client_encoding TO E'WIN'\n'\\' 932'", &mut out));
+        assert!(!shape("SELECT 'a\\', 4", &mut out));
     }
 
     /// The promise the cache relies on: changing only the numbers changes nothing in the analysis.
