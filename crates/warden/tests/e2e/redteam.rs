@@ -376,3 +376,47 @@ async fn with_checks_off_postgres_still_refuses_the_denied_writes_and_reads() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The analysis cache shares an analysis between statements that differ only in numbers. An escape
+/// string continued on the next line (`E'WIN'` newline `'\' 932'`) is one string to PostgreSQL,
+/// `WIN' 932`, an unsafe client encoding; a cache that took `\'` for its end would answer it with the
+/// analysis of the harmless `... 1'` sent just before.
+#[tokio::test]
+async fn a_cached_shape_does_not_answer_for_a_refused_client_encoding() {
+    let h = harness();
+    let cred = h.issue(
+        "agent",
+        "report-bot",
+        &["--requester", "human:alice", "--task", "shape", "--roles", "analyst"],
+    );
+    let case = |id: &str, sql: &str| Case {
+        id: id.into(),
+        allow: false,
+        sql: sql.into(),
+    };
+    // PostgreSQL refuses this one itself (no such encoding); it only primes the cache.
+    let _ = run(
+        h.warden_port,
+        &cred,
+        &case("S1", "SET client_encoding TO E'WIN'\n'\\' 1'"),
+    )
+    .await;
+    match run(
+        h.warden_port,
+        &cred,
+        &case("S2", "SET client_encoding TO E'WIN'\n'\\' 932'"),
+    )
+    .await
+    {
+        Err(e) => assert!(e.contains("warden: ") && e.contains("client_encoding"), "{e}"),
+        Ok(()) => panic!("an unsafe client_encoding was let through"),
+    }
+    // Numbers alone still share: the second is answered from the cache and decided the same.
+    for id in [1, 2] {
+        let read = case("S3", &format!("SELECT id FROM orders WHERE id = {id}"));
+        assert_eq!(run(h.warden_port, &cred, &read).await, Ok(()));
+        let email = case("S4", &format!("SELECT email FROM customers WHERE id = {id}"));
+        let e = run(h.warden_port, &cred, &email).await.unwrap_err();
+        assert!(e.contains("warden: ") && e.contains("email"), "{e}");
+    }
+}
