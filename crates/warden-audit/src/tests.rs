@@ -103,16 +103,22 @@ async fn submit_keeps_the_order_of_calls() {
     assert_eq!(stored[41].body.statement.as_deref(), Some("SELECT 'q41'"));
 }
 
-#[tokio::test]
-async fn records_nobody_waits_on_keep_their_place_and_a_failed_one_fails_what_follows() {
+/// A `batch` log whose interval checkpoint never comes during a test: one would fsync a detached
+/// record early.
+fn batch_log_without_interval_checkpoints() -> (tempfile::TempDir, std::path::PathBuf, AuditHandle) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.jsonl");
-    // No interval checkpoint during the test: one would fsync the detached record early.
     let opts = AuditOptions {
         checkpoint_every: Some(std::time::Duration::from_secs(3600)),
         ..AuditOptions::default()
     };
     let log = AuditLog::open_with(&path, opts).unwrap();
+    (dir, path, log)
+}
+
+#[tokio::test]
+async fn records_nobody_waits_on_keep_their_place_and_a_failed_one_fails_what_follows() {
+    let (_dir, path, log) = batch_log_without_interval_checkpoints();
     log.record(body("query.result", "r1"));
     assert_eq!(log.append(body("query", "q2")).await.unwrap(), 2);
     log.record(body("query.result", "r3"));
@@ -148,13 +154,7 @@ async fn records_nobody_waits_on_keep_their_place_and_a_failed_one_fails_what_fo
 
 #[tokio::test]
 async fn an_fsync_that_fails_at_a_checkpoint_fails_the_log_for_good() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.jsonl");
-    let opts = AuditOptions {
-        checkpoint_every: Some(std::time::Duration::from_secs(3600)),
-        ..AuditOptions::default()
-    };
-    let log = AuditLog::open_with(&path, opts).unwrap();
+    let (_dir, _path, log) = batch_log_without_interval_checkpoints();
     log.append(body("query", "q1")).await.unwrap();
     let mut written = log.written();
     written.wait_for(|seq| *seq == 1).await.unwrap();

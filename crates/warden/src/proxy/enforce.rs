@@ -33,15 +33,20 @@ pub enum Verdict {
 
 /// Per-session state the decision depends on.
 pub struct Enforcer {
-    search_path: Vec<String>,
+    /// The session's search_path and role, as every analysis of this session needs them (kept, not
+    /// rebuilt per statement).
+    context: SessionContext,
     /// SQL-level prepared statements (PREPARE name AS ...): name -> the PREPARE text, re-decided at EXECUTE.
     prepared: HashMap<String, String>,
 }
 
 impl Enforcer {
-    pub fn new(search_path: Vec<String>) -> Self {
+    pub fn new(search_path: Vec<String>, db_role: &str) -> Self {
         Enforcer {
-            search_path,
+            context: SessionContext {
+                search_path,
+                user: db_role.to_string(),
+            },
             prepared: HashMap::new(),
         }
     }
@@ -75,10 +80,7 @@ impl Enforcer {
             database: session.database.clone(),
             reason: "no longer configured".into(),
         })?;
-        let context = SessionContext {
-            search_path: self.search_path.clone(),
-            user: session.db_role.clone(),
-        };
+        let context = &self.context;
         let unknown = |a: &warden_sql::Analysis| {
             a.as_ref().as_ref().is_ok_and(|statements| {
                 statements.iter().any(|s| {
@@ -89,11 +91,11 @@ impl Enforcer {
             })
         };
         let mut catalog = shared.provisioner.catalog(&shared.db_ca, db, false).await?;
-        let mut analysed = shared.analyses.analyze(sql, &catalog, &context);
+        let mut analysed = shared.analyses.analyze(sql, &catalog, context);
         if unknown(&analysed) {
             // A table created since the catalog was read: read it again, once.
             catalog = shared.provisioner.catalog(&shared.db_ca, db, true).await?;
-            analysed = shared.analyses.analyze(sql, &catalog, &context);
+            analysed = shared.analyses.analyze(sql, &catalog, context);
         }
         let statements: &[StatementAccess] = match analysed.as_ref() {
             Ok(s) => s,
@@ -148,7 +150,7 @@ impl Enforcer {
                             "PREPARE it first".into(),
                         ));
                     };
-                    match analyze(text, &catalog, &context) {
+                    match analyze(text, &catalog, context) {
                         Ok(inner) => executed.extend(inner),
                         Err(e) => return Ok(deny(sqlstate::SYNTAX_ERROR, e.to_string(), String::new())),
                     }
@@ -179,7 +181,7 @@ impl Enforcer {
     pub fn applied(&mut self, effects: &[(String, SessionEffect)], db_role: &str) {
         for (text, e) in effects {
             match e {
-                SessionEffect::SearchPath(p) => self.search_path = resolve_path(p, db_role),
+                SessionEffect::SearchPath(p) => self.context.search_path = resolve_path(p, db_role),
                 SessionEffect::Prepare(name) => {
                     self.prepared.insert(name.clone(), text.clone());
                 }

@@ -241,7 +241,7 @@ pub async fn run(
         max,
         statements: HashMap::new(),
         portals: HashMap::new(),
-        enforcer: Enforcer::new(parse_search_path(&upstream.search_path, &db_role)),
+        enforcer: Enforcer::new(parse_search_path(&upstream.search_path, &db_role), &db_role),
         notices: notice_tx,
         // Grown by the first message that needs it, then kept: an idle session holds no write buffer.
         out: BytesMut::new(),
