@@ -150,13 +150,13 @@ impl Load {
         };
         Client {
             base: EventBody {
-                event: String::new(),
-                session_id: Some(format!("{:016x}{:016x}", self.rand(), self.rand())),
-                identity: Some(identity),
-                credential_id: Some(format!("cr_{:016x}", self.rand())),
+                event: Default::default(),
+                session_id: Some(format!("{:016x}{:016x}", self.rand(), self.rand()).into()),
+                identity: Some(identity.into()),
+                credential_id: Some(format!("cr_{:016x}", self.rand()).into()),
                 database: Some("bench".into()),
-                db_user: Some(format!("w_{session:x}")),
-                client_addr: Some(format!("10.0.0.{}:{}", session % 250, 40000 + self.rand() % 20000)),
+                db_user: Some(format!("w_{session:x}").into()),
+                client_addr: Some(format!("10.0.0.{}:{}", session % 250, 40000 + self.rand() % 20000).into()),
                 ..EventBody::default()
             },
             left: 100 + self.rand() % 400,

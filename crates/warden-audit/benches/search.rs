@@ -248,18 +248,21 @@ fn session_events(session: usize, rng: &mut u64) -> Vec<EventBody> {
         }
     };
     let base = EventBody {
-        event: String::new(),
-        session_id: Some(id),
-        identity: Some(identity),
-        credential_id: Some(format!("cr_{:016x}", next(rng))),
+        event: Default::default(),
+        session_id: Some(id.into()),
+        identity: Some(identity.into()),
+        credential_id: Some(format!("cr_{:016x}", next(rng)).into()),
         database: Some("shop".into()),
-        db_user: Some(format!("w_{session:x}")),
-        client_addr: Some(format!(
-            "10.0.{}.{}:{}",
-            session % 250,
-            next(rng) % 250,
-            40000 + next(rng) % 20000
-        )),
+        db_user: Some(format!("w_{session:x}").into()),
+        client_addr: Some(
+            format!(
+                "10.0.{}.{}:{}",
+                session % 250,
+                next(rng) % 250,
+                40000 + next(rng) % 20000
+            )
+            .into(),
+        ),
         ..EventBody::default()
     };
     let mut out = Vec::new();

@@ -107,14 +107,14 @@ async fn run(path: &std::path::Path, fsync: FsyncMode, producers: usize, length:
 fn query_event(producer: usize, n: u64) -> EventBody {
     EventBody {
         event: "query".into(),
-        session_id: Some(format!("s_{producer:08x}5f3a9c2e7b1d4")),
+        session_id: Some(format!("s_{producer:08x}5f3a9c2e7b1d4").into()),
         identity: Some(IdentityRecord {
             kind: "agent".into(),
             name: "report-bot".into(),
             requester: Some("human:alice".into()),
             task: Some("T-42".into()),
             roles: vec!["analyst".into()],
-        }),
+        }.into()),
         credential_id: Some("cr_7d1f0c2a9b8e4f6a".into()),
         database: Some("shop".into()),
         db_user: Some("w_agent_report_bot".into()),

@@ -1,3 +1,6 @@
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -16,28 +19,31 @@ pub struct IdentityRecord {
 }
 
 /// What a caller fills in; the writer adds `ts`, `seq`, `prev_hash` and `hash`.
+///
+/// What a session's records share (its id, identity, credential, database, role and address) is
+/// reference-counted, so a session fills them into each record without copying a string.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EventBody {
     /// `session.start`, `query`, `query.result`, `session.end`, `auth.failed`, `credential.issued`, ...
-    pub event: String,
+    pub event: Cow<'static, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<String>,
+    pub session_id: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<IdentityRecord>,
+    pub identity: Option<Arc<IdentityRecord>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credential_id: Option<String>,
+    pub credential_id: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub database: Option<String>,
+    pub database: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub db_user: Option<String>,
+    pub db_user: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_addr: Option<String>,
+    pub client_addr: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statement: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Vec<Option<String>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decision: Option<String>,
+    pub decision: Option<Cow<'static, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,8 +114,21 @@ pub(crate) struct Unhashed<'a> {
 
 /// `2026-11-23T06:44:19.123456Z`
 pub fn format_ts(t: OffsetDateTime) -> String {
+    let mut out = String::with_capacity(TS_LEN);
+    write_ts(t, &mut out);
+    out
+}
+
+/// The length of every timestamp [`format_ts`] writes (years 0-9999).
+const TS_LEN: usize = "2026-11-23T06:44:19.123456Z".len();
+
+/// [`format_ts`] into a buffer the caller reuses.
+pub(crate) fn write_ts(t: OffsetDateTime, out: &mut String) {
+    use std::fmt::Write;
     let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
+    // Writing into a String cannot fail.
+    let _ = write!(
+        out,
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
         t.year(),
         u8::from(t.month()),
@@ -118,11 +137,12 @@ pub fn format_ts(t: OffsetDateTime) -> String {
         t.minute(),
         t.second(),
         t.microsecond()
-    )
+    );
 }
 
-/// Appends the stored line for a record to `out`; returns its hash.
-pub(crate) fn encode_line(ts: &str, seq: u64, body: &EventBody, prev_hash: &str, out: &mut Vec<u8>) -> String {
+/// Appends the stored line for a record to `out`, and replaces `prev_hash` (the previous record's
+/// hash, which the line links to) with this record's hash.
+pub(crate) fn encode_line(ts: &str, seq: u64, body: &EventBody, prev_hash: &mut String, out: &mut Vec<u8>) {
     let start = out.len();
     let unhashed = Unhashed {
         ts,
@@ -133,12 +153,14 @@ pub(crate) fn encode_line(ts: &str, seq: u64, body: &EventBody, prev_hash: &str,
     // Serialising strings, numbers and sequences into a Vec cannot fail: no maps with non-string
     // keys, no custom Serialize impls, no I/O.
     serde_json::to_writer(&mut *out, &unhashed).expect("audit record serialises");
-    let hash = hex::encode(Sha256::digest(&out[start..]));
+    let mut hash = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(&out[start..]), &mut hash).expect("64 hex digits for 32 bytes");
     out.pop(); // the closing '}'
     out.extend_from_slice(HASH_KEY);
-    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(&hash);
     out.extend_from_slice(b"\"}\n");
-    hash
+    prev_hash.clear();
+    prev_hash.push_str(std::str::from_utf8(&hash).expect("hex is ASCII"));
 }
 
 const HASH_KEY: &[u8] = b",\"hash\":\"";

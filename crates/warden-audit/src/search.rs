@@ -46,13 +46,13 @@ impl SearchFilter {
         if self.task.is_some() && id.and_then(|i| i.task.as_ref()) != self.task.as_ref() {
             return false;
         }
-        if self.session.is_some() && b.session_id.as_ref() != self.session.as_ref() {
+        if self.session.is_some() && b.session_id.as_deref() != self.session.as_deref() {
             return false;
         }
-        if self.decision.is_some() && b.decision.as_ref() != self.decision.as_ref() {
+        if self.decision.is_some() && b.decision.as_deref() != self.decision.as_deref() {
             return false;
         }
-        if self.event.as_ref().is_some_and(|ev| ev != &b.event) {
+        if self.event.as_ref().is_some_and(|ev| *ev != b.event) {
             return false;
         }
         if self.since.is_some() || self.until.is_some() {

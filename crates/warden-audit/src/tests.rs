@@ -2,17 +2,20 @@ use std::path::Path;
 
 use super::*;
 
-fn body(event: &str, name: &str) -> EventBody {
+fn body(event: &'static str, name: &str) -> EventBody {
     EventBody {
         event: event.into(),
-        session_id: Some(format!("s-{name}")),
-        identity: Some(IdentityRecord {
-            kind: "agent".into(),
-            name: name.into(),
-            requester: Some("human:alice".into()),
-            task: Some(format!("task-{name}")),
-            roles: vec!["analyst".into()],
-        }),
+        session_id: Some(format!("s-{name}").into()),
+        identity: Some(
+            IdentityRecord {
+                kind: "agent".into(),
+                name: name.into(),
+                requester: Some("human:alice".into()),
+                task: Some(format!("task-{name}")),
+                roles: vec!["analyst".into()],
+            }
+            .into(),
+        ),
         statement: Some(format!("SELECT '{name}'")),
         decision: Some("allow".into()),
         ..Default::default()
@@ -285,7 +288,13 @@ async fn the_reasons_name_what_broke() {
     let mut forged: Event = serde_json::from_str(&original[2]).unwrap();
     forged.body.statement = Some("SELECT 'forged'".into());
     let mut line = Vec::new();
-    event::encode_line(&forged.ts, forged.seq, &forged.body, &forged.prev_hash, &mut line);
+    event::encode_line(
+        &forged.ts,
+        forged.seq,
+        &forged.body,
+        &mut forged.prev_hash.clone(),
+        &mut line,
+    );
     let mut rewritten = original.clone();
     rewritten[2] = String::from_utf8(line).unwrap().trim_end().to_string();
     write(&rewritten);
@@ -360,13 +369,16 @@ async fn stored_lines_follow_the_documented_rule() {
     let full = EventBody {
         event: "query".into(),
         session_id: Some("s1".into()),
-        identity: Some(IdentityRecord {
-            kind: "agent".into(),
-            name: "bot".into(),
-            requester: Some("human:alice".into()),
-            task: Some("T-1".into()),
-            roles: vec!["analyst".into()],
-        }),
+        identity: Some(
+            IdentityRecord {
+                kind: "agent".into(),
+                name: "bot".into(),
+                requester: Some("human:alice".into()),
+                task: Some("T-1".into()),
+                roles: vec!["analyst".into()],
+            }
+            .into(),
+        ),
         credential_id: Some("c1".into()),
         database: Some("app".into()),
         db_user: Some("warden_bot".into()),
@@ -448,11 +460,14 @@ async fn search_filters() {
     denied.decision = Some("deny".into());
     log.append(denied).await.unwrap();
     let mut human = body("query", "alice");
-    human.identity = Some(IdentityRecord {
-        kind: "human".into(),
-        name: "alice".into(),
-        ..Default::default()
-    });
+    human.identity = Some(
+        IdentityRecord {
+            kind: "human".into(),
+            name: "alice".into(),
+            ..Default::default()
+        }
+        .into(),
+    );
     log.append(human).await.unwrap();
 
     let find = |f: SearchFilter| -> Vec<u64> { search(&path, &f).unwrap().iter().map(|e| e.seq).collect() };
@@ -690,7 +705,13 @@ async fn checkpoints_catch_a_dropped_or_rewritten_tail() {
     let mut forged: Event = serde_json::from_str(&original[4]).unwrap();
     forged.body.statement = Some("SELECT 'nothing to see'".into());
     let mut line = Vec::new();
-    event::encode_line(&forged.ts, forged.seq, &forged.body, &forged.prev_hash, &mut line);
+    event::encode_line(
+        &forged.ts,
+        forged.seq,
+        &forged.body,
+        &mut forged.prev_hash.clone(),
+        &mut line,
+    );
     let mut rewritten = original.clone();
     rewritten[4] = String::from_utf8(line).unwrap().trim_end().to_string();
     write(&rewritten);

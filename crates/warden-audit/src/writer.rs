@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use tokio::sync::{oneshot, watch};
 
 use crate::checkpoint::{self, Signer};
-use crate::event::{encode_line, format_ts, EventBody};
+use crate::event::{encode_line, format_ts, write_ts, EventBody};
 use crate::files;
 use crate::recover::{lock_exclusive, recover_head};
 use crate::redact::Redactor;
@@ -193,6 +193,7 @@ impl AuditLog {
             len: u64::MAX,
             failed: None,
             buf: Vec::with_capacity(BUF_INITIAL),
+            ts: String::new(),
             signer,
             signed_seq: 0,
             last_checkpoint: None,
@@ -345,6 +346,8 @@ struct Writer {
     /// Once a write or fsync fails, what reached the disk is unknown: every later record is refused.
     failed: Option<String>,
     buf: Vec<u8>,
+    /// The timestamp of the record being encoded (reused, like `buf`).
+    ts: String,
     signer: Option<Signer>,
     /// A head with no checkpoint at all is accepted (and signed): `warden audit sign` only.
     accept_unsigned: bool,
@@ -715,8 +718,9 @@ impl Writer {
     /// Appends one record to `buf`; returns its seq.
     fn encode(&mut self, body: &EventBody) -> u64 {
         self.seq += 1;
-        let ts = format_ts(OffsetDateTime::now_utc());
-        self.prev = encode_line(&ts, self.seq, body, &self.prev, &mut self.buf);
+        self.ts.clear();
+        write_ts(OffsetDateTime::now_utc(), &mut self.ts);
+        encode_line(&self.ts, self.seq, body, &mut self.prev, &mut self.buf);
         self.seq
     }
 

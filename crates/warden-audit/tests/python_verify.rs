@@ -94,14 +94,17 @@ fn write_log(path: &Path) {
     for n in 0..120 {
         let mut body = EventBody {
             event: "query".into(),
-            session_id: Some(format!("s_{n:04}")),
-            identity: Some(IdentityRecord {
-                kind: "agent".into(),
-                name: "report-bot".into(),
-                requester: Some("human:alice".into()),
-                task: Some("T-42".into()),
-                roles: vec!["analyst".into()],
-            }),
+            session_id: Some(format!("s_{n:04}").into()),
+            identity: Some(
+                IdentityRecord {
+                    kind: "agent".into(),
+                    name: "report-bot".into(),
+                    requester: Some("human:alice".into()),
+                    task: Some("T-42".into()),
+                    roles: vec!["analyst".into()],
+                }
+                .into(),
+            ),
             database: Some("shop".into()),
             statement: Some(format!(
                 "SELECT id, \"total\" FROM orders WHERE note = 'café\\n{n}'\n  AND region = 'eu' -- ✓"

@@ -120,7 +120,8 @@ pub fn decide(statements: &[StatementAccess], roles: &[&Role]) -> Decision {
 }
 
 fn decide_one(s: &StatementAccess, roles: &[&Role]) -> Decision {
-    let who = role_names(roles);
+    // Named only in a refusal's message: formatted then, not for every statement allowed.
+    let who = RoleNames(roles);
     let read_only = roles.iter().all(|r| r.write.is_empty());
     if let Some(f) = s.forbidden.first() {
         let rule = match f {
@@ -201,7 +202,7 @@ fn decide_one(s: &StatementAccess, roles: &[&Role]) -> Decision {
     Decision::Allow
 }
 
-fn check_functions(s: &StatementAccess, who: &str, read_only: bool) -> Option<Decision> {
+fn check_functions(s: &StatementAccess, who: &RoleNames, read_only: bool) -> Option<Decision> {
     for (name, volatility) in &s.functions {
         let base = name.rsplit('.').next().unwrap_or(name);
         if NEVER.contains(&base) {
@@ -232,13 +233,13 @@ fn check_read<'a>(
     rel: &QualifiedName,
     cols: impl Iterator<Item = &'a String>,
     roles: &[&Role],
-    who: &str,
+    who: &RoleNames,
 ) -> Option<Decision> {
     if SYSTEM_SCHEMAS.contains(&rel.schema.as_str()) {
         return None;
     }
-    let grants: Vec<&TableGrant> = roles.iter().flat_map(|r| &r.read).filter(|g| matches(g, rel)).collect();
-    if grants.is_empty() {
+    let grants = || roles.iter().flat_map(|r| &r.read).filter(|g| matches(g, rel));
+    if grants().next().is_none() {
         return Some(deny(
             "read",
             format!("{who} may not read table {rel}"),
@@ -246,10 +247,7 @@ fn check_read<'a>(
         ));
     }
     for col in cols {
-        if !grants
-            .iter()
-            .any(|g| g.columns.as_ref().is_none_or(|c| c.contains(col)))
-        {
+        if !grants().any(|g| g.columns.as_ref().is_none_or(|c| c.contains(col))) {
             return Some(deny(
                 "read",
                 format!("{who} may not read column {rel}.{col}"),
@@ -266,7 +264,7 @@ fn check_write<'a>(
     kind: WriteKind,
     cols: impl Iterator<Item = &'a String>,
     roles: &[&Role],
-    who: &str,
+    who: &RoleNames,
 ) -> Option<Decision> {
     let grants: Vec<&TableGrant> = roles
         .iter()
@@ -310,13 +308,24 @@ fn matches(g: &TableGrant, rel: &QualifiedName) -> bool {
     g.table.schema == rel.schema && g.table.name.as_ref().is_none_or(|n| n == &rel.name)
 }
 
-fn role_names(roles: &[&Role]) -> String {
-    match roles {
-        [one] => format!("role {}", one.name),
-        many => format!(
-            "roles {}",
-            many.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
-        ),
+/// `role analyst`, `roles analyst, support`: who a refusal is about.
+struct RoleNames<'a>(&'a [&'a Role]);
+
+impl std::fmt::Display for RoleNames<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            [one] => write!(f, "role {}", one.name),
+            many => {
+                f.write_str("roles ")?;
+                for (i, r) in many.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    f.write_str(&r.name)?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 

@@ -35,8 +35,8 @@ pub fn credential_record(claims: &Claims, issued_by: &str) -> CredentialRecord {
 pub fn issued_event(claims: &Claims, issued_by: &str, how: &str) -> EventBody {
     EventBody {
         event: "credential.issued".into(),
-        identity: Some(crate::proxy::identity_record(claims, &claims.roles)),
-        credential_id: Some(claims.credential_id.clone()),
+        identity: Some(crate::proxy::identity_record(claims, &claims.roles).into()),
+        credential_id: Some(claims.credential_id.as_str().into()),
         actor: Some(issued_by.to_string()),
         reason: Some(format!("issued {how}, valid until {}", fmt_ts(claims.not_after))),
         ..EventBody::default()
@@ -47,14 +47,17 @@ pub fn revoked_event(c: &CredentialRecord) -> EventBody {
     let (kind, name) = c.identity.split_once(':').unwrap_or(("", &c.identity));
     EventBody {
         event: "credential.revoked".into(),
-        identity: Some(IdentityRecord {
-            kind: kind.to_string(),
-            name: name.to_string(),
-            requester: c.requester.clone(),
-            task: c.task.clone(),
-            roles: c.roles.clone(),
-        }),
-        credential_id: Some(c.id.clone()),
+        identity: Some(
+            IdentityRecord {
+                kind: kind.to_string(),
+                name: name.to_string(),
+                requester: c.requester.clone(),
+                task: c.task.clone(),
+                roles: c.roles.clone(),
+            }
+            .into(),
+        ),
+        credential_id: Some(c.id.as_str().into()),
         actor: c.revoked_by.clone(),
         reason: c.revoke_reason.clone(),
         ..EventBody::default()
@@ -62,7 +65,7 @@ pub fn revoked_event(c: &CredentialRecord) -> EventBody {
 }
 
 /// `lock.created` or `lock.removed`.
-pub fn lock_event(event: &str, lock: &Lock, actor: &str) -> EventBody {
+pub fn lock_event(event: &'static str, lock: &Lock, actor: &str) -> EventBody {
     EventBody {
         event: event.into(),
         actor: Some(actor.to_string()),

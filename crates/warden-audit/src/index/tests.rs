@@ -27,14 +27,17 @@ fn varied(i: usize) -> EventBody {
     ][i % 6];
     let mut body = EventBody {
         event: event.into(),
-        session_id: Some(session),
-        identity: Some(IdentityRecord {
-            kind: kind.into(),
-            name,
-            requester: requester.map(str::to_string),
-            task: (!i.is_multiple_of(3)).then(|| format!("T-{}", i % 7)),
-            roles: vec!["analyst".into()],
-        }),
+        session_id: Some(session.into()),
+        identity: Some(
+            IdentityRecord {
+                kind: kind.into(),
+                name,
+                requester: requester.map(str::to_string),
+                task: (!i.is_multiple_of(3)).then(|| format!("T-{}", i % 7)),
+                roles: vec!["analyst".into()],
+            }
+            .into(),
+        ),
         ..EventBody::default()
     };
     if event == "query" {
@@ -561,7 +564,13 @@ fn time_ranges_hold_when_the_clock_goes_back() {
     let mut out = Vec::new();
     let mut prev = crate::GENESIS.to_string();
     for seq in 1..=10_000u64 {
-        prev = crate::event::encode_line(&crate::format_ts(ts(seq)), seq, &varied(seq as usize), &prev, &mut out);
+        crate::event::encode_line(
+            &crate::format_ts(ts(seq)),
+            seq,
+            &varied(seq as usize),
+            &mut prev,
+            &mut out,
+        );
     }
     std::fs::write(&path, &out).unwrap();
     let mut index = Index::open(&path).unwrap();

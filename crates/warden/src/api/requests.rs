@@ -132,18 +132,21 @@ fn review_view(r: &ReviewInfo, may_approve: bool) -> RequestView {
     }
 }
 
-fn event(name: &str, q: &AccessRequest, actor: &str, reason: Option<String>) -> EventBody {
+fn event(name: &'static str, q: &AccessRequest, actor: &str, reason: Option<String>) -> EventBody {
     let (kind, n) = q.identity.split_once(':').unwrap_or(("", &q.identity));
     EventBody {
         event: name.into(),
-        identity: Some(warden_audit::IdentityRecord {
-            kind: kind.to_string(),
-            name: n.to_string(),
-            requester: q.requester.clone(),
-            task: q.task.clone(),
-            roles: q.roles.clone(),
-        }),
-        credential_id: Some(q.credential_id.clone()),
+        identity: Some(
+            warden_audit::IdentityRecord {
+                kind: kind.to_string(),
+                name: n.to_string(),
+                requester: q.requester.clone(),
+                task: q.task.clone(),
+                roles: q.roles.clone(),
+            }
+            .into(),
+        ),
+        credential_id: Some(q.credential_id.as_str().into()),
         actor: Some(actor.to_string()),
         reason,
         request_id: Some(q.id.clone()),

@@ -288,7 +288,7 @@ fn replay(out: &mut impl Write, id: &str, records: &[StoredRecord], speed: f64) 
             _ => format!("{:>10}", "?"),
         };
         let b = &e.body;
-        match b.event.as_str() {
+        match &*b.event {
             "session.start" => writeln!(
                 out,
                 "{offset}  session.start{}",

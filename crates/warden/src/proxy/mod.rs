@@ -22,6 +22,7 @@ pub mod lifecycle;
 pub mod relay;
 pub mod review;
 
+use crate::proxy::frontend::new_session_id;
 use crate::tls::UserCaVerifier;
 
 /// Everything sessions share. The config is swapped whole on reload; readers `load()` it per decision.
@@ -64,11 +65,61 @@ pub struct Session {
     pub client_addr: SocketAddr,
     /// Startup parameters the client asked for that Warden passes on (encoding, date style, time zone...).
     pub client_params: Vec<(String, String)>,
+    /// What every audit record of this session repeats, made once.
+    tags: AuditTags,
+}
+
+/// A session's part of its audit records, shared by all of them instead of copied into each.
+#[derive(Debug)]
+struct AuditTags {
+    session_id: Arc<str>,
+    credential_id: Arc<str>,
+    database: Arc<str>,
+    db_user: Arc<str>,
+    client_addr: Arc<str>,
+    /// The identity as recorded, with the roles it was made from: made again when a reload changes them.
+    identity: std::sync::Mutex<(Arc<Vec<String>>, Arc<IdentityRecord>)>,
 }
 
 impl Session {
-    pub fn identity_record(&self) -> IdentityRecord {
-        identity_record(&self.claims, &self.roles.load())
+    pub fn new(
+        claims: Claims,
+        database: String,
+        roles: Vec<String>,
+        db_role: String,
+        client_addr: SocketAddr,
+        client_params: Vec<(String, String)>,
+    ) -> Session {
+        let id = new_session_id();
+        let roles = Arc::new(roles);
+        let tags = AuditTags {
+            session_id: id.as_str().into(),
+            credential_id: claims.credential_id.as_str().into(),
+            database: database.as_str().into(),
+            db_user: db_role.as_str().into(),
+            client_addr: client_addr.to_string().into(),
+            identity: std::sync::Mutex::new((roles.clone(), Arc::new(identity_record(&claims, &roles)))),
+        };
+        Session {
+            id,
+            claims,
+            database,
+            roles: ArcSwap::new(roles),
+            db_role,
+            client_addr,
+            client_params,
+            tags,
+        }
+    }
+
+    /// Who this session is, with its current roles, as its audit records name it.
+    pub fn identity_record(&self) -> Arc<IdentityRecord> {
+        let roles = self.roles.load();
+        let mut cached = self.tags.identity.lock().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&cached.0, &roles) {
+            *cached = (Arc::clone(&roles), Arc::new(identity_record(&self.claims, &roles)));
+        }
+        Arc::clone(&cached.1)
     }
 
     /// Who this session is, in the terms locks are written in.
@@ -79,15 +130,15 @@ impl Session {
     }
 
     /// An audit event about this session, with the full identity filled in.
-    pub fn event(&self, event: &str) -> EventBody {
+    pub fn event(&self, event: &'static str) -> EventBody {
         EventBody {
-            event: event.to_string(),
-            session_id: Some(self.id.clone()),
+            event: event.into(),
+            session_id: Some(Arc::clone(&self.tags.session_id)),
             identity: Some(self.identity_record()),
-            credential_id: Some(self.claims.credential_id.clone()),
-            database: Some(self.database.clone()),
-            db_user: Some(self.db_role.clone()),
-            client_addr: Some(self.client_addr.to_string()),
+            credential_id: Some(Arc::clone(&self.tags.credential_id)),
+            database: Some(Arc::clone(&self.tags.database)),
+            db_user: Some(Arc::clone(&self.tags.db_user)),
+            client_addr: Some(Arc::clone(&self.tags.client_addr)),
             ..EventBody::default()
         }
     }
@@ -177,9 +228,8 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdown: wat
 mod tests {
     use super::*;
 
-    #[test]
-    fn role_names() {
-        let mut c = Claims {
+    fn agent() -> Claims {
+        Claims {
             kind: warden_identity::IdentityKind::Agent,
             name: "report-bot".into(),
             requester: Some("human:alice".parse().unwrap()),
@@ -188,7 +238,52 @@ mod tests {
             credential_id: String::new(),
             not_before: time::OffsetDateTime::UNIX_EPOCH,
             not_after: time::OffsetDateTime::UNIX_EPOCH,
-        };
+        }
+    }
+
+    #[test]
+    fn records_share_the_session_fields_and_follow_a_change_of_roles() {
+        let mut claims = agent();
+        claims.credential_id = "cr_1".into();
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let session = Session::new(
+            claims,
+            "shop".into(),
+            vec!["analyst".into()],
+            "agent:x".into(),
+            peer,
+            vec![],
+        );
+        let (a, b) = (session.event("query"), session.event("query.result"));
+        assert_eq!(a.session_id.as_deref(), Some(session.id.as_str()));
+        assert_eq!(a.credential_id.as_deref(), Some("cr_1"));
+        assert_eq!(a.database.as_deref(), Some("shop"));
+        assert_eq!(a.db_user.as_deref(), Some("agent:x"));
+        assert_eq!(a.client_addr.as_deref(), Some("127.0.0.1:5000"));
+        let (ia, ib) = (a.identity.unwrap(), b.identity.unwrap());
+        assert!(Arc::ptr_eq(&ia, &ib), "one identity for records of the same roles");
+        assert!(Arc::ptr_eq(
+            a.session_id.as_ref().unwrap(),
+            b.session_id.as_ref().unwrap()
+        ));
+        assert_eq!(ia.roles, ["analyst"]);
+        assert_eq!(ia.requester.as_deref(), Some("human:alice"));
+
+        // A reload changes the session's roles: the next record names the new ones.
+        session.roles.store(Arc::new(vec!["analyst".into(), "support".into()]));
+        let c = session.event("query").identity.unwrap();
+        assert_eq!(c.roles, ["analyst", "support"]);
+        assert!(!Arc::ptr_eq(&ia, &c));
+        assert_eq!(
+            ia.roles,
+            ["analyst"],
+            "records already made keep the roles they were made with"
+        );
+    }
+
+    #[test]
+    fn role_names() {
+        let mut c = agent();
         let full = vec!["analyst".to_string(), "writer".to_string()];
         assert_eq!(db_role_name(&c, &full, &full), "agent:report-bot@human:alice");
         assert_eq!(

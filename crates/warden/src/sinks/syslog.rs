@@ -183,7 +183,7 @@ mod tests {
             log.append(EventBody {
                 event: event.into(),
                 statement: Some("SELECT 'é'".into()),
-                decision: decision.map(str::to_string),
+                decision: decision.map(|d| d.to_string().into()),
                 ..Default::default()
             })
             .await

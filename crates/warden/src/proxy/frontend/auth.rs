@@ -3,14 +3,13 @@
 
 use std::net::SocketAddr;
 
-use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use rustls::CertificateError;
 use time::OffsetDateTime;
 use warden_identity::{claims_from_cert, Claims};
 use warden_wire::frontend::{parse_password, FrontendMessage};
 
-use super::{new_session_id, AuthResult, ClientStream};
+use super::{AuthResult, ClientStream};
 use crate::proxy::error::ProxyError;
 use crate::proxy::io::Framed;
 use crate::proxy::{db_role_name, Session, Shared};
@@ -88,15 +87,8 @@ pub(super) async fn authenticate(
             }
         })
         .collect();
-    Ok(Session {
-        id: new_session_id(),
-        db_role: db_role_name(&claims, &roles, &full),
-        claims,
-        database,
-        roles: ArcSwap::from_pointee(roles),
-        client_addr: peer,
-        client_params,
-    })
+    let db_role = db_role_name(&claims, &roles, &full);
+    Ok(Session::new(claims, database, roles, db_role, peer, client_params))
 }
 
 /// The credential's claims, verified: from the TLS client certificate, else from the token password.

@@ -109,7 +109,7 @@ async fn expect_ssl_request(shared: &Shared, mut plain: Framed<TcpStream>, peer:
                 .audit
                 .append(EventBody {
                     event: "auth.failed".into(),
-                    client_addr: Some(peer.to_string()),
+                    client_addr: Some(peer.to_string().into()),
                     reason: Some(reason),
                     ..EventBody::default()
                 })
@@ -141,15 +141,15 @@ async fn record_auth_failure(
 ) {
     let mut body = EventBody {
         event: "auth.failed".into(),
-        client_addr: Some(peer.to_string()),
+        client_addr: Some(peer.to_string().into()),
         reason: Some(e.to_string()),
         error: Some(e.sqlstate().to_string()),
-        db_user: user.map(str::to_string),
+        db_user: user.map(Into::into),
         ..EventBody::default()
     };
     if let Some(c) = claims {
-        body.identity = Some(super::identity_record(c, &c.roles));
-        body.credential_id = Some(c.credential_id.clone());
+        body.identity = Some(super::identity_record(c, &c.roles).into());
+        body.credential_id = Some(c.credential_id.as_str().into());
     }
     if let Err(err) = shared.audit.append(body).await {
         tracing::error!(error = %err, "cannot record auth.failed");
