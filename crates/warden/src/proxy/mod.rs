@@ -51,7 +51,9 @@ pub struct Shared {
     pub reviews: review::ReviewRegistry,
 }
 
-/// An authenticated client session: who it is, where it goes, as which PostgreSQL role.
+/// An authenticated client session: who it is, where it goes, as which PostgreSQL role. Fixed once
+/// made, except `roles` (a reload replaces them): the audit records share copies of the other fields
+/// (`AuditTags`), made in [`Session::new`].
 #[derive(Debug)]
 pub struct Session {
     pub id: String,
