@@ -71,7 +71,7 @@ pub struct EventBody {
     /// On `query.result`: the result's column names (from PostgreSQL's RowDescription), when the
     /// statement returned rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub columns: Option<Vec<String>>,
+    pub columns: Option<Arc<Vec<String>>>,
     /// On `query.result`: the first rows as text (NULL as null), only when `[audit] result_rows` is
     /// above 0 (it is 0 by default: results can hold what the log should not).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -400,7 +400,7 @@ async fn stored_lines_follow_the_documented_rule() {
         }),
         request_id: Some("rq_1".into()),
         review_id: Some("rv_1".into()),
-        columns: Some(vec!["id".into()]),
+        columns: Some(vec!["id".into()].into()),
         sample_rows: Some(vec![vec![Some("1".into()), None]]),
     };
     log.append(full.clone()).await.unwrap();

@@ -91,12 +91,21 @@ struct Outcome {
     rows: u64,
     data_rows: u64,
     error: Option<String>,
-    /// The last result set's column names and formats.
-    columns: Option<Vec<(String, i16)>>,
+    /// The first result set's columns.
+    columns: Option<Arc<Columns>>,
     /// Its first rows, when `[audit] result_rows` asks for them.
     sample: Vec<Vec<Option<String>>>,
     /// Warden's stand-in for a denied statement: its error is the denial (shown without PL/pgSQL context).
     denied: bool,
+}
+
+/// A result's columns, from PostgreSQL's RowDescription.
+#[derive(Debug)]
+struct Columns {
+    /// For the `query.result` record.
+    names: Arc<Vec<String>>,
+    /// To read sample rows.
+    formats: Vec<i16>,
 }
 
 impl Outcome {
@@ -262,6 +271,7 @@ pub async fn run(
         notices: notice_rx,
         rfq_seen: 0,
         result_rows: shared.config.load().audit.result_rows,
+        last_columns: None,
     };
     let draining = drain(&mut shutdown, to_client.queue.clone());
     let expiry = expires(&session);
@@ -967,6 +977,9 @@ struct ServerSide<'a> {
     rfq_seen: u64,
     /// Rows of each result to record (`[audit] result_rows`, as the session started).
     result_rows: usize,
+    /// The last RowDescription met and its columns: a session that runs the same statements gets
+    /// the same description each time, and its records share the names instead of copying them.
+    last_columns: Option<(Vec<u8>, Arc<Columns>)>,
 }
 
 /// What happens to one message from PostgreSQL.
@@ -1039,8 +1052,8 @@ impl ServerSide<'_> {
             if let Some(Pending::Simple(o) | Pending::Execute(o)) = q.front_mut() {
                 o.data_rows += 1;
                 if o.sample.len() < self.result_rows {
-                    let formats: Vec<i16> = o.columns.iter().flatten().map(|c| c.1).collect();
-                    if let Some(row) = warden_wire::backend::data_row(frame.body(), &formats, MAX_SAMPLE_VALUE) {
+                    let formats = o.columns.as_ref().map_or(&[][..], |c| &c.formats[..]);
+                    if let Some(row) = warden_wire::backend::data_row(frame.body(), formats, MAX_SAMPLE_VALUE) {
                         o.sample.push(row);
                     }
                 }
@@ -1053,7 +1066,7 @@ impl ServerSide<'_> {
                 Pending::Simple(o) | Pending::Execute(o) => o.columns.is_none(),
                 Pending::Sync => false,
             }) {
-                o.columns = warden_wire::backend::row_description(frame.body());
+                o.columns = columns(&mut self.last_columns, frame.body());
             }
             return Ok(relay);
         }
@@ -1125,12 +1138,32 @@ impl ServerSide<'_> {
         body.rows = Some(o.rows);
         body.duration_us = Some(o.started.elapsed().as_micros() as u64);
         body.error = o.error;
-        body.columns = o.columns.map(|c| c.into_iter().map(|(name, _)| name).collect());
+        body.columns = o.columns.map(|c| c.names.clone());
         body.sample_rows = (!o.sample.is_empty()).then_some(o.sample);
         // Enqueued now, so records keep their order; nobody waits on it. A failure to write it
         // refuses every later record, which the next statement's `query` record reports.
         self.shared.audit.record(body);
     }
+}
+
+/// The columns a RowDescription describes: those of the last one when it is the same (nothing
+/// allocated), else read and remembered. `None` if it is malformed.
+fn columns(last: &mut Option<(Vec<u8>, Arc<Columns>)>, description: &[u8]) -> Option<Arc<Columns>> {
+    if let Some((bytes, columns)) = last {
+        if bytes.as_slice() == description {
+            return Some(columns.clone());
+        }
+    }
+    let (names, formats) = warden_wire::backend::row_description(description)?.into_iter().unzip();
+    let columns = Arc::new(Columns {
+        names: Arc::new(names),
+        formats,
+    });
+    let (bytes, remembered) = last.get_or_insert_with(|| (Vec::new(), columns.clone()));
+    bytes.clear();
+    bytes.extend_from_slice(description);
+    *remembered = columns.clone();
+    Some(columns)
 }
 
 fn pop_outcome(q: &mut VecDeque<Pending>, finished: &mut Vec<Outcome>) {
@@ -1142,4 +1175,44 @@ fn pop_outcome(q: &mut VecDeque<Pending>, finished: &mut Vec<Outcome>) {
 async fn write_flush<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
     w.write_all(bytes).await?;
     w.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A RowDescription body for text columns with these names.
+    fn description(names: &[&str]) -> Vec<u8> {
+        let mut t = (names.len() as i16).to_be_bytes().to_vec();
+        for name in names {
+            t.extend_from_slice(name.as_bytes());
+            t.push(0);
+            // table oid, attnum, type oid, typlen, typmod, format (text)
+            t.extend_from_slice(&[0; 4 + 2 + 4 + 2 + 4 + 2]);
+        }
+        t
+    }
+
+    #[test]
+    fn the_same_row_description_shares_its_columns() {
+        let mut last = None;
+        let a = columns(&mut last, &description(&["aid", "abalance"])).unwrap();
+        assert_eq!(*a.names, ["aid", "abalance"]);
+        assert_eq!(a.formats, [0, 0]);
+        let again = columns(&mut last, &description(&["aid", "abalance"])).unwrap();
+        assert!(Arc::ptr_eq(&a, &again), "the same description is read once");
+        // Another description is read, and then it is the one remembered.
+        let b = columns(&mut last, &description(&["bid"])).unwrap();
+        assert_eq!(*b.names, ["bid"]);
+        assert!(Arc::ptr_eq(&b, &columns(&mut last, &description(&["bid"])).unwrap()));
+        let c = columns(&mut last, &description(&["aid", "abalance"])).unwrap();
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(*c.names, ["aid", "abalance"]);
+        // A malformed one has no columns and leaves the last one remembered.
+        assert!(columns(&mut last, &description(&["x"])[..5]).is_none());
+        assert!(Arc::ptr_eq(
+            &c,
+            &columns(&mut last, &description(&["aid", "abalance"])).unwrap()
+        ));
+    }
 }
