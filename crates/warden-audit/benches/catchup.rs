@@ -202,9 +202,7 @@ impl Load {
         c.result_due = true;
         EventBody {
             event: "query".into(),
-            statement: Some(format!(
-                "UPDATE pgbench_accounts SET abalance = abalance + -1 WHERE aid = {aid};"
-            )),
+            statement: Some(format!("UPDATE pgbench_accounts SET abalance = abalance + -1 WHERE aid = {aid};").into()),
             decision: Some("allow".into()),
             ..c.base.clone()
         }

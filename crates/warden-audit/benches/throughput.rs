@@ -121,7 +121,8 @@ fn query_event(producer: usize, n: u64) -> EventBody {
         client_addr: Some("127.0.0.1:51234".into()),
         statement: Some(format!(
             "SELECT o.id, o.status, o.total, c.name FROM public.orders o JOIN public.customers c ON c.id = o.customer_id WHERE o.region = 'eu' AND o.id > {n} ORDER BY o.id LIMIT 50"
-        )),
+        )
+        .into()),
         decision: Some("allow".into()),
         ..EventBody::default()
     }

@@ -39,7 +39,7 @@ pub struct EventBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_addr: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub statement: Option<String>,
+    pub statement: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Vec<Option<String>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -30,10 +30,16 @@ impl Redactor {
         if self.patterns.is_empty() {
             return;
         }
+        if let Some(statement) = &mut body.statement {
+            // Shared with the prepared statement it ran: replaced, not changed in place.
+            let mut text = statement.to_string();
+            if self.redact(&mut text) {
+                *statement = text.into();
+            }
+        }
         let fields = body
-            .statement
+            .error
             .iter_mut()
-            .chain(body.error.iter_mut())
             .chain(body.reason.iter_mut())
             .chain(body.parameters.iter_mut().flatten().flatten())
             .chain(body.sample_rows.iter_mut().flatten().flatten().flatten());
@@ -42,13 +48,17 @@ impl Redactor {
         }
     }
 
-    fn redact(&self, text: &mut String) {
+    /// Whether anything matched.
+    fn redact(&self, text: &mut String) -> bool {
+        let mut matched = false;
         for p in &self.patterns {
             // `replace_all` borrows `text`; it returns Owned only when something matched.
             if let std::borrow::Cow::Owned(replaced) = p.replace_all(text, REDACTED) {
                 *text = replaced;
+                matched = true;
             }
         }
+        matched
     }
 }
 

@@ -16,7 +16,7 @@ fn body(event: &'static str, name: &str) -> EventBody {
             }
             .into(),
         ),
-        statement: Some(format!("SELECT '{name}'")),
+        statement: Some(format!("SELECT '{name}'").into()),
         decision: Some("allow".into()),
         ..Default::default()
     }
@@ -127,7 +127,10 @@ async fn records_nobody_waits_on_keep_their_place_and_a_failed_one_fails_what_fo
     log.record(body("query.result", "r3"));
     assert_eq!(log.append(body("query", "q4")).await.unwrap(), 4);
     let stored = events(&path);
-    let order: Vec<_> = stored.iter().map(|e| e.body.statement.clone().unwrap()).collect();
+    let order: Vec<_> = stored
+        .iter()
+        .map(|e| e.body.statement.as_deref().unwrap().to_string())
+        .collect();
     assert_eq!(order, ["SELECT 'r1'", "SELECT 'q2'", "SELECT 'r3'", "SELECT 'q4'"]);
     // In `batch`, a record nobody waits on is not fsynced by itself at once; followers (the sinks,
     // which ship only durable records) hear of it once the writer's timer has fsynced it.

@@ -106,9 +106,9 @@ fn write_log(path: &Path) {
                 .into(),
             ),
             database: Some("shop".into()),
-            statement: Some(format!(
-                "SELECT id, \"total\" FROM orders WHERE note = 'café\\n{n}'\n  AND region = 'eu' -- ✓"
-            )),
+            statement: Some(
+                format!("SELECT id, \"total\" FROM orders WHERE note = 'café\\n{n}'\n  AND region = 'eu' -- ✓").into(),
+            ),
             parameters: Some(vec![Some("ü".into()), None]),
             decision: Some("allow".into()),
             ..EventBody::default()

@@ -41,7 +41,7 @@ fn varied(i: usize) -> EventBody {
         ..EventBody::default()
     };
     if event == "query" {
-        body.statement = Some(format!("SELECT {i}"));
+        body.statement = Some(format!("SELECT {i}").into());
         body.decision = Some(if i.is_multiple_of(5) { "deny" } else { "allow" }.into());
     }
     if event == "auth.failed" {

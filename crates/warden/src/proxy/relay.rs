@@ -250,6 +250,7 @@ pub async fn run(
         max,
         statements: HashMap::new(),
         portals: HashMap::new(),
+        no_effects: Arc::default(),
         enforcer: Enforcer::new(parse_search_path(&upstream.search_path, &db_role), &db_role),
         notices: notice_tx,
         // Grown by the first message that needs it, then kept: an idle session holds no write buffer.
@@ -422,6 +423,8 @@ struct ClientSide<'a> {
 
     /// Portal name -> (statement text, parameters as bound, denied).
     portals: HashMap<String, Portal>,
+    /// The effects of statements that have none, shared.
+    no_effects: Arc<Vec<(String, SessionEffect)>>,
     enforcer: Enforcer,
     notices: tokio::sync::mpsc::UnboundedSender<BytesMut>,
     /// Messages decided and waiting to be written to PostgreSQL.
@@ -581,11 +584,17 @@ impl ClientSide<'_> {
                     Verdict::Allow { effects, may_write, .. } => {
                         // Its effects on the session count when it runs (Execute), not when parsed;
                         // whether it is held is decided then too, under the roles of that moment.
+                        // Most statements have no effects: they share one empty list.
+                        let effects = if effects.is_empty() {
+                            self.no_effects.clone()
+                        } else {
+                            Arc::new(effects)
+                        };
                         self.statements.insert(
                             name.to_string(),
                             Prepared {
                                 sql: Arc::from(sql),
-                                effects: Arc::new(effects),
+                                effects,
                                 may_write,
                             },
                         );
@@ -680,7 +689,7 @@ impl ClientSide<'_> {
                     }
                 }
                 let seq = self
-                    .record_query(p.sql.to_string(), Some(p.params), None, review_id.as_deref())
+                    .record_query(p.sql.clone(), Some(p.params), None, review_id.as_deref())
                     .await?;
                 self.push(Pending::Execute(Outcome::new(seq)));
                 self.enforcer.applied(&p.effects, &self.session.db_role);
@@ -747,7 +756,7 @@ impl ClientSide<'_> {
         let audit_failed = |e: warden_audit::AuditError| ProxyError::AuditUnavailable { reason: e.to_string() };
         let mut ticket = self.shared.reviews.open(info);
         let mut body = self.session.event("review.pending");
-        body.statement = Some(sql.to_string());
+        body.statement = Some(sql.into());
         body.parameters = parameters;
         body.review_id = Some(id.clone());
         body.reason = Some(format!("held for review under role {}", need.roles.join(", ")));
@@ -868,9 +877,7 @@ impl ClientSide<'_> {
         hint: String,
         review: Option<&str>,
     ) -> Result<Step, ProxyError> {
-        let seq = self
-            .record_query(sql.to_string(), params, Some(&reason), review)
-            .await?;
+        let seq = self.record_query(sql.into(), params, Some(&reason), review).await?;
         self.push(Pending::Execute(Outcome::denied(seq)));
         self.swallow.add(self.rfq);
         self.batch_denied = true;
@@ -900,13 +907,13 @@ impl ClientSide<'_> {
     async fn simple(&mut self, sql: &str, verdict: Verdict, review: Option<&str>) -> Result<Step, ProxyError> {
         match verdict {
             Verdict::Allow { effects, .. } => {
-                let seq = self.record_query(sql.to_string(), None, None, review).await?;
+                let seq = self.record_query(sql.into(), None, None, review).await?;
                 self.push(Pending::Simple(Outcome::new(seq)));
                 self.enforcer.applied(&effects, &self.session.db_role);
                 Ok(Step::Forward)
             }
             Verdict::Deny { code, reason, hint } => {
-                let seq = self.record_query(sql.to_string(), None, Some(&reason), review).await?;
+                let seq = self.record_query(sql.into(), None, Some(&reason), review).await?;
                 self.push(Pending::Simple(Outcome::denied(seq)));
                 let mut instead = BytesMut::new();
                 fe::query(&denial_statement(code, &reason, &hint), &mut instead);
@@ -918,7 +925,7 @@ impl ClientSide<'_> {
     /// The `query` event, durable before the statement is forwarded.
     async fn record_query(
         &self,
-        statement: String,
+        statement: Arc<str>,
         parameters: Option<Vec<Option<String>>>,
         denied: Option<&str>,
         review: Option<&str>,
