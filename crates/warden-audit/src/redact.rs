@@ -31,9 +31,15 @@ impl Redactor {
             return;
         }
         if let Some(statement) = &mut body.statement {
-            // Shared with the prepared statement it ran: replaced, not changed in place.
-            let mut text = statement.to_string();
-            if self.redact(&mut text) {
+            // Shared with the prepared statement it ran: searched where it is, and replaced (never
+            // changed in place) only when a pattern matched.
+            let mut text = std::borrow::Cow::Borrowed(&**statement);
+            for p in &self.patterns {
+                if let std::borrow::Cow::Owned(replaced) = p.replace_all(&text, REDACTED) {
+                    text = std::borrow::Cow::Owned(replaced);
+                }
+            }
+            if let std::borrow::Cow::Owned(text) = text {
                 *statement = text.into();
             }
         }
@@ -48,17 +54,13 @@ impl Redactor {
         }
     }
 
-    /// Whether anything matched.
-    fn redact(&self, text: &mut String) -> bool {
-        let mut matched = false;
+    fn redact(&self, text: &mut String) {
         for p in &self.patterns {
             // `replace_all` borrows `text`; it returns Owned only when something matched.
             if let std::borrow::Cow::Owned(replaced) = p.replace_all(text, REDACTED) {
                 *text = replaced;
-                matched = true;
             }
         }
-        matched
     }
 }
 

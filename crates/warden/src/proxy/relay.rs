@@ -1153,6 +1153,9 @@ impl ServerSide<'_> {
     }
 }
 
+/// The largest RowDescription a session remembers (about 60 columns with short names).
+const MAX_REMEMBERED_DESCRIPTION: usize = 2048;
+
 /// The columns a RowDescription describes: those of the last one when it is the same (nothing
 /// allocated), else read and remembered. `None` if it is malformed.
 fn columns(last: &mut Option<(Vec<u8>, Arc<Columns>)>, description: &[u8]) -> Option<Arc<Columns>> {
@@ -1166,10 +1169,8 @@ fn columns(last: &mut Option<(Vec<u8>, Arc<Columns>)>, description: &[u8]) -> Op
         names: Arc::new(names),
         formats,
     });
-    let (bytes, remembered) = last.get_or_insert_with(|| (Vec::new(), columns.clone()));
-    bytes.clear();
-    bytes.extend_from_slice(description);
-    *remembered = columns.clone();
+    // A wide result's description is not kept: an idle session would hold it.
+    *last = (description.len() <= MAX_REMEMBERED_DESCRIPTION).then(|| (description.to_vec(), columns.clone()));
     Some(columns)
 }
 
@@ -1221,5 +1222,12 @@ mod tests {
             &c,
             &columns(&mut last, &description(&["aid", "abalance"])).unwrap()
         ));
+        // A wide one is read but not kept.
+        let wide: Vec<String> = (0..200).map(|i| format!("column_{i}")).collect();
+        let wide: Vec<&str> = wide.iter().map(String::as_str).collect();
+        let w = columns(&mut last, &description(&wide)).unwrap();
+        assert_eq!(w.names.len(), 200);
+        assert!(last.is_none());
+        assert!(!Arc::ptr_eq(&w, &columns(&mut last, &description(&wide)).unwrap()));
     }
 }
