@@ -47,6 +47,16 @@ async fn log_of(n: usize) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, path)
 }
 
+/// A stored line with another statement and a fresh hash, still linking to the record before it:
+/// what a forger with the format (but not the checkpoint key) can write.
+fn reencoded(line: &str, statement: &str) -> String {
+    let mut forged: Event = serde_json::from_str(line).unwrap();
+    forged.body.statement = Some(statement.into());
+    let mut out = Vec::new();
+    event::encode_line(&forged.ts, forged.seq, &forged.body, &mut forged.prev_hash, &mut out);
+    String::from_utf8(out).unwrap().trim_end().to_string()
+}
+
 fn tampered(path: &Path) -> (usize, String) {
     match verify(path) {
         Err(AuditError::Tampered { line, reason, .. }) => (line, reason),
@@ -288,18 +298,8 @@ async fn the_reasons_name_what_broke() {
     assert_eq!(tampered(&path), (2, "seq gap: expected 2 found 3".to_string()));
 
     // Rewriting a record with a fresh hash still breaks the link to it.
-    let mut forged: Event = serde_json::from_str(&original[2]).unwrap();
-    forged.body.statement = Some("SELECT 'forged'".into());
-    let mut line = Vec::new();
-    event::encode_line(
-        &forged.ts,
-        forged.seq,
-        &forged.body,
-        &mut forged.prev_hash.clone(),
-        &mut line,
-    );
     let mut rewritten = original.clone();
-    rewritten[2] = String::from_utf8(line).unwrap().trim_end().to_string();
+    rewritten[2] = reencoded(&original[2], "SELECT 'forged'");
     write(&rewritten);
     assert_eq!(tampered(&path), (4, "prev_hash does not link to seq 3".to_string()));
 
@@ -705,18 +705,8 @@ async fn checkpoints_catch_a_dropped_or_rewritten_tail() {
     );
 
     // The last record replaced by a well-formed one with a fresh hash that links correctly.
-    let mut forged: Event = serde_json::from_str(&original[4]).unwrap();
-    forged.body.statement = Some("SELECT 'nothing to see'".into());
-    let mut line = Vec::new();
-    event::encode_line(
-        &forged.ts,
-        forged.seq,
-        &forged.body,
-        &mut forged.prev_hash.clone(),
-        &mut line,
-    );
     let mut rewritten = original.clone();
-    rewritten[4] = String::from_utf8(line).unwrap().trim_end().to_string();
+    rewritten[4] = reencoded(&original[4], "SELECT 'nothing to see'");
     write(&rewritten);
     let (line_no, reason) = tampered(&path);
     assert_eq!(line_no, 5);
