@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::{put_cstr, write_tagged, Frame, Reader, WireError};
+use crate::{put_cstr, write_tagged, Frame, Reader, WireError, HEX};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendMessage<'a> {
@@ -205,8 +205,18 @@ pub fn command_rows(tag: &str) -> Option<u64> {
     last.parse().ok()
 }
 
-/// A RowDescription's column names and format codes (0 text, 1 binary); `None` if it is malformed.
-pub fn row_description(body: &[u8]) -> Option<Vec<(String, i16)>> {
+/// One column of a RowDescription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub type_oid: u32,
+    /// 0 text, 1 binary (as the RowDescription says: a statement's description says 0 for every column;
+    /// the Bind decides).
+    pub format: i16,
+}
+
+/// A RowDescription's columns; `None` if it is malformed.
+pub fn row_description(body: &[u8]) -> Option<Vec<Column>> {
     let count = i16::from_be_bytes(body.get(..2)?.try_into().ok()?);
     let mut rest = &body[2..];
     let mut out = Vec::with_capacity(count.max(0) as usize);
@@ -215,16 +225,28 @@ pub fn row_description(body: &[u8]) -> Option<Vec<(String, i16)>> {
         let name = String::from_utf8_lossy(&rest[..end]).into_owned();
         // table oid (4), attnum (2), type oid (4), typlen (2), typmod (4), then format (2).
         let fixed = rest.get(end + 1..end + 1 + 18)?;
+        let type_oid = u32::from_be_bytes([fixed[6], fixed[7], fixed[8], fixed[9]]);
         let format = i16::from_be_bytes([fixed[16], fixed[17]]);
-        out.push((name, format));
+        out.push(Column { name, type_oid, format });
         rest = &rest[end + 1 + 18..];
     }
     Some(out)
 }
 
-/// A DataRow's values for a record: text as (lossy) UTF-8, binary-format columns as `\x` hex, each cut
-/// to `max_value` bytes (with `...` appended); NULL as `None`. `None` if it is malformed.
-pub fn data_row(body: &[u8], formats: &[i16], max_value: usize) -> Option<Vec<Option<String>>> {
+/// How a DataRow's column is encoded, as far as it is known.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ValueFormat {
+    /// 0 text, 1 binary.
+    pub format: Option<i16>,
+    pub type_oid: Option<u32>,
+}
+
+/// A DataRow's values for a record, each cut to `max_value` bytes (with `...` appended); NULL as
+/// `None`. Text-format values as (lossy) UTF-8. Binary-format values of common types (booleans,
+/// integers, floats, text types, json, jsonb, uuid) as PostgreSQL would print them, others as `\x`
+/// hex. Where the format is unknown, a value that is not printable UTF-8 is shown as hex. `column(i)`
+/// says how column `i` is encoded. `None` if the row is malformed.
+pub fn data_row(body: &[u8], column: impl Fn(usize) -> ValueFormat, max_value: usize) -> Option<Vec<Option<String>>> {
     let count = i16::from_be_bytes(body.get(..2)?.try_into().ok()?);
     let mut rest = &body[2..];
     let mut out = Vec::with_capacity(count.max(0) as usize);
@@ -237,29 +259,114 @@ pub fn data_row(body: &[u8], formats: &[i16], max_value: usize) -> Option<Vec<Op
         }
         let value = rest.get(..len as usize)?;
         rest = &rest[len as usize..];
-        let shown = &value[..value.len().min(max_value)];
-        let binary = match formats.get(i) {
-            Some(f) => *f == 1,
-            None => {
-                std::str::from_utf8(value).map_or(true, |t| t.chars().any(|c| c.is_control() && c != '\n' && c != '\t'))
-            }
+        let how = column(i);
+        let binary = match how.format {
+            Some(f) => f == 1,
+            None => std::str::from_utf8(value).map_or(true, |t| !printable(t)),
         };
-        let mut text = if binary {
-            let mut s = String::with_capacity(2 + shown.len() * 2);
-            s.push_str("\\x");
-            for b in shown {
-                s.push_str(&format!("{b:02x}"));
-            }
-            s
+        let decoded = if binary {
+            how.type_oid.and_then(|oid| binary_text(oid, value))
         } else {
-            String::from_utf8_lossy(shown).into_owned()
+            Some(String::from_utf8_lossy(&value[..value.len().min(max_value)]).into_owned())
         };
-        if shown.len() < value.len() {
-            text.push_str("...");
-        }
+        let text = match decoded {
+            Some(mut text) => {
+                if text.len() > max_value || (!binary && value.len() > max_value) {
+                    let mut cut = max_value.min(text.len());
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    text.truncate(cut);
+                    text.push_str("...");
+                }
+                text
+            }
+            None => {
+                let shown = &value[..value.len().min(max_value)];
+                let mut s = String::with_capacity(2 + shown.len() * 2 + 3);
+                s.push_str("\\x");
+                for b in shown {
+                    s.push(char::from(HEX[usize::from(b >> 4)]));
+                    s.push(char::from(HEX[usize::from(b & 0xf)]));
+                }
+                if shown.len() < value.len() {
+                    s.push_str("...");
+                }
+                s
+            }
+        };
         out.push(Some(text));
     }
     Some(out)
+}
+
+fn printable(text: &str) -> bool {
+    !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t')
+}
+
+/// A binary-format value of a common type as PostgreSQL prints it; `None` for other types (and for a
+/// value that is not what its type says).
+fn binary_text(type_oid: u32, value: &[u8]) -> Option<String> {
+    // Type OIDs are fixed for built-in types (pg_type.dat).
+    const BOOL: u32 = 16;
+    const NAME: u32 = 19;
+    const INT8: u32 = 20;
+    const INT2: u32 = 21;
+    const INT4: u32 = 23;
+    const TEXT: u32 = 25;
+    const OID: u32 = 26;
+    const JSON: u32 = 114;
+    const FLOAT4: u32 = 700;
+    const FLOAT8: u32 = 701;
+    const UNKNOWN: u32 = 705;
+    const BPCHAR: u32 = 1042;
+    const VARCHAR: u32 = 1043;
+    const UUID: u32 = 2950;
+    const JSONB: u32 = 3802;
+    let text = |bytes: &[u8]| std::str::from_utf8(bytes).ok().map(str::to_string);
+    match type_oid {
+        BOOL => match value {
+            [0] => Some("f".into()),
+            [1] => Some("t".into()),
+            _ => None,
+        },
+        INT2 => Some(i16::from_be_bytes(value.try_into().ok()?).to_string()),
+        INT4 => Some(i32::from_be_bytes(value.try_into().ok()?).to_string()),
+        INT8 => Some(i64::from_be_bytes(value.try_into().ok()?).to_string()),
+        OID => Some(u32::from_be_bytes(value.try_into().ok()?).to_string()),
+        FLOAT4 => Some(float_text(f64::from(f32::from_be_bytes(value.try_into().ok()?)))),
+        FLOAT8 => Some(float_text(f64::from_be_bytes(value.try_into().ok()?))),
+        NAME | TEXT | JSON | UNKNOWN | BPCHAR | VARCHAR => text(value),
+        // jsonb: a version byte (1), then the text.
+        JSONB => match value.split_first() {
+            Some((1, rest)) => text(rest),
+            _ => None,
+        },
+        UUID => {
+            let bytes: [u8; 16] = value.try_into().ok()?;
+            let mut s = String::with_capacity(36);
+            for (i, b) in bytes.iter().enumerate() {
+                if matches!(i, 4 | 6 | 8 | 10) {
+                    s.push('-');
+                }
+                s.push(char::from(HEX[usize::from(b >> 4)]));
+                s.push(char::from(HEX[usize::from(b & 0xf)]));
+            }
+            Some(s)
+        }
+        _ => None,
+    }
+}
+
+/// A float as PostgreSQL prints it (shortest round-trip digits; NaN and infinities spelled its way).
+fn float_text(f: f64) -> String {
+    if f.is_nan() {
+        "NaN".into()
+    } else if f.is_infinite() {
+        if f > 0.0 { "Infinity" } else { "-Infinity" }.into()
+    } else {
+        f.to_string()
+    }
 }
 
 pub fn authentication_ok(buf: &mut BytesMut) {
@@ -353,8 +460,13 @@ mod tests {
             t.put_i16(format);
         }
         let cols = row_description(&t).unwrap();
-        assert_eq!(cols, vec![("id".to_string(), 0), ("blob".to_string(), 1)]);
-        let formats: Vec<i16> = cols.iter().map(|c| c.1).collect();
+        let names: Vec<(&str, u32, i16)> = cols.iter().map(|c| (c.name.as_str(), c.type_oid, c.format)).collect();
+        assert_eq!(names, vec![("id", 23, 0), ("blob", 23, 1)]);
+        let formats: Vec<i16> = cols.iter().map(|c| c.format).collect();
+        let format = |i: usize| ValueFormat {
+            format: formats.get(i).copied(),
+            type_oid: None,
+        };
         let mut d = BytesMut::new();
         d.put_i16(3);
         d.put_i32(5);
@@ -363,16 +475,67 @@ mod tests {
         d.put_slice(&[0xde, 0xad]);
         d.put_i32(-1);
         assert_eq!(
-            data_row(&d, &formats, 3).unwrap(),
+            data_row(&d, format, 3).unwrap(),
             vec![Some("hel...".to_string()), Some("\\xdead".to_string()), None]
         );
         // Truncated input is refused, never read past.
         for cut in 0..d.len() {
-            assert!(data_row(&d[..cut], &formats, 10).is_none(), "cut at {cut}");
+            assert!(data_row(&d[..cut], format, 10).is_none(), "cut at {cut}");
         }
         for cut in 0..t.len() {
             assert!(row_description(&t[..cut]).is_none(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn binary_values_of_common_types_read_as_postgresql_prints_them() {
+        let cases: [(u32, &[u8], &str); 14] = [
+            (16, &[1], "t"),
+            (16, &[0], "f"),
+            (21, &(-7i16).to_be_bytes(), "-7"),
+            (23, &42i32.to_be_bytes(), "42"),
+            (20, &(-9_000_000_000i64).to_be_bytes(), "-9000000000"),
+            (26, &4_000_000_000u32.to_be_bytes(), "4000000000"),
+            (700, &1.5f32.to_be_bytes(), "1.5"),
+            (701, &f64::NEG_INFINITY.to_be_bytes(), "-Infinity"),
+            (25, "paid ✓".as_bytes(), "paid ✓"),
+            (1043, b"eu", "eu"),
+            (3802, b"\x01{\"a\": 1}", "{\"a\": 1}"),
+            (2950, &[0x12; 16], "12121212-1212-1212-1212-121212121212"),
+            // Not what the type says, or a type without a reader: hex.
+            (23, &[1, 2], "\\x0102"),
+            (1700, &[0, 1], "\\x0001"),
+        ];
+        for (oid, value, want) in cases {
+            let mut d = BytesMut::new();
+            d.put_i16(1);
+            d.put_i32(value.len() as i32);
+            d.put_slice(value);
+            let binary = |_| ValueFormat {
+                format: Some(1),
+                type_oid: Some(oid),
+            };
+            assert_eq!(
+                data_row(&d, binary, 64).unwrap(),
+                vec![Some(want.to_string())],
+                "oid {oid}"
+            );
+        }
+        // Long text is cut on a character boundary; text that is not UTF-8 is shown as hex.
+        let mut d = BytesMut::new();
+        d.put_i16(2);
+        d.put_i32(6);
+        d.put_slice("aé✓".as_bytes());
+        d.put_i32(2);
+        d.put_slice(&[0xff, 0xfe]);
+        let text = |_| ValueFormat {
+            format: Some(1),
+            type_oid: Some(25),
+        };
+        assert_eq!(
+            data_row(&d, text, 4).unwrap(),
+            vec![Some("aé...".to_string()), Some("\\xfffe".to_string())]
+        );
     }
 
     #[test]

@@ -3,13 +3,12 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::{put_cstr, write_tagged, Frame, Reader, WireError, MAX_STARTUP_LEN};
+use crate::{put_cstr, write_tagged, Frame, Reader, WireError, HEX, MAX_STARTUP_LEN};
 
 const PROTOCOL_3_0: u32 = 196_608;
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
 const CANCEL_REQUEST: u32 = 80_877_102;
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartupPacket {

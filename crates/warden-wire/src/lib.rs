@@ -19,6 +19,9 @@ pub use error::WireError;
 pub const MAX_STARTUP_LEN: usize = 10_000;
 /// Default cap on one tagged message (PostgreSQL allows up to 1 GiB for some; Warden bounds memory per session).
 pub const DEFAULT_MAX_MESSAGE_LEN: usize = 64 * 1024 * 1024;
+/// Lower-case hex digits, for values shown as `\x...` in records.
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 /// How much room [`split_frame`] reserves ahead for a partial message: a declared length alone must not
 /// make Warden allocate up to the cap for every connection that sends five bytes and stalls.
 const RESERVE_AHEAD: usize = 64 * 1024;

@@ -3,19 +3,20 @@
 //!
 //! Two tasks, one per direction, so that neither side's backpressure can stall the other (a
 //! single-task relay deadlocks when both socket buffers fill). They share a queue of statements in
-//! flight: the client side pushes one entry per Query, Execute and Sync; the server side pops them as
-//! CommandComplete, ErrorResponse and ReadyForQuery come back. Result sets stream through message by
+//! flight: the client side pushes one entry per Query, Execute, Describe of a statement and Sync; the
+//! server side pops them as CommandComplete, RowDescription or NoData, ErrorResponse and ReadyForQuery
+//! come back. Result sets stream through message by
 //! message; nothing buffers more than one message.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::watch;
-use warden_wire::backend::{command_rows, BackendMessage, ErrorResponse};
+use warden_wire::backend::{command_rows, BackendMessage, ErrorResponse, ValueFormat};
 use warden_wire::frontend::{self as fe, FrontendMessage};
 use warden_wire::{split_frame, sqlstate, Frame};
 
@@ -80,6 +81,11 @@ enum Pending {
     Simple(Outcome),
     /// An extended-protocol Execute: answered by CommandComplete, EmptyQuery, PortalSuspended or an error.
     Execute(Outcome),
+    /// A Describe of a prepared statement: answered by ParameterDescription, then RowDescription or
+    /// NoData. The columns are kept for the statement's Executes, whose results come without a
+    /// RowDescription when the portal is not described (tokio-postgres, JDBC: prepare once, then only
+    /// bind and execute). `None` for a statement Warden does not track.
+    Describe(Option<Described>),
     /// The ReadyForQuery that ends an extended-protocol batch (or answers a FunctionCall).
     Sync,
 }
@@ -93,10 +99,43 @@ struct Outcome {
     error: Option<String>,
     /// The first result set's columns.
     columns: Option<Arc<Columns>>,
+    /// An Execute's: its statement's columns, as described earlier, for a result without a
+    /// RowDescription of its own.
+    described: Option<Described>,
+    /// An Execute's: the result formats its Bind asked for, which decide how sample rows are read
+    /// (a statement's description says text for every column).
+    formats: Option<ResultFormats>,
     /// Its first rows, when `[audit] result_rows` asks for them.
     sample: Vec<Vec<Option<String>>>,
     /// Warden's stand-in for a denied statement: its error is the denial (shown without PL/pgSQL context).
     denied: bool,
+}
+
+/// A prepared statement's columns, once PostgreSQL has described it.
+type Described = Arc<OnceLock<Arc<Columns>>>;
+
+/// The result format codes of a Bind: one for every column, or one each.
+#[derive(Debug, Clone)]
+enum ResultFormats {
+    All(i16),
+    Each(Arc<[i16]>),
+}
+
+impl ResultFormats {
+    fn of(codes: Vec<i16>) -> Self {
+        match codes[..] {
+            [] => ResultFormats::All(0),
+            [code] => ResultFormats::All(code),
+            _ => ResultFormats::Each(codes.into()),
+        }
+    }
+
+    fn get(&self, column: usize) -> Option<i16> {
+        match self {
+            ResultFormats::All(code) => Some(*code),
+            ResultFormats::Each(codes) => codes.get(column).copied(),
+        }
+    }
 }
 
 /// A result's columns, from PostgreSQL's RowDescription.
@@ -104,8 +143,9 @@ struct Outcome {
 struct Columns {
     /// For the `query.result` record.
     names: Arc<Vec<String>>,
-    /// To read sample rows.
+    /// To read sample rows: each column's format code and type.
     formats: Vec<i16>,
+    types: Vec<u32>,
 }
 
 impl Outcome {
@@ -117,6 +157,8 @@ impl Outcome {
             data_rows: 0,
             error: None,
             columns: None,
+            described: None,
+            formats: None,
             sample: Vec::new(),
             denied: false,
         }
@@ -273,6 +315,7 @@ pub async fn run(
         rfq_seen: 0,
         result_rows: shared.config.load().audit.result_rows,
         last_columns: None,
+        describing: false,
     };
     let draining = drain(&mut shutdown, to_client.queue.clone());
     let expiry = expires(&session);
@@ -303,7 +346,7 @@ pub async fn run(
         .iter_mut()
         .filter_map(|p| match p {
             Pending::Simple(o) | Pending::Execute(o) => Some(std::mem::replace(o, Outcome::new(o.query_seq))),
-            Pending::Sync => None,
+            Pending::Describe(_) | Pending::Sync => None,
         })
         .collect();
     if matches!(end, End::Killed(_)) && !unanswered.is_empty() {
@@ -388,6 +431,11 @@ async fn drain(shutdown: &mut watch::Receiver<bool>, queue: Queue) {
 /// Longest value (bytes) of a recorded result row; longer ones are cut.
 const MAX_SAMPLE_VALUE: usize = 256;
 
+/// A result row for the record, its columns read as `column` says (unknown: guessed per value).
+fn data_row(body: &[u8], column: impl Fn(usize) -> ValueFormat) -> Option<Vec<Option<String>>> {
+    warden_wire::backend::data_row(body, column, MAX_SAMPLE_VALUE)
+}
+
 /// How long the farewell, the shutdown and the cancel of an ended session may take.
 const KILL_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -459,6 +507,8 @@ struct Prepared {
     effects: Arc<Vec<(String, SessionEffect)>>,
     /// May change data: held for review at Execute if the session then holds a reviewed role.
     may_write: bool,
+    /// Its columns, made when the client first describes it.
+    described: Option<Described>,
 }
 
 #[derive(Clone)]
@@ -469,6 +519,9 @@ struct Portal {
     denied: Option<String>,
     effects: Arc<Vec<(String, SessionEffect)>>,
     may_write: bool,
+    /// Its statement's columns, if the statement was described before the Bind.
+    described: Option<Described>,
+    formats: ResultFormats,
 }
 
 impl ClientSide<'_> {
@@ -596,6 +649,7 @@ impl ClientSide<'_> {
                                 sql: Arc::from(sql),
                                 effects,
                                 may_write,
+                                described: None,
                             },
                         );
                     }
@@ -606,7 +660,7 @@ impl ClientSide<'_> {
                     }
                 }
             }
-            FrontendMessage::Bind(bind) => {
+            FrontendMessage::Bind(mut bind) => {
                 if self.batch_denied {
                     return Ok(Step::Forward);
                 }
@@ -642,6 +696,8 @@ impl ClientSide<'_> {
                         denied: None,
                         effects: p.effects,
                         may_write: p.may_write,
+                        described: p.described,
+                        formats: ResultFormats::of(std::mem::take(&mut bind.result_formats)),
                     },
                 );
             }
@@ -691,7 +747,11 @@ impl ClientSide<'_> {
                 let seq = self
                     .record_query(p.sql.clone(), Some(p.params), None, review_id.as_deref())
                     .await?;
-                self.push(Pending::Execute(Outcome::new(seq)));
+                self.push(Pending::Execute(Outcome {
+                    described: p.described,
+                    formats: Some(p.formats),
+                    ..Outcome::new(seq)
+                }));
                 self.enforcer.applied(&p.effects, &self.session.db_role);
             }
             FrontendMessage::Close { kind, name } => {
@@ -704,6 +764,16 @@ impl ClientSide<'_> {
                 } else {
                     self.portals.remove(name);
                 }
+            }
+            FrontendMessage::Describe { kind: b'S', name } => {
+                if self.batch_denied {
+                    return Ok(Step::Forward);
+                }
+                let described = self
+                    .statements
+                    .get_mut(name)
+                    .map(|p| p.described.get_or_insert_with(Described::default).clone());
+                self.push(Pending::Describe(described));
             }
             FrontendMessage::Sync => self.push(Pending::Sync),
             FrontendMessage::FunctionCall => {
@@ -887,6 +957,8 @@ impl ClientSide<'_> {
             denied: Some(format!("the unnamed statement is a refused one ({reason})")),
             effects: Arc::default(),
             may_write: false,
+            described: None,
+            formats: ResultFormats::All(0),
         };
         // What PostgreSQL now holds under the unnamed names.
         self.statements.remove("");
@@ -987,6 +1059,10 @@ struct ServerSide<'a> {
     /// The last RowDescription met and its columns: a session that runs the same statements gets
     /// the same description each time, and its records share the names instead of copying them.
     last_columns: Option<(Vec<u8>, Arc<Columns>)>,
+    /// The Describe at the front of the queue is being answered (its ParameterDescription came): the
+    /// next RowDescription or NoData is its. A portal's Describe, not queued, has no
+    /// ParameterDescription: its RowDescription goes to the Execute that follows, as a result's own.
+    describing: bool,
 }
 
 /// What happens to one message from PostgreSQL.
@@ -1050,7 +1126,7 @@ impl ServerSide<'_> {
         match frame.tag {
             b'1' if self.swallow.take(self.rfq_seen, true) => return Ok(Relay::Drop),
             b'2' if self.swallow.take(self.rfq_seen, false) => return Ok(Relay::Drop),
-            b'C' | b'E' | b'I' | b's' | b'Z' | b'D' | b'T' => {}
+            b'C' | b'E' | b'I' | b's' | b'Z' | b'D' | b'T' | b't' | b'n' => {}
             _ => return Ok(Relay::Forward),
         }
         let mut relay = Relay::Forward;
@@ -1059,9 +1135,33 @@ impl ServerSide<'_> {
             if let Some(Pending::Simple(o) | Pending::Execute(o)) = q.front_mut() {
                 o.data_rows += 1;
                 if o.sample.len() < self.result_rows {
-                    let formats = o.columns.as_ref().map_or(&[][..], |c| &c.formats[..]);
-                    if let Some(row) = warden_wire::backend::data_row(frame.body(), formats, MAX_SAMPLE_VALUE) {
-                        o.sample.push(row);
+                    // An Execute's formats are its Bind's; the types come from the description.
+                    let columns = o
+                        .columns
+                        .as_deref()
+                        .or_else(|| o.described.as_ref()?.get().map(|c| &**c));
+                    let row = data_row(frame.body(), |i| ValueFormat {
+                        format: match &o.formats {
+                            Some(formats) => formats.get(i),
+                            None => columns.and_then(|c| c.formats.get(i).copied()),
+                        },
+                        type_oid: columns.and_then(|c| c.types.get(i).copied()),
+                    });
+                    o.sample.extend(row);
+                }
+            }
+            return Ok(relay);
+        }
+        if frame.tag == b't' {
+            self.describing = matches!(q.front(), Some(Pending::Describe(_)));
+            return Ok(relay);
+        }
+        if self.describing && matches!(frame.tag, b'T' | b'n') {
+            self.describing = false;
+            if let Some(Pending::Describe(described)) = q.pop_front() {
+                if let (Some(d), b'T') = (described, frame.tag) {
+                    if let Some(c) = columns(&mut self.last_columns, frame.body()) {
+                        let _ = d.set(c);
                     }
                 }
             }
@@ -1071,10 +1171,13 @@ impl ServerSide<'_> {
             // The first result set's, like the sample rows (a string of several statements has more).
             if let Some(Pending::Simple(o) | Pending::Execute(o)) = q.front_mut().filter(|p| match p {
                 Pending::Simple(o) | Pending::Execute(o) => o.columns.is_none(),
-                Pending::Sync => false,
+                Pending::Describe(_) | Pending::Sync => false,
             }) {
                 o.columns = columns(&mut self.last_columns, frame.body());
             }
+            return Ok(relay);
+        }
+        if frame.tag == b'n' {
             return Ok(relay);
         }
         match BackendMessage::parse(frame)? {
@@ -1102,13 +1205,17 @@ impl ServerSide<'_> {
                         relay = Relay::Rewrite(clean);
                     }
                 }
+                self.describing = false;
                 match q.front_mut() {
                     Some(Pending::Simple(o)) => o.error = Some(text),
-                    Some(Pending::Execute(o)) => {
-                        o.error = Some(text);
-                        pop_outcome(&mut q, finished);
+                    Some(Pending::Execute(_) | Pending::Describe(_)) => {
+                        // The Execute (or the Describe) failed, or a message before it did.
+                        if let Some(Pending::Execute(o)) = q.front_mut() {
+                            o.error = Some(text);
+                            pop_outcome(&mut q, finished);
+                        }
                         // PostgreSQL skips the rest of the batch up to Sync.
-                        while let Some(Pending::Execute(_)) = q.front() {
+                        while let Some(Pending::Execute(_) | Pending::Describe(_)) = q.front() {
                             if let Some(Pending::Execute(mut o)) = q.pop_front() {
                                 o.error = Some("not run: an earlier message of the batch failed".into());
                                 finished.push(o);
@@ -1121,6 +1228,7 @@ impl ServerSide<'_> {
             BackendMessage::ReadyForQuery { status } => {
                 self.tx_status.store(status, Ordering::SeqCst);
                 self.rfq_seen += 1;
+                self.describing = false;
                 // Drop anything left before the sync point, then the sync point itself.
                 while let Some(p) = q.pop_front() {
                     match p {
@@ -1129,6 +1237,7 @@ impl ServerSide<'_> {
                             break;
                         }
                         Pending::Execute(o) => finished.push(o),
+                        Pending::Describe(_) => {}
                         Pending::Sync => break,
                     }
                 }
@@ -1145,7 +1254,8 @@ impl ServerSide<'_> {
         body.rows = Some(o.rows);
         body.duration_us = Some(o.started.elapsed().as_micros() as u64);
         body.error = o.error;
-        body.columns = o.columns.map(|c| c.names.clone());
+        let columns = o.columns.or_else(|| o.described.and_then(|d| d.get().cloned()));
+        body.columns = columns.map(|c| c.names.clone());
         body.sample_rows = (!o.sample.is_empty()).then_some(o.sample);
         // Enqueued now, so records keep their order; nobody waits on it. A failure to write it
         // refuses every later record, which the next statement's `query` record reports.
@@ -1164,10 +1274,11 @@ fn columns(last: &mut Option<(Vec<u8>, Arc<Columns>)>, description: &[u8]) -> Op
             return Some(columns.clone());
         }
     }
-    let (names, formats) = warden_wire::backend::row_description(description)?.into_iter().unzip();
+    let described = warden_wire::backend::row_description(description)?;
     let columns = Arc::new(Columns {
-        names: Arc::new(names),
-        formats,
+        formats: described.iter().map(|c| c.format).collect(),
+        types: described.iter().map(|c| c.type_oid).collect(),
+        names: Arc::new(described.into_iter().map(|c| c.name).collect()),
     });
     // A wide result's description is not kept: an idle session would hold it.
     *last = (description.len() <= MAX_REMEMBERED_DESCRIPTION).then(|| (description.to_vec(), columns.clone()));

@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use serde_json::Value;
+
 use crate::common::*;
 
 #[test]
@@ -133,6 +135,82 @@ fn results_are_recorded_with_columns_and_rows_only_when_asked() {
     let sample = r["sample_rows"].as_array().expect("sample_rows");
     assert_eq!(sample.len(), 1, "{r}");
     assert_eq!(sample[0].as_array().unwrap().len(), 2, "{r}");
+
+    // A driver that prepares once (Parse, Describe statement) and then only binds and executes gets
+    // no RowDescription with its results: the statement's description gives the columns, and the
+    // Bind's result formats (binary here) and the described types how the sample row is read.
+    let result_of = |marker: &str| {
+        let q = wait_for_event_in(&w.config, &["--event", "query"], |e| {
+            e["statement"].as_str().is_some_and(|s| s.contains(marker))
+        });
+        let results = audit_in(&w.config, &["--event", "query.result"]);
+        let r = results.iter().filter(|e| e["query_id"] == q["seq"]).collect::<Vec<_>>();
+        assert_eq!(r.len(), 1, "{marker}: {results:?}");
+        r[0].clone()
+    };
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1")
+            .port(w.port)
+            .user("report-bot")
+            .dbname("shop")
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
+        let client = connect_with(&cfg, &cred.join("ca.crt"), Some(load_cert(&cred)))
+            .await
+            .unwrap();
+        let prepared = client
+            .prepare("SELECT id, status FROM orders WHERE id = $1 /* rec-prepared */")
+            .await
+            .unwrap();
+        // Failures between the Describe and the Executes must not put the relay out of step: one in
+        // PostgreSQL's answer to a Parse and Describe, one in an Execute.
+        let bad = client
+            .prepare("SELECT 'abc'::int4 AS bad /* rec-bad */")
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code().map(|c| c.code()), Some("22P02"), "{bad:?}");
+        assert!(client
+            .query("SELECT 1 / 0 AS broken /* rec-fails */", &[])
+            .await
+            .is_err());
+        for id in [1i32, 2] {
+            let rows = client.query(&prepared, &[&id]).await.unwrap();
+            assert_eq!(rows.len(), 1);
+        }
+        let rows = client
+            .query(
+                "SELECT count(*) AS n FROM (VALUES (1), (2), (3)) AS v (x) /* rec-count */",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+    });
+    let failed = result_of("rec-fails");
+    assert!(
+        failed["error"].as_str().is_some_and(|e| e.starts_with("22012")),
+        "{failed}"
+    );
+    let runs: Vec<Value> = audit_in(&w.config, &["--event", "query"])
+        .into_iter()
+        .filter(|e| e["statement"].as_str().is_some_and(|s| s.contains("rec-prepared")))
+        .collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    for (run, id) in runs.iter().zip(["1", "2"]) {
+        let results = audit_in(&w.config, &["--event", "query.result"]);
+        let r = results
+            .iter()
+            .find(|e| e["query_id"] == run["seq"])
+            .expect("its query.result");
+        assert_eq!(r["columns"], serde_json::json!(["id", "status"]), "{r}");
+        assert_eq!(r["rows"], 1, "{r}");
+        // As psql would show them, not as the bytes of the binary format.
+        assert_eq!(r["sample_rows"][0][0], id, "{r}");
+        assert_eq!(r["sample_rows"][0][1], "paid", "{r}");
+    }
+    let count = result_of("rec-count");
+    assert_eq!(count["columns"], serde_json::json!(["n"]), "{count}");
+    assert_eq!(count["sample_rows"][0][0], "3", "{count}");
     stop_warden(&mut child);
 }
 
