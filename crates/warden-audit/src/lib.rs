@@ -64,7 +64,7 @@ pub use redact::{Redactor, REDACTED};
 pub use search::{search, search_records, SearchFilter};
 pub use verify::{verify, verify_with, VerifyOptions, VerifyReport};
 pub use writer::{
-    AuditHandle, AuditLog, AuditOptions, FsyncMode, Pending, DEFAULT_CHECKPOINT_EVERY, DEFAULT_ROTATE_BYTES,
+    Acks, AuditHandle, AuditLog, AuditOptions, FsyncMode, Pending, DEFAULT_CHECKPOINT_EVERY, DEFAULT_ROTATE_BYTES,
 };
 
 use std::path::PathBuf;

@@ -860,3 +860,35 @@ async fn verify_during_rotation_sees_one_unbroken_chain() {
     let seqs: Vec<u64> = read_after(&path, 0).unwrap().map(|r| r.unwrap().event.seq).collect();
     assert_eq!(seqs, (1..=3000).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn reused_acks_answer_each_record_and_drop_the_answer_of_a_wait_given_up() {
+    use std::future::Future;
+    use std::task::Context;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let log = AuditLog::open(&path, FsyncMode::Batch).unwrap();
+    let acks = std::sync::Arc::new(Acks::default());
+    for i in 1..=50u64 {
+        assert_eq!(log.append_to(body("query", &format!("r{i}")), &acks).await.unwrap(), i);
+    }
+
+    // The writer is held up (another writer holds the log's lock) while a wait is given up after
+    // its record was enqueued; the next record must get its own answer, not the abandoned one's.
+    let lock = crate::files::open_lock(&path).unwrap();
+    crate::recover::lock_exclusive(&lock).unwrap();
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    {
+        let abandoned = log.append_to(body("query", "abandoned"), &acks);
+        let mut abandoned = std::pin::pin!(abandoned);
+        assert!(abandoned.as_mut().poll(&mut cx).is_pending());
+    }
+    let next = log.append_to(body("query", "next"), &acks);
+    let mut next = std::pin::pin!(next);
+    assert!(next.as_mut().poll(&mut cx).is_pending());
+    lock.unlock().unwrap();
+    assert_eq!(next.await.unwrap(), 52, "the abandoned record is 51");
+    let stored = events(&path);
+    assert_eq!(stored[50].body.identity.as_ref().unwrap().name, "abandoned");
+}

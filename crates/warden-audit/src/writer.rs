@@ -6,8 +6,8 @@ use std::future::Future;
 use std::io::{self, Write};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::{mpsc, Arc};
-use std::task::{Context, Poll};
+use std::sync::{mpsc, Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -87,13 +87,105 @@ enum Msg {
 struct Request {
     body: EventBody,
     /// None for a record nobody waits on ([`AuditHandle::record`]).
-    ack: Option<oneshot::Sender<Result<u64, AuditError>>>,
+    ack: Option<Ack>,
 }
 
 impl Request {
     fn answer(self, result: Result<u64, AuditError>) {
-        if let Some(ack) = self.ack {
-            let _ = ack.send(result);
+        match self.ack {
+            Some(Ack::Once(ack)) => {
+                let _ = ack.send(result);
+            }
+            Some(Ack::Reused(mut ack)) => ack.answer(Answer::Done(result)),
+            None => {}
+        }
+    }
+}
+
+/// Where a record's answer goes.
+enum Ack {
+    Once(oneshot::Sender<Result<u64, AuditError>>),
+    /// A caller's [`Acks`], for its record number `ticket`.
+    Reused(Ticket),
+}
+
+/// Where the writer answers one caller's records, one at a time, reused for each: a session waits on
+/// one record before it sends the next, and so needs no channel made per record
+/// ([`AuditHandle::append_to`]).
+#[derive(Default)]
+pub struct Acks {
+    state: Mutex<AckState>,
+}
+
+#[derive(Default)]
+struct AckState {
+    /// The ticket of the record awaited now: the answer to an earlier one (whose wait was given up)
+    /// is dropped.
+    awaited: u64,
+    answer: Option<Answer>,
+    waker: Option<Waker>,
+}
+
+enum Answer {
+    Done(Result<u64, AuditError>),
+    /// The writer dropped the record unanswered (it stopped).
+    Stopped,
+}
+
+struct Ticket {
+    acks: Arc<Acks>,
+    ticket: u64,
+    answered: bool,
+}
+
+impl Ticket {
+    fn answer(&mut self, answer: Answer) {
+        self.answered = true;
+        let waker = {
+            let mut state = self.acks.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.awaited != self.ticket {
+                return;
+            }
+            state.answer = Some(answer);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.answer(Answer::Stopped);
+        }
+    }
+}
+
+/// A record enqueued with [`AuditHandle::append_to`]; resolves to its `seq` once it is written (and
+/// durable, per the mode).
+struct Answered<'a> {
+    acks: &'a Acks,
+    ticket: u64,
+    path: &'a Path,
+}
+
+impl Future for Answered<'_> {
+    type Output = Result<u64, AuditError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.acks.state.lock().unwrap_or_else(|e| e.into_inner());
+        debug_assert_eq!(state.awaited, self.ticket, "one record at a time per Acks");
+        match state.answer.take() {
+            Some(Answer::Done(result)) => Poll::Ready(result),
+            Some(Answer::Stopped) => Poll::Ready(Err(stopped(self.path))),
+            None => {
+                if !state.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    state.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
         }
     }
 }
@@ -264,7 +356,10 @@ impl AuditHandle {
         let (ack, rx) = oneshot::channel();
         let rx = self
             .tx
-            .send(Msg::Record(Request { body, ack: Some(ack) }))
+            .send(Msg::Record(Request {
+                body,
+                ack: Some(Ack::Once(ack)),
+            }))
             .ok()
             .map(|_| rx);
         Pending {
@@ -287,12 +382,44 @@ impl AuditHandle {
         self.submit(body).await
     }
 
+    /// As [`AuditHandle::append`], answered through `acks` instead of a channel made for the record:
+    /// for a caller that appends one record at a time (a session, per statement). Giving up the wait
+    /// (dropping the future) is safe: that record's answer is then dropped.
+    pub async fn append_to(&self, mut body: EventBody, acks: &Arc<Acks>) -> Result<u64, AuditError> {
+        self.redactor.apply(&mut body);
+        let ticket = {
+            let mut state = acks.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.awaited += 1;
+            state.answer = None;
+            state.awaited
+        };
+        let ack = Ticket {
+            acks: acks.clone(),
+            ticket,
+            answered: false,
+        };
+        // If the writer is gone, the returned request drops its ticket, which answers "stopped".
+        let _ = self.tx.send(Msg::Record(Request {
+            body,
+            ack: Some(Ack::Reused(ack)),
+        }));
+        Answered {
+            acks,
+            ticket,
+            path: &self.path,
+        }
+        .await
+    }
+
     /// For command-line tools. Panics inside a tokio runtime (use [`AuditHandle::append`] there).
     pub fn append_blocking(&self, mut body: EventBody) -> Result<u64, AuditError> {
         self.redactor.apply(&mut body);
         let (ack, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Record(Request { body, ack: Some(ack) }))
+            .send(Msg::Record(Request {
+                body,
+                ack: Some(Ack::Once(ack)),
+            }))
             .map_err(|_| stopped(&self.path))?;
         rx.blocking_recv().unwrap_or_else(|_| Err(stopped(&self.path)))
     }
@@ -741,5 +868,51 @@ impl Writer {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ticket for the next record, as [`AuditHandle::append_to`] takes one.
+    fn next_ticket(acks: &Arc<Acks>) -> Ticket {
+        let mut state = acks.state.lock().unwrap();
+        state.awaited += 1;
+        state.answer = None;
+        Ticket {
+            acks: acks.clone(),
+            ticket: state.awaited,
+            answered: false,
+        }
+    }
+
+    #[test]
+    fn the_answer_to_a_record_no_longer_awaited_is_dropped() {
+        let acks = Arc::new(Acks::default());
+        let mut abandoned = next_ticket(&acks);
+        let mut awaited = next_ticket(&acks);
+        abandoned.answer(Answer::Done(Ok(51)));
+        assert!(
+            acks.state.lock().unwrap().answer.is_none(),
+            "an abandoned record's answer was kept"
+        );
+        awaited.answer(Answer::Done(Ok(52)));
+        assert!(matches!(acks.state.lock().unwrap().answer, Some(Answer::Done(Ok(52)))));
+    }
+
+    #[tokio::test]
+    async fn a_record_dropped_unanswered_is_answered_stopped() {
+        let acks = Arc::new(Acks::default());
+        let ticket = next_ticket(&acks);
+        let waiting = Answered {
+            acks: &acks,
+            ticket: ticket.ticket,
+            path: Path::new("/x/audit.jsonl"),
+        };
+        // As when the writer thread is gone: the request, and its ticket, are dropped.
+        drop(ticket);
+        let err = waiting.await.unwrap_err();
+        assert!(matches!(err, AuditError::Unavailable { .. }), "{err}");
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use warden::proxy::Session;
-use warden_audit::{AuditLog, AuditOptions, FsyncMode, Redactor};
+use warden_audit::{Acks, AuditLog, AuditOptions, FsyncMode, Redactor};
 use warden_identity::{Claims, IdentityKind};
 use warden_policy::{decide, Config, Decision, Role};
 use warden_sql::{analyze, Catalog, SessionContext};
@@ -151,4 +151,22 @@ fn a_statement_allocates_nothing_to_be_decided_or_to_have_its_records_made_and_w
     // shared, not copied): 324 here. The slack is for the queue growing further in a larger burst; one
     // allocation per record would be 10,000 more.
     assert!(n <= RECORDS / 31 + 64, "{n} allocations to write {RECORDS} records");
+
+    // A session's `query` records, each awaited through the session's reused acknowledgement (as the
+    // relay does before forwarding a statement): no channel per record either.
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let acks = std::sync::Arc::new(Acks::default());
+    runtime.block_on(log.append_to(record.clone(), &acks)).unwrap();
+    const AWAITED: u64 = 1_000;
+    let bodies: Vec<_> = (0..AWAITED).map(|_| record.clone()).collect();
+    let n = allocations(|| {
+        for r in bodies {
+            runtime.block_on(log.append_to(r, &acks)).unwrap();
+        }
+    });
+    // The channel's blocks (32); a channel per record would be 1,000 more.
+    assert!(
+        n <= AWAITED / 31 + 16,
+        "{n} allocations to write and await {AWAITED} records"
+    );
 }

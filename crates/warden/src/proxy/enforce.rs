@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use smallvec::SmallVec;
+
 use warden_policy::{decide, Decision, Role};
 use warden_sql::{analyze, Forbidden, SessionContext, SessionEffect, StatementAccess};
 use warden_wire::sqlstate;
@@ -68,7 +70,7 @@ impl Enforcer {
             });
         }
         let current = session.roles.load();
-        let roles: Vec<&Role> = current.iter().filter_map(|r| config.role(r)).collect();
+        let roles = resolve(&current, &config);
         if roles.is_empty() {
             return Ok(deny(
                 sqlstate::INSUFFICIENT_PRIVILEGE,
@@ -195,15 +197,23 @@ impl Enforcer {
     }
 }
 
+/// The session's roles that the config still defines. A session holds a few: they stay on the stack.
+fn resolve<'c>(names: &[String], config: &'c warden_policy::Config) -> SmallVec<[&'c Role; 8]> {
+    names.iter().filter_map(|r| config.role(r)).collect()
+}
+
 /// A statement that may change data, from a session holding a role with `approval = "statement"`,
 /// waits for a human.
 fn review_need(may_write: bool, roles: &[&Role]) -> Option<super::review::ReviewNeed> {
+    if !may_write {
+        return None;
+    }
     let reviewed: Vec<String> = roles
         .iter()
         .filter(|r| r.approval == warden_policy::Approval::Statement)
         .map(|r| r.name.clone())
         .collect();
-    (may_write && !reviewed.is_empty()).then_some(super::review::ReviewNeed { roles: reviewed })
+    (!reviewed.is_empty()).then_some(super::review::ReviewNeed { roles: reviewed })
 }
 
 impl Enforcer {
@@ -215,7 +225,7 @@ impl Enforcer {
         }
         let config = shared.config.load();
         let current = session.roles.load();
-        let roles: Vec<&Role> = current.iter().filter_map(|r| config.role(r)).collect();
+        let roles = resolve(&current, &config);
         review_need(true, &roles)
     }
 

@@ -300,6 +300,7 @@ pub async fn run(
         rfq: 0,
         batch_denied: false,
         held,
+        acks: Arc::default(),
     };
     let mut to_client = ServerSide {
         shared: &shared,
@@ -485,6 +486,8 @@ struct ClientSide<'a> {
     batch_denied: bool,
     /// Woken by the client's CancelRequest.
     held: Arc<tokio::sync::Notify>,
+    /// Where the audit writer answers this session's `query` records, one at a time.
+    acks: Arc<warden_audit::Acks>,
 }
 
 /// The end of a statement review.
@@ -1008,7 +1011,7 @@ impl ClientSide<'_> {
         body.parameters = parameters;
         body.decision = Some(if denied.is_some() { "deny" } else { "allow" }.into());
         body.reason = denied.map(str::to_string);
-        self.shared.audit.append(body).await.map_err(|e| {
+        self.shared.audit.append_to(body, &self.acks).await.map_err(|e| {
             tracing::error!(session = %self.session.id, error = %e, "audit unavailable: statements are refused until the audit log can be written and Warden is restarted");
             ProxyError::AuditUnavailable { reason: e.to_string() }
         })
