@@ -297,7 +297,7 @@ fn session_events(session: usize, rng: &mut u64) -> Vec<EventBody> {
         out.push(EventBody {
             event: "query".into(),
             statement: Some(statement.into()),
-            parameters: (q % 3 == 2 && !denied).then(|| vec![Some((next(rng) % 100_000).to_string())]),
+            parameters: (q % 3 == 2 && !denied).then(|| vec![Some((next(rng) % 100_000).to_string())].into()),
             decision: Some(if denied { "deny" } else { "allow" }.into()),
             reason: denied.then(|| "DELETE on customers not granted to roles analyst, reader".into()),
             ..base.clone()

@@ -18,6 +18,10 @@ pub struct IdentityRecord {
     pub roles: Vec<String>,
 }
 
+/// A statement's bound parameters as shown in records (`None` for SQL NULL); shared with the portal
+/// they were bound to, which may run more than once.
+pub type Parameters = Arc<[Option<String>]>;
+
 /// What a caller fills in; the writer adds `ts`, `seq`, `prev_hash` and `hash`.
 ///
 /// What a session's records share (its id, identity, credential, database, role and address) is
@@ -41,7 +45,7 @@ pub struct EventBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statement: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parameters: Option<Vec<Option<String>>>,
+    pub parameters: Option<Parameters>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Cow<'static, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -56,7 +56,7 @@ mod search;
 mod verify;
 mod writer;
 
-pub use event::{format_ts, Event, EventBody, IdentityRecord, LockRecord};
+pub use event::{format_ts, Event, EventBody, IdentityRecord, LockRecord, Parameters};
 pub use files::{segments, Segment};
 pub use index::{Index, SessionSummary};
 pub use reader::{read_after, read_after_from, Reader, StoredRecord};

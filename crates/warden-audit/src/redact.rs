@@ -43,11 +43,19 @@ impl Redactor {
                 *statement = text.into();
             }
         }
+        if let Some(parameters) = &mut body.parameters {
+            // Shared with the portal, like the statement: copied only when a pattern matches.
+            let matches = |t: &String| self.patterns.iter().any(|p| p.is_match(t));
+            if parameters.iter().flatten().any(matches) {
+                let mut copy = parameters.to_vec();
+                copy.iter_mut().flatten().for_each(|t| self.redact(t));
+                *parameters = copy.into();
+            }
+        }
         let fields = body
             .error
             .iter_mut()
             .chain(body.reason.iter_mut())
-            .chain(body.parameters.iter_mut().flatten().flatten())
             .chain(body.sample_rows.iter_mut().flatten().flatten().flatten());
         for text in fields {
             self.redact(text);
@@ -78,7 +86,7 @@ mod tests {
         let mut body = EventBody {
             event: "query".into(),
             statement: Some("UPDATE keys SET k = 'sk_live_abc123' WHERE password = 'hunter2'".into()),
-            parameters: Some(vec![Some("sk_live_XYZ".into()), None, Some("plain".into())]),
+            parameters: Some(vec![Some("sk_live_XYZ".into()), None, Some("plain".into())].into()),
             error: Some("invalid input: \"sk_live_9\"".into()),
             reason: Some("cannot parse the statement: unterminated quoted string at or near \"'sk_live_77".into()),
             sample_rows: Some(vec![vec![Some("x sk_live_q y".into()), None]]),
@@ -91,8 +99,8 @@ mod tests {
             Some("UPDATE keys SET k = '[REDACTED]' WHERE [REDACTED]")
         );
         assert_eq!(
-            body.parameters,
-            Some(vec![Some("[REDACTED]".into()), None, Some("plain".into())])
+            body.parameters.as_deref(),
+            Some(&[Some("[REDACTED]".into()), None, Some("plain".into())][..])
         );
         assert_eq!(body.error.as_deref(), Some("invalid input: \"[REDACTED]\""));
         assert!(body

@@ -387,7 +387,7 @@ async fn stored_lines_follow_the_documented_rule() {
         db_user: Some("warden_bot".into()),
         client_addr: Some("127.0.0.1:5000".into()),
         statement: Some("SELECT $1 -- \"quoted\" \u{e9}".into()),
-        parameters: Some(vec![Some("x".into()), None]),
+        parameters: Some(vec![Some("x".into()), None].into()),
         decision: Some("allow".into()),
         reason: Some("role analyst".into()),
         rows: Some(3),
@@ -613,7 +613,7 @@ async fn records_are_redacted_before_they_are_written() {
         .with_redactor(std::sync::Arc::new(redactor));
     let mut b = body("query", "r");
     b.statement = Some("SELECT 'sk_live_abc'".into());
-    b.parameters = Some(vec![Some("sk_live_def".into())]);
+    b.parameters = Some(vec![Some("sk_live_def".into())].into());
     let mut written = log.written();
     log.append(b).await.unwrap();
     written.wait_for(|seq| *seq == 1).await.unwrap();

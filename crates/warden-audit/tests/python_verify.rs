@@ -109,7 +109,7 @@ fn write_log(path: &Path) {
             statement: Some(
                 format!("SELECT id, \"total\" FROM orders WHERE note = 'café\\n{n}'\n  AND region = 'eu' -- ✓").into(),
             ),
-            parameters: Some(vec![Some("ü".into()), None]),
+            parameters: Some(vec![Some("ü".into()), None].into()),
             decision: Some("allow".into()),
             ..EventBody::default()
         };

@@ -136,6 +136,7 @@ fn a_statement_allocates_nothing_to_be_decided_or_to_have_its_records_made_and_w
     .unwrap()])));
     let mut record = session.event("query");
     record.statement = Some("SELECT id, status, total FROM orders WHERE region = 'eu' AND id = 42".into());
+    record.parameters = Some(vec![Some("42".to_string()), None].into());
     record.decision = Some("allow".into());
     const RECORDS: u64 = 10_000;
     // As many first, so the writer's buffers and queue have grown as far as such a burst takes them.
@@ -147,8 +148,8 @@ fn a_statement_allocates_nothing_to_be_decided_or_to_have_its_records_made_and_w
         bodies.into_iter().for_each(|r| log.record(r));
         log.append_blocking(record.clone()).unwrap();
     });
-    // The channel's blocks (323) and the last record's acknowledgement (its statement text is
-    // shared, not copied): 324 here. The slack is for the queue growing further in a larger burst; one
+    // The channel's blocks (323) and the last record's acknowledgement (its statement text and
+    // parameters are shared, not copied): 324 here. The slack is for the queue growing further in a larger burst; one
     // allocation per record would be 10,000 more.
     assert!(n <= RECORDS / 31 + 64, "{n} allocations to write {RECORDS} records");
 

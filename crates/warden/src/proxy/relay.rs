@@ -16,6 +16,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::watch;
+use warden_audit::Parameters;
 use warden_wire::backend::{command_rows, BackendMessage, ErrorResponse, ValueFormat};
 use warden_wire::frontend::{self as fe, FrontendMessage};
 use warden_wire::{split_frame, sqlstate, Frame};
@@ -517,7 +518,8 @@ struct Prepared {
 #[derive(Clone)]
 struct Portal {
     sql: Arc<str>,
-    params: Vec<Option<String>>,
+    /// Shared with the records of its Executes.
+    params: Parameters,
     /// Why running it is refused (a portal Warden did not let PostgreSQL bind as the client asked).
     denied: Option<String>,
     effects: Arc<Vec<(String, SessionEffect)>>,
@@ -667,7 +669,7 @@ impl ClientSide<'_> {
                 if self.batch_denied {
                     return Ok(Step::Forward);
                 }
-                let params: Vec<Option<String>> = (0..bind.params.len()).map(|i| bind.param_display(i)).collect();
+                let params: Parameters = (0..bind.params.len()).map(|i| bind.param_display(i)).collect();
                 let Some(p) = self.statements.get(bind.statement).cloned() else {
                     // Never forwarded: a name Warden did not see parsed (or one made by SQL PREPARE)
                     // could run anything.
@@ -804,7 +806,7 @@ impl ClientSide<'_> {
     async fn review(
         &mut self,
         sql: &str,
-        parameters: Option<Vec<Option<String>>>,
+        parameters: Option<Parameters>,
         need: &ReviewNeed,
     ) -> Result<Reviewed, ProxyError> {
         let timeout = self.shared.config.load().server.review_timeout;
@@ -820,7 +822,7 @@ impl ClientSide<'_> {
             credential_id: c.credential_id.clone(),
             database: self.session.database.clone(),
             statement: sql.to_string(),
-            parameters: parameters.clone(),
+            parameters: parameters.as_deref().map(<[_]>::to_vec),
             roles: need.roles.clone(),
             created_at: now,
             expires_at: now + timeout,
@@ -944,7 +946,7 @@ impl ClientSide<'_> {
     async fn deny_extended(
         &mut self,
         sql: &str,
-        params: Option<Vec<Option<String>>>,
+        params: Option<Parameters>,
         code: &str,
         reason: String,
         hint: String,
@@ -956,7 +958,7 @@ impl ClientSide<'_> {
         self.batch_denied = true;
         let denied = |sql: &str| Portal {
             sql: Arc::from(sql),
-            params: Vec::new(),
+            params: Arc::new([]),
             denied: Some(format!("the unnamed statement is a refused one ({reason})")),
             effects: Arc::default(),
             may_write: false,
@@ -1001,7 +1003,7 @@ impl ClientSide<'_> {
     async fn record_query(
         &self,
         statement: Arc<str>,
-        parameters: Option<Vec<Option<String>>>,
+        parameters: Option<Parameters>,
         denied: Option<&str>,
         review: Option<&str>,
     ) -> Result<u64, ProxyError> {
