@@ -2,6 +2,7 @@
 //! encoders Warden uses when it is the client of PostgreSQL.
 
 use bytes::{BufMut, BytesMut};
+use smallvec::SmallVec;
 
 use crate::{put_cstr, write_tagged, Frame, Reader, WireError, HEX, MAX_STARTUP_LEN};
 
@@ -113,13 +114,15 @@ pub enum FrontendMessage<'a> {
     Unknown(u8),
 }
 
+/// A Bind's parts, borrowed from the message; a statement's few formats and parameters are held
+/// inline (a Bind is read for every statement of the extended protocol).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind<'a> {
     pub portal: &'a str,
     pub statement: &'a str,
-    pub param_formats: Vec<i16>,
-    pub params: Vec<Option<&'a [u8]>>,
-    pub result_formats: Vec<i16>,
+    pub param_formats: SmallVec<[i16; 4]>,
+    pub params: SmallVec<[Option<&'a [u8]>; 8]>,
+    pub result_formats: SmallVec<[i16; 4]>,
 }
 
 impl Bind<'_> {
@@ -214,7 +217,7 @@ fn parse_bind(body: &[u8]) -> Result<Bind<'_>, WireError> {
     if nf > 1 && nf != np {
         return Err(WireError::Malformed { what: "Bind" });
     }
-    let mut params = Vec::with_capacity(np);
+    let mut params = SmallVec::with_capacity(np);
     for _ in 0..np {
         let len = r.i32()?;
         if len == -1 {
@@ -603,6 +606,8 @@ mod tests {
         ] {
             write_tagged(&mut buf, tag, |b| b.extend_from_slice(body));
         }
+        // Read first: a message borrows its frame (and a Bind's parts make it invariant in that borrow).
+        let frames: Vec<Frame> = (0..8).map(|_| frame(&mut buf)).collect();
         let expect = [
             FrontendMessage::Describe { kind: b'S', name: "st" },
             FrontendMessage::Close {
@@ -618,9 +623,9 @@ mod tests {
             FrontendMessage::FunctionCall,
             FrontendMessage::Unknown(b'?'),
         ];
-        for e in expect {
-            let f = frame(&mut buf);
-            assert_eq!(FrontendMessage::parse(&f).unwrap(), e);
+        assert_eq!(frames.len(), expect.len());
+        for (f, e) in frames.iter().zip(expect) {
+            assert_eq!(FrontendMessage::parse(f).unwrap(), e);
         }
         for (tag, body) in [(b'D', &b"X\0"[..]), (b'C', b""), (b'E', b"\0\0"), (b'P', b"a\0b\0\0")] {
             write_tagged(&mut buf, tag, |b| b.extend_from_slice(body));

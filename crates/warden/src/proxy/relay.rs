@@ -123,10 +123,10 @@ enum ResultFormats {
 }
 
 impl ResultFormats {
-    fn of(codes: Vec<i16>) -> Self {
-        match codes[..] {
+    fn of(codes: &[i16]) -> Self {
+        match codes {
             [] => ResultFormats::All(0),
-            [code] => ResultFormats::All(code),
+            [code] => ResultFormats::All(*code),
             _ => ResultFormats::Each(codes.into()),
         }
     }
@@ -648,10 +648,16 @@ impl ClientSide<'_> {
                         } else {
                             Arc::new(effects)
                         };
+                        // Drivers that parse the unnamed statement before each run (libpq's
+                        // PQexecParams) send the same text again: it is shared, not copied again.
+                        let sql = match self.statements.get(name) {
+                            Some(p) if *p.sql == *sql => p.sql.clone(),
+                            _ => Arc::from(sql),
+                        };
                         self.statements.insert(
                             name.to_string(),
                             Prepared {
-                                sql: Arc::from(sql),
+                                sql,
                                 effects,
                                 may_write,
                                 described: None,
@@ -665,7 +671,7 @@ impl ClientSide<'_> {
                     }
                 }
             }
-            FrontendMessage::Bind(mut bind) => {
+            FrontendMessage::Bind(bind) => {
                 if self.batch_denied {
                     return Ok(Step::Forward);
                 }
@@ -702,7 +708,7 @@ impl ClientSide<'_> {
                         effects: p.effects,
                         may_write: p.may_write,
                         described: p.described,
-                        formats: ResultFormats::of(std::mem::take(&mut bind.result_formats)),
+                        formats: ResultFormats::of(&bind.result_formats),
                     },
                 );
             }
