@@ -264,37 +264,25 @@ pub fn data_row(body: &[u8], column: impl Fn(usize) -> ValueFormat, max_value: u
             Some(f) => f == 1,
             None => std::str::from_utf8(value).map_or(true, |t| !printable(t)),
         };
+        // At most `max_value` bytes of the value are read (of text, up to a whole character).
+        let shown = &value[..value.len().min(max_value)];
         let decoded = if binary {
-            how.type_oid.and_then(|oid| binary_text(oid, value))
+            how.type_oid.and_then(|oid| binary_text(oid, value, shown))
         } else {
-            Some(String::from_utf8_lossy(&value[..value.len().min(max_value)]).into_owned())
+            Some(String::from_utf8_lossy(shown).into_owned())
         };
-        let text = match decoded {
-            Some(mut text) => {
-                if text.len() > max_value || (!binary && value.len() > max_value) {
-                    let mut cut = max_value.min(text.len());
-                    while !text.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    text.truncate(cut);
-                    text.push_str("...");
-                }
-                text
+        let mut text = decoded.unwrap_or_else(|| {
+            let mut s = String::with_capacity(2 + shown.len() * 2 + 3);
+            s.push_str("\\x");
+            for b in shown {
+                s.push(char::from(HEX[usize::from(b >> 4)]));
+                s.push(char::from(HEX[usize::from(b & 0xf)]));
             }
-            None => {
-                let shown = &value[..value.len().min(max_value)];
-                let mut s = String::with_capacity(2 + shown.len() * 2 + 3);
-                s.push_str("\\x");
-                for b in shown {
-                    s.push(char::from(HEX[usize::from(b >> 4)]));
-                    s.push(char::from(HEX[usize::from(b & 0xf)]));
-                }
-                if shown.len() < value.len() {
-                    s.push_str("...");
-                }
-                s
-            }
-        };
+            s
+        });
+        if shown.len() < value.len() {
+            text.push_str("...");
+        }
         out.push(Some(text));
     }
     Some(out)
@@ -305,8 +293,9 @@ fn printable(text: &str) -> bool {
 }
 
 /// A binary-format value of a common type as PostgreSQL prints it; `None` for other types (and for a
-/// value that is not what its type says).
-fn binary_text(type_oid: u32, value: &[u8]) -> Option<String> {
+/// value that is not what its type says). Text types are read from `shown`, the start of `value` the
+/// record keeps (a character cut at its end is left out).
+fn binary_text(type_oid: u32, value: &[u8], shown: &[u8]) -> Option<String> {
     // Type OIDs are fixed for built-in types (pg_type.dat).
     const BOOL: u32 = 16;
     const NAME: u32 = 19;
@@ -323,7 +312,14 @@ fn binary_text(type_oid: u32, value: &[u8]) -> Option<String> {
     const VARCHAR: u32 = 1043;
     const UUID: u32 = 2950;
     const JSONB: u32 = 3802;
-    let text = |bytes: &[u8]| std::str::from_utf8(bytes).ok().map(str::to_string);
+    let text = |bytes: &[u8]| match std::str::from_utf8(bytes) {
+        Ok(t) => Some(t.to_string()),
+        // Cut inside a character: the whole characters before it.
+        Err(e) if e.error_len().is_none() && bytes.len() < value.len() => {
+            Some(std::str::from_utf8(&bytes[..e.valid_up_to()]).ok()?.to_string())
+        }
+        Err(_) => None,
+    };
     match type_oid {
         BOOL => match value {
             [0] => Some("f".into()),
@@ -334,11 +330,17 @@ fn binary_text(type_oid: u32, value: &[u8]) -> Option<String> {
         INT4 => Some(i32::from_be_bytes(value.try_into().ok()?).to_string()),
         INT8 => Some(i64::from_be_bytes(value.try_into().ok()?).to_string()),
         OID => Some(u32::from_be_bytes(value.try_into().ok()?).to_string()),
-        FLOAT4 => Some(float_text(f64::from(f32::from_be_bytes(value.try_into().ok()?)))),
-        FLOAT8 => Some(float_text(f64::from_be_bytes(value.try_into().ok()?))),
-        NAME | TEXT | JSON | UNKNOWN | BPCHAR | VARCHAR => text(value),
+        FLOAT4 => {
+            let f = f32::from_be_bytes(value.try_into().ok()?);
+            Some(float_text(f.is_nan(), f.is_infinite(), f > 0.0, &format!("{f:e}"), 6))
+        }
+        FLOAT8 => {
+            let f = f64::from_be_bytes(value.try_into().ok()?);
+            Some(float_text(f.is_nan(), f.is_infinite(), f > 0.0, &format!("{f:e}"), 15))
+        }
+        NAME | TEXT | JSON | UNKNOWN | BPCHAR | VARCHAR => text(shown),
         // jsonb: a version byte (1), then the text.
-        JSONB => match value.split_first() {
+        JSONB => match shown.split_first() {
             Some((1, rest)) => text(rest),
             _ => None,
         },
@@ -358,15 +360,47 @@ fn binary_text(type_oid: u32, value: &[u8]) -> Option<String> {
     }
 }
 
-/// A float as PostgreSQL prints it (shortest round-trip digits; NaN and infinities spelled its way).
-fn float_text(f: f64) -> String {
-    if f.is_nan() {
-        "NaN".into()
-    } else if f.is_infinite() {
-        if f > 0.0 { "Infinity" } else { "-Infinity" }.into()
-    } else {
-        f.to_string()
+/// A float as PostgreSQL prints it (since version 12): the shortest digits that read back as the same
+/// value, in exponent form when the exponent is below -4 or at least `precision` (6 for float4, 15 for
+/// float8), as `%g` does: `0.1`, `100000`, `1e+06`, `1e-05`. `scientific` is Rust's `{:e}` of the value,
+/// which has those shortest digits.
+fn float_text(nan: bool, infinite: bool, positive: bool, scientific: &str, precision: i32) -> String {
+    if nan {
+        return "NaN".into();
     }
+    if infinite {
+        return if positive { "Infinity" } else { "-Infinity" }.into();
+    }
+    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((scientific, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    if exponent < -4 || exponent >= precision {
+        let sign = if exponent < 0 { '-' } else { '+' };
+        return format!("{mantissa}e{sign}{:02}", exponent.abs());
+    }
+    // Positional: the mantissa's digits with the point moved.
+    let (negative, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => (true, m),
+        None => (false, mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let point = exponent + 1; // digits before the point
+    let mut out = String::new();
+    if negative {
+        out.push('-');
+    }
+    if point <= 0 {
+        out.push_str("0.");
+        out.extend(std::iter::repeat_n('0', (-point) as usize));
+        out.push_str(&digits);
+    } else if point as usize >= digits.len() {
+        out.push_str(&digits);
+        out.extend(std::iter::repeat_n('0', point as usize - digits.len()));
+    } else {
+        out.push_str(&digits[..point as usize]);
+        out.push('.');
+        out.push_str(&digits[point as usize..]);
+    }
+    out
 }
 
 pub fn authentication_ok(buf: &mut BytesMut) {
@@ -489,7 +523,7 @@ mod tests {
 
     #[test]
     fn binary_values_of_common_types_read_as_postgresql_prints_them() {
-        let cases: [(u32, &[u8], &str); 14] = [
+        let cases: [(u32, &[u8], &str); 25] = [
             (16, &[1], "t"),
             (16, &[0], "f"),
             (21, &(-7i16).to_be_bytes(), "-7"),
@@ -497,7 +531,18 @@ mod tests {
             (20, &(-9_000_000_000i64).to_be_bytes(), "-9000000000"),
             (26, &4_000_000_000u32.to_be_bytes(), "4000000000"),
             (700, &1.5f32.to_be_bytes(), "1.5"),
+            (700, &0.1f32.to_be_bytes(), "0.1"),
+            (700, &3.3f32.to_be_bytes(), "3.3"),
+            (700, &1e6f32.to_be_bytes(), "1e+06"),
+            (700, &123456.7f32.to_be_bytes(), "123456.7"),
+            (701, &1e20f64.to_be_bytes(), "1e+20"),
+            (701, &1e14f64.to_be_bytes(), "100000000000000"),
+            (701, &0.00001f64.to_be_bytes(), "1e-05"),
+            (701, &0.0001f64.to_be_bytes(), "0.0001"),
+            (701, &(-0.0f64).to_be_bytes(), "-0"),
+            (701, &(-2.5e-7f64).to_be_bytes(), "-2.5e-07"),
             (701, &f64::NEG_INFINITY.to_be_bytes(), "-Infinity"),
+            (701, &f64::NAN.to_be_bytes(), "NaN"),
             (25, "paid ✓".as_bytes(), "paid ✓"),
             (1043, b"eu", "eu"),
             (3802, b"\x01{\"a\": 1}", "{\"a\": 1}"),

@@ -300,6 +300,7 @@ pub async fn run(
         out: BytesMut::new(),
         rfq: 0,
         batch_denied: false,
+        batch_open: false,
         held,
         acks: Arc::default(),
     };
@@ -485,6 +486,8 @@ struct ClientSide<'a> {
     /// A stand-in has been sent in the current extended-protocol batch: PostgreSQL is certain to skip
     /// everything after it up to Sync.
     batch_denied: bool,
+    /// An extended-protocol message has been sent since the last Sync.
+    batch_open: bool,
     /// Woken by the client's CancelRequest.
     held: Arc<tokio::sync::Notify>,
     /// Where the audit writer answers this session's `query` records, one at a time.
@@ -587,7 +590,13 @@ impl ClientSide<'_> {
 
     /// Decides and records what must be decided and recorded before `frame` goes on.
     async fn inspect(&mut self, frame: &Frame) -> Result<Step, ProxyError> {
+        match frame.tag {
+            b'P' | b'B' | b'D' | b'E' | b'C' => self.batch_open = true,
+            b'S' => self.batch_open = false,
+            _ => {}
+        }
         match FrontendMessage::parse(frame)? {
+            FrontendMessage::Query { .. } if self.batch_open => return Err(ProxyError::QueryInsideBatch),
             FrontendMessage::Query { sql } => {
                 let verdict = self
                     .enforcer
@@ -1169,22 +1178,26 @@ impl ServerSide<'_> {
         }
         if self.describing && matches!(frame.tag, b'T' | b'n') {
             self.describing = false;
-            if let Some(Pending::Describe(described)) = q.pop_front() {
-                if let (Some(d), b'T') = (described, frame.tag) {
+            if let Some(Pending::Describe(described)) = q.front_mut() {
+                if let (Some(d), b'T') = (described.take(), frame.tag) {
                     if let Some(c) = columns(&mut self.last_columns, frame.body()) {
                         let _ = d.set(c);
                     }
                 }
+                q.pop_front();
             }
             return Ok(relay);
         }
         if frame.tag == b'T' {
-            // The first result set's, like the sample rows (a string of several statements has more).
-            if let Some(Pending::Simple(o) | Pending::Execute(o)) = q.front_mut().filter(|p| match p {
-                Pending::Simple(o) | Pending::Execute(o) => o.columns.is_none(),
-                Pending::Describe(_) | Pending::Sync => false,
-            }) {
-                o.columns = columns(&mut self.last_columns, frame.body());
+            // A result's own, or a portal's Describe (not queued: its answer has no
+            // ParameterDescription), which comes before its Execute, possibly behind statements'
+            // Describes still to be answered. The first result set's, like the sample rows (a string
+            // of several statements has more).
+            let next = q.iter_mut().find(|p| !matches!(p, Pending::Describe(_)));
+            if let Some(Pending::Simple(o) | Pending::Execute(o)) = next {
+                if o.columns.is_none() {
+                    o.columns = columns(&mut self.last_columns, frame.body());
+                }
             }
             return Ok(relay);
         }
@@ -1264,9 +1277,10 @@ impl ServerSide<'_> {
         body.query_id = Some(o.query_seq);
         body.rows = Some(o.rows);
         body.duration_us = Some(o.started.elapsed().as_micros() as u64);
+        // A statement's description is only its result's when it ran (a Bind may have failed).
+        let described = o.described.filter(|_| o.error.is_none()).and_then(|d| d.get().cloned());
+        body.columns = o.columns.or(described).map(|c| c.names.clone());
         body.error = o.error;
-        let columns = o.columns.or_else(|| o.described.and_then(|d| d.get().cloned()));
-        body.columns = columns.map(|c| c.names.clone());
         body.sample_rows = (!o.sample.is_empty()).then_some(o.sample);
         // Enqueued now, so records keep their order; nobody waits on it. A failure to write it
         // refuses every later record, which the next statement's `query` record reports.

@@ -648,7 +648,8 @@ async fn a_simple_protocol_write_nobody_decides_times_out() {
 
 /// A client that sends protocol messages exactly as a test spells them, to check what Warden does
 /// with sequences that drivers rarely send.
-mod raw {
+/// The client side of the protocol by hand, for message sequences drivers do not send.
+pub(crate) mod raw {
     use std::path::Path;
     use std::sync::Arc;
 
@@ -670,6 +671,10 @@ mod raw {
 
     impl Raw {
         pub async fn connect(port: u16, cred: &Path) -> Raw {
+            Raw::connect_to(port, cred, "shop2").await
+        }
+
+        pub async fn connect_to(port: u16, cred: &Path, database: &str) -> Raw {
             let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
             let mut b = BytesMut::new();
             fe::ssl_request(&mut b);
@@ -686,7 +691,7 @@ mod raw {
                 buf: BytesMut::new(),
             };
             let mut b = BytesMut::new();
-            fe::startup_message(&[("user", "report-bot"), ("database", "shop2")], &mut b);
+            fe::startup_message(&[("user", "report-bot"), ("database", database)], &mut b);
             raw.stream.write_all(&b).await.unwrap();
             let hello = raw.until_ready().await;
             assert!(hello.iter().all(|m| m.0 != 'E'), "{hello:?}");
@@ -704,6 +709,15 @@ mod raw {
 
         /// Messages up to and including the next ReadyForQuery.
         pub async fn until_ready(&mut self) -> Vec<Msg> {
+            self.read(false).await
+        }
+
+        /// Messages until Warden closes the connection.
+        pub async fn until_closed(&mut self) -> Vec<Msg> {
+            self.read(true).await
+        }
+
+        async fn read(&mut self, to_close: bool) -> Vec<Msg> {
             let mut out = Vec::new();
             loop {
                 while let Some(frame) = warden_wire::split_frame(&mut self.buf, 1 << 24).unwrap() {
@@ -715,15 +729,19 @@ mod raw {
                         _ => String::new(),
                     };
                     out.push((frame.tag as char, text));
-                    if frame.tag == b'Z' {
+                    if frame.tag == b'Z' && !to_close {
                         return out;
                     }
                 }
-                let n = tokio::time::timeout(std::time::Duration::from_secs(30), self.stream.read_buf(&mut self.buf))
-                    .await
-                    .expect("no answer within 30 s")
-                    .unwrap();
-                assert!(n > 0, "connection closed; so far {out:?}");
+                let read =
+                    tokio::time::timeout(std::time::Duration::from_secs(30), self.stream.read_buf(&mut self.buf))
+                        .await
+                        .expect("no answer within 30 s");
+                match read {
+                    Ok(0) | Err(_) if to_close => return out,
+                    Ok(n) => assert!(n > 0, "connection closed; so far {out:?}"),
+                    Err(e) => panic!("{e}; so far {out:?}"),
+                }
             }
         }
     }
@@ -758,6 +776,16 @@ mod raw {
     pub fn execute(portal: &str) -> BytesMut {
         let mut b = BytesMut::new();
         fe::execute_message(portal, 0, &mut b);
+        b
+    }
+
+    pub fn describe(kind: u8, name: &str) -> BytesMut {
+        let mut b = BytesMut::new();
+        b.put_u8(b'D');
+        b.put_i32(4 + 1 + name.len() as i32 + 1);
+        b.put_u8(kind);
+        b.put_slice(name.as_bytes());
+        b.put_u8(0);
         b
     }
 

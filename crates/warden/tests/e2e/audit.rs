@@ -143,10 +143,7 @@ fn results_are_recorded_with_columns_and_rows_only_when_asked() {
         let q = wait_for_event_in(&w.config, &["--event", "query"], |e| {
             e["statement"].as_str().is_some_and(|s| s.contains(marker))
         });
-        let results = audit_in(&w.config, &["--event", "query.result"]);
-        let r = results.iter().filter(|e| e["query_id"] == q["seq"]).collect::<Vec<_>>();
-        assert_eq!(r.len(), 1, "{marker}: {results:?}");
-        r[0].clone()
+        wait_for_event_in(&w.config, &["--event", "query.result"], |e| e["query_id"] == q["seq"])
     };
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let mut cfg = tokio_postgres::Config::new();
@@ -177,13 +174,7 @@ fn results_are_recorded_with_columns_and_rows_only_when_asked() {
             let rows = client.query(&prepared, &[&id]).await.unwrap();
             assert_eq!(rows.len(), 1);
         }
-        let rows = client
-            .query(
-                "SELECT count(*) AS n FROM (VALUES (1), (2), (3)) AS v (x) /* rec-count */",
-                &[],
-            )
-            .await
-            .unwrap();
+        let rows = client.query(TYPES, &[]).await.unwrap();
         assert_eq!(rows.len(), 1);
     });
     let failed = result_of("rec-fails");
@@ -208,10 +199,95 @@ fn results_are_recorded_with_columns_and_rows_only_when_asked() {
         assert_eq!(r["sample_rows"][0][0], id, "{r}");
         assert_eq!(r["sample_rows"][0][1], "paid", "{r}");
     }
-    let count = result_of("rec-count");
-    assert_eq!(count["columns"], serde_json::json!(["n"]), "{count}");
-    assert_eq!(count["sample_rows"][0][0], "3", "{count}");
+    // Values of common types, read in binary, are recorded as psql prints them.
+    let types = result_of("rec-types");
+    let out = run_ok(
+        Command::new(psql_bin())
+            .arg("-X")
+            .args(["-A", "-t", "-F", "|"])
+            .arg(h.conninfo_at(w.port, &cred, "report-bot", "shop"))
+            .args(["-c", TYPES]),
+    );
+    let printed: Vec<Value> = stdout(&out).trim_end().split('|').map(Value::from).collect();
+    assert_eq!(printed.len(), 16, "{}", stdout(&out));
+    assert_eq!(types["sample_rows"][0], Value::from(printed), "{types}");
     stop_warden(&mut child);
+}
+
+/// Values of the types whose binary form a record reads.
+const TYPES: &str = "SELECT count(*) AS n, 0.1::float4, 3.3::float4, 1e6::float4, 123456.7::float4, \
+    1e20::float8, 1e14::float8, 0.00001::float8, -2.5e-7::float8, 'NaN'::float8, true, 7::int2, \
+    4000000000::oid, 'ü ✓'::varchar, '{\"k\": [1, 2]}'::jsonb, \
+    'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid FROM (VALUES (1), (2), (3)) AS v (x) /* rec-types */";
+
+#[tokio::test]
+async fn extended_batches_keep_their_records_in_step() {
+    use crate::approval::raw::*;
+    let h = harness();
+    let cred = h.agent();
+    let mut c = Raw::connect_to(h.warden_port, &cred, "shop").await;
+    // A Parse PostgreSQL refuses, then a Describe of it, a Bind and an Execute: PostgreSQL skips them
+    // up to Sync, so the Execute did not run.
+    c.send(&[
+        parse("", "SELECT 'abc'::int4 /* raw-bad */"),
+        describe(b'S', ""),
+        bind("", "", &[]),
+        execute(""),
+        sync(),
+    ])
+    .await;
+    let answer = c.until_ready().await;
+    assert!(
+        matches!(errors(&answer)[..], [e] if e.starts_with("22P02")),
+        "{answer:?}"
+    );
+    // A portal's Describe, then its statement's, before the Execute: the portal's columns are the result's.
+    c.send(&[
+        parse("raw_s", "SELECT id, status FROM orders WHERE id = 1 /* raw-pd */"),
+        bind("raw_p", "raw_s", &[]),
+        describe(b'P', "raw_p"),
+        describe(b'S', "raw_s"),
+        execute("raw_p"),
+        sync(),
+    ])
+    .await;
+    let answer = c.until_ready().await;
+    assert!(errors(&answer).is_empty(), "{answer:?}");
+    // A Query before the batch's Sync ends the session: PostgreSQL would skip it after a failure
+    // that Warden cannot know of in time.
+    c.send(&[
+        parse("", "SELECT 1 /* raw-open */"),
+        bind("", "", &[]),
+        execute(""),
+        query("SELECT 2 /* raw-inside */"),
+    ])
+    .await;
+    let end = c.until_closed().await;
+    assert!(
+        errors(&end)
+            .iter()
+            .any(|e| e.starts_with("08P01") && e.contains("send Sync first")),
+        "{end:?}"
+    );
+
+    let result_of = |marker: &str| {
+        let q = h.wait_for_event(&["--event", "query"], |e| {
+            e["statement"].as_str().is_some_and(|s| s.contains(marker))
+        });
+        h.wait_for_event(&["--event", "query.result"], |e| e["query_id"] == q["seq"])
+    };
+    let bad = result_of("raw-bad");
+    assert_eq!(bad["error"], "not run: an earlier message of the batch failed", "{bad}");
+    let described = result_of("raw-pd");
+    assert_eq!(described["columns"], serde_json::json!(["id", "status"]), "{described}");
+    assert_eq!(described["rows"], 1, "{described}");
+    // The session's last records are written: the Query inside the batch has none.
+    result_of("raw-open");
+    let inside = audit_in(&h.config, &["--event", "query"])
+        .into_iter()
+        .filter(|e| e["statement"].as_str().is_some_and(|s| s.contains("raw-inside")))
+        .count();
+    assert_eq!(inside, 0);
 }
 
 #[test]
