@@ -391,6 +391,8 @@ impl AuditHandle {
             let mut state = acks.state.lock().unwrap_or_else(|e| e.into_inner());
             state.awaited += 1;
             state.answer = None;
+            // A wait given up left its task's waker: that task is not to be woken for this record.
+            state.waker = None;
             state.awaited
         };
         let ack = Ticket {

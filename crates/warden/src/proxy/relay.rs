@@ -5,8 +5,7 @@
 //! single-task relay deadlocks when both socket buffers fill). They share a queue of statements in
 //! flight: the client side pushes one entry per Query, Execute, Describe of a statement and Sync; the
 //! server side pops them as CommandComplete, RowDescription or NoData, ErrorResponse and ReadyForQuery
-//! come back. Result sets stream through message by
-//! message; nothing buffers more than one message.
+//! come back. Result sets stream through message by message; nothing buffers more than one message.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -302,7 +301,7 @@ pub async fn run(
         batch_denied: false,
         batch_open: false,
         held,
-        acks: Arc::default(),
+        acks: None,
     };
     let mut to_client = ServerSide {
         shared: &shared,
@@ -490,8 +489,9 @@ struct ClientSide<'a> {
     batch_open: bool,
     /// Woken by the client's CancelRequest.
     held: Arc<tokio::sync::Notify>,
-    /// Where the audit writer answers this session's `query` records, one at a time.
-    acks: Arc<warden_audit::Acks>,
+    /// Where the audit writer answers this session's `query` records, one at a time (made by the
+    /// first: an idle session holds none).
+    acks: Option<Arc<warden_audit::Acks>>,
 }
 
 /// The end of a statement review.
@@ -1016,7 +1016,7 @@ impl ClientSide<'_> {
 
     /// The `query` event, durable before the statement is forwarded.
     async fn record_query(
-        &self,
+        &mut self,
         statement: Arc<str>,
         parameters: Option<Parameters>,
         denied: Option<&str>,
@@ -1028,7 +1028,8 @@ impl ClientSide<'_> {
         body.parameters = parameters;
         body.decision = Some(if denied.is_some() { "deny" } else { "allow" }.into());
         body.reason = denied.map(str::to_string);
-        self.shared.audit.append_to(body, &self.acks).await.map_err(|e| {
+        let acks = self.acks.get_or_insert_with(Arc::default);
+        self.shared.audit.append_to(body, acks).await.map_err(|e| {
             tracing::error!(session = %self.session.id, error = %e, "audit unavailable: statements are refused until the audit log can be written and Warden is restarted");
             ProxyError::AuditUnavailable { reason: e.to_string() }
         })
