@@ -114,14 +114,15 @@ pub enum FrontendMessage<'a> {
     Unknown(u8),
 }
 
-/// A Bind's parts, borrowed from the message; a statement's few formats and parameters are held
-/// inline (a Bind is read for every statement of the extended protocol).
+/// A Bind's parts, borrowed from the message. A few format codes are held inline (a Bind is read for
+/// every statement of the extended protocol); the parameters are not, which would make every
+/// message, and the state of every session's relay that holds one, larger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind<'a> {
     pub portal: &'a str,
     pub statement: &'a str,
     pub param_formats: SmallVec<[i16; 4]>,
-    pub params: SmallVec<[Option<&'a [u8]>; 8]>,
+    pub params: Vec<Option<&'a [u8]>>,
     pub result_formats: SmallVec<[i16; 4]>,
 }
 
@@ -217,7 +218,7 @@ fn parse_bind(body: &[u8]) -> Result<Bind<'_>, WireError> {
     if nf > 1 && nf != np {
         return Err(WireError::Malformed { what: "Bind" });
     }
-    let mut params = SmallVec::with_capacity(np);
+    let mut params = Vec::with_capacity(np);
     for _ in 0..np {
         let len = r.i32()?;
         if len == -1 {
