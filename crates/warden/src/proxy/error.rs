@@ -59,11 +59,6 @@ pub enum ProxyError {
     StateUnavailable { reason: String },
     #[error("protocol error: {0}")]
     Protocol(#[from] warden_wire::WireError),
-    /// After a failed extended-protocol message PostgreSQL skips everything up to Sync, a Query
-    /// included, and Warden cannot know in time whether one failed: its records of the Query and of
-    /// what follows would not match what ran.
-    #[error("protocol error: a simple Query was sent inside an extended-protocol batch (after Parse, Bind, Describe, Execute or Close, before Sync), which Warden does not relay; send Sync first")]
-    QueryInsideBatch,
     #[error("connection closed")]
     Closed,
     #[error("I/O: {0}")]
@@ -90,7 +85,7 @@ impl ProxyError {
             | Refused(_) => sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
             Provision { .. } | Upstream { .. } | UpstreamAuth { .. } => sqlstate::CONNECTION_FAILURE,
             AuditUnavailable { .. } | StateUnavailable { .. } => sqlstate::CANNOT_CONNECT_NOW,
-            Protocol(_) | QueryInsideBatch => sqlstate::PROTOCOL_VIOLATION,
+            Protocol(_) => sqlstate::PROTOCOL_VIOLATION,
             Closed | Io(_) => sqlstate::CONNECTION_EXCEPTION,
         }
     }

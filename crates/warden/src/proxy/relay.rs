@@ -176,6 +176,66 @@ impl Outcome {
 /// Kept per batch, keyed by the number of the ReadyForQuery that ends it: if something earlier in the
 /// batch fails, PostgreSQL skips the stand-in and its responses never come, and the count must not
 /// carry over to swallow the next batch's responses.
+/// What PostgreSQL has answered in the current batch, counted by the server side: a simple Query (or a
+/// function call) sent before a batch's Sync runs only if no extended message before it failed
+/// (PostgreSQL skips everything up to Sync after an error), so the client side waits for those
+/// answers before deciding what to record.
+#[derive(Default)]
+struct Replies {
+    /// ReadyForQuery messages seen: the batch the counts below belong to.
+    batches: std::sync::atomic::AtomicU64,
+    answered: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicBool,
+    /// The client side waits (the server side wakes it only then).
+    waiting: std::sync::atomic::AtomicBool,
+    changed: tokio::sync::Notify,
+}
+
+impl Replies {
+    fn answered(&self, failed: bool) {
+        if failed {
+            self.failed.store(true, Ordering::SeqCst);
+        } else {
+            self.answered.fetch_add(1, Ordering::SeqCst);
+        }
+        self.wake();
+    }
+
+    fn batch_ended(&self) {
+        self.answered.store(0, Ordering::SeqCst);
+        self.failed.store(false, Ordering::SeqCst);
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if self.waiting.load(Ordering::SeqCst) {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Waits until batch number `batch` has `due` answers (`true`) or an error (`false`).
+    async fn settled(&self, batch: u64, due: u64) -> bool {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            self.waiting.store(true, Ordering::SeqCst);
+            if self.batches.load(Ordering::SeqCst) == batch {
+                if self.failed.load(Ordering::SeqCst) {
+                    self.waiting.store(false, Ordering::SeqCst);
+                    return false;
+                }
+                if self.answered.load(Ordering::SeqCst) >= due {
+                    self.waiting.store(false, Ordering::SeqCst);
+                    return true;
+                }
+            }
+            changed.await;
+        }
+    }
+}
+
 #[derive(Default)]
 struct Swallow {
     batches: Mutex<VecDeque<SwallowBatch>>,
@@ -279,6 +339,7 @@ pub async fn run(
     // the task that owns the client's write half.
     let (notice_tx, notice_rx) = tokio::sync::mpsc::unbounded_channel();
     let tx_status = Arc::new(AtomicU8::new(b'I'));
+    let replies = Arc::new(Replies::default());
     let db_role = session.db_role.clone();
     let mut to_server = ClientSide {
         shared: &shared,
@@ -300,6 +361,8 @@ pub async fn run(
         rfq: 0,
         batch_denied: false,
         batch_open: false,
+        replies_due: 0,
+        replies: replies.clone(),
         held,
         acks: None,
     };
@@ -318,6 +381,7 @@ pub async fn run(
         result_rows: shared.config.load().audit.result_rows,
         last_columns: None,
         describing: false,
+        replies,
     };
     let draining = drain(&mut shutdown, to_client.queue.clone());
     let expiry = expires(&session);
@@ -485,8 +549,13 @@ struct ClientSide<'a> {
     /// A stand-in has been sent in the current extended-protocol batch: PostgreSQL is certain to skip
     /// everything after it up to Sync.
     batch_denied: bool,
-    /// An extended-protocol message has been sent since the last Sync.
+    /// An extended-protocol message has been sent since the last Sync (or Query).
     batch_open: bool,
+    /// Answers PostgreSQL owes for the extended messages of the current batch (one each for Parse,
+    /// Bind, Close, Describe and Execute).
+    replies_due: u64,
+    /// The server side's count of those answers, to learn whether the batch failed.
+    replies: Arc<Replies>,
     /// Woken by the client's CancelRequest.
     held: Arc<tokio::sync::Notify>,
     /// Where the audit writer answers this session's `query` records, one at a time (made by the
@@ -541,9 +610,18 @@ impl ClientSide<'_> {
                     Ok(None) => break,
                     Err(e) => return End::protocol(format!("client sent a bad message: {e}")),
                 };
-                let ends_batch = matches!(frame.tag, b'Q' | b'S' | b'F');
+                let mut ends_batch = matches!(frame.tag, b'Q' | b'S' | b'F');
+                let denied_before = self.batch_denied;
                 match self.inspect(&frame).await {
-                    Ok(Step::Forward) => self.out.extend_from_slice(&frame.raw),
+                    Ok(Step::Forward) => {
+                        self.out.extend_from_slice(&frame.raw);
+                        // An extended message PostgreSQL will answer (not one it skips).
+                        if matches!(frame.tag, b'P' | b'B' | b'D' | b'E' | b'C') && !denied_before {
+                            self.replies_due += 1;
+                        }
+                    }
+                    // Not sent, so no ReadyForQuery comes for it.
+                    Ok(Step::Skip) => ends_batch = false,
                     Ok(Step::Replace(instead)) => self.out.extend_from_slice(&instead),
                     Ok(Step::Terminate) => {
                         self.out.extend_from_slice(&frame.raw);
@@ -562,6 +640,7 @@ impl ClientSide<'_> {
                 if ends_batch {
                     self.rfq += 1;
                     self.batch_denied = false;
+                    self.replies_due = 0;
                 }
             }
             if let Err(e) = self.flush_out().await {
@@ -592,11 +671,18 @@ impl ClientSide<'_> {
     async fn inspect(&mut self, frame: &Frame) -> Result<Step, ProxyError> {
         match frame.tag {
             b'P' | b'B' | b'D' | b'E' | b'C' => self.batch_open = true,
+            b'Q' | b'F' if self.batch_open => {
+                // Inside an extended batch (drivers send BEGIN after Close, or after a prepare
+                // answered under Flush): it runs only if nothing before it in the batch failed.
+                if !self.batch_ran().await? {
+                    return Ok(Step::Skip);
+                }
+                self.batch_open = false;
+            }
             b'S' => self.batch_open = false,
             _ => {}
         }
         match FrontendMessage::parse(frame)? {
-            FrontendMessage::Query { .. } if self.batch_open => return Err(ProxyError::QueryInsideBatch),
             FrontendMessage::Query { sql } => {
                 let verdict = self
                     .enforcer
@@ -991,6 +1077,28 @@ impl ClientSide<'_> {
         Ok(Step::Replace(instead))
     }
 
+    /// Whether every extended message of the open batch ran: they are sent with a Flush, and their
+    /// answers awaited. If one failed, PostgreSQL skips the rest up to Sync: so does Warden
+    /// (`batch_denied`), recording nothing more for it.
+    async fn batch_ran(&mut self) -> Result<bool, ProxyError> {
+        if !self.batch_denied {
+            self.out.extend_from_slice(b"H\0\0\0\x04");
+            write_flush(&mut self.wr, &self.out)
+                .await
+                .map_err(|e| ProxyError::Upstream {
+                    database: self.session.database.clone(),
+                    reason: format!("writing to PostgreSQL: {e}"),
+                })?;
+            self.out.clear();
+            if self.replies.settled(self.rfq, self.replies_due).await {
+                return Ok(true);
+            }
+            self.batch_denied = true;
+        }
+        tracing::debug!(session = %self.session.id, "a Query after a failed extended message is skipped, as PostgreSQL skips it");
+        Ok(false)
+    }
+
     fn in_transaction(&self) -> bool {
         self.tx_status.load(Ordering::SeqCst) != b'I'
     }
@@ -1054,6 +1162,8 @@ fn review_denial(code: &'static str, reason: String) -> Verdict {
 
 enum Step {
     Forward,
+    /// Nothing is sent: PostgreSQL would skip the message (an earlier one of its batch failed).
+    Skip,
     /// Send these bytes instead of the message (a denied statement's stand-in).
     Replace(BytesMut),
     Terminate,
@@ -1084,6 +1194,7 @@ struct ServerSide<'a> {
     /// next RowDescription or NoData is its. A portal's Describe, not queued, has no
     /// ParameterDescription: its RowDescription goes to the Execute that follows, as a result's own.
     describing: bool,
+    replies: Arc<Replies>,
 }
 
 /// What happens to one message from PostgreSQL.
@@ -1144,6 +1255,13 @@ impl ServerSide<'_> {
 
     /// Tracks results against the statements in flight.
     fn observe(&mut self, frame: &Frame, finished: &mut Vec<Outcome>) -> Result<Relay, ProxyError> {
+        // The answers that end an extended message's (or a Query's) work, for `Replies`.
+        match frame.tag {
+            b'1' | b'2' | b'3' | b'T' | b'n' | b'C' | b'I' | b's' => self.replies.answered(false),
+            b'E' => self.replies.answered(true),
+            b'Z' => self.replies.batch_ended(),
+            _ => {}
+        }
         match frame.tag {
             b'1' if self.swallow.take(self.rfq_seen, true) => return Ok(Relay::Drop),
             b'2' if self.swallow.take(self.rfq_seen, false) => return Ok(Relay::Drop),

@@ -648,7 +648,6 @@ async fn a_simple_protocol_write_nobody_decides_times_out() {
 
 /// A client that sends protocol messages exactly as a test spells them, to check what Warden does
 /// with sequences that drivers rarely send.
-/// The client side of the protocol by hand, for message sequences drivers do not send.
 pub(crate) mod raw {
     use std::path::Path;
     use std::sync::Arc;
@@ -709,15 +708,6 @@ pub(crate) mod raw {
 
         /// Messages up to and including the next ReadyForQuery.
         pub async fn until_ready(&mut self) -> Vec<Msg> {
-            self.read(false).await
-        }
-
-        /// Messages until Warden closes the connection.
-        pub async fn until_closed(&mut self) -> Vec<Msg> {
-            self.read(true).await
-        }
-
-        async fn read(&mut self, to_close: bool) -> Vec<Msg> {
             let mut out = Vec::new();
             loop {
                 while let Some(frame) = warden_wire::split_frame(&mut self.buf, 1 << 24).unwrap() {
@@ -729,19 +719,15 @@ pub(crate) mod raw {
                         _ => String::new(),
                     };
                     out.push((frame.tag as char, text));
-                    if frame.tag == b'Z' && !to_close {
+                    if frame.tag == b'Z' {
                         return out;
                     }
                 }
-                let read =
-                    tokio::time::timeout(std::time::Duration::from_secs(30), self.stream.read_buf(&mut self.buf))
-                        .await
-                        .expect("no answer within 30 s");
-                match read {
-                    Ok(0) | Err(_) if to_close => return out,
-                    Ok(n) => assert!(n > 0, "connection closed; so far {out:?}"),
-                    Err(e) => panic!("{e}; so far {out:?}"),
-                }
+                let n = tokio::time::timeout(std::time::Duration::from_secs(30), self.stream.read_buf(&mut self.buf))
+                    .await
+                    .expect("no answer within 30 s")
+                    .unwrap();
+                assert!(n > 0, "connection closed; so far {out:?}");
             }
         }
     }
@@ -786,6 +772,18 @@ pub(crate) mod raw {
         b.put_u8(kind);
         b.put_slice(name.as_bytes());
         b.put_u8(0);
+        b
+    }
+
+    /// A fast-path function call of the function with this OID, no arguments.
+    pub fn function_call(oid: i32) -> BytesMut {
+        let mut b = BytesMut::new();
+        b.put_u8(b'F');
+        b.put_i32(4 + 4 + 2 + 2 + 2);
+        b.put_i32(oid);
+        b.put_i16(0);
+        b.put_i16(0);
+        b.put_i16(0);
         b
     }
 

@@ -253,22 +253,46 @@ async fn extended_batches_keep_their_records_in_step() {
     .await;
     let answer = c.until_ready().await;
     assert!(errors(&answer).is_empty(), "{answer:?}");
-    // A Query before the batch's Sync ends the session: PostgreSQL would skip it after a failure
-    // that Warden cannot know of in time.
+    // A Query before the batch's Sync (drivers send BEGIN after a Close, or after a prepare answered
+    // under Flush) runs when nothing before it in the batch failed...
     c.send(&[
-        parse("", "SELECT 1 /* raw-open */"),
+        parse("", "SELECT 1 AS one /* raw-open */"),
         bind("", "", &[]),
         execute(""),
-        query("SELECT 2 /* raw-inside */"),
+        query("SELECT 2 AS two /* raw-inside */"),
+        sync(),
     ])
     .await;
-    let end = c.until_closed().await;
+    let answer = c.until_ready().await;
+    assert!(errors(&answer).is_empty(), "{answer:?}");
+    assert!(c.until_ready().await.iter().all(|m| m.0 == 'Z'));
+    c.send(&[
+        describe(b'S', "raw_s"),
+        query("SELECT 3 AS three /* raw-after-describe */"),
+    ])
+    .await;
+    let answer = c.until_ready().await;
+    assert!(errors(&answer).is_empty(), "{answer:?}");
+    c.send(&[sync()]).await;
+    c.until_ready().await;
+    // ...and is skipped, as PostgreSQL skips it, when something before it failed; so is a function
+    // call. PostgreSQL answers the batch with its error and one ReadyForQuery, at the Sync.
+    c.send(&[
+        parse("", "SELECT 'abc'::int4 /* raw-bad-2 */"),
+        query("SELECT 4 AS four /* raw-skipped */"),
+        function_call(1),
+        sync(),
+    ])
+    .await;
+    let answer = c.until_ready().await;
     assert!(
-        errors(&end)
-            .iter()
-            .any(|e| e.starts_with("08P01") && e.contains("send Sync first")),
-        "{end:?}"
+        matches!(errors(&answer)[..], [e] if e.starts_with("22P02")),
+        "{answer:?}"
     );
+    // The records stay in step with what ran.
+    c.send(&[query("SELECT 5 AS five /* raw-last */")]).await;
+    let answer = c.until_ready().await;
+    assert!(errors(&answer).is_empty(), "{answer:?}");
 
     let result_of = |marker: &str| {
         let q = h.wait_for_event(&["--event", "query"], |e| {
@@ -281,13 +305,28 @@ async fn extended_batches_keep_their_records_in_step() {
     let described = result_of("raw-pd");
     assert_eq!(described["columns"], serde_json::json!(["id", "status"]), "{described}");
     assert_eq!(described["rows"], 1, "{described}");
-    // The session's last records are written: the Query inside the batch has none.
-    result_of("raw-open");
-    let inside = audit_in(&h.config, &["--event", "query"])
+    // (An Execute of a portal never described has no columns.)
+    for (marker, columns) in [
+        ("raw-open", serde_json::Value::Null),
+        ("raw-inside", serde_json::json!(["two"])),
+        ("raw-after-describe", serde_json::json!(["three"])),
+        ("raw-last", serde_json::json!(["five"])),
+    ] {
+        let r = result_of(marker);
+        assert_eq!(r["columns"], columns, "{marker}: {r}");
+        assert_eq!(r["rows"], 1, "{marker}: {r}");
+        assert!(r["error"].is_null(), "{marker}: {r}");
+    }
+    // What PostgreSQL skipped was neither run nor recorded as run.
+    let skipped = audit_in(&h.config, &["--event", "query"])
         .into_iter()
-        .filter(|e| e["statement"].as_str().is_some_and(|s| s.contains("raw-inside")))
+        .filter(|e| {
+            e["statement"]
+                .as_str()
+                .is_some_and(|s| s.contains("raw-skipped") || s.contains("fast-path"))
+        })
         .count();
-    assert_eq!(inside, 0);
+    assert_eq!(skipped, 0);
 }
 
 #[test]
