@@ -139,12 +139,7 @@ fn results_are_recorded_with_columns_and_rows_only_when_asked() {
     // A driver that prepares once (Parse, Describe statement) and then only binds and executes gets
     // no RowDescription with its results: the statement's description gives the columns, and the
     // Bind's result formats (binary here) and the described types how the sample row is read.
-    let result_of = |marker: &str| {
-        let q = wait_for_event_in(&w.config, &["--event", "query"], |e| {
-            e["statement"].as_str().is_some_and(|s| s.contains(marker))
-        });
-        wait_for_event_in(&w.config, &["--event", "query.result"], |e| e["query_id"] == q["seq"])
-    };
+    let result_of = |marker: &str| result_in(&w.config, marker);
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let mut cfg = tokio_postgres::Config::new();
         cfg.host("127.0.0.1")
@@ -214,6 +209,24 @@ fn results_are_recorded_with_columns_and_rows_only_when_asked() {
     stop_warden(&mut child);
 }
 
+/// The `query.result` of the statement containing `marker`, once it is written.
+fn result_in(config: &std::path::Path, marker: &str) -> Value {
+    let q = wait_for_event_in(config, &["--event", "query"], |e| {
+        e["statement"].as_str().is_some_and(|s| s.contains(marker))
+    });
+    wait_for_event_in(config, &["--event", "query.result"], |e| e["query_id"] == q["seq"])
+}
+
+fn succeeds(answer: &[crate::approval::raw::Msg]) {
+    assert!(crate::approval::raw::errors(answer).is_empty(), "{answer:?}");
+}
+
+/// PostgreSQL's one error in the answer has this SQLSTATE.
+fn fails_with(answer: &[crate::approval::raw::Msg], code: &str) {
+    let errors = crate::approval::raw::errors(answer);
+    assert!(matches!(errors[..], [e] if e.starts_with(code)), "{answer:?}");
+}
+
 /// Values of the types whose binary form a record reads.
 const TYPES: &str = "SELECT count(*) AS n, 0.1::float4, 3.3::float4, 1e6::float4, 123456.7::float4, \
     1e20::float8, 1e14::float8, 0.00001::float8, -2.5e-7::float8, 'NaN'::float8, true, 7::int2, \
@@ -236,11 +249,7 @@ async fn extended_batches_keep_their_records_in_step() {
         sync(),
     ])
     .await;
-    let answer = c.until_ready().await;
-    assert!(
-        matches!(errors(&answer)[..], [e] if e.starts_with("22P02")),
-        "{answer:?}"
-    );
+    fails_with(&c.until_ready().await, "22P02");
     // A portal's Describe, then its statement's, before the Execute: the portal's columns are the result's.
     c.send(&[
         parse("raw_s", "SELECT id, status FROM orders WHERE id = 1 /* raw-pd */"),
@@ -251,8 +260,7 @@ async fn extended_batches_keep_their_records_in_step() {
         sync(),
     ])
     .await;
-    let answer = c.until_ready().await;
-    assert!(errors(&answer).is_empty(), "{answer:?}");
+    succeeds(&c.until_ready().await);
     // A Query before the batch's Sync (drivers send BEGIN after a Close, or after a prepare answered
     // under Flush) runs when nothing before it in the batch failed...
     c.send(&[
@@ -263,16 +271,14 @@ async fn extended_batches_keep_their_records_in_step() {
         sync(),
     ])
     .await;
-    let answer = c.until_ready().await;
-    assert!(errors(&answer).is_empty(), "{answer:?}");
+    succeeds(&c.until_ready().await);
     assert!(c.until_ready().await.iter().all(|m| m.0 == 'Z'));
     c.send(&[
         describe(b'S', "raw_s"),
         query("SELECT 3 AS three /* raw-after-describe */"),
     ])
     .await;
-    let answer = c.until_ready().await;
-    assert!(errors(&answer).is_empty(), "{answer:?}");
+    succeeds(&c.until_ready().await);
     c.send(&[sync()]).await;
     c.until_ready().await;
     // ...and is skipped, as PostgreSQL skips it, when something before it failed; so is a function
@@ -284,22 +290,12 @@ async fn extended_batches_keep_their_records_in_step() {
         sync(),
     ])
     .await;
-    let answer = c.until_ready().await;
-    assert!(
-        matches!(errors(&answer)[..], [e] if e.starts_with("22P02")),
-        "{answer:?}"
-    );
+    fails_with(&c.until_ready().await, "22P02");
     // The records stay in step with what ran.
     c.send(&[query("SELECT 5 AS five /* raw-last */")]).await;
-    let answer = c.until_ready().await;
-    assert!(errors(&answer).is_empty(), "{answer:?}");
+    succeeds(&c.until_ready().await);
 
-    let result_of = |marker: &str| {
-        let q = h.wait_for_event(&["--event", "query"], |e| {
-            e["statement"].as_str().is_some_and(|s| s.contains(marker))
-        });
-        h.wait_for_event(&["--event", "query.result"], |e| e["query_id"] == q["seq"])
-    };
+    let result_of = |marker: &str| result_in(&h.config, marker);
     let bad = result_of("raw-bad");
     assert_eq!(bad["error"], "not run: an earlier message of the batch failed", "{bad}");
     let described = result_of("raw-pd");
