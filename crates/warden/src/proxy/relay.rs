@@ -360,7 +360,6 @@ pub async fn run(
         out: BytesMut::new(),
         rfq: 0,
         batch_denied: false,
-        batch_open: false,
         replies_due: 0,
         replies: replies.clone(),
         held,
@@ -549,10 +548,8 @@ struct ClientSide<'a> {
     /// A stand-in has been sent in the current extended-protocol batch: PostgreSQL is certain to skip
     /// everything after it up to Sync.
     batch_denied: bool,
-    /// An extended-protocol message has been sent since the last Sync (or Query).
-    batch_open: bool,
     /// Answers PostgreSQL owes for the extended messages of the current batch (one each for Parse,
-    /// Bind, Close, Describe and Execute).
+    /// Bind, Close, Describe and Execute). With `batch_denied`, whether an extended batch is open.
     replies_due: u64,
     /// The server side's count of those answers, to learn whether the batch failed.
     replies: Arc<Replies>,
@@ -669,18 +666,11 @@ impl ClientSide<'_> {
 
     /// Decides and records what must be decided and recorded before `frame` goes on.
     async fn inspect(&mut self, frame: &Frame) -> Result<Step, ProxyError> {
-        match frame.tag {
-            b'P' | b'B' | b'D' | b'E' | b'C' => self.batch_open = true,
-            b'Q' | b'F' if self.batch_open => {
-                // Inside an extended batch (drivers send BEGIN after Close, or after a prepare
-                // answered under Flush): it runs only if nothing before it in the batch failed.
-                if !self.batch_ran().await? {
-                    return Ok(Step::Skip);
-                }
-                self.batch_open = false;
-            }
-            b'S' => self.batch_open = false,
-            _ => {}
+        let batch_open = self.replies_due > 0 || self.batch_denied;
+        if matches!(frame.tag, b'Q' | b'F') && batch_open && !self.batch_ran().await? {
+            // Inside an extended batch (drivers send BEGIN after Close, or after a prepare answered
+            // under Flush): it runs only if nothing before it in the batch failed.
+            return Ok(Step::Skip);
         }
         match FrontendMessage::parse(frame)? {
             FrontendMessage::Query { sql } => {
