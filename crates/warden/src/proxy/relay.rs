@@ -353,6 +353,7 @@ pub async fn run(
         max,
         statements: HashMap::new(),
         portals: HashMap::new(),
+        parses: 0,
         no_effects: Arc::default(),
         enforcer: Enforcer::new(parse_search_path(&upstream.search_path, &db_role), &db_role),
         notices: notice_tx,
@@ -536,6 +537,8 @@ struct ClientSide<'a> {
 
     /// Portal name -> (statement text, parameters as bound, denied).
     portals: HashMap<String, Portal>,
+    /// Parse messages decided so far.
+    parses: u64,
     /// The effects of statements that have none, shared.
     no_effects: Arc<Vec<(String, SessionEffect)>>,
     enforcer: Enforcer,
@@ -582,6 +585,8 @@ struct Prepared {
     may_write: bool,
     /// Its columns, made when the client first describes it.
     described: Option<Described>,
+    /// Which Parse made it (the session's count), so its portals are known.
+    parse: u64,
 }
 
 #[derive(Clone)]
@@ -593,9 +598,11 @@ struct Portal {
     denied: Option<String>,
     effects: Arc<Vec<(String, SessionEffect)>>,
     may_write: bool,
-    /// Its statement's columns, if the statement was described before the Bind.
+    /// Its statement's columns, once the statement is described (before or after the Bind).
     described: Option<Described>,
     formats: ResultFormats,
+    /// The Parse of the statement it was bound from.
+    parse: u64,
 }
 
 impl ClientSide<'_> {
@@ -739,6 +746,7 @@ impl ClientSide<'_> {
                             Some(p) if *p.sql == *sql => p.sql.clone(),
                             _ => Arc::from(sql),
                         };
+                        self.parses += 1;
                         self.statements.insert(
                             name.to_string(),
                             Prepared {
@@ -746,6 +754,7 @@ impl ClientSide<'_> {
                                 effects,
                                 may_write,
                                 described: None,
+                                parse: self.parses,
                             },
                         );
                     }
@@ -794,6 +803,7 @@ impl ClientSide<'_> {
                         may_write: p.may_write,
                         described: p.described,
                         formats: ResultFormats::of(&bind.result_formats),
+                        parse: p.parse,
                     },
                 );
             }
@@ -865,10 +875,16 @@ impl ClientSide<'_> {
                 if self.batch_denied {
                     return Ok(Step::Forward);
                 }
-                let described = self
-                    .statements
-                    .get_mut(name)
-                    .map(|p| p.described.get_or_insert_with(Described::default).clone());
+                let described = self.statements.get_mut(name).map(|p| {
+                    let slot = p.described.get_or_insert_with(Described::default).clone();
+                    // Portals bound before this Describe get the columns too.
+                    for portal in self.portals.values_mut() {
+                        if portal.parse == p.parse && portal.described.is_none() {
+                            portal.described = Some(slot.clone());
+                        }
+                    }
+                    slot
+                });
                 self.push(Pending::Describe(described));
             }
             FrontendMessage::Sync => self.push(Pending::Sync),
@@ -1055,6 +1071,8 @@ impl ClientSide<'_> {
             may_write: false,
             described: None,
             formats: ResultFormats::All(0),
+            // No Parse made it (they count from 1).
+            parse: 0,
         };
         // What PostgreSQL now holds under the unnamed names.
         self.statements.remove("");

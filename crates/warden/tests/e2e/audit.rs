@@ -261,6 +261,19 @@ async fn extended_batches_keep_their_records_in_step() {
     ])
     .await;
     succeeds(&c.until_ready().await);
+    // A statement described only after its portal was bound: the portal's result has its columns.
+    c.send(&[
+        parse(
+            "raw_late",
+            "SELECT id, total FROM orders WHERE id = 2 /* raw-late-describe */",
+        ),
+        bind("raw_late_p", "raw_late", &[]),
+        describe(b'S', "raw_late"),
+        execute("raw_late_p"),
+        sync(),
+    ])
+    .await;
+    succeeds(&c.until_ready().await);
     // A Query before the batch's Sync (drivers send BEGIN after a Close, or after a prepare answered
     // under Flush) runs when nothing before it in the batch failed...
     c.send(&[
@@ -301,6 +314,8 @@ async fn extended_batches_keep_their_records_in_step() {
     let described = result_of("raw-pd");
     assert_eq!(described["columns"], serde_json::json!(["id", "status"]), "{described}");
     assert_eq!(described["rows"], 1, "{described}");
+    let late = result_of("raw-late-describe");
+    assert_eq!(late["columns"], serde_json::json!(["id", "total"]), "{late}");
     // (An Execute of a portal never described has no columns.)
     for (marker, columns) in [
         ("raw-open", serde_json::Value::Null),
