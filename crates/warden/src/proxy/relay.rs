@@ -587,6 +587,29 @@ struct Prepared {
     described: Option<Described>,
     /// Which Parse made it (the session's count), so its portals are known.
     parse: u64,
+    /// The configuration and roles it was decided under.
+    decided: Decided,
+}
+
+/// What a statement's decision at Parse was made under. An Execute under another configuration or
+/// other roles (a reload since) decides the statement again.
+#[derive(Clone)]
+struct Decided {
+    config: Arc<warden_policy::Config>,
+    roles: Arc<Vec<String>>,
+}
+
+impl Decided {
+    fn now(shared: &Shared, session: &Session) -> Decided {
+        Decided {
+            config: shared.config.load_full(),
+            roles: session.roles.load_full(),
+        }
+    }
+
+    fn current(&self, shared: &Shared, session: &Session) -> bool {
+        Arc::ptr_eq(&self.config, &shared.config.load()) && Arc::ptr_eq(&self.roles, &session.roles.load())
+    }
 }
 
 #[derive(Clone)]
@@ -603,6 +626,7 @@ struct Portal {
     formats: ResultFormats,
     /// The Parse of the statement it was bound from.
     parse: u64,
+    decided: Option<Decided>,
 }
 
 impl ClientSide<'_> {
@@ -726,6 +750,8 @@ impl ClientSide<'_> {
                         )
                         .await;
                 }
+                // Taken before deciding: a reload meanwhile makes the Execute decide again.
+                let decided = Decided::now(self.shared, self.session);
                 let verdict = self
                     .enforcer
                     .check(self.shared, self.session, sql, self.in_transaction())
@@ -755,6 +781,7 @@ impl ClientSide<'_> {
                                 may_write,
                                 described: None,
                                 parse: self.parses,
+                                decided,
                             },
                         );
                     }
@@ -804,6 +831,7 @@ impl ClientSide<'_> {
                         described: p.described,
                         formats: ResultFormats::of(&bind.result_formats),
                         parse: p.parse,
+                        decided: Some(p.decided),
                     },
                 );
             }
@@ -812,7 +840,7 @@ impl ClientSide<'_> {
                     // Skipped by PostgreSQL, which is failing this batch up to Sync.
                     return Ok(Step::Forward);
                 }
-                let Some(p) = self.portals.get(portal).cloned() else {
+                let Some(mut p) = self.portals.get(portal).cloned() else {
                     let reason = format!("portal \"{portal}\" does not exist");
                     return self
                         .deny_extended(
@@ -836,6 +864,41 @@ impl ClientSide<'_> {
                             None,
                         )
                         .await;
+                }
+                if p.decided
+                    .as_ref()
+                    .is_some_and(|d| !d.current(self.shared, self.session))
+                {
+                    // A reload since the Parse: decided again under the session's current roles.
+                    let decided = Decided::now(self.shared, self.session);
+                    match self
+                        .enforcer
+                        .check(self.shared, self.session, &p.sql, self.in_transaction())
+                        .await?
+                    {
+                        Verdict::Allow { effects, may_write, .. } => {
+                            p.effects = if effects.is_empty() {
+                                self.no_effects.clone()
+                            } else {
+                                Arc::new(effects)
+                            };
+                            p.may_write = may_write;
+                            // Its next Executes, and the next Binds of its statement, need not
+                            // decide it again.
+                            if let Some(st) = self.statements.values_mut().find(|st| st.parse == p.parse) {
+                                st.effects = p.effects.clone();
+                                st.may_write = may_write;
+                                st.decided = decided.clone();
+                            }
+                            p.decided = Some(decided);
+                            self.portals.insert(portal.to_string(), p.clone());
+                        }
+                        Verdict::Deny { code, reason, hint } => {
+                            return self
+                                .deny_extended(&p.sql, Some(p.params), code, reason, hint, None)
+                                .await;
+                        }
+                    }
                 }
                 let mut review_id = None;
                 if let Some(need) = self.enforcer.review_now(self.shared, self.session, p.may_write) {
@@ -1073,6 +1136,7 @@ impl ClientSide<'_> {
             formats: ResultFormats::All(0),
             // No Parse made it (they count from 1).
             parse: 0,
+            decided: None,
         };
         // What PostgreSQL now holds under the unnamed names.
         self.statements.remove("");

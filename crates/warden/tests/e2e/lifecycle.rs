@@ -563,6 +563,12 @@ async fn reload_recomputes_live_sessions_roles_and_ends_those_left_without_any()
         .expect("frank's agent holds writer: INSERT is allowed");
     live.client.execute(PROBE, &[]).await.expect("UPDATE is allowed");
     live.client.batch_execute("ROLLBACK").await.unwrap();
+    // A statement prepared once (Parse) and executed again later (Bind, Execute).
+    let prepared = live.client.prepare(PROBE).await.unwrap();
+    live.client
+        .execute(&prepared, &[])
+        .await
+        .expect("the prepared UPDATE is allowed under writer");
 
     // frank loses writer: a file change, no signal.
     rewrite(
@@ -595,6 +601,19 @@ async fn reload_recomputes_live_sessions_roles_and_ends_those_left_without_any()
         ms(denied_after)
     );
     assert_denied(live.client.execute(INSERT, &[]).await, "INSERT after frank lost writer");
+    // The statement prepared under writer is decided again at its Execute: Warden refuses it, not
+    // only PostgreSQL's grants (which follow later).
+    let err = live
+        .client
+        .execute(&prepared, &[])
+        .await
+        .expect_err("the UPDATE prepared under writer ran after frank lost writer");
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+    assert_eq!(db.code().code(), "42501", "{db:?}");
+    assert!(
+        db.message().starts_with("warden: "),
+        "refused by PostgreSQL, not Warden: {db:?}"
+    );
     // Reads under analyst go on, in the same session.
     let rows = live
         .client
