@@ -598,7 +598,8 @@ fn identifier(cx: &Locator, v: &Spanned<String>, key: &str) -> Result<String, Co
     }
 }
 
-/// A first structural check of a row filter; the statement analyzer parses it properly with PostgreSQL's grammar.
+/// Checks a row filter: one boolean expression by PostgreSQL's grammar (each placeholder read as a
+/// string literal), balanced, with no `;`, and placeholders only of traits.
 fn check_filter(filter: &str) -> Result<(), String> {
     if filter.trim().is_empty() {
         return Err("the filter is empty".into());
@@ -622,8 +623,12 @@ fn check_filter(filter: &str) -> Result<(), String> {
     if depth != 0 || in_quote {
         return Err("unbalanced parentheses or quotes".into());
     }
+    // The filter as PostgreSQL will read it, each placeholder replaced by a literal as it will be.
+    let mut probe = String::with_capacity(filter.len());
     let mut rest = filter;
     while let Some(start) = rest.find("{{") {
+        probe.push_str(&rest[..start]);
+        probe.push_str("''");
         let after = &rest[start + 2..];
         let end = after.find("}}").ok_or("a {{ placeholder is not closed with }}")?;
         let name = after[..end].trim();
@@ -635,7 +640,8 @@ fn check_filter(filter: &str) -> Result<(), String> {
         }
         rest = &after[end + 2..];
     }
-    Ok(())
+    probe.push_str(rest);
+    warden_sql::check_expression(&probe).map_err(|e| format!("not a SQL expression PostgreSQL can read: {e}"))
 }
 
 #[cfg(test)]

@@ -86,6 +86,40 @@ pub enum SqlError {
     Parse(String),
 }
 
+/// Checks that `expr` is one SQL expression as PostgreSQL's grammar reads it (a row filter, which
+/// becomes a row-level security policy's `USING (...)`): it must parse as the condition of
+/// `SELECT WHERE (expr)` and nothing more. Names in it are not resolved.
+pub fn check_expression(expr: &str) -> Result<(), String> {
+    // On one line, as the policy is written: a `--` comment would swallow the rest.
+    let sql = format!("SELECT WHERE ({expr})");
+    let parsed = pg_query::parse(&sql, 0).map_err(|e| match e {
+        pg_query::Error::Parse(message) => message,
+        other => other.to_string(),
+    })?;
+    let condition_only = match parsed.protobuf.stmts.as_slice() {
+        [one] => match one.stmt.as_ref().and_then(|s| s.node.as_ref()) {
+            Some(pg_query::NodeEnum::SelectStmt(s)) => {
+                s.where_clause.is_some()
+                    && s.target_list.is_empty()
+                    && s.from_clause.is_empty()
+                    && s.group_clause.is_empty()
+                    && s.having_clause.is_none()
+                    && s.sort_clause.is_empty()
+                    && s.limit_count.is_none()
+                    && s.limit_offset.is_none()
+                    && s.larg.is_none()
+            }
+            _ => false,
+        },
+        _ => false,
+    };
+    if condition_only {
+        Ok(())
+    } else {
+        Err("it is not one expression".into())
+    }
+}
+
 /// Analyses every statement of `sql` (a simple-protocol string may hold several).
 pub fn analyze(sql: &str, catalog: &Catalog, session: &SessionContext) -> Result<Vec<StatementAccess>, SqlError> {
     let parsed = pg_query::parse(sql, 0).map_err(|e| SqlError::Parse(e.to_string()))?;

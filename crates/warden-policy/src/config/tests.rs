@@ -119,6 +119,31 @@ fn bad_grants_and_filters_are_refused() {
     assert!(e.to_string().contains("row_filter"), "{e}");
     let e = parse(&SAMPLE.replace("region = {{traits.region}}", "region = 'eu'; DROP TABLE x")).unwrap_err();
     assert!(e.to_string().contains("';'"), "{e}");
+    // Parsed with PostgreSQL's grammar: a filter it cannot read is refused here, naming the line and
+    // key, not when a session's role is provisioned.
+    let line = 1 + SAMPLE.lines().position(|l| l.starts_with("row_filter")).unwrap();
+    for bad in [
+        "region = = {{traits.region}}",
+        "this is not sql",
+        "region = 'eu' --",
+        "(region) = ",
+    ] {
+        let e = parse(&SAMPLE.replace("region = {{traits.region}}", bad))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("warden.toml:{line}: `role.row_filter")),
+            "{bad}: {e}"
+        );
+        assert!(e.contains("not a SQL expression"), "{bad}: {e}");
+    }
+    for good in [
+        "region = {{traits.region}} AND status <> 'void'",
+        "region IN ({{traits.region}}, 'global') OR customer_id = 1",
+        "lower(region) = lower({{traits.region}}) /* case */",
+    ] {
+        parse(&SAMPLE.replace("region = {{traits.region}}", good)).unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
     let e = parse(&SAMPLE.replace("sslmode=verify-ca", "sslmode=disable")).unwrap_err();
     assert!(e.to_string().contains("always uses TLS"), "{e}");
 }
