@@ -147,6 +147,19 @@ fn classes_and_never_allowed() {
         one("SET warden.identity = 'x'").forbidden,
         [Forbidden::ProtectedSetting("warden.identity".into())]
     );
+    for spoof in [
+        "SET application_name = 'warden human:bob'",
+        "SET LOCAL application_name TO 'x'",
+        "RESET application_name",
+        "SELECT set_config('application_name', 'x', false)",
+        "SELECT set_config('Application_Name', 'x', true)",
+    ] {
+        assert_eq!(
+            one(spoof).forbidden,
+            [Forbidden::ProtectedSetting("application_name".into())],
+            "{spoof}"
+        );
+    }
     assert_eq!(
         one("SELECT set_config('role', 'postgres', false)").forbidden,
         [Forbidden::ProtectedSetting("role".into())]

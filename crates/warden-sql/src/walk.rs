@@ -1040,10 +1040,12 @@ fn names_of_cols(list: &Value) -> Vec<String> {
 
 const SYSTEM_COLUMNS: &[&str] = &["ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"];
 
+/// Settings a session may not change: who it runs as, how its statements are lexed, and who
+/// `pg_stat_activity` and PostgreSQL's logs say is behind it (`application_name`, `warden.*`).
 fn protected_setting(name: &str) -> bool {
     matches!(
         name,
-        "role" | "session_authorization" | "client_encoding" | "standard_conforming_strings"
+        "role" | "session_authorization" | "client_encoding" | "standard_conforming_strings" | "application_name"
     ) || name.starts_with("warden.")
 }
 

@@ -61,6 +61,13 @@ const OURS: &[(&str, bool, &str)] = &[
     ("W10", false, "SELECT reset_orders()"),
     ("W11", false, "SELECT set_config('role', 'postgres', false)"),
     ("W12", false, "SET warden.identity = 'human:alice'"),
+    // pg_stat_activity and PostgreSQL's logs name the actor through application_name.
+    ("W41", false, "SET application_name = 'warden human:bob'"),
+    (
+        "W42",
+        false,
+        "SELECT set_config('application_name', 'warden human:bob', false)",
+    ),
     ("W13", false, "RESET ALL"),
     ("W14", false, "EXPLAIN ANALYZE DELETE FROM orders"),
     ("W15", false, "INSERT INTO orders SELECT * FROM orders"),
