@@ -189,6 +189,19 @@ async fn issue(
         .map(parse_duration)
         .transpose()
         .map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?;
+    let config = shared.config.load();
+    // A role that needs approval is asked for by the agent (first: the caller may not hold it either).
+    for r in &req.roles {
+        if config.role(r).is_some_and(|role| role.approval == Approval::Session) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "needs_approval",
+                format!(
+                    "role \"{r}\" needs a human's approval: issue the agent's credential without it, then ask from the agent with `warden requests create --roles {r} --reason ...`"
+                ),
+            ));
+        }
+    }
     // Never beyond the human it acts for: its roles are within the caller's credential's roles, and it
     // ends no later than the caller's credential does.
     for r in &req.roles {
@@ -200,7 +213,6 @@ async fn issue(
         }
     }
     let caller_left = time::Duration::seconds((caller.claims.not_after - OffsetDateTime::now_utc()).whole_seconds());
-    let config = shared.config.load();
     let roles: Vec<String> = if req.roles.is_empty() {
         // By default: every role the agent may hold that the caller's credential carries.
         let held = config.identity(&agent).map(|i| i.roles.clone()).unwrap_or_default();
@@ -224,17 +236,6 @@ async fn issue(
     } else {
         req.roles.clone()
     };
-    for r in &roles {
-        if config.role(r).is_some_and(|role| role.approval == Approval::Session) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "needs_approval",
-                format!(
-                    "role \"{r}\" needs a human's approval: issue the agent's credential without it, then ask from the agent with `warden requests create --roles {r} --reason ...`"
-                ),
-            ));
-        }
-    }
     let ttl = match explicit_ttl {
         Some(ttl) => ttl,
         None => DEFAULT_TTL

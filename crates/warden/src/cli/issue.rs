@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use time::{Duration, OffsetDateTime};
 use warden_identity::{parse_duration, Claims, IdentityKind, IdentityName};
-use warden_policy::Config;
+use warden_policy::{Approval, Config};
 use warden_state::StateStore;
 
 use crate::deployment::{self, CaKind};
@@ -25,7 +25,9 @@ pub struct IssueArgs {
     /// For agents: the task this credential is for.
     #[arg(long)]
     pub task: Option<String>,
-    /// Roles to carry (comma separated). Default: every role the identity (and its requester) holds.
+    /// Roles to carry (comma separated). Default: every role the identity (and its requester) holds,
+    /// except those with approval = "session" (held through `warden requests`; name one here to issue
+    /// it without an access request, as the admin).
     #[arg(long, value_delimiter = ',')]
     pub roles: Vec<String>,
     /// Lifetime, e.g. 15m, 1h. Bounded by the smallest max_ttl of the identity, requester and roles.
@@ -56,6 +58,18 @@ pub fn run(args: &IssueArgs) -> Result<ExitCode> {
         "Issued {} for {} (credential {}), valid until {}.",
         issued.identity, issued.roles, claims.credential_id, issued.expires
     );
+    let unrequested: Vec<&str> = claims
+        .roles
+        .iter()
+        .filter(|r| config.role(r).is_some_and(|role| role.approval == Approval::Session))
+        .map(String::as_str)
+        .collect();
+    if !unrequested.is_empty() {
+        println!(
+            "Note: it carries {} without an access request (approval = \"session\"), because you named them with --roles.",
+            unrequested.join(", ")
+        );
+    }
     println!(
         "Wrote {}/{{identity.crt, identity.key, ca.crt, token, profile.toml}}.",
         args.out.display()
@@ -116,8 +130,19 @@ pub fn claims_for(
         (_, None) => None,
     };
     let allowed = |r: &String| configured.roles.contains(r) && requester_roles.as_ref().is_none_or(|rr| rr.contains(r));
+    // A role with approval = "session" is held through an approved access request: never by default.
+    let needs_request = |r: &String| config.role(r).is_some_and(|role| role.approval == Approval::Session);
     let roles: Vec<String> = if roles.is_empty() {
-        configured.roles.iter().filter(|r| allowed(r)).cloned().collect()
+        let held: Vec<String> = configured.roles.iter().filter(|r| allowed(r)).cloned().collect();
+        let by_default: Vec<String> = held.iter().filter(|r| !needs_request(r)).cloned().collect();
+        if by_default.is_empty() && !held.is_empty() {
+            bail!(
+                "{identity}'s roles ({}) all need an approved access request (approval = \"session\"); \
+                 ask with `warden requests create --roles ROLE --reason ...`, or name them with --roles to issue without one",
+                held.join(", ")
+            );
+        }
+        by_default
     } else {
         for r in roles {
             if config.role(r).is_none() {

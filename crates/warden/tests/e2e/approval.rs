@@ -201,6 +201,22 @@ async fn a_write_role_is_requested_approved_by_a_dba_then_assumed() {
     let (alice, bob, carol) = (w.human("alice"), w.human("bob"), w.human("carol"));
     let task = format!("T-appr-{}", uuid::Uuid::new_v4().simple());
 
+    // `warden issue` leaves writer out by default too; the admin may name it.
+    let issued = |extra: &[&str]| {
+        let out = unique_dir(&harness().root, "appr-issue");
+        let mut cmd = Command::new(WARDEN);
+        cmd.args(["issue", "--config"])
+            .arg(&w.config)
+            .args(["--kind", "human", "--name", "alice", "--out"])
+            .arg(&out)
+            .args(extra);
+        String::from_utf8_lossy(&run_ok(&mut cmd).stdout).into_owned()
+    };
+    let by_default = issued(&[]);
+    assert!(by_default.contains("for analyst, reviewed "), "{by_default}");
+    let named = issued(&["--roles", "analyst,writer"]);
+    assert!(named.contains("for analyst, writer "), "{named}");
+    assert!(named.contains("carries writer without an access request"), "{named}");
     // The agent's credential never carries writer by default, and cannot be issued with it.
     let (agent, body) = w.agent(&alice, &task).await;
     assert_eq!(body["roles"], serde_json::json!(["analyst", "reviewed"]), "{body}");
