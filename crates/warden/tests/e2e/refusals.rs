@@ -63,7 +63,7 @@ async fn plain_connection_is_refused() {
     let h = harness();
     let out = std::process::Command::new(psql_bin())
         .arg(format!(
-            "host=127.0.0.1 port={} dbname=shop user=report-bot sslmode=disable",
+            "host=127.0.0.1 port={} dbname=shop user=plain-probe sslmode=disable",
             h.warden_port
         ))
         .arg("-c")
@@ -76,6 +76,13 @@ async fn plain_connection_is_refused() {
         "{}",
         stderr(&out)
     );
+    // The record says whom the client claimed to be, but not as the role a session runs as.
+    let record = h.wait_for_event(&["--event", "auth.failed"], |e| {
+        e["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("TLS is required") && r.contains("named user \"plain-probe\""))
+    });
+    assert!(record["db_user"].is_null(), "{record}");
 }
 
 #[tokio::test]

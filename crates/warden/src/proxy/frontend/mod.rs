@@ -139,12 +139,20 @@ async fn record_auth_failure(
     claims: Option<&warden_identity::Claims>,
     user: Option<&str>,
 ) {
+    // A user named before authentication is only what the client claimed: said in the reason, never
+    // as `db_user` (the role a session runs as).
+    let reason = match user {
+        Some(u) => format!(
+            "{e} (the client named user \"{}\")",
+            u.chars().take(64).collect::<String>()
+        ),
+        None => e.to_string(),
+    };
     let mut body = EventBody {
         event: "auth.failed".into(),
         client_addr: Some(peer.to_string().into()),
-        reason: Some(e.to_string()),
+        reason: Some(reason),
         error: Some(e.sqlstate().to_string()),
-        db_user: user.map(Into::into),
         ..EventBody::default()
     };
     if let Some(c) = claims {
