@@ -167,8 +167,8 @@ fn print_next_steps(config: &warden_policy::Config, config_path: &Path, agent_di
         println!();
         println!("  5. Cut the agent off: its live sessions end within a second, new ones are refused:");
         println!(
-            "     {exe} lock --config {} --task quickstart-demo --reason \"trying locks\"   (then: {exe} locks list, {exe} unlock ID)",
-            config_path.display()
+            "     {exe} lock --config {c} --task quickstart-demo --reason \"trying locks\"\n     (then: {exe} locks list --config {c}, and {exe} unlock --config {c} LOCK_ID)",
+            c = config_path.display()
         );
     }
     println!();

@@ -69,6 +69,12 @@ fn quickstart_then_psql_as_agent_then_audit_search() {
         );
         cmd.env("PATH", path).output().unwrap()
     });
+    // The lock step's follow-up commands run as printed.
+    let locks_list = printed
+        .iter()
+        .find_map(|l| l.split("(then: ").nth(1))
+        .and_then(|rest| rest.split(", and ").next())
+        .map(|cmd| Command::new("sh").arg("-c").arg(cmd).output().unwrap());
     let audit = Command::new(WARDEN)
         .args([
             "audit",
@@ -115,6 +121,12 @@ fn quickstart_then_psql_as_agent_then_audit_search() {
     assert_eq!(q["identity"]["task"], "quickstart-demo");
     assert!(status.success(), "quickstart did not exit cleanly on Ctrl-C: {status}");
     assert!(text.contains("audit search"), "{text}");
+    let locks_list = locks_list.unwrap_or_else(|| panic!("no locks list command printed:\n{text}"));
+    assert!(
+        locks_list.status.success(),
+        "the printed locks list failed: {}\n{text}",
+        stderr(&locks_list)
+    );
     // Ctrl-C stopped PostgreSQL too: nothing listens on its port any more.
     let toml = std::fs::read_to_string(dir.join("warden.toml")).unwrap();
     let pg_port: u16 = toml
