@@ -110,6 +110,25 @@ enum CaCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Init { .. }
+            | Command::Ca { .. }
+            | Command::Issue(_)
+            | Command::Audit { .. }
+            | Command::Sessions { .. }
+            | Command::Requests { .. }
+            | Command::Locks { .. }
+    ) {
+        // Commands that print what they did or found end quietly when their reader goes away
+        // (`warden audit search | head`), as other command-line tools do, instead of panicking on
+        // the broken pipe. Their work is done by the time they print; sockets are written with
+        // MSG_NOSIGNAL either way. The proxy (start, quickstart) and exec keep SIGPIPE ignored.
+        // SAFETY: no other thread exists yet; SIG_DFL installs no handler code.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Init { dir } => init::run(&dir),
         Command::Start { config } => start::run(&config),

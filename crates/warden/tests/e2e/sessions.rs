@@ -1,7 +1,7 @@
 //! Sessions from the audit log (`warden sessions list|play`) and `warden audit search` through the
 //! index with --until, --decision and --requester.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
@@ -229,4 +229,25 @@ async fn audit_search_by_until_decision_and_requester_prints_stored_lines() {
     let indexed = h.audit(&["--task", &task]);
     assert_eq!(scanned, indexed);
     assert!(h.deploy.join("audit/audit.index.db").exists());
+}
+
+#[test]
+fn a_listing_whose_reader_is_gone_ends_quietly() {
+    let h = harness();
+    // Some records to print.
+    let cred = h.agent();
+    assert!(h.psql_at(h.warden_port, &cred, "SELECT 'pipe-probe'").status.success());
+    // `warden audit search | head -0`, deterministically: the pipe's reader is closed before it runs.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(WARDEN)
+        .args(["audit", "search", "--config"])
+        .arg(&h.config)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
 }
