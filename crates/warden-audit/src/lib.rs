@@ -86,7 +86,7 @@ pub enum AuditError {
     #[error("audit index {path}: {reason}")]
     Index { path: PathBuf, reason: String },
     /// `verify` found a record that is not what the writer wrote.
-    #[error("audit log {path}: line {line}{}: {reason}\n  {record}", seq.map(|s| format!(" (seq {s})")).unwrap_or_default())]
+    #[error("audit log {path}: {}{reason}{}", tampered_at(*line, *seq), if record.is_empty() { String::new() } else { format!("\n  {record}") })]
     Tampered {
         path: PathBuf,
         line: usize,
@@ -94,6 +94,17 @@ pub enum AuditError {
         reason: String,
         record: String,
     },
+}
+
+/// Where `verify` found a problem: a line of the log (0: the problem is not on one line, such as
+/// records missing from the end), and the seq concerned.
+fn tampered_at(line: usize, seq: Option<u64>) -> String {
+    match (line, seq) {
+        (0, Some(s)) => format!("seq {s}: "),
+        (0, None) => String::new(),
+        (l, Some(s)) => format!("line {l} (seq {s}): "),
+        (l, None) => format!("line {l}: "),
+    }
 }
 
 /// `prev_hash` of the first record.

@@ -8,12 +8,27 @@ use warden_state::{CredentialRecord, Lock, LockTarget, NewLock};
 
 use crate::proxy::error::fmt_ts;
 
-/// The actor recorded for the offline admin commands: whoever can read the data dir is an admin.
+/// The actor recorded for the offline admin commands: whoever can read the data dir is an admin. Named
+/// by the process's real user id (not `$USER`, which the caller sets at will).
 pub fn local_admin() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "root".into());
-    format!("admin:{user}")
+    format!("admin:{}", os_user())
+}
+
+fn os_user() -> String {
+    // SAFETY: getuid cannot fail; getpwuid_r writes only into `pw` and `buf`, both ours and sized as
+    // passed, and `name` points into `buf` while it lives.
+    unsafe {
+        let uid = libc::getuid();
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut buf = [0 as libc::c_char; 1024];
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        if libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found) == 0 && !found.is_null() {
+            if let Ok(name) = std::ffi::CStr::from_ptr(pw.pw_name).to_str() {
+                return name.to_string();
+            }
+        }
+        format!("uid {uid}")
+    }
 }
 
 pub fn credential_record(claims: &Claims, issued_by: &str) -> CredentialRecord {

@@ -378,6 +378,8 @@ fn verify_catches_a_dropped_tail_through_the_signed_checkpoints() {
         "{}",
         stdout(&bad)
     );
+    // Not on a line of the log: none is named.
+    assert!(!stdout(&bad).contains("line 0"), "{}", stdout(&bad));
     // Pinning the deployment's key passes on the intact log; another key fails it.
     std::fs::write(&log, &text).unwrap();
     let key = std::fs::read_to_string(h.deploy.join("audit/checkpoint.pub")).unwrap();

@@ -140,9 +140,17 @@ async fn assert_refused(port: u16, cred: &Path, user: &str, db: &str, needles: &
 
 /// Runs a warden admin command off the runtime's threads; returns its stdout and when it returned.
 async fn warden(args: Vec<String>) -> (String, Instant) {
-    let out = tokio::task::spawn_blocking(move || run_ok(Command::new(WARDEN).args(&args)))
-        .await
-        .unwrap();
+    // $USER is whatever the caller says: the records name the real user (`lock_case` checks).
+    let out = tokio::task::spawn_blocking(move || {
+        run_ok(
+            Command::new(WARDEN)
+                .args(&args)
+                .env("USER", "mallory")
+                .env("LOGNAME", "mallory"),
+        )
+    })
+    .await
+    .unwrap();
     (stdout(&out), Instant::now())
 }
 
@@ -217,6 +225,9 @@ async fn lock_case(
     let port = h.warden_port;
     let reason = format!("e2e {kind} lock {}", &uuid::Uuid::new_v4().to_string()[..8]);
     let (id, started, returned) = lock(&h.config, kind, value, &reason).await;
+    let created = h.wait_for_event(&["--event", "lock.created"], |e| e["lock"]["id"] == id.as_str());
+    let me = run_ok(Command::new("id").arg("-un"));
+    assert_eq!(created["actor"], format!("admin:{}", stdout(&me).trim()), "{created}");
     let sessions: Vec<String> = victims.iter().map(|v| v.session.clone()).collect();
     for victim in victims {
         let label = victim.label.clone();
