@@ -222,6 +222,9 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdown: wat
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }
+    // Closed now, so that new connections are refused at once (and a client or load balancer tries
+    // elsewhere) instead of waiting unanswered in the backlog until the drain ends.
+    drop(listener);
     tracing::info!(open = sessions.len(), "stopped accepting; draining sessions");
     while sessions.join_next().await.is_some() {}
 }

@@ -209,6 +209,13 @@ async fn sigterm_lets_running_statements_finish_then_ends_sessions() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let err = idle.simple_query("SELECT 1").await.unwrap_err();
     assert!(err.code().is_none_or(|c| c.code() == "57P01"), "{err}");
+    // New connections are refused at once while it drains, not left unanswered.
+    let refused = std::net::TcpStream::connect(("127.0.0.1", port)).map(|_| ());
+    assert_eq!(
+        refused.as_ref().map_err(std::io::Error::kind),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "{refused:?}"
+    );
     // The running statement finishes and returns its result; then its session ends too.
     let (result, busy) = running.await.unwrap();
     assert_eq!(result.unwrap(), "done");
