@@ -117,13 +117,13 @@ pub fn main() -> ExitCode {
             | Command::Issue(_)
             | Command::Audit { .. }
             | Command::Sessions { .. }
-            | Command::Requests { .. }
             | Command::Locks { .. }
     ) {
         // Commands that print what they did or found end quietly when their reader goes away
         // (`warden audit search | head`), as other command-line tools do, instead of panicking on
-        // the broken pipe. Their work is done by the time they print; sockets are written with
-        // MSG_NOSIGNAL either way. The proxy (start, quickstart) and exec keep SIGPIPE ignored.
+        // the broken pipe. Their work is done by the time they print, and none writes to a socket
+        // (rustls writes with writev, which would raise SIGPIPE on a reset connection). The proxy
+        // (start, quickstart) and the API's clients (exec, requests) keep SIGPIPE ignored.
         // SAFETY: no other thread exists yet; SIG_DFL installs no handler code.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
