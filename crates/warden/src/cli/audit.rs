@@ -233,8 +233,26 @@ pub(crate) fn parse_time(s: &str, now: OffsetDateTime, flag: &str) -> Result<Off
         .map_err(|e| anyhow::anyhow!("{flag} {s:?}: neither a duration (10m, 2h, 7d) nor an RFC 3339 time: {e}"))
 }
 
-/// A human-readable line: time, event, who (and for whom, which task), what.
+/// A human-readable line: time, event, who (and for whom, which task), what. On one line for a
+/// terminal: control characters from the log (a reason can quote what an unauthenticated client sent)
+/// are shown escaped, so no field can start a forged line or send an escape sequence.
 pub(crate) fn one_line(e: &Event) -> String {
+    let s = unescaped_line(e);
+    if !s.chars().any(char::is_control) {
+        return s;
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                format!("\\u{{{:x}}}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn unescaped_line(e: &Event) -> String {
     let b = &e.body;
     let mut s = format!("{} #{} {:<13}", e.ts, e.seq, b.event);
     if let Some(id) = &b.identity {

@@ -85,6 +85,49 @@ async fn plain_connection_is_refused() {
     assert!(record["db_user"].is_null(), "{record}");
 }
 
+#[test]
+fn what_an_unauthenticated_client_sends_cannot_forge_lines_in_audit_search() {
+    use std::io::{Read, Write};
+    let h = harness();
+    // A plain startup whose user carries a line break, a forged record and an escape sequence.
+    let user = "forger\n2026-01-01T00:00:00Z #1 session.start human:carol (all fine)\x1b[2K";
+    let mut body = 196608u32.to_be_bytes().to_vec();
+    for part in ["user", user, "database", "shop"] {
+        body.extend_from_slice(part.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", h.warden_port)).unwrap();
+    tcp.write_all(&packet).unwrap();
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    assert_eq!(answer.first(), Some(&b'E'), "{answer:?}");
+    h.wait_for_event(&["--event", "auth.failed"], |e| {
+        e["reason"].as_str().is_some_and(|r| r.contains("forger\n2026"))
+    });
+    let out = run_ok(
+        std::process::Command::new(WARDEN)
+            .args(["audit", "search", "--event", "auth.failed", "--config"])
+            .arg(&h.config),
+    );
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.contains("forger"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("forger\\u{a}2026"), "{line}");
+    assert!(
+        !text.lines().any(|l| l.starts_with("2026-01-01T00:00:00Z")),
+        "a forged line:\n{text}"
+    );
+    assert!(
+        !text.contains('\x1b'),
+        "an escape sequence reached the terminal:\n{text}"
+    );
+}
+
 #[tokio::test]
 async fn no_credential_is_refused() {
     let h = harness();
