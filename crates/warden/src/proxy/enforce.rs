@@ -40,6 +40,8 @@ pub struct Enforcer {
     context: SessionContext,
     /// SQL-level prepared statements (PREPARE name AS ...): name -> the PREPARE text, re-decided at EXECUTE.
     prepared: HashMap<String, String>,
+    /// Counts changes to `prepared`: a decision about `EXECUTE name` holds only until it changes.
+    prepared_changes: u64,
 }
 
 impl Enforcer {
@@ -50,7 +52,13 @@ impl Enforcer {
                 user: db_role.to_string(),
             },
             prepared: HashMap::new(),
+            prepared_changes: 0,
         }
+    }
+
+    /// How many times the session's SQL-level prepared statements changed (PREPARE, DEALLOCATE).
+    pub fn prepared_changes(&self) -> u64 {
+        self.prepared_changes
     }
 
     /// `in_transaction`: PostgreSQL's last ReadyForQuery said a transaction block is open.
@@ -186,11 +194,16 @@ impl Enforcer {
                 SessionEffect::SearchPath(p) => self.context.search_path = resolve_path(p, db_role),
                 SessionEffect::Prepare(name) => {
                     self.prepared.insert(name.clone(), text.clone());
+                    self.prepared_changes += 1;
                 }
                 SessionEffect::Deallocate(Some(name)) => {
                     self.prepared.remove(name);
+                    self.prepared_changes += 1;
                 }
-                SessionEffect::Deallocate(None) => self.prepared.clear(),
+                SessionEffect::Deallocate(None) => {
+                    self.prepared.clear();
+                    self.prepared_changes += 1;
+                }
                 _ => {}
             }
         }

@@ -592,23 +592,28 @@ struct Prepared {
 }
 
 /// What a statement's decision at Parse was made under. An Execute under another configuration or
-/// other roles (a reload since) decides the statement again.
+/// other roles (a reload since), or after the session's SQL-level prepared statements changed (what
+/// an `EXECUTE name` runs), decides the statement again.
 #[derive(Clone)]
 struct Decided {
     config: Arc<warden_policy::Config>,
     roles: Arc<Vec<String>>,
+    prepared_changes: u64,
 }
 
 impl Decided {
-    fn now(shared: &Shared, session: &Session) -> Decided {
+    fn now(shared: &Shared, session: &Session, enforcer: &Enforcer) -> Decided {
         Decided {
             config: shared.config.load_full(),
             roles: session.roles.load_full(),
+            prepared_changes: enforcer.prepared_changes(),
         }
     }
 
-    fn current(&self, shared: &Shared, session: &Session) -> bool {
-        Arc::ptr_eq(&self.config, &shared.config.load()) && Arc::ptr_eq(&self.roles, &session.roles.load())
+    fn current(&self, shared: &Shared, session: &Session, enforcer: &Enforcer) -> bool {
+        Arc::ptr_eq(&self.config, &shared.config.load())
+            && Arc::ptr_eq(&self.roles, &session.roles.load())
+            && self.prepared_changes == enforcer.prepared_changes()
     }
 }
 
@@ -751,7 +756,7 @@ impl ClientSide<'_> {
                         .await;
                 }
                 // Taken before deciding: a reload meanwhile makes the Execute decide again.
-                let decided = Decided::now(self.shared, self.session);
+                let decided = Decided::now(self.shared, self.session, &self.enforcer);
                 let verdict = self
                     .enforcer
                     .check(self.shared, self.session, sql, self.in_transaction())
@@ -867,10 +872,10 @@ impl ClientSide<'_> {
                 }
                 if p.decided
                     .as_ref()
-                    .is_some_and(|d| !d.current(self.shared, self.session))
+                    .is_some_and(|d| !d.current(self.shared, self.session, &self.enforcer))
                 {
                     // A reload since the Parse: decided again under the session's current roles.
-                    let decided = Decided::now(self.shared, self.session);
+                    let decided = Decided::now(self.shared, self.session, &self.enforcer);
                     match self
                         .enforcer
                         .check(self.shared, self.session, &p.sql, self.in_transaction())

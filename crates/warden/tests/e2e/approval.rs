@@ -944,6 +944,50 @@ async fn a_statement_made_by_sql_prepare_cannot_be_bound_past_review() {
 }
 
 #[tokio::test]
+async fn a_prepared_execute_is_held_again_when_its_sql_statement_is_prepared_anew() {
+    use raw::*;
+    let w = approval_warden();
+    let (alice, carol) = (w.human("alice"), w.human("carol"));
+    let (agent, _task) = w.reviewed_agent(&alice).await;
+    let mut c = Raw::connect(w.port, &agent).await;
+    let m = format!("rev-swap-{}", uuid::Uuid::new_v4().simple());
+    // `EXECUTE x` prepared through the extended protocol while x only reads.
+    c.send(&[query("PREPARE x AS SELECT 1")]).await;
+    assert!(errors(&c.until_ready().await).is_empty());
+    c.send(&[parse("px", &format!("EXECUTE x /* {m}-exec */")), sync()])
+        .await;
+    assert!(errors(&c.until_ready().await).is_empty());
+    // x becomes a write: its PREPARE is held, and approved once.
+    c.send(&[query("DEALLOCATE x")]).await;
+    assert!(errors(&c.until_ready().await).is_empty());
+    let approver = std::thread::spawn({
+        let (carol, m) = (carol.clone(), m.clone());
+        move || {
+            let w = approval_warden();
+            let id = w.wait_for_review(&carol, &format!("{m}-prep"))["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert!(w.requests(&carol, &["approve", &id]).status.success());
+        }
+    });
+    c.send(&[query(&format!(
+        "PREPARE x AS UPDATE orders SET status = status WHERE id = -1 /* {m}-prep */"
+    ))])
+    .await;
+    let got = c.until_ready().await;
+    approver.join().unwrap();
+    assert!(errors(&got).is_empty(), "{got:?}");
+    // Run through the statement parsed before: it is a write now, so it is held (and denied here).
+    let denier = w.deny_when_held(carol.clone(), format!("{m}-exec"));
+    c.send(&[bind("", "px", &[]), execute(""), sync()]).await;
+    let got = c.until_ready().await;
+    denier.join().unwrap();
+    assert!(errors(&got).iter().any(|e| e.starts_with("42501:")), "{got:?}");
+    assert!(!pg_ran(&format!("{m}-exec")), "the write ran without review");
+}
+
+#[tokio::test]
 async fn a_failed_bind_before_a_denied_execute_leaves_the_session_in_step() {
     use raw::*;
     let w = approval_warden();
