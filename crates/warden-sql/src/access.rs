@@ -123,6 +123,16 @@ pub enum SessionEffect {
     Execute(String),
     /// `DEALLOCATE name` (None = ALL).
     Deallocate(Option<String>),
+    /// `DECLARE name CURSOR FOR ...`: the name, and whether it is `WITH HOLD` (it outlives its
+    /// transaction). The query is analysed in this access.
+    Declare {
+        name: String,
+        hold: bool,
+    },
+    /// `FETCH ... FROM name`: decided by what `name` was declared as.
+    Fetch(String),
+    /// `CLOSE name` (None = ALL).
+    CloseCursor(Option<String>),
 }
 
 /// What one statement touches.

@@ -165,6 +165,31 @@ fn classes_and_never_allowed() {
         [Forbidden::ProtectedSetting("role".into())]
     );
     assert_eq!(one("RESET ALL").effects, [SessionEffect::ResetAll]);
+    let declared = one("DECLARE c CURSOR WITH HOLD FOR SELECT id FROM orders");
+    assert_eq!(
+        declared.effects,
+        [SessionEffect::Declare {
+            name: "c".into(),
+            hold: true
+        }]
+    );
+    assert!(!declared.reads.is_empty(), "{declared:?}");
+    assert_eq!(
+        one("DECLARE c CURSOR FOR SELECT 1").effects,
+        [SessionEffect::Declare {
+            name: "c".into(),
+            hold: false
+        }]
+    );
+    assert_eq!(one("FETCH 10 FROM c").effects, [SessionEffect::Fetch("c".into())]);
+    assert_eq!(
+        one("FETCH ALL IN \"C x\"").effects,
+        [SessionEffect::Fetch("C x".into())]
+    );
+    assert!(one("MOVE 10 IN c").effects.is_empty());
+    assert_eq!(one("CLOSE c").effects, [SessionEffect::CloseCursor(Some("c".into()))]);
+    assert_eq!(one("CLOSE ALL").effects, [SessionEffect::CloseCursor(None)]);
+    assert!(one("DISCARD ALL").effects.contains(&SessionEffect::CloseCursor(None)));
     assert_eq!(one("COPY orders TO PROGRAM 'true'").forbidden, [Forbidden::CopyProgram]);
     assert_eq!(one("COPY orders FROM '/etc/passwd'").forbidden, [Forbidden::CopyFile]);
     assert_eq!(

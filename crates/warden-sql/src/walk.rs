@@ -171,17 +171,41 @@ impl Walker<'_> {
             }
             "DeclareCursorStmt" => {
                 self.access.raise(Class::Session);
+                // CURSOR_OPT_HOLD in PostgreSQL's parsenodes.h.
+                const HOLD: i64 = 0x0020;
+                self.access.effects.push(SessionEffect::Declare {
+                    name: str_field(body, "portalname").to_string(),
+                    hold: body["options"].as_i64().is_some_and(|o| o & HOLD != 0),
+                });
                 self.stmt(&body["query"]);
             }
-            "FetchStmt" | "ClosePortalStmt" | "VariableShowStmt" | "ListenStmt" | "UnlistenStmt"
-            | "ConstraintsSetStmt" => self.access.raise(Class::Session),
+            "FetchStmt" => {
+                self.access.raise(Class::Session);
+                // MOVE returns no rows.
+                if !body["ismove"].as_bool().unwrap_or(false) {
+                    self.access
+                        .effects
+                        .push(SessionEffect::Fetch(str_field(body, "portalname").to_string()));
+                }
+            }
+            "ClosePortalStmt" => {
+                self.access.raise(Class::Session);
+                let name = str_field(body, "portalname");
+                self.access
+                    .effects
+                    .push(SessionEffect::CloseCursor((!name.is_empty()).then(|| name.to_string())));
+            }
+            "VariableShowStmt" | "ListenStmt" | "UnlistenStmt" | "ConstraintsSetStmt" => {
+                self.access.raise(Class::Session)
+            }
             "DiscardStmt" => {
                 self.access.raise(Class::Session);
                 // DISCARD ALL includes RESET ALL (target 1).
                 if body["target"].as_i64() == Some(1) {
                     self.access.effects.push(SessionEffect::ResetAll);
-                    // ... and DEALLOCATE ALL.
+                    // ... and DEALLOCATE ALL, and CLOSE ALL.
                     self.access.effects.push(SessionEffect::Deallocate(None));
+                    self.access.effects.push(SessionEffect::CloseCursor(None));
                 }
             }
             "NotifyStmt" => {

@@ -40,8 +40,15 @@ pub struct Enforcer {
     context: SessionContext,
     /// SQL-level prepared statements (PREPARE name AS ...): name -> the PREPARE text, re-decided at EXECUTE.
     prepared: HashMap<String, String>,
-    /// Counts changes to `prepared`: a decision about `EXECUTE name` holds only until it changes.
-    prepared_changes: u64,
+    /// Cursors (DECLARE name CURSOR FOR ...): name -> the DECLARE text and whether it is WITH HOLD.
+    /// Each FETCH is decided as its DECLARE, so that a cursor opened before a reload does not go on
+    /// returning what its roles no longer allow; a FETCH of a cursor not declared here is refused.
+    /// Kept until CLOSE or DISCARD ALL, or until MAX_CURSORS are kept (a cursor that ended with its
+    /// transaction is still decided as it was declared; PostgreSQL then says it does not exist).
+    cursors: HashMap<String, (String, bool)>,
+    /// Counts changes to `prepared` and `cursors`: a decision about `EXECUTE name` or `FETCH name`
+    /// holds only until it changes.
+    named_changes: u64,
 }
 
 impl Enforcer {
@@ -52,13 +59,15 @@ impl Enforcer {
                 user: db_role.to_string(),
             },
             prepared: HashMap::new(),
-            prepared_changes: 0,
+            cursors: HashMap::new(),
+            named_changes: 0,
         }
     }
 
-    /// How many times the session's SQL-level prepared statements changed (PREPARE, DEALLOCATE).
-    pub fn prepared_changes(&self) -> u64 {
-        self.prepared_changes
+    /// How many times the session's SQL-level prepared statements or cursors changed (PREPARE,
+    /// DEALLOCATE, DECLARE, CLOSE).
+    pub fn named_changes(&self) -> u64 {
+        self.named_changes
     }
 
     /// `in_transaction`: PostgreSQL's last ReadyForQuery said a transaction block is open.
@@ -139,14 +148,39 @@ impl Enforcer {
                 ));
             }
         }
-        // What EXECUTE runs is decided as the statement it prepared (most strings have none).
+        // What EXECUTE runs is decided as the statement it prepared, and what FETCH reads as the
+        // query its cursor was declared with (most strings have neither).
         let mut executed: Vec<StatementAccess> = Vec::new();
-        // Statements run in order: an EXECUTE may use a PREPARE earlier in the same string.
+        // Statements run in order: an EXECUTE may use a PREPARE earlier in the same string, a FETCH a
+        // DECLARE.
         let mut prepared_here: HashMap<&str, &str> = HashMap::new();
+        let mut declared_here: HashMap<&str, &str> = HashMap::new();
         for s in statements {
             for e in &s.effects {
                 if let SessionEffect::Prepare(name) = e {
                     prepared_here.insert(name, &s.text);
+                }
+                if let SessionEffect::Declare { name, .. } = e {
+                    declared_here.insert(name, &s.text);
+                }
+                if let SessionEffect::Fetch(name) = e {
+                    let declared = declared_here
+                        .get(name.as_str())
+                        .copied()
+                        .or(self.cursors.get(name).map(|(text, _)| text.as_str()));
+                    // What a cursor Warden did not see declared reads is unknown (one a function
+                    // opened, a protocol-level portal): refused.
+                    let Some(text) = declared else {
+                        return Ok(deny(
+                            sqlstate::INSUFFICIENT_PRIVILEGE,
+                            format!("cursor {name} was not declared through Warden in this session"),
+                            "DECLARE it first; a cursor opened by a function cannot be fetched through Warden".into(),
+                        ));
+                    };
+                    match analyze(text, &catalog, context) {
+                        Ok(inner) => executed.extend(inner),
+                        Err(e) => return Ok(deny(sqlstate::SYNTAX_ERROR, e.to_string(), String::new())),
+                    }
                 }
                 if let SessionEffect::Execute(name) = e {
                     let text = prepared_here
@@ -194,21 +228,45 @@ impl Enforcer {
                 SessionEffect::SearchPath(p) => self.context.search_path = resolve_path(p, db_role),
                 SessionEffect::Prepare(name) => {
                     self.prepared.insert(name.clone(), text.clone());
-                    self.prepared_changes += 1;
+                    self.named_changes += 1;
                 }
                 SessionEffect::Deallocate(Some(name)) => {
                     self.prepared.remove(name);
-                    self.prepared_changes += 1;
+                    self.named_changes += 1;
                 }
                 SessionEffect::Deallocate(None) => {
                     self.prepared.clear();
-                    self.prepared_changes += 1;
+                    self.named_changes += 1;
+                }
+                SessionEffect::Declare { name, hold } => {
+                    if self.cursors.len() >= MAX_CURSORS && !self.cursors.contains_key(name) {
+                        // Never closed: those without HOLD ended with their transactions, if not
+                        // this one (a FETCH of a forgotten one is refused, never let through).
+                        self.cursors.retain(|_, (_, hold)| *hold);
+                        if self.cursors.len() >= MAX_CURSORS {
+                            self.cursors.clear();
+                        }
+                    }
+                    self.cursors.insert(name.clone(), (text.clone(), *hold));
+                    self.named_changes += 1;
+                }
+                // Forgetting is safe: a FETCH of a cursor not known is refused.
+                SessionEffect::CloseCursor(Some(name)) => {
+                    self.cursors.remove(name);
+                    self.named_changes += 1;
+                }
+                SessionEffect::CloseCursor(None) => {
+                    self.cursors.clear();
+                    self.named_changes += 1;
                 }
                 _ => {}
             }
         }
     }
 }
+
+/// Cursors a session may have declared and not closed that Warden keeps track of.
+const MAX_CURSORS: usize = 256;
 
 /// The session's roles that the config still defines. A session holds a few: they stay on the stack.
 fn resolve<'c>(names: &[String], config: &'c warden_policy::Config) -> SmallVec<[&'c Role; 8]> {

@@ -592,13 +592,13 @@ struct Prepared {
 }
 
 /// What a statement's decision at Parse was made under. An Execute under another configuration or
-/// other roles (a reload since), or after the session's SQL-level prepared statements changed (what
-/// an `EXECUTE name` runs), decides the statement again.
+/// other roles (a reload since), or after the session's SQL-level prepared statements or cursors
+/// changed (what an `EXECUTE name` runs, what a `FETCH name` reads), decides the statement again.
 #[derive(Clone)]
 struct Decided {
     config: Arc<warden_policy::Config>,
     roles: Arc<Vec<String>>,
-    prepared_changes: u64,
+    named_changes: u64,
 }
 
 impl Decided {
@@ -606,14 +606,14 @@ impl Decided {
         Decided {
             config: shared.config.load_full(),
             roles: session.roles.load_full(),
-            prepared_changes: enforcer.prepared_changes(),
+            named_changes: enforcer.named_changes(),
         }
     }
 
     fn current(&self, shared: &Shared, session: &Session, enforcer: &Enforcer) -> bool {
         Arc::ptr_eq(&self.config, &shared.config.load())
             && Arc::ptr_eq(&self.roles, &session.roles.load())
-            && self.prepared_changes == enforcer.prepared_changes()
+            && self.named_changes == enforcer.named_changes()
     }
 }
 

@@ -574,6 +574,15 @@ async fn reload_recomputes_live_sessions_roles_and_ends_those_left_without_any()
         .expect("frank's agent holds writer: INSERT is allowed");
     live.client.execute(PROBE, &[]).await.expect("UPDATE is allowed");
     live.client.batch_execute("ROLLBACK").await.unwrap();
+    // A cursor declared under writer, which reads customers.email (analyst may not), kept open.
+    live.client
+        .batch_execute("BEGIN; DECLARE held_cur CURSOR WITH HOLD FOR SELECT id, email FROM customers; COMMIT")
+        .await
+        .expect("writer reads customers.email");
+    live.client
+        .simple_query("FETCH 1 FROM held_cur")
+        .await
+        .expect("the cursor is read under writer");
     // A statement prepared once (Parse) and executed again later (Bind, Execute).
     let prepared = live.client.prepare(PROBE).await.unwrap();
     live.client
@@ -625,6 +634,17 @@ async fn reload_recomputes_live_sessions_roles_and_ends_those_left_without_any()
         db.message().starts_with("warden: "),
         "refused by PostgreSQL, not Warden: {db:?}"
     );
+    // The cursor opened under writer is not read any further (PostgreSQL checked its privileges
+    // when it was opened, and would go on).
+    let err = live
+        .client
+        .simple_query("FETCH ALL FROM held_cur")
+        .await
+        .expect_err("the cursor declared under writer was read after frank lost writer");
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+    assert_eq!(db.code().code(), "42501", "{db:?}");
+    assert!(db.message().contains("customers.email"), "{db:?}");
+    live.client.batch_execute("CLOSE held_cur").await.unwrap();
     // Reads under analyst go on, in the same session.
     let rows = live
         .client

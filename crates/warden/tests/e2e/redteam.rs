@@ -68,6 +68,13 @@ const OURS: &[(&str, bool, &str)] = &[
         false,
         "SELECT set_config('application_name', 'warden human:bob', false)",
     ),
+    // A cursor not declared through Warden (a function's, a protocol portal): what it reads is unknown.
+    ("W43", false, "FETCH ALL FROM cursor_never_declared"),
+    (
+        "V11",
+        true,
+        "BEGIN; DECLARE c CURSOR FOR SELECT id FROM orders; FETCH 1 FROM c; CLOSE c; COMMIT",
+    ),
     ("W13", false, "RESET ALL"),
     ("W14", false, "EXPLAIN ANALYZE DELETE FROM orders"),
     ("W15", false, "INSERT INTO orders SELECT * FROM orders"),
