@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::{watch, Notify};
+use warden_policy::Refusal;
 use warden_state::{Block, Blocklist};
 
 use super::error::{fmt_ts, ProxyError};
@@ -215,34 +216,42 @@ impl SessionRegistry {
     /// no longer holds any role for its database is ended.
     pub fn reevaluate(&self, config: &warden_policy::Config) {
         let ended = self.end_where(|s| {
-            match config.effective_roles(
-                &s.claims.identity(),
-                s.claims.requester.as_ref(),
-                &s.claims.roles,
-                &s.database,
-            ) {
-                Ok(roles) => {
-                    let names: Vec<String> = roles.iter().map(|r| r.name.clone()).collect();
-                    if **s.roles.load() != names {
-                        tracing::info!(session = %s.id, roles = %names.join(","), "roles changed by reload");
-                        s.roles.store(Arc::new(names));
-                    }
-                    None
-                }
-                Err(refusal) => Some(Kill {
-                    cause: KillCause::Reload,
-                    message: format!("the configuration was reloaded and this session may no longer run: {refusal}"),
-                }),
-            }
+            follow(s, config).err().map(|refusal| Kill {
+                cause: KillCause::Reload,
+                message: format!("the configuration was reloaded and this session may no longer run: {refusal}"),
+            })
         });
         if ended > 0 {
             tracing::info!(ended, "configuration reload ended sessions");
         }
     }
 
+    /// For a session just registered: a reload that swapped the configuration after the session's
+    /// roles were computed, but before it was registered, did not reach it. Its roles are computed
+    /// again under the configuration now in force (a refusal: it may not run).
+    pub fn follow_current(&self, s: &Session, config: &warden_policy::Config) -> Result<(), Refusal> {
+        follow(s, config)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
         self.live.lock().expect("session registry lock poisoned")
     }
+}
+
+/// Puts a session's roles in line with `config`.
+fn follow(s: &Session, config: &warden_policy::Config) -> Result<(), Refusal> {
+    let roles = config.effective_roles(
+        &s.claims.identity(),
+        s.claims.requester.as_ref(),
+        &s.claims.roles,
+        &s.database,
+    )?;
+    let names: Vec<String> = roles.iter().map(|r| r.name.clone()).collect();
+    if **s.roles.load() != names {
+        tracing::info!(session = %s.id, roles = %names.join(","), "roles changed by reload");
+        s.roles.store(Arc::new(names));
+    }
+    Ok(())
 }
 
 impl Shared {

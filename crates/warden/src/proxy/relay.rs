@@ -415,8 +415,9 @@ pub async fn run(
             Pending::Describe(_) | Pending::Sync => None,
         })
         .collect();
-    if matches!(end, End::Killed(_)) && !unanswered.is_empty() {
-        // A statement is running: stop it in PostgreSQL too, not only the client's view of it.
+    if matches!(end, End::Killed(_) | End::Shutdown) && !unanswered.is_empty() {
+        // A statement is running (at shutdown: still, after the drain's grace): stop it in
+        // PostgreSQL too, not only the client's view of it.
         let _ = tokio::time::timeout(KILL_IO_TIMEOUT, shared.cancels.cancel(cancel_key.0, cancel_key.1)).await;
     }
     let farewell = match &end {

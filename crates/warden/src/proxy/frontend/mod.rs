@@ -53,6 +53,19 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutd
     // Registered before provisioning, so that a reload or lock during the login reaches it too.
     let session = Arc::new(session);
     let kill = shared.sessions.register(session.clone());
+    // A reload between the roles' computation and the registration did not see this session.
+    if let Err(refusal) = shared.sessions.follow_current(&session, &shared.config.load()) {
+        shared.sessions.remove(&session.id);
+        refuse(
+            &shared,
+            &mut client,
+            peer,
+            &ProxyError::Refused(refusal),
+            Some(&session.claims),
+        )
+        .await;
+        return;
+    }
     let upstream = match backend::open(&shared, &session).await {
         Ok(u) => u,
         Err(e) => {
