@@ -149,6 +149,11 @@ impl Config {
         self.roles.iter().find(|r| r.name == name)
     }
 
+    /// Whether role `name` is held only through an approved access request (`approval = "session"`).
+    pub fn needs_request(&self, name: &str) -> bool {
+        self.role(name).is_some_and(|r| r.approval == Approval::Session)
+    }
+
     pub fn identity(&self, id: &IdentityName) -> Option<&IdentityConfig> {
         self.identities.iter().find(|i| &i.identity == id)
     }

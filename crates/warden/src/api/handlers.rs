@@ -18,7 +18,6 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use warden_identity::{parse_duration, IdentityKind, IdentityName};
-use warden_policy::Approval;
 use warden_state::{CredentialRecord, Lock, LockTarget};
 
 use super::{AnyCaller, ApiError, ApiJson, Caller, OPENAPI};
@@ -192,7 +191,7 @@ async fn issue(
     let config = shared.config.load();
     // A role that needs approval is asked for by the agent (first: the caller may not hold it either).
     for r in &req.roles {
-        if config.role(r).is_some_and(|role| role.approval == Approval::Session) {
+        if config.needs_request(r) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "needs_approval",
@@ -220,7 +219,7 @@ async fn issue(
         let roles: Vec<String> = held
             .into_iter()
             .filter(|r| caller.claims.roles.contains(r))
-            .filter(|r| config.role(r).is_none_or(|role| role.approval != Approval::Session))
+            .filter(|r| !config.needs_request(r))
             .collect();
         if roles.is_empty() && config.identity(&agent).is_some() {
             return Err(ApiError::new(

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use time::{Duration, OffsetDateTime};
 use warden_identity::{parse_duration, Claims, IdentityKind, IdentityName};
-use warden_policy::{Approval, Config};
+use warden_policy::Config;
 use warden_state::StateStore;
 
 use crate::deployment::{self, CaKind};
@@ -61,7 +61,7 @@ pub fn run(args: &IssueArgs) -> Result<ExitCode> {
     let unrequested: Vec<&str> = claims
         .roles
         .iter()
-        .filter(|r| config.role(r).is_some_and(|role| role.approval == Approval::Session))
+        .filter(|r| config.needs_request(r))
         .map(String::as_str)
         .collect();
     if !unrequested.is_empty() {
@@ -131,10 +131,9 @@ pub fn claims_for(
     };
     let allowed = |r: &String| configured.roles.contains(r) && requester_roles.as_ref().is_none_or(|rr| rr.contains(r));
     // A role with approval = "session" is held through an approved access request: never by default.
-    let needs_request = |r: &String| config.role(r).is_some_and(|role| role.approval == Approval::Session);
     let roles: Vec<String> = if roles.is_empty() {
         let held: Vec<String> = configured.roles.iter().filter(|r| allowed(r)).cloned().collect();
-        let by_default: Vec<String> = held.iter().filter(|r| !needs_request(r)).cloned().collect();
+        let by_default: Vec<String> = held.iter().filter(|r| !config.needs_request(r)).cloned().collect();
         if by_default.is_empty() && !held.is_empty() {
             bail!(
                 "{identity}'s roles ({}) all need an approved access request (approval = \"session\"); \

@@ -242,7 +242,7 @@ impl Enforcer {
                     if self.cursors.len() >= MAX_CURSORS && !self.cursors.contains_key(name) {
                         // Never closed: those without HOLD ended with their transactions, if not
                         // this one (a FETCH of a forgotten one is refused, never let through).
-                        self.cursors.retain(|_, (_, hold)| *hold);
+                        self.cursors.retain(|_, (_, held)| *held);
                         if self.cursors.len() >= MAX_CURSORS {
                             self.cursors.clear();
                         }

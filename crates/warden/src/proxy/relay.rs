@@ -588,7 +588,7 @@ struct Prepared {
     described: Option<Described>,
     /// Which Parse made it (the session's count), so its portals are known.
     parse: u64,
-    /// The configuration and roles it was decided under.
+    /// What its decision was made under.
     decided: Decided,
 }
 
@@ -875,7 +875,8 @@ impl ClientSide<'_> {
                     .as_ref()
                     .is_some_and(|d| !d.current(self.shared, self.session, &self.enforcer))
                 {
-                    // A reload since the Parse: decided again under the session's current roles.
+                    // A reload, or a change of the session's PREPAREs or cursors, since the Parse:
+                    // decided again, under the session's current roles.
                     let decided = Decided::now(self.shared, self.session, &self.enforcer);
                     match self
                         .enforcer
