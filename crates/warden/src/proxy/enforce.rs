@@ -38,14 +38,14 @@ pub struct Enforcer {
     /// The session's search_path and role, as every analysis of this session needs them (kept, not
     /// rebuilt per statement).
     context: SessionContext,
-    /// SQL-level prepared statements (PREPARE name AS ...): name -> the PREPARE text, re-decided at EXECUTE.
-    prepared: HashMap<String, String>,
-    /// Cursors (DECLARE name CURSOR FOR ...): name -> the DECLARE text and whether it is WITH HOLD.
-    /// Each FETCH is decided as its DECLARE, so that a cursor opened before a reload does not go on
-    /// returning what its roles no longer allow; a FETCH of a cursor not declared here is refused.
-    /// Kept until CLOSE or DISCARD ALL, or until MAX_CURSORS are kept (a cursor that ended with its
-    /// transaction is still decided as it was declared; PostgreSQL then says it does not exist).
-    cursors: HashMap<String, (String, bool)>,
+    /// Prepared statements by name (SQL PREPARE, and the extended protocol's named ones, which share
+    /// PostgreSQL's namespace): what an `EXECUTE name` may run, decided again at each EXECUTE.
+    prepared: Named,
+    /// Cursors (DECLARE name CURSOR FOR ...): what a `FETCH name` may read. Each FETCH is decided as
+    /// its DECLARE, under the roles of that moment: PostgreSQL checks privileges only when a cursor
+    /// opens, and a cursor declared before a reload must not go on returning what the roles no longer
+    /// allow. A FETCH of a cursor not declared here is refused.
+    cursors: Named,
     /// Counts changes to `prepared` and `cursors`: a decision about `EXECUTE name` or `FETCH name`
     /// holds only until it changes.
     named_changes: u64,
@@ -58,8 +58,8 @@ impl Enforcer {
                 search_path,
                 user: db_role.to_string(),
             },
-            prepared: HashMap::new(),
-            cursors: HashMap::new(),
+            prepared: Named::default(),
+            cursors: Named::default(),
             named_changes: 0,
         }
     }
@@ -149,51 +149,53 @@ impl Enforcer {
             }
         }
         // What EXECUTE runs is decided as the statement it prepared, and what FETCH reads as the
-        // query its cursor was declared with (most strings have neither).
+        // query its cursor was declared with (most strings have neither). A name may stand for more
+        // than one text (see `Named`): all must be allowed.
         let mut executed: Vec<StatementAccess> = Vec::new();
         // Statements run in order: an EXECUTE may use a PREPARE earlier in the same string, a FETCH a
-        // DECLARE.
+        // DECLARE (if such a PREPARE or DECLARE fails, the rest of the string does not run).
         let mut prepared_here: HashMap<&str, &str> = HashMap::new();
         let mut declared_here: HashMap<&str, &str> = HashMap::new();
         for s in statements {
             for e in &s.effects {
-                if let SessionEffect::Prepare(name) = e {
-                    prepared_here.insert(name, &s.text);
-                }
-                if let SessionEffect::Declare { name, .. } = e {
-                    declared_here.insert(name, &s.text);
-                }
-                if let SessionEffect::Fetch(name) = e {
-                    let declared = declared_here
-                        .get(name.as_str())
-                        .copied()
-                        .or(self.cursors.get(name).map(|(text, _)| text.as_str()));
+                let (here, known, unknown) = match e {
+                    SessionEffect::Prepare(name) => {
+                        prepared_here.insert(name, &s.text);
+                        continue;
+                    }
+                    SessionEffect::Declare { name, .. } => {
+                        declared_here.insert(name, &s.text);
+                        continue;
+                    }
+                    SessionEffect::Execute(name) => (
+                        prepared_here.get(name.as_str()).copied(),
+                        self.prepared.texts(name),
+                        (
+                            format!("prepared statement {name} was not prepared through Warden in this session"),
+                            "PREPARE it first",
+                        ),
+                    ),
                     // What a cursor Warden did not see declared reads is unknown (one a function
                     // opened, a protocol-level portal): refused.
-                    let Some(text) = declared else {
-                        return Ok(deny(
-                            sqlstate::INSUFFICIENT_PRIVILEGE,
+                    SessionEffect::Fetch(name) => (
+                        declared_here.get(name.as_str()).copied(),
+                        self.cursors.texts(name),
+                        (
                             format!("cursor {name} was not declared through Warden in this session"),
-                            "DECLARE it first; a cursor opened by a function cannot be fetched through Warden".into(),
-                        ));
-                    };
-                    match analyze(text, &catalog, context) {
-                        Ok(inner) => executed.extend(inner),
-                        Err(e) => return Ok(deny(sqlstate::SYNTAX_ERROR, e.to_string(), String::new())),
-                    }
+                            "DECLARE it first; a cursor opened by a function cannot be fetched through Warden",
+                        ),
+                    ),
+                    _ => continue,
+                };
+                let texts: Vec<&str> = match here {
+                    Some(text) => vec![text],
+                    None => known.iter().map(String::as_str).collect(),
+                };
+                if texts.is_empty() {
+                    let (reason, hint) = unknown;
+                    return Ok(deny(sqlstate::INSUFFICIENT_PRIVILEGE, reason, hint.into()));
                 }
-                if let SessionEffect::Execute(name) = e {
-                    let text = prepared_here
-                        .get(name.as_str())
-                        .copied()
-                        .or(self.prepared.get(name).map(String::as_str));
-                    let Some(text) = text else {
-                        return Ok(deny(
-                            sqlstate::INSUFFICIENT_PRIVILEGE,
-                            format!("prepared statement {name} was not prepared through Warden in this session"),
-                            "PREPARE it first".into(),
-                        ));
-                    };
+                for text in texts {
                     match analyze(text, &catalog, context) {
                         Ok(inner) => executed.extend(inner),
                         Err(e) => return Ok(deny(sqlstate::SYNTAX_ERROR, e.to_string(), String::new())),
@@ -226,47 +228,82 @@ impl Enforcer {
         for (text, e) in effects {
             match e {
                 SessionEffect::SearchPath(p) => self.context.search_path = resolve_path(p, db_role),
-                SessionEffect::Prepare(name) => {
-                    self.prepared.insert(name.clone(), text.clone());
-                    self.named_changes += 1;
-                }
-                SessionEffect::Deallocate(Some(name)) => {
-                    self.prepared.remove(name);
-                    self.named_changes += 1;
-                }
-                SessionEffect::Deallocate(None) => {
-                    self.prepared.clear();
-                    self.named_changes += 1;
-                }
-                SessionEffect::Declare { name, hold } => {
-                    if self.cursors.len() >= MAX_CURSORS && !self.cursors.contains_key(name) {
-                        // Never closed: those without HOLD ended with their transactions, if not
-                        // this one (a FETCH of a forgotten one is refused, never let through).
-                        self.cursors.retain(|_, (_, held)| *held);
-                        if self.cursors.len() >= MAX_CURSORS {
-                            self.cursors.clear();
-                        }
-                    }
-                    self.cursors.insert(name.clone(), (text.clone(), *hold));
-                    self.named_changes += 1;
-                }
-                // Forgetting is safe: a FETCH of a cursor not known is refused.
-                SessionEffect::CloseCursor(Some(name)) => {
-                    self.cursors.remove(name);
-                    self.named_changes += 1;
-                }
-                SessionEffect::CloseCursor(None) => {
-                    self.cursors.clear();
-                    self.named_changes += 1;
-                }
-                _ => {}
+                SessionEffect::Prepare(name) => self.prepared.remember(name, text),
+                SessionEffect::Deallocate(Some(name)) => self.prepared.forget(name),
+                SessionEffect::Deallocate(None) => self.prepared.clear(),
+                SessionEffect::Declare { name, .. } => self.cursors.remember(name, text),
+                SessionEffect::CloseCursor(Some(name)) => self.cursors.forget(name),
+                SessionEffect::CloseCursor(None) => self.cursors.clear(),
+                _ => continue,
             }
+            self.named_changes += 1;
         }
+    }
+
+    /// A statement prepared under `name` through the extended protocol: SQL `EXECUTE name` runs it.
+    pub fn parsed(&mut self, name: &str, sql: &str) {
+        if !name.is_empty() {
+            self.prepared.remember(name, sql);
+            self.named_changes += 1;
+        }
+    }
+
+    /// A statement closed through the extended protocol (as `DEALLOCATE name`).
+    pub fn closed(&mut self, name: &str) {
+        self.prepared.forget(name);
+        self.named_changes += 1;
     }
 }
 
-/// Cursors a session may have declared and not closed that Warden keeps track of.
-const MAX_CURSORS: usize = 256;
+/// What each name of a session's prepared statements or cursors may stand for in PostgreSQL.
+///
+/// Warden learns a PREPARE or DECLARE before PostgreSQL has run it, and does not learn whether it
+/// failed. One that fails because the name is in use (PostgreSQL keeps the old one) must not make
+/// Warden decide the name as the new text: so a name keeps every text it was given, and an EXECUTE or
+/// FETCH is allowed only if all are. A name is forgotten at DEALLOCATE or CLOSE (and everything at
+/// `ALL`, or when more than MAX_NAMED texts are kept): an EXECUTE or FETCH of a name not known is
+/// refused, so forgetting too soon only ever refuses more.
+#[derive(Default)]
+struct Named {
+    texts: HashMap<String, Vec<String>>,
+    count: usize,
+}
+
+impl Named {
+    fn remember(&mut self, name: &str, text: &str) {
+        let texts = self.texts.entry(name.to_string()).or_default();
+        if texts.iter().any(|t| t == text) {
+            return;
+        }
+        texts.push(text.to_string());
+        self.count += 1;
+        if self.count > MAX_NAMED {
+            self.clear();
+        }
+    }
+
+    fn forget(&mut self, name: &str) {
+        if let Some(texts) = self.texts.remove(name) {
+            self.count -= texts.len();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.texts.clear();
+        self.count = 0;
+    }
+
+    fn texts(&self, name: &str) -> &[String] {
+        self.texts.get(name).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.texts.contains_key(name)
+    }
+}
+
+/// Texts of prepared statements, or of cursors, a session may have that Warden keeps track of.
+const MAX_NAMED: usize = 256;
 
 /// The session's roles that the config still defines. A session holds a few: they stay on the stack.
 fn resolve<'c>(names: &[String], config: &'c warden_policy::Config) -> SmallVec<[&'c Role; 8]> {
@@ -303,7 +340,7 @@ impl Enforcer {
     /// Whether `name` was prepared with SQL PREPARE in this session (it shares PostgreSQL's namespace
     /// with protocol-level Parse).
     pub fn is_sql_prepared(&self, name: &str) -> bool {
-        self.prepared.contains_key(name)
+        self.prepared.contains(name)
     }
 }
 

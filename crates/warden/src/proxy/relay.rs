@@ -779,6 +779,8 @@ impl ClientSide<'_> {
                             _ => Arc::from(sql),
                         };
                         self.parses += 1;
+                        // SQL `EXECUTE name` runs it too.
+                        self.enforcer.parsed(name, &sql);
                         self.statements.insert(
                             name.to_string(),
                             Prepared {
@@ -937,6 +939,7 @@ impl ClientSide<'_> {
                 }
                 if kind == b'S' {
                     self.statements.remove(name);
+                    self.enforcer.closed(name);
                 } else {
                     self.portals.remove(name);
                 }

@@ -690,6 +690,10 @@ pub(crate) mod raw {
         }
 
         pub async fn connect_to(port: u16, cred: &Path, database: &str) -> Raw {
+            Raw::connect_as(port, cred, "report-bot", database).await
+        }
+
+        pub async fn connect_as(port: u16, cred: &Path, user: &str, database: &str) -> Raw {
             let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
             let mut b = BytesMut::new();
             fe::ssl_request(&mut b);
@@ -706,7 +710,7 @@ pub(crate) mod raw {
                 buf: BytesMut::new(),
             };
             let mut b = BytesMut::new();
-            fe::startup_message(&[("user", "report-bot"), ("database", database)], &mut b);
+            fe::startup_message(&[("user", user), ("database", database)], &mut b);
             raw.stream.write_all(&b).await.unwrap();
             let hello = raw.until_ready().await;
             assert!(hello.iter().all(|m| m.0 != 'E'), "{hello:?}");
@@ -985,6 +989,44 @@ async fn a_prepared_execute_is_held_again_when_its_sql_statement_is_prepared_ane
     denier.join().unwrap();
     assert!(errors(&got).iter().any(|e| e.starts_with("42501:")), "{got:?}");
     assert!(!pg_ran(&format!("{m}-exec")), "the write ran without review");
+}
+
+#[tokio::test]
+async fn a_prepare_that_fails_on_a_name_in_use_does_not_hide_the_write_behind_it() {
+    use raw::*;
+    let w = approval_warden();
+    let (alice, carol) = (w.human("alice"), w.human("carol"));
+    let (agent, _task) = w.reviewed_agent(&alice).await;
+    let mut c = Raw::connect(w.port, &agent).await;
+    let m = format!("rev-reprep-{}", uuid::Uuid::new_v4().simple());
+    let approver = std::thread::spawn({
+        let (carol, m) = (carol.clone(), m.clone());
+        move || {
+            let w = approval_warden();
+            let id = w.wait_for_review(&carol, &format!("{m}-prep"))["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert!(w.requests(&carol, &["approve", &id]).status.success());
+        }
+    });
+    c.send(&[query(&format!(
+        "PREPARE y AS UPDATE orders SET status = status WHERE id = -1 /* {m}-prep */"
+    ))])
+    .await;
+    let got = c.until_ready().await;
+    approver.join().unwrap();
+    assert!(errors(&got).is_empty(), "{got:?}");
+    // PostgreSQL refuses this PREPARE (y exists) and keeps the write under y.
+    c.send(&[query("PREPARE y AS SELECT 1")]).await;
+    let got = c.until_ready().await;
+    assert!(errors(&got).iter().any(|e| e.starts_with("42P05:")), "{got:?}");
+    // So EXECUTE y is still a write: held (and denied here), not run unreviewed.
+    let denier = w.deny_when_held(carol.clone(), format!("{m}-exec"));
+    c.send(&[query(&format!("EXECUTE y /* {m}-exec */"))]).await;
+    let got = c.until_ready().await;
+    denier.join().unwrap();
+    assert!(errors(&got).iter().any(|e| e.starts_with("42501:")), "{got:?}");
 }
 
 #[tokio::test]

@@ -583,6 +583,14 @@ async fn reload_recomputes_live_sessions_roles_and_ends_those_left_without_any()
         .simple_query("FETCH 1 FROM held_cur")
         .await
         .expect("the cursor is read under writer");
+    // A statement prepared through the extended protocol under a name SQL EXECUTE can use.
+    let mut raw = crate::approval::raw::Raw::connect_as(w.port, &cred, "reload-bot", "shop").await;
+    raw.send(&[
+        crate::approval::raw::parse("named_read", "SELECT id, email FROM customers"),
+        crate::approval::raw::sync(),
+    ])
+    .await;
+    assert!(crate::approval::raw::errors(&raw.until_ready().await).is_empty());
     // A statement prepared once (Parse) and executed again later (Bind, Execute).
     let prepared = live.client.prepare(PROBE).await.unwrap();
     live.client
@@ -644,7 +652,33 @@ async fn reload_recomputes_live_sessions_roles_and_ends_those_left_without_any()
     let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
     assert_eq!(db.code().code(), "42501", "{db:?}");
     assert!(db.message().contains("customers.email"), "{db:?}");
+    // Declaring the name again fails in PostgreSQL (the cursor exists), and changes nothing here.
+    live.client
+        .simple_query("DECLARE held_cur CURSOR WITH HOLD FOR SELECT 1")
+        .await
+        .expect_err("held_cur exists");
+    let err = live.client.simple_query("FETCH ALL FROM held_cur").await.unwrap_err();
+    assert!(
+        err.as_db_error()
+            .is_some_and(|d| d.message().contains("customers.email")),
+        "{err:?}"
+    );
     live.client.batch_execute("CLOSE held_cur").await.unwrap();
+    // Likewise SQL EXECUTE of the statement prepared through the protocol, even after a PREPARE of
+    // the same name that PostgreSQL refuses.
+    {
+        use crate::approval::raw::*;
+        raw.send(&[query("PREPARE named_read AS SELECT 1")]).await;
+        assert!(errors(&raw.until_ready().await).iter().any(|e| e.starts_with("42P05:")));
+        raw.send(&[query("EXECUTE named_read")]).await;
+        let got = raw.until_ready().await;
+        assert!(
+            errors(&got)
+                .iter()
+                .any(|e| e.starts_with("42501:") && e.contains("customers.email")),
+            "{got:?}"
+        );
+    }
     // Reads under analyst go on, in the same session.
     let rows = live
         .client
