@@ -261,29 +261,37 @@ impl Enforcer {
 /// failed. One that fails because the name is in use (PostgreSQL keeps the old one) must not make
 /// Warden decide the name as the new text: so a name keeps every text it was given, and an EXECUTE or
 /// FETCH is allowed only if all are. A name is forgotten at DEALLOCATE or CLOSE (and everything at
-/// `ALL`, or when more than MAX_NAMED texts are kept): an EXECUTE or FETCH of a name not known is
-/// refused, so forgetting too soon only ever refuses more.
+/// `ALL`); past MAX_NAMED texts, the name given its last text longest ago is forgotten (a cursor
+/// never closed ended with its transaction). An EXECUTE or FETCH of a name not known is refused, so
+/// forgetting too soon only ever refuses more.
 #[derive(Default)]
 struct Named {
-    texts: HashMap<String, Vec<String>>,
+    /// Name -> its texts, and when it was last given one (`given`'s count then).
+    texts: HashMap<String, (Vec<String>, u64)>,
     count: usize,
+    given: u64,
 }
 
 impl Named {
     fn remember(&mut self, name: &str, text: &str) {
-        let texts = self.texts.entry(name.to_string()).or_default();
+        self.given += 1;
+        let (texts, at) = self.texts.entry(name.to_string()).or_default();
+        *at = self.given;
         if texts.iter().any(|t| t == text) {
             return;
         }
         texts.push(text.to_string());
         self.count += 1;
-        if self.count > MAX_NAMED {
-            self.clear();
+        while self.count > MAX_NAMED {
+            let Some(oldest) = self.texts.iter().min_by_key(|(_, (_, at))| *at).map(|(n, _)| n.clone()) else {
+                break;
+            };
+            self.forget(&oldest);
         }
     }
 
     fn forget(&mut self, name: &str) {
-        if let Some(texts) = self.texts.remove(name) {
+        if let Some((texts, _)) = self.texts.remove(name) {
             self.count -= texts.len();
         }
     }
@@ -294,7 +302,7 @@ impl Named {
     }
 
     fn texts(&self, name: &str) -> &[String] {
-        self.texts.get(name).map(Vec::as_slice).unwrap_or_default()
+        self.texts.get(name).map(|(t, _)| t.as_slice()).unwrap_or_default()
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -396,6 +404,26 @@ mod tests {
         let parsed = warden_sql::analyze(&s, &Default::default(), &Default::default()).unwrap();
         assert_eq!(parsed.len(), 1);
         assert_eq!(parsed[0].effects, [SessionEffect::DoBlock]);
+    }
+
+    #[test]
+    fn a_name_keeps_every_text_until_forgotten_and_the_oldest_name_goes_first() {
+        let mut n = Named::default();
+        n.remember("c", "DECLARE c CURSOR FOR SELECT secret FROM t");
+        // A DECLARE PostgreSQL may have refused (the name is in use) adds to what c may be.
+        n.remember("c", "DECLARE c CURSOR FOR SELECT 1");
+        n.remember("c", "DECLARE c CURSOR FOR SELECT 1");
+        assert_eq!(n.texts("c").len(), 2);
+        n.forget("c");
+        assert!(n.texts("c").is_empty() && !n.contains("c"));
+        n.remember("old", "PREPARE old AS SELECT 1");
+        for i in 0..MAX_NAMED {
+            n.remember(&format!("n{i}"), "x");
+        }
+        // Past the limit the name given a text longest ago is forgotten (a later EXECUTE of it is refused).
+        assert!(!n.contains("old"));
+        assert!(n.contains("n0") && n.contains(&format!("n{}", MAX_NAMED - 1)));
+        assert_eq!(n.count, MAX_NAMED);
     }
 
     #[test]
