@@ -129,7 +129,7 @@ pub enum SessionEffect {
         name: String,
         hold: bool,
     },
-    /// `FETCH ... FROM name`: decided by what `name` was declared as.
+    /// `FETCH ... FROM name` or `MOVE ... IN name`: decided by what `name` was declared as.
     Fetch(String),
     /// `CLOSE name` (None = ALL).
     CloseCursor(Option<String>),

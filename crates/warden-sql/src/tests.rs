@@ -186,7 +186,9 @@ fn classes_and_never_allowed() {
         one("FETCH ALL IN \"C x\"").effects,
         [SessionEffect::Fetch("C x".into())]
     );
-    assert!(one("MOVE 10 IN c").effects.is_empty());
+    assert_eq!(one("MOVE 10 IN c").effects, [SessionEffect::Fetch("c".into())]);
+    // EXPLAIN DECLARE opens no cursor.
+    assert!(one("EXPLAIN DECLARE c CURSOR FOR SELECT 1").effects.is_empty());
     assert_eq!(one("CLOSE c").effects, [SessionEffect::CloseCursor(Some("c".into()))]);
     assert_eq!(one("CLOSE ALL").effects, [SessionEffect::CloseCursor(None)]);
     assert!(one("DISCARD ALL").effects.contains(&SessionEffect::CloseCursor(None)));

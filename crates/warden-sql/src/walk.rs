@@ -181,12 +181,11 @@ impl Walker<'_> {
             }
             "FetchStmt" => {
                 self.access.raise(Class::Session);
-                // MOVE returns no rows.
-                if !body["ismove"].as_bool().unwrap_or(false) {
-                    self.access
-                        .effects
-                        .push(SessionEffect::Fetch(str_field(body, "portalname").to_string()));
-                }
+                // MOVE too: it returns no rows, but runs the cursor's query as far as it moves (a
+                // portal's INSERT ... RETURNING, a volatile function), and tells the row count.
+                self.access
+                    .effects
+                    .push(SessionEffect::Fetch(str_field(body, "portalname").to_string()));
             }
             "ClosePortalStmt" => {
                 self.access.raise(Class::Session);
@@ -768,7 +767,14 @@ impl Walker<'_> {
         self.access.explain_analyze = analyze;
         // With or without ANALYZE, EXPLAIN is judged as the statement it explains (the plan reveals
         // what the statement would touch).
+        let before = self.access.effects.len();
         self.stmt(&s["query"]);
+        // EXPLAIN DECLARE plans the cursor's query but opens no cursor.
+        let mut at = 0;
+        self.access.effects.retain(|e| {
+            at += 1;
+            at <= before || !matches!(e, SessionEffect::Declare { .. })
+        });
     }
 
     fn set(&mut self, s: &Value) {

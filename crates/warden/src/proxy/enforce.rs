@@ -248,6 +248,15 @@ impl Enforcer {
         }
     }
 
+    /// A portal bound under `name` through the extended protocol: SQL `FETCH` and `MOVE` reach it like
+    /// a cursor, and are decided as its statement.
+    pub fn bound(&mut self, name: &str, sql: &str) {
+        if !name.is_empty() {
+            self.cursors.remember(name, sql);
+            self.named_changes += 1;
+        }
+    }
+
     /// A statement closed through the extended protocol (as `DEALLOCATE name`).
     pub fn closed(&mut self, name: &str) {
         self.prepared.forget(name);

@@ -828,6 +828,8 @@ impl ClientSide<'_> {
                         )
                         .await;
                 };
+                // SQL FETCH and MOVE reach a named portal too.
+                self.enforcer.bound(bind.portal, &p.sql);
                 self.portals.insert(
                     bind.portal.to_string(),
                     Portal {

@@ -1030,6 +1030,37 @@ async fn a_prepare_that_fails_on_a_name_in_use_does_not_hide_the_write_behind_it
 }
 
 #[tokio::test]
+async fn moving_through_a_bound_portal_is_held_like_executing_it() {
+    use raw::*;
+    let w = approval_warden();
+    let (alice, carol) = (w.human("alice"), w.human("carol"));
+    let (agent, _task) = w.reviewed_agent(&alice).await;
+    let mut c = Raw::connect(w.port, &agent).await;
+    let m = format!("rev-move-{}", uuid::Uuid::new_v4().simple());
+    c.send(&[query("BEGIN")]).await;
+    assert!(errors(&c.until_ready().await).is_empty());
+    // A write bound to a named portal, not executed: nothing is held yet.
+    c.send(&[
+        parse(
+            "s_mv",
+            &format!("UPDATE orders SET status = status WHERE id = -1 RETURNING id /* {m}-stmt */"),
+        ),
+        bind("p_mv", "s_mv", &[]),
+        sync(),
+    ])
+    .await;
+    assert!(errors(&c.until_ready().await).is_empty());
+    // MOVE runs the portal's write: held (and denied here) like its Execute.
+    let denier = w.deny_when_held(carol.clone(), format!("{m}-move"));
+    c.send(&[query(&format!("MOVE ALL IN p_mv /* {m}-move */"))]).await;
+    let got = c.until_ready().await;
+    denier.join().unwrap();
+    assert!(errors(&got).iter().any(|e| e.starts_with("42501:")), "{got:?}");
+    c.send(&[query("ROLLBACK")]).await;
+    c.until_ready().await;
+}
+
+#[tokio::test]
 async fn a_failed_bind_before_a_denied_execute_leaves_the_session_in_step() {
     use raw::*;
     let w = approval_warden();
