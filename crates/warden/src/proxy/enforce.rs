@@ -13,6 +13,7 @@ use warden_sql::{analyze, Forbidden, SessionContext, SessionEffect, StatementAcc
 use warden_wire::sqlstate;
 
 use super::error::ProxyError;
+use super::relay::Forget;
 use super::{Session, Shared};
 
 /// The outcome for one statement string.
@@ -158,6 +159,9 @@ impl Enforcer {
         let mut declared_here: HashMap<&str, &str> = HashMap::new();
         for s in statements {
             for e in &s.effects {
+                if matches!(e, SessionEffect::Prepare(_) | SessionEffect::Declare { .. }) && self.full() {
+                    return Ok(too_many());
+                }
                 let (here, known, unknown) = match e {
                     SessionEffect::Prepare(name) => {
                         prepared_here.insert(name, &s.text);
@@ -229,11 +233,8 @@ impl Enforcer {
             match e {
                 SessionEffect::SearchPath(p) => self.context.search_path = resolve_path(p, db_role),
                 SessionEffect::Prepare(name) => self.prepared.remember(name, text),
-                SessionEffect::Deallocate(Some(name)) => self.prepared.forget(name),
-                SessionEffect::Deallocate(None) => self.prepared.clear(),
                 SessionEffect::Declare { name, .. } => self.cursors.remember(name, text),
-                SessionEffect::CloseCursor(Some(name)) => self.cursors.forget(name),
-                SessionEffect::CloseCursor(None) => self.cursors.clear(),
+                // DEALLOCATE and CLOSE: forgotten only once PostgreSQL confirms (`forget`).
                 _ => continue,
             }
             self.named_changes += 1;
@@ -257,10 +258,22 @@ impl Enforcer {
         }
     }
 
-    /// A statement closed through the extended protocol (as `DEALLOCATE name`).
-    pub fn closed(&mut self, name: &str) {
-        self.prepared.forget(name);
+    /// What PostgreSQL confirmed it dropped (a DEALLOCATE, CLOSE or protocol Close that succeeded).
+    pub fn forget(&mut self, f: &Forget) {
+        match f {
+            Forget::Statement(name) => self.prepared.forget(name),
+            Forget::AllStatements => self.prepared.clear(),
+            Forget::Cursor(name) => self.cursors.forget(name),
+            Forget::AllCursors => self.cursors.clear(),
+        }
         self.named_changes += 1;
+    }
+
+    /// Whether a new name or text can be kept: past MAX_NAMED, new PREPAREs, DECLAREs and named
+    /// Parse and Bind messages are refused until some are closed (forgetting one PostgreSQL still
+    /// holds would let a refused PREPARE or DECLARE give it another text).
+    pub fn full(&self) -> bool {
+        self.prepared.count >= MAX_NAMED || self.cursors.count >= MAX_NAMED
     }
 }
 
@@ -269,38 +282,27 @@ impl Enforcer {
 /// Warden learns a PREPARE or DECLARE before PostgreSQL has run it, and does not learn whether it
 /// failed. One that fails because the name is in use (PostgreSQL keeps the old one) must not make
 /// Warden decide the name as the new text: so a name keeps every text it was given, and an EXECUTE or
-/// FETCH is allowed only if all are. A name is forgotten at DEALLOCATE or CLOSE (and everything at
-/// `ALL`); past MAX_NAMED texts, the name given its last text longest ago is forgotten (a cursor
-/// never closed ended with its transaction). An EXECUTE or FETCH of a name not known is refused, so
-/// forgetting too soon only ever refuses more.
+/// FETCH is allowed only if all are. A name is forgotten once PostgreSQL confirms a DEALLOCATE or
+/// CLOSE of it (everything at `ALL`), never before. An EXECUTE or FETCH of a name not known is
+/// refused.
 #[derive(Default)]
 struct Named {
-    /// Name -> its texts, and when it was last given one (`given`'s count then).
-    texts: HashMap<String, (Vec<String>, u64)>,
+    texts: HashMap<String, Vec<String>>,
     count: usize,
-    given: u64,
 }
 
 impl Named {
     fn remember(&mut self, name: &str, text: &str) {
-        self.given += 1;
-        let (texts, at) = self.texts.entry(name.to_string()).or_default();
-        *at = self.given;
+        let texts = self.texts.entry(name.to_string()).or_default();
         if texts.iter().any(|t| t == text) {
             return;
         }
         texts.push(text.to_string());
         self.count += 1;
-        while self.count > MAX_NAMED {
-            let Some(oldest) = self.texts.iter().min_by_key(|(_, (_, at))| *at).map(|(n, _)| n.clone()) else {
-                break;
-            };
-            self.forget(&oldest);
-        }
     }
 
     fn forget(&mut self, name: &str) {
-        if let Some((texts, _)) = self.texts.remove(name) {
+        if let Some(texts) = self.texts.remove(name) {
             self.count -= texts.len();
         }
     }
@@ -311,7 +313,7 @@ impl Named {
     }
 
     fn texts(&self, name: &str) -> &[String] {
-        self.texts.get(name).map(|(t, _)| t.as_slice()).unwrap_or_default()
+        self.texts.get(name).map(Vec::as_slice).unwrap_or_default()
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -319,8 +321,8 @@ impl Named {
     }
 }
 
-/// Texts of prepared statements, or of cursors, a session may have that Warden keeps track of.
-const MAX_NAMED: usize = 256;
+/// Texts of prepared statements, and of cursors, a session may have that Warden keeps track of.
+const MAX_NAMED: usize = 1024;
 
 /// The session's roles that the config still defines. A session holds a few: they stay on the stack.
 fn resolve<'c>(names: &[String], config: &'c warden_policy::Config) -> SmallVec<[&'c Role; 8]> {
@@ -359,6 +361,17 @@ impl Enforcer {
     pub fn is_sql_prepared(&self, name: &str) -> bool {
         self.prepared.contains(name)
     }
+}
+
+/// The refusal of a new prepared statement, cursor or named portal past MAX_NAMED.
+pub fn too_many() -> Verdict {
+    deny(
+        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+        format!(
+            "this session has {MAX_NAMED} prepared statements, cursors or named portals open as far as Warden knows"
+        ),
+        "DEALLOCATE or CLOSE some (or close them through the protocol) first".into(),
+    )
 }
 
 fn deny(code: &'static str, reason: String, hint: String) -> Verdict {
@@ -416,23 +429,36 @@ mod tests {
     }
 
     #[test]
-    fn a_name_keeps_every_text_until_forgotten_and_the_oldest_name_goes_first() {
-        let mut n = Named::default();
-        n.remember("c", "DECLARE c CURSOR FOR SELECT secret FROM t");
+    fn a_name_keeps_every_text_until_postgres_confirms_it_dropped_and_none_is_evicted() {
+        let mut e = Enforcer::new(vec!["public".into()], "r");
+        let declare = |text: &str| {
+            vec![(
+                text.to_string(),
+                SessionEffect::Declare {
+                    name: "c".into(),
+                    hold: true,
+                },
+            )]
+        };
+        e.applied(&declare("DECLARE c CURSOR WITH HOLD FOR SELECT secret FROM t"), "r");
         // A DECLARE PostgreSQL may have refused (the name is in use) adds to what c may be.
-        n.remember("c", "DECLARE c CURSOR FOR SELECT 1");
-        n.remember("c", "DECLARE c CURSOR FOR SELECT 1");
-        assert_eq!(n.texts("c").len(), 2);
-        n.forget("c");
-        assert!(n.texts("c").is_empty() && !n.contains("c"));
-        n.remember("old", "PREPARE old AS SELECT 1");
+        e.applied(&declare("DECLARE c CURSOR FOR SELECT 1"), "r");
+        e.applied(&declare("DECLARE c CURSOR FOR SELECT 1"), "r");
+        assert_eq!(e.cursors.texts("c").len(), 2);
+        // A CLOSE is not enough (PostgreSQL may skip it): only its confirmation forgets.
+        e.applied(&[("CLOSE c".into(), SessionEffect::CloseCursor(Some("c".into())))], "r");
+        assert_eq!(e.cursors.texts("c").len(), 2);
+        let before = e.named_changes();
+        e.forget(&Forget::Cursor("c".into()));
+        assert!(e.cursors.texts("c").is_empty() && e.named_changes() > before);
+        // Full: nothing is evicted; new names are refused instead (`full`).
         for i in 0..MAX_NAMED {
-            n.remember(&format!("n{i}"), "x");
+            e.parsed(&format!("s{i}"), "SELECT 1");
         }
-        // Past the limit the name given a text longest ago is forgotten (a later EXECUTE of it is refused).
-        assert!(!n.contains("old"));
-        assert!(n.contains("n0") && n.contains(&format!("n{}", MAX_NAMED - 1)));
-        assert_eq!(n.count, MAX_NAMED);
+        assert!(e.full());
+        assert!(e.is_sql_prepared("s0"));
+        e.forget(&Forget::AllStatements);
+        assert!(!e.full() && !e.is_sql_prepared("s0"));
     }
 
     #[test]

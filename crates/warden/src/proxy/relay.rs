@@ -88,6 +88,38 @@ enum Pending {
     Describe(Option<Described>),
     /// The ReadyForQuery that ends an extended-protocol batch (or answers a FunctionCall).
     Sync,
+    /// A Close of a prepared statement or portal: forgotten once PostgreSQL answers CloseComplete (it
+    /// skips a Close after an error earlier in the batch, and the name then stays what it was).
+    Close(Forget),
+}
+
+/// A name PostgreSQL is asked to drop (CLOSE, DEALLOCATE, DISCARD ALL, a protocol Close). Warden
+/// forgets it only once PostgreSQL confirms: a name Warden forgot while PostgreSQL kept it could be
+/// given another text by a PREPARE or DECLARE that PostgreSQL refuses (the name is in use), and its
+/// EXECUTE or FETCH would be decided as that text.
+#[derive(Debug, Clone)]
+pub enum Forget {
+    Statement(String),
+    AllStatements,
+    /// A cursor, or a portal (they share PostgreSQL's namespace).
+    Cursor(String),
+    AllCursors,
+}
+
+impl Forget {
+    /// The names a statement's effects drop, if it succeeds.
+    fn of(effects: &[(String, SessionEffect)]) -> Vec<Forget> {
+        effects
+            .iter()
+            .filter_map(|(_, e)| match e {
+                SessionEffect::Deallocate(Some(n)) => Some(Forget::Statement(n.clone())),
+                SessionEffect::Deallocate(None) => Some(Forget::AllStatements),
+                SessionEffect::CloseCursor(Some(n)) => Some(Forget::Cursor(n.clone())),
+                SessionEffect::CloseCursor(None) => Some(Forget::AllCursors),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug)]
@@ -109,6 +141,8 @@ struct Outcome {
     sample: Vec<Vec<Option<String>>>,
     /// Warden's stand-in for a denied statement: its error is the denial (shown without PL/pgSQL context).
     denied: bool,
+    /// Names it drops: forgotten by Warden if it succeeds.
+    forgets: Vec<Forget>,
 }
 
 /// A prepared statement's columns, once PostgreSQL has described it.
@@ -161,6 +195,7 @@ impl Outcome {
             formats: None,
             sample: Vec::new(),
             denied: false,
+            forgets: Vec::new(),
         }
     }
 
@@ -189,6 +224,8 @@ struct Replies {
     /// The client side waits (the server side wakes it only then).
     waiting: std::sync::atomic::AtomicBool,
     changed: tokio::sync::Notify,
+    /// Names PostgreSQL confirmed dropped, for the client side to forget before its next decision.
+    forgotten: Mutex<Vec<Forget>>,
 }
 
 impl Replies {
@@ -206,6 +243,14 @@ impl Replies {
         self.failed.store(false, Ordering::SeqCst);
         self.batches.fetch_add(1, Ordering::SeqCst);
         self.wake();
+    }
+
+    fn confirm(&self, forgets: impl IntoIterator<Item = Forget>) {
+        self.forgotten.lock().expect("forgotten lock poisoned").extend(forgets);
+    }
+
+    fn take_forgotten(&self) -> Vec<Forget> {
+        std::mem::take(&mut *self.forgotten.lock().expect("forgotten lock poisoned"))
     }
 
     fn wake(&self) {
@@ -412,7 +457,7 @@ pub async fn run(
         .iter_mut()
         .filter_map(|p| match p {
             Pending::Simple(o) | Pending::Execute(o) => Some(std::mem::replace(o, Outcome::new(o.query_seq))),
-            Pending::Describe(_) | Pending::Sync => None,
+            Pending::Describe(_) | Pending::Sync | Pending::Close(_) => None,
         })
         .collect();
     if matches!(end, End::Killed(_) | End::Shutdown) && !unanswered.is_empty() {
@@ -703,6 +748,21 @@ impl ClientSide<'_> {
 
     /// Decides and records what must be decided and recorded before `frame` goes on.
     async fn inspect(&mut self, frame: &Frame) -> Result<Step, ProxyError> {
+        // Names PostgreSQL has dropped since the last message.
+        for f in self.replies.take_forgotten() {
+            match &f {
+                Forget::Statement(name) => {
+                    self.statements.remove(name);
+                }
+                // DEALLOCATE ALL (the unnamed statement is replaced by the next Parse anyway).
+                Forget::AllStatements => self.statements.retain(|name, _| name.is_empty()),
+                Forget::Cursor(name) => {
+                    self.portals.remove(name);
+                }
+                Forget::AllCursors => self.portals.retain(|name, _| name.is_empty()),
+            }
+            self.enforcer.forget(&f);
+        }
         let batch_open = self.replies_due > 0 || self.batch_denied;
         if matches!(frame.tag, b'Q' | b'F') && batch_open && !self.batch_ran().await? {
             // Inside an extended batch (drivers send BEGIN after Close, or after a prepare answered
@@ -758,10 +818,13 @@ impl ClientSide<'_> {
                 }
                 // Taken before deciding: a reload meanwhile makes the Execute decide again.
                 let decided = Decided::now(self.shared, self.session, &self.enforcer);
-                let verdict = self
-                    .enforcer
-                    .check(self.shared, self.session, sql, self.in_transaction())
-                    .await?;
+                let verdict = if !name.is_empty() && self.enforcer.full() {
+                    super::enforce::too_many()
+                } else {
+                    self.enforcer
+                        .check(self.shared, self.session, sql, self.in_transaction())
+                        .await?
+                };
                 match verdict {
                     Verdict::Allow { effects, may_write, .. } => {
                         // Its effects on the session count when it runs (Execute), not when parsed;
@@ -828,6 +891,12 @@ impl ClientSide<'_> {
                         )
                         .await;
                 };
+                if !bind.portal.is_empty() && self.enforcer.full() {
+                    self.portals.remove(bind.portal);
+                    if let Verdict::Deny { code, reason, hint } = super::enforce::too_many() {
+                        return self.deny_extended(&p.sql, Some(params), code, reason, hint, None).await;
+                    }
+                }
                 // SQL FETCH and MOVE reach a named portal too.
                 self.enforcer.bound(bind.portal, &p.sql);
                 self.portals.insert(
@@ -930,6 +999,7 @@ impl ClientSide<'_> {
                 self.push(Pending::Execute(Outcome {
                     described: p.described,
                     formats: Some(p.formats),
+                    forgets: Forget::of(&p.effects),
                     ..Outcome::new(seq)
                 }));
                 self.enforcer.applied(&p.effects, &self.session.db_role);
@@ -939,12 +1009,12 @@ impl ClientSide<'_> {
                     // Skipped by PostgreSQL: the statement or portal stays.
                     return Ok(Step::Forward);
                 }
-                if kind == b'S' {
-                    self.statements.remove(name);
-                    self.enforcer.closed(name);
+                // Forgotten once PostgreSQL confirms (CloseComplete).
+                self.push(Pending::Close(if kind == b'S' {
+                    Forget::Statement(name.to_string())
                 } else {
-                    self.portals.remove(name);
-                }
+                    Forget::Cursor(name.to_string())
+                }));
             }
             FrontendMessage::Describe { kind: b'S', name } => {
                 if self.batch_denied {
@@ -1192,7 +1262,10 @@ impl ClientSide<'_> {
         match verdict {
             Verdict::Allow { effects, .. } => {
                 let seq = self.record_query(sql.into(), None, None, review).await?;
-                self.push(Pending::Simple(Outcome::new(seq)));
+                self.push(Pending::Simple(Outcome {
+                    forgets: Forget::of(&effects),
+                    ..Outcome::new(seq)
+                }));
                 self.enforcer.applied(&effects, &self.session.db_role);
                 Ok(Step::Forward)
             }
@@ -1309,7 +1382,10 @@ impl ServerSide<'_> {
                 }
             }
             // Recorded first: the statements ran, whether or not the client is still there to hear it.
-            for outcome in finished.drain(..) {
+            for mut outcome in finished.drain(..) {
+                if outcome.error.is_none() && !outcome.forgets.is_empty() {
+                    self.replies.confirm(std::mem::take(&mut outcome.forgets));
+                }
                 self.record_result(outcome);
             }
             if !out.is_empty() {
@@ -1349,11 +1425,20 @@ impl ServerSide<'_> {
         match frame.tag {
             b'1' if self.swallow.take(self.rfq_seen, true) => return Ok(Relay::Drop),
             b'2' if self.swallow.take(self.rfq_seen, false) => return Ok(Relay::Drop),
-            b'C' | b'E' | b'I' | b's' | b'Z' | b'D' | b'T' | b't' | b'n' => {}
+            b'C' | b'E' | b'I' | b's' | b'Z' | b'D' | b'T' | b't' | b'n' | b'3' => {}
             _ => return Ok(Relay::Forward),
         }
         let mut relay = Relay::Forward;
         let mut q = self.queue.lock().expect("relay queue lock poisoned");
+        if frame.tag == b'3' {
+            // CloseComplete: the Close at the front was done.
+            if let Some(Pending::Close(_)) = q.front() {
+                if let Some(Pending::Close(f)) = q.pop_front() {
+                    self.replies.confirm([f]);
+                }
+            }
+            return Ok(relay);
+        }
         if frame.tag == b'D' {
             if let Some(Pending::Simple(o) | Pending::Execute(o)) = q.front_mut() {
                 o.data_rows += 1;
@@ -1396,7 +1481,9 @@ impl ServerSide<'_> {
             // ParameterDescription), which comes before its Execute, possibly behind statements'
             // Describes still to be answered. The first result set's, like the sample rows (a string
             // of several statements has more).
-            let next = q.iter_mut().find(|p| !matches!(p, Pending::Describe(_)));
+            let next = q
+                .iter_mut()
+                .find(|p| !matches!(p, Pending::Describe(_) | Pending::Close(_)));
             if let Some(Pending::Simple(o) | Pending::Execute(o)) = next {
                 if o.columns.is_none() {
                     o.columns = columns(&mut self.last_columns, frame.body());
@@ -1435,14 +1522,15 @@ impl ServerSide<'_> {
                 self.describing = false;
                 match q.front_mut() {
                     Some(Pending::Simple(o)) => o.error = Some(text),
-                    Some(Pending::Execute(_) | Pending::Describe(_)) => {
+                    Some(Pending::Execute(_) | Pending::Describe(_) | Pending::Close(_)) => {
                         // The Execute (or the Describe) failed, or a message before it did.
                         if let Some(Pending::Execute(o)) = q.front_mut() {
                             o.error = Some(text);
                             pop_outcome(&mut q, finished);
                         }
-                        // PostgreSQL skips the rest of the batch up to Sync.
-                        while let Some(Pending::Execute(_) | Pending::Describe(_)) = q.front() {
+                        // PostgreSQL skips the rest of the batch up to Sync (a skipped Close drops
+                        // nothing).
+                        while let Some(Pending::Execute(_) | Pending::Describe(_) | Pending::Close(_)) = q.front() {
                             if let Some(Pending::Execute(mut o)) = q.pop_front() {
                                 o.error = Some("not run: an earlier message of the batch failed".into());
                                 finished.push(o);
@@ -1464,7 +1552,7 @@ impl ServerSide<'_> {
                             break;
                         }
                         Pending::Execute(o) => finished.push(o),
-                        Pending::Describe(_) => {}
+                        Pending::Describe(_) | Pending::Close(_) => {}
                         Pending::Sync => break,
                     }
                 }

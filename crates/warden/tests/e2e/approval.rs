@@ -795,6 +795,12 @@ pub(crate) mod raw {
         b
     }
 
+    pub fn close(kind: u8, name: &str) -> BytesMut {
+        let mut b = describe(kind, name);
+        b[0] = b'C';
+        b
+    }
+
     /// A fast-path function call of the function with this OID, no arguments.
     pub fn function_call(oid: i32) -> BytesMut {
         let mut b = BytesMut::new();
@@ -1027,6 +1033,62 @@ async fn a_prepare_that_fails_on_a_name_in_use_does_not_hide_the_write_behind_it
     let got = c.until_ready().await;
     denier.join().unwrap();
     assert!(errors(&got).iter().any(|e| e.starts_with("42501:")), "{got:?}");
+}
+
+#[tokio::test]
+async fn a_close_or_deallocate_postgres_skipped_does_not_let_a_name_change_what_it_runs() {
+    use raw::*;
+    let w = approval_warden();
+    let (alice, carol) = (w.human("alice"), w.human("carol"));
+    let (agent, _task) = w.reviewed_agent(&alice).await;
+    let mut c = Raw::connect(w.port, &agent).await;
+    let m = format!("rev-skip-{}", uuid::Uuid::new_v4().simple());
+    // A write parsed under a name (Parse is not reviewed; its Execute would be).
+    c.send(&[
+        parse(
+            "w_skip",
+            &format!("UPDATE orders SET status = status WHERE id = -1 /* {m}-stmt */"),
+        ),
+        sync(),
+    ])
+    .await;
+    assert!(errors(&c.until_ready().await).is_empty());
+    // A DEALLOCATE PostgreSQL never runs (an error before it in the string), then a protocol Close
+    // it skips (an error before it in the batch): w_skip stays in PostgreSQL, and for Warden.
+    c.send(&[query("SELECT 1/0; DEALLOCATE w_skip")]).await;
+    assert!(errors(&c.until_ready().await).iter().any(|e| e.starts_with("22012:")));
+    c.send(&[
+        parse("", "SELECT 1/0"),
+        bind("", "", &[]),
+        execute(""),
+        close(b'S', "w_skip"),
+        sync(),
+    ])
+    .await;
+    assert!(errors(&c.until_ready().await).iter().any(|e| e.starts_with("22012:")));
+    // PostgreSQL refuses to prepare the name again (it exists)...
+    c.send(&[query("PREPARE w_skip AS SELECT 1")]).await;
+    assert!(errors(&c.until_ready().await).iter().any(|e| e.starts_with("42P05:")));
+    c.send(&[parse("w_skip", "SELECT 1"), sync()]).await;
+    assert!(errors(&c.until_ready().await).iter().any(|e| e.starts_with("42P05:")));
+    // ...so EXECUTE w_skip still runs the write: held (and denied here).
+    let denier = w.deny_when_held(carol.clone(), format!("{m}-exec"));
+    c.send(&[query(&format!("EXECUTE w_skip /* {m}-exec */"))]).await;
+    let got = c.until_ready().await;
+    denier.join().unwrap();
+    assert!(errors(&got).iter().any(|e| e.starts_with("42501:")), "{got:?}");
+    // A Close PostgreSQL confirms is forgotten: the name can be prepared again.
+    c.send(&[close(b'S', "w_skip"), sync()]).await;
+    assert!(errors(&c.until_ready().await).is_empty());
+    c.send(&[
+        parse("w_skip", "SELECT 1"),
+        bind("", "w_skip", &[]),
+        execute(""),
+        sync(),
+    ])
+    .await;
+    let got = c.until_ready().await;
+    assert!(errors(&got).is_empty(), "{got:?}");
 }
 
 #[tokio::test]
