@@ -53,8 +53,17 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutd
     // Registered before provisioning, so that a reload or lock during the login reaches it too.
     let session = Arc::new(session);
     let kill = shared.sessions.register(session.clone());
-    // A reload between the roles' computation and the registration did not see this session.
-    if let Err(refusal) = shared.sessions.follow_current(&session, &shared.config.load()) {
+    // A reload between the roles' computation and the registration did not see this session. Until
+    // the configuration stays the same across the update (a reload racing it may store its roles
+    // first, then these would be older).
+    let followed = loop {
+        let config = shared.config.load_full();
+        let followed = shared.sessions.follow_current(&session, &config);
+        if followed.is_err() || Arc::ptr_eq(&config, &shared.config.load()) {
+            break followed;
+        }
+    };
+    if let Err(refusal) = followed {
         shared.sessions.remove(&session.id);
         refuse(
             &shared,
