@@ -15,4 +15,5 @@ pub const SYNTAX_ERROR: &str = "42601";
 pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
 pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
 pub const INVALID_CURSOR_NAME: &str = "34000";
+pub const DUPLICATE_CURSOR: &str = "42P03";
 pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";

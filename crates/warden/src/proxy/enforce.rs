@@ -50,6 +50,9 @@ pub struct Enforcer {
     /// Counts changes to `prepared` and `cursors`: a decision about `EXECUTE name` or `FETCH name`
     /// holds only until it changes.
     named_changes: u64,
+    /// Counts what gave a name a text (PREPARE, DECLARE, Parse, Bind): each text is stamped, and a
+    /// drop PostgreSQL confirms forgets only texts given before the drop was sent.
+    stamp: u64,
 }
 
 impl Enforcer {
@@ -62,6 +65,7 @@ impl Enforcer {
             prepared: Named::default(),
             cursors: Named::default(),
             named_changes: 0,
+            stamp: 0,
         }
     }
 
@@ -159,7 +163,12 @@ impl Enforcer {
         let mut declared_here: HashMap<&str, &str> = HashMap::new();
         for s in statements {
             for e in &s.effects {
-                if matches!(e, SessionEffect::Prepare(_) | SessionEffect::Declare { .. }) && self.full() {
+                let full = match e {
+                    SessionEffect::Prepare(_) => self.prepared_full(),
+                    SessionEffect::Declare { .. } => self.cursors_full(),
+                    _ => false,
+                };
+                if full {
                     return Ok(too_many());
                 }
                 let (here, known, unknown) = match e {
@@ -193,7 +202,7 @@ impl Enforcer {
                 };
                 let texts: Vec<&str> = match here {
                     Some(text) => vec![text],
-                    None => known.iter().map(String::as_str).collect(),
+                    None => known.collect(),
                 };
                 if texts.is_empty() {
                     let (reason, hint) = unknown;
@@ -232,8 +241,14 @@ impl Enforcer {
         for (text, e) in effects {
             match e {
                 SessionEffect::SearchPath(p) => self.context.search_path = resolve_path(p, db_role),
-                SessionEffect::Prepare(name) => self.prepared.remember(name, text),
-                SessionEffect::Declare { name, .. } => self.cursors.remember(name, text),
+                SessionEffect::Prepare(name) => {
+                    self.stamp += 1;
+                    self.prepared.remember(name, text, self.stamp, true)
+                }
+                SessionEffect::Declare { name, hold } => {
+                    self.stamp += 1;
+                    self.cursors.remember(name, text, self.stamp, *hold)
+                }
                 // DEALLOCATE and CLOSE: forgotten only once PostgreSQL confirms (`forget`).
                 _ => continue,
             }
@@ -241,39 +256,61 @@ impl Enforcer {
         }
     }
 
+    /// The stamp of the last text given to a name: a drop sent now forgets only texts up to it.
+    pub fn stamp(&self) -> u64 {
+        self.stamp
+    }
+
     /// A statement prepared under `name` through the extended protocol: SQL `EXECUTE name` runs it.
-    pub fn parsed(&mut self, name: &str, sql: &str) {
+    /// Returns its stamp.
+    pub fn parsed(&mut self, name: &str, sql: &str) -> u64 {
+        self.stamp += 1;
         if !name.is_empty() {
-            self.prepared.remember(name, sql);
+            self.prepared.remember(name, sql, self.stamp, true);
             self.named_changes += 1;
         }
+        self.stamp
     }
 
     /// A portal bound under `name` through the extended protocol: SQL `FETCH` and `MOVE` reach it like
-    /// a cursor, and are decided as its statement.
-    pub fn bound(&mut self, name: &str, sql: &str) {
+    /// a cursor, and are decided as its statement. It ends with its transaction. Returns its stamp.
+    pub fn bound(&mut self, name: &str, sql: &str) -> u64 {
+        self.stamp += 1;
         if !name.is_empty() {
-            self.cursors.remember(name, sql);
+            self.cursors.remember(name, sql, self.stamp, false);
             self.named_changes += 1;
         }
+        self.stamp
     }
 
     /// What PostgreSQL confirmed it dropped (a DEALLOCATE, CLOSE or protocol Close that succeeded).
     pub fn forget(&mut self, f: &Forget) {
         match f {
-            Forget::Statement(name) => self.prepared.forget(name),
-            Forget::AllStatements => self.prepared.clear(),
-            Forget::Cursor(name) => self.cursors.forget(name),
-            Forget::AllCursors => self.cursors.clear(),
+            Forget::Statement(name, upto) => self.prepared.forget(name, *upto),
+            Forget::AllStatements(upto) => self.prepared.forget_all(*upto),
+            Forget::Cursor(name, upto) => self.cursors.forget(name, *upto),
+            Forget::AllCursors(upto) => self.cursors.forget_all(*upto),
+            // Cursors without HOLD and protocol portals end with their transaction.
+            Forget::TransactionEnded(upto) => self.cursors.transaction_ended(*upto),
         }
         self.named_changes += 1;
     }
 
-    /// Whether a new name or text can be kept: past MAX_NAMED, new PREPAREs, DECLAREs and named
-    /// Parse and Bind messages are refused until some are closed (forgetting one PostgreSQL still
-    /// holds would let a refused PREPARE or DECLARE give it another text).
-    pub fn full(&self) -> bool {
-        self.prepared.count >= MAX_NAMED || self.cursors.count >= MAX_NAMED
+    /// Whether a new prepared statement can be kept: past MAX_NAMED, new PREPAREs and named Parse
+    /// messages are refused until some are dropped (forgetting one PostgreSQL still holds would let a
+    /// refused PREPARE give it another text).
+    pub fn prepared_full(&self) -> bool {
+        self.prepared.count >= MAX_NAMED
+    }
+
+    /// The same for cursors: new DECLAREs and named Bind messages.
+    pub fn cursors_full(&self) -> bool {
+        self.cursors.count >= MAX_NAMED
+    }
+
+    /// Whether `name` is a cursor or named portal as far as Warden knows.
+    pub fn is_cursor(&self, name: &str) -> bool {
+        self.cursors.contains(name)
     }
 }
 
@@ -287,33 +324,59 @@ impl Enforcer {
 /// refused.
 #[derive(Default)]
 struct Named {
-    texts: HashMap<String, Vec<String>>,
+    /// Name -> its texts, each with its stamp and whether it outlives its transaction.
+    texts: HashMap<String, Vec<Text>>,
     count: usize,
 }
 
+struct Text {
+    sql: String,
+    stamp: u64,
+    outlives_transaction: bool,
+}
+
 impl Named {
-    fn remember(&mut self, name: &str, text: &str) {
+    fn remember(&mut self, name: &str, sql: &str, stamp: u64, outlives_transaction: bool) {
         let texts = self.texts.entry(name.to_string()).or_default();
-        if texts.iter().any(|t| t == text) {
+        if let Some(t) = texts.iter_mut().find(|t| t.sql == sql) {
+            // Given again: a drop sent before now does not forget it.
+            t.stamp = stamp;
+            t.outlives_transaction |= outlives_transaction;
             return;
         }
-        texts.push(text.to_string());
+        texts.push(Text {
+            sql: sql.to_string(),
+            stamp,
+            outlives_transaction,
+        });
         self.count += 1;
     }
 
-    fn forget(&mut self, name: &str) {
-        if let Some(texts) = self.texts.remove(name) {
-            self.count -= texts.len();
-        }
+    /// Forgets the texts `name` was given up to `upto` (a drop confirmed; what came after stays).
+    fn forget(&mut self, name: &str, upto: u64) {
+        self.retain(|n, t| n != name || t.stamp > upto);
     }
 
-    fn clear(&mut self) {
-        self.texts.clear();
-        self.count = 0;
+    fn forget_all(&mut self, upto: u64) {
+        self.retain(|_, t| t.stamp > upto);
     }
 
-    fn texts(&self, name: &str) -> &[String] {
-        self.texts.get(name).map(Vec::as_slice).unwrap_or_default()
+    fn transaction_ended(&mut self, upto: u64) {
+        self.retain(|_, t| t.outlives_transaction || t.stamp > upto);
+    }
+
+    fn retain(&mut self, keep: impl Fn(&str, &Text) -> bool) {
+        let mut count = 0;
+        self.texts.retain(|name, texts| {
+            texts.retain(|t| keep(name, t));
+            count += texts.len();
+            !texts.is_empty()
+        });
+        self.count = count;
+    }
+
+    fn texts(&self, name: &str) -> impl Iterator<Item = &str> {
+        self.texts.get(name).into_iter().flatten().map(|t| t.sql.as_str())
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -431,34 +494,44 @@ mod tests {
     #[test]
     fn a_name_keeps_every_text_until_postgres_confirms_it_dropped_and_none_is_evicted() {
         let mut e = Enforcer::new(vec!["public".into()], "r");
-        let declare = |text: &str| {
-            vec![(
-                text.to_string(),
-                SessionEffect::Declare {
-                    name: "c".into(),
-                    hold: true,
-                },
-            )]
-        };
-        e.applied(&declare("DECLARE c CURSOR WITH HOLD FOR SELECT secret FROM t"), "r");
+        let declare =
+            |text: &str, hold: bool| vec![(text.to_string(), SessionEffect::Declare { name: "c".into(), hold })];
+        e.applied(
+            &declare("DECLARE c CURSOR WITH HOLD FOR SELECT secret FROM t", true),
+            "r",
+        );
         // A DECLARE PostgreSQL may have refused (the name is in use) adds to what c may be.
-        e.applied(&declare("DECLARE c CURSOR FOR SELECT 1"), "r");
-        e.applied(&declare("DECLARE c CURSOR FOR SELECT 1"), "r");
-        assert_eq!(e.cursors.texts("c").len(), 2);
-        // A CLOSE is not enough (PostgreSQL may skip it): only its confirmation forgets.
+        e.applied(&declare("DECLARE c CURSOR FOR SELECT 1", false), "r");
+        e.applied(&declare("DECLARE c CURSOR FOR SELECT 1", false), "r");
+        assert_eq!(e.cursors.texts("c").count(), 2);
+        // A CLOSE is not enough (PostgreSQL may skip it): only its confirmation forgets, and only
+        // what c was given before the CLOSE was sent.
+        let upto = e.stamp();
         e.applied(&[("CLOSE c".into(), SessionEffect::CloseCursor(Some("c".into())))], "r");
-        assert_eq!(e.cursors.texts("c").len(), 2);
+        e.applied(&declare("DECLARE c CURSOR FOR SELECT 2", false), "r");
+        assert_eq!(e.cursors.texts("c").count(), 3);
         let before = e.named_changes();
-        e.forget(&Forget::Cursor("c".into()));
-        assert!(e.cursors.texts("c").is_empty() && e.named_changes() > before);
-        // Full: nothing is evicted; new names are refused instead (`full`).
+        e.forget(&Forget::Cursor("c".into(), upto));
+        assert_eq!(
+            e.cursors.texts("c").collect::<Vec<_>>(),
+            ["DECLARE c CURSOR FOR SELECT 2"]
+        );
+        assert!(e.named_changes() > before);
+        // The end of a transaction forgets what does not outlive it; WITH HOLD stays.
+        e.applied(&declare("DECLARE c CURSOR WITH HOLD FOR SELECT 3", true), "r");
+        e.forget(&Forget::TransactionEnded(e.stamp()));
+        assert_eq!(
+            e.cursors.texts("c").collect::<Vec<_>>(),
+            ["DECLARE c CURSOR WITH HOLD FOR SELECT 3"]
+        );
+        // Full: nothing is evicted; new names are refused instead, per store.
         for i in 0..MAX_NAMED {
             e.parsed(&format!("s{i}"), "SELECT 1");
         }
-        assert!(e.full());
+        assert!(e.prepared_full() && !e.cursors_full());
         assert!(e.is_sql_prepared("s0"));
-        e.forget(&Forget::AllStatements);
-        assert!(!e.full() && !e.is_sql_prepared("s0"));
+        e.forget(&Forget::AllStatements(e.stamp()));
+        assert!(!e.prepared_full() && !e.is_sql_prepared("s0"));
     }
 
     #[test]

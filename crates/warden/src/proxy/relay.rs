@@ -86,8 +86,9 @@ enum Pending {
     /// RowDescription when the portal is not described (tokio-postgres, JDBC: prepare once, then only
     /// bind and execute). `None` for a statement Warden does not track.
     Describe(Option<Described>),
-    /// The ReadyForQuery that ends an extended-protocol batch (or answers a FunctionCall).
-    Sync,
+    /// The ReadyForQuery that ends an extended-protocol batch (or answers a FunctionCall), with the
+    /// enforcer's stamp when it was sent.
+    Sync(u64),
     /// A Close of a prepared statement or portal: forgotten once PostgreSQL answers CloseComplete (it
     /// skips a Close after an error earlier in the batch, and the name then stays what it was).
     Close(Forget),
@@ -97,25 +98,30 @@ enum Pending {
 /// forgets it only once PostgreSQL confirms: a name Warden forgot while PostgreSQL kept it could be
 /// given another text by a PREPARE or DECLARE that PostgreSQL refuses (the name is in use), and its
 /// EXECUTE or FETCH would be decided as that text.
+///
+/// Each carries the enforcer's stamp when the drop was sent: only texts given up to then are
+/// forgotten (a Parse or PREPARE of the name sent after the drop, before its answer, stays).
 #[derive(Debug, Clone)]
 pub enum Forget {
-    Statement(String),
-    AllStatements,
+    Statement(String, u64),
+    AllStatements(u64),
     /// A cursor, or a portal (they share PostgreSQL's namespace).
-    Cursor(String),
-    AllCursors,
+    Cursor(String, u64),
+    AllCursors(u64),
+    /// A ReadyForQuery outside a transaction: cursors without HOLD and portals are gone.
+    TransactionEnded(u64),
 }
 
 impl Forget {
-    /// The names a statement's effects drop, if it succeeds.
-    fn of(effects: &[(String, SessionEffect)]) -> Vec<Forget> {
+    /// The names a statement's effects drop, if it succeeds; `upto` is the stamp before its own.
+    fn of(effects: &[(String, SessionEffect)], upto: u64) -> Vec<Forget> {
         effects
             .iter()
             .filter_map(|(_, e)| match e {
-                SessionEffect::Deallocate(Some(n)) => Some(Forget::Statement(n.clone())),
-                SessionEffect::Deallocate(None) => Some(Forget::AllStatements),
-                SessionEffect::CloseCursor(Some(n)) => Some(Forget::Cursor(n.clone())),
-                SessionEffect::CloseCursor(None) => Some(Forget::AllCursors),
+                SessionEffect::Deallocate(Some(n)) => Some(Forget::Statement(n.clone(), upto)),
+                SessionEffect::Deallocate(None) => Some(Forget::AllStatements(upto)),
+                SessionEffect::CloseCursor(Some(n)) => Some(Forget::Cursor(n.clone(), upto)),
+                SessionEffect::CloseCursor(None) => Some(Forget::AllCursors(upto)),
                 _ => None,
             })
             .collect()
@@ -143,6 +149,8 @@ struct Outcome {
     denied: bool,
     /// Names it drops: forgotten by Warden if it succeeds.
     forgets: Vec<Forget>,
+    /// A Query's: the enforcer's stamp once it was decided (for the ReadyForQuery that answers it).
+    stamp: u64,
 }
 
 /// A prepared statement's columns, once PostgreSQL has described it.
@@ -196,6 +204,7 @@ impl Outcome {
             sample: Vec::new(),
             denied: false,
             forgets: Vec::new(),
+            stamp: 0,
         }
     }
 
@@ -398,7 +407,6 @@ pub async fn run(
         max,
         statements: HashMap::new(),
         portals: HashMap::new(),
-        parses: 0,
         no_effects: Arc::default(),
         enforcer: Enforcer::new(parse_search_path(&upstream.search_path, &db_role), &db_role),
         notices: notice_tx,
@@ -457,7 +465,7 @@ pub async fn run(
         .iter_mut()
         .filter_map(|p| match p {
             Pending::Simple(o) | Pending::Execute(o) => Some(std::mem::replace(o, Outcome::new(o.query_seq))),
-            Pending::Describe(_) | Pending::Sync | Pending::Close(_) => None,
+            Pending::Describe(_) | Pending::Sync(_) | Pending::Close(_) => None,
         })
         .collect();
     if matches!(end, End::Killed(_) | End::Shutdown) && !unanswered.is_empty() {
@@ -583,8 +591,6 @@ struct ClientSide<'a> {
 
     /// Portal name -> (statement text, parameters as bound, denied).
     portals: HashMap<String, Portal>,
-    /// Parse messages decided so far.
-    parses: u64,
     /// The effects of statements that have none, shared.
     no_effects: Arc<Vec<(String, SessionEffect)>>,
     enforcer: Enforcer,
@@ -631,7 +637,7 @@ struct Prepared {
     may_write: bool,
     /// Its columns, made when the client first describes it.
     described: Option<Described>,
-    /// Which Parse made it (the session's count), so its portals are known.
+    /// Its Parse's stamp (the enforcer's), so its portals are known.
     parse: u64,
     /// What its decision was made under.
     decided: Decided,
@@ -677,6 +683,8 @@ struct Portal {
     formats: ResultFormats,
     /// The Parse of the statement it was bound from.
     parse: u64,
+    /// Its Bind's stamp.
+    bound: u64,
     decided: Option<Decided>,
 }
 
@@ -748,21 +756,7 @@ impl ClientSide<'_> {
 
     /// Decides and records what must be decided and recorded before `frame` goes on.
     async fn inspect(&mut self, frame: &Frame) -> Result<Step, ProxyError> {
-        // Names PostgreSQL has dropped since the last message.
-        for f in self.replies.take_forgotten() {
-            match &f {
-                Forget::Statement(name) => {
-                    self.statements.remove(name);
-                }
-                // DEALLOCATE ALL (the unnamed statement is replaced by the next Parse anyway).
-                Forget::AllStatements => self.statements.retain(|name, _| name.is_empty()),
-                Forget::Cursor(name) => {
-                    self.portals.remove(name);
-                }
-                Forget::AllCursors => self.portals.retain(|name, _| name.is_empty()),
-            }
-            self.enforcer.forget(&f);
-        }
+        self.apply_forgotten();
         let batch_open = self.replies_due > 0 || self.batch_denied;
         if matches!(frame.tag, b'Q' | b'F') && batch_open && !self.batch_ran().await? {
             // Inside an extended batch (drivers send BEGIN after Close, or after a prepare answered
@@ -801,6 +795,15 @@ impl ClientSide<'_> {
                     // PostgreSQL skips it (an earlier stand-in in this batch failed): it creates nothing.
                     return Ok(Step::Forward);
                 }
+                // A driver reusing a name it closes in this same batch (Npgsql's auto-prepare): once
+                // PostgreSQL has done the Close, the name is free. Waited for here (the batch so far
+                // is sent with a Flush); if something in it failed, PostgreSQL skips this Parse too.
+                if !name.is_empty() && self.statements.contains_key(name) && self.close_pending(name) {
+                    if !self.batch_ran().await? {
+                        return Ok(Step::Forward);
+                    }
+                    self.apply_forgotten();
+                }
                 // PostgreSQL refuses a name in use; deciding here keeps Warden's view of what each
                 // name runs the same as PostgreSQL's (SQL PREPARE shares the namespace).
                 if !name.is_empty() && (self.statements.contains_key(name) || self.enforcer.is_sql_prepared(name)) {
@@ -818,7 +821,7 @@ impl ClientSide<'_> {
                 }
                 // Taken before deciding: a reload meanwhile makes the Execute decide again.
                 let decided = Decided::now(self.shared, self.session, &self.enforcer);
-                let verdict = if !name.is_empty() && self.enforcer.full() {
+                let verdict = if !name.is_empty() && self.enforcer.prepared_full() {
                     super::enforce::too_many()
                 } else {
                     self.enforcer
@@ -841,9 +844,8 @@ impl ClientSide<'_> {
                             Some(p) if *p.sql == *sql => p.sql.clone(),
                             _ => Arc::from(sql),
                         };
-                        self.parses += 1;
                         // SQL `EXECUTE name` runs it too.
-                        self.enforcer.parsed(name, &sql);
+                        let stamp = self.enforcer.parsed(name, &sql);
                         self.statements.insert(
                             name.to_string(),
                             Prepared {
@@ -851,7 +853,7 @@ impl ClientSide<'_> {
                                 effects,
                                 may_write,
                                 described: None,
-                                parse: self.parses,
+                                parse: stamp,
                                 decided,
                             },
                         );
@@ -891,14 +893,25 @@ impl ClientSide<'_> {
                         )
                         .await;
                 };
-                if !bind.portal.is_empty() && self.enforcer.full() {
-                    self.portals.remove(bind.portal);
-                    if let Verdict::Deny { code, reason, hint } = super::enforce::too_many() {
+                if !bind.portal.is_empty() {
+                    // PostgreSQL refuses a name in use (42P03) and keeps what it holds under it.
+                    let refusal = if self.portals.contains_key(bind.portal) || self.enforcer.is_cursor(bind.portal) {
+                        Some(Verdict::Deny {
+                            code: sqlstate::DUPLICATE_CURSOR,
+                            reason: format!("cursor \"{}\" already exists", bind.portal),
+                            hint: "close it first, or use another name".into(),
+                        })
+                    } else if self.enforcer.cursors_full() {
+                        Some(super::enforce::too_many())
+                    } else {
+                        None
+                    };
+                    if let Some(Verdict::Deny { code, reason, hint }) = refusal {
                         return self.deny_extended(&p.sql, Some(params), code, reason, hint, None).await;
                     }
                 }
                 // SQL FETCH and MOVE reach a named portal too.
-                self.enforcer.bound(bind.portal, &p.sql);
+                let bound = self.enforcer.bound(bind.portal, &p.sql);
                 self.portals.insert(
                     bind.portal.to_string(),
                     Portal {
@@ -910,6 +923,7 @@ impl ClientSide<'_> {
                         described: p.described,
                         formats: ResultFormats::of(&bind.result_formats),
                         parse: p.parse,
+                        bound,
                         decided: Some(p.decided),
                     },
                 );
@@ -999,7 +1013,7 @@ impl ClientSide<'_> {
                 self.push(Pending::Execute(Outcome {
                     described: p.described,
                     formats: Some(p.formats),
-                    forgets: Forget::of(&p.effects),
+                    forgets: Forget::of(&p.effects, self.enforcer.stamp()),
                     ..Outcome::new(seq)
                 }));
                 self.enforcer.applied(&p.effects, &self.session.db_role);
@@ -1010,10 +1024,11 @@ impl ClientSide<'_> {
                     return Ok(Step::Forward);
                 }
                 // Forgotten once PostgreSQL confirms (CloseComplete).
+                let upto = self.enforcer.stamp();
                 self.push(Pending::Close(if kind == b'S' {
-                    Forget::Statement(name.to_string())
+                    Forget::Statement(name.to_string(), upto)
                 } else {
-                    Forget::Cursor(name.to_string())
+                    Forget::Cursor(name.to_string(), upto)
                 }));
             }
             FrontendMessage::Describe { kind: b'S', name } => {
@@ -1032,7 +1047,7 @@ impl ClientSide<'_> {
                 });
                 self.push(Pending::Describe(described));
             }
-            FrontendMessage::Sync => self.push(Pending::Sync),
+            FrontendMessage::Sync => self.push(Pending::Sync(self.enforcer.stamp())),
             FrontendMessage::FunctionCall => {
                 // The fast-path call names a function by OID, past any statement analysis: refused.
                 return self
@@ -1218,6 +1233,7 @@ impl ClientSide<'_> {
             formats: ResultFormats::All(0),
             // No Parse made it (they count from 1).
             parse: 0,
+            bound: self.enforcer.stamp(),
             decided: None,
         };
         // What PostgreSQL now holds under the unnamed names.
@@ -1253,6 +1269,40 @@ impl ClientSide<'_> {
         Ok(false)
     }
 
+    /// Whether a Close of statement `name` is waiting for PostgreSQL's answer.
+    fn close_pending(&self, name: &str) -> bool {
+        self.queue
+            .lock()
+            .expect("relay queue lock poisoned")
+            .iter()
+            .any(|p| matches!(p, Pending::Close(Forget::Statement(n, _)) if n == name))
+    }
+
+    /// Forgets the names PostgreSQL has confirmed dropped since the last message (only what they
+    /// stood for when the drop was sent).
+    fn apply_forgotten(&mut self) {
+        for f in self.replies.take_forgotten() {
+            match &f {
+                Forget::Statement(name, upto) => {
+                    if self.statements.get(name).is_some_and(|p| p.parse <= *upto) {
+                        self.statements.remove(name);
+                    }
+                }
+                // DEALLOCATE ALL (the unnamed statement is replaced by the next Parse anyway).
+                Forget::AllStatements(upto) => self.statements.retain(|name, p| name.is_empty() || p.parse > *upto),
+                Forget::Cursor(name, upto) => {
+                    if self.portals.get(name).is_some_and(|p| p.bound <= *upto) {
+                        self.portals.remove(name);
+                    }
+                }
+                Forget::AllCursors(upto) | Forget::TransactionEnded(upto) => {
+                    self.portals.retain(|name, p| name.is_empty() || p.bound > *upto)
+                }
+            }
+            self.enforcer.forget(&f);
+        }
+    }
+
     fn in_transaction(&self) -> bool {
         self.tx_status.load(Ordering::SeqCst) != b'I'
     }
@@ -1262,11 +1312,15 @@ impl ClientSide<'_> {
         match verdict {
             Verdict::Allow { effects, .. } => {
                 let seq = self.record_query(sql.into(), None, None, review).await?;
+                let forgets = Forget::of(&effects, self.enforcer.stamp());
+                self.enforcer.applied(&effects, &self.session.db_role);
+                // What this Query itself creates without HOLD is gone too if its ReadyForQuery
+                // says no transaction is open.
                 self.push(Pending::Simple(Outcome {
-                    forgets: Forget::of(&effects),
+                    forgets,
+                    stamp: self.enforcer.stamp(),
                     ..Outcome::new(seq)
                 }));
-                self.enforcer.applied(&effects, &self.session.db_role);
                 Ok(Step::Forward)
             }
             Verdict::Deny { code, reason, hint } => {
@@ -1415,6 +1469,16 @@ impl ServerSide<'_> {
 
     /// Tracks results against the statements in flight.
     fn observe(&mut self, frame: &Frame, finished: &mut Vec<Outcome>) -> Result<Relay, ProxyError> {
+        if frame.tag == b'3' {
+            // CloseComplete: the Close at the front was done (confirmed before it is counted, so
+            // that a client side woken by the count finds it).
+            let mut q = self.queue.lock().expect("relay queue lock poisoned");
+            if let Some(Pending::Close(_)) = q.front() {
+                if let Some(Pending::Close(f)) = q.pop_front() {
+                    self.replies.confirm([f]);
+                }
+            }
+        }
         // The answers that end an extended message's (or a Query's) work, for `Replies`.
         match frame.tag {
             b'1' | b'2' | b'3' | b'T' | b'n' | b'C' | b'I' | b's' => self.replies.answered(false),
@@ -1425,20 +1489,11 @@ impl ServerSide<'_> {
         match frame.tag {
             b'1' if self.swallow.take(self.rfq_seen, true) => return Ok(Relay::Drop),
             b'2' if self.swallow.take(self.rfq_seen, false) => return Ok(Relay::Drop),
-            b'C' | b'E' | b'I' | b's' | b'Z' | b'D' | b'T' | b't' | b'n' | b'3' => {}
+            b'C' | b'E' | b'I' | b's' | b'Z' | b'D' | b'T' | b't' | b'n' => {}
             _ => return Ok(Relay::Forward),
         }
         let mut relay = Relay::Forward;
         let mut q = self.queue.lock().expect("relay queue lock poisoned");
-        if frame.tag == b'3' {
-            // CloseComplete: the Close at the front was done.
-            if let Some(Pending::Close(_)) = q.front() {
-                if let Some(Pending::Close(f)) = q.pop_front() {
-                    self.replies.confirm([f]);
-                }
-            }
-            return Ok(relay);
-        }
         if frame.tag == b'D' {
             if let Some(Pending::Simple(o) | Pending::Execute(o)) = q.front_mut() {
                 o.data_rows += 1;
@@ -1545,16 +1600,25 @@ impl ServerSide<'_> {
                 self.rfq_seen += 1;
                 self.describing = false;
                 // Drop anything left before the sync point, then the sync point itself.
+                let mut stamp = None;
                 while let Some(p) = q.pop_front() {
                     match p {
                         Pending::Simple(o) => {
+                            stamp = Some(o.stamp);
                             finished.push(o);
                             break;
                         }
                         Pending::Execute(o) => finished.push(o),
                         Pending::Describe(_) | Pending::Close(_) => {}
-                        Pending::Sync => break,
+                        Pending::Sync(at) => {
+                            stamp = Some(at);
+                            break;
+                        }
                     }
+                }
+                // No transaction open: cursors without HOLD and portals made up to then are gone.
+                if let (Some(upto), b'I') = (stamp, status) {
+                    self.replies.confirm([Forget::TransactionEnded(upto)]);
                 }
             }
             _ => {}

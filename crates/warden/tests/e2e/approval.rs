@@ -1092,6 +1092,81 @@ async fn a_close_or_deallocate_postgres_skipped_does_not_let_a_name_change_what_
 }
 
 #[tokio::test]
+async fn a_confirmed_close_forgets_only_what_the_name_was_before_it() {
+    use raw::*;
+    let w = approval_warden();
+    let (alice, carol) = (w.human("alice"), w.human("carol"));
+    let (agent, _task) = w.reviewed_agent(&alice).await;
+    let mut c = Raw::connect(w.port, &agent).await;
+    let m = format!("rev-after-{}", uuid::Uuid::new_v4().simple());
+    // A Close, then a Parse of the same name before the Close's answer (a name never used: no wait).
+    c.send(&[
+        close(b'S', "r_after"),
+        parse(
+            "r_after",
+            &format!("UPDATE orders SET status = status WHERE id = -1 /* {m}-stmt */"),
+        ),
+        sync(),
+    ])
+    .await;
+    assert!(errors(&c.until_ready().await).is_empty());
+    // The CloseComplete came after the Parse was decided: r_after is still the write, for Warden too.
+    c.send(&[parse("r_after", "SELECT 1"), sync()]).await;
+    assert!(errors(&c.until_ready().await).iter().any(|e| e.starts_with("42P05:")));
+    let denier = w.deny_when_held(carol.clone(), format!("{m}-stmt"));
+    c.send(&[bind("", "r_after", &[]), execute(""), sync()]).await;
+    let got = c.until_ready().await;
+    denier.join().unwrap();
+    assert!(errors(&got).iter().any(|e| e.starts_with("42501:")), "{got:?}");
+}
+
+#[tokio::test]
+async fn a_name_closed_and_parsed_again_in_one_batch_runs_its_new_statement() {
+    // Npgsql's auto-prepare reuses a slot's name: Close, then Parse of the same name, in one batch.
+    use raw::*;
+    let w = approval_warden();
+    let (alice, _carol) = (w.human("alice"), w.human("carol"));
+    let (agent, _task) = w.reviewed_agent(&alice).await;
+    let mut c = Raw::connect(w.port, &agent).await;
+    c.send(&[parse("_auto1", "SELECT 1 AS one"), sync()]).await;
+    assert!(errors(&c.until_ready().await).is_empty());
+    c.send(&[
+        close(b'S', "_auto1"),
+        parse("_auto1", "SELECT 2 AS two"),
+        bind("", "_auto1", &[]),
+        execute(""),
+        sync(),
+    ])
+    .await;
+    let got = c.until_ready().await;
+    assert!(errors(&got).is_empty(), "{got:?}");
+    let tags: String = got.iter().map(|m| m.0).collect();
+    assert_eq!(tags, "312DCZ", "{got:?}");
+}
+
+#[tokio::test]
+async fn portals_that_ended_with_their_transaction_are_forgotten() {
+    use raw::*;
+    let w = approval_warden();
+    let alice = w.human("alice");
+    let (agent, _task) = w.reviewed_agent(&alice).await;
+    let mut c = Raw::connect(w.port, &agent).await;
+    // More named portals than Warden keeps, each gone at its Sync (no transaction block).
+    for i in 0..1100 {
+        let name = format!("C_{i}");
+        c.send(&[parse("", "SELECT 1"), bind(&name, "", &[]), execute(&name), sync()])
+            .await;
+        let got = c.until_ready().await;
+        assert!(errors(&got).is_empty(), "portal {i}: {got:?}");
+    }
+    c.send(&[query(
+        "BEGIN; DECLARE cur CURSOR FOR SELECT 1; FETCH 1 FROM cur; COMMIT",
+    )])
+    .await;
+    assert!(errors(&c.until_ready().await).is_empty());
+}
+
+#[tokio::test]
 async fn moving_through_a_bound_portal_is_held_like_executing_it() {
     use raw::*;
     let w = approval_warden();
