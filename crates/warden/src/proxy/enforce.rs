@@ -285,6 +285,7 @@ impl Enforcer {
 
     /// What PostgreSQL confirmed it dropped (a DEALLOCATE, CLOSE or protocol Close that succeeded).
     pub fn forget(&mut self, f: &Forget) {
+        let before = (self.prepared.count, self.cursors.count);
         match f {
             Forget::Statement(name, upto) => self.prepared.forget(name, *upto),
             Forget::AllStatements(upto) => self.prepared.forget_all(*upto),
@@ -293,7 +294,15 @@ impl Enforcer {
             // Cursors without HOLD and protocol portals end with their transaction.
             Forget::TransactionEnded(upto) => self.cursors.transaction_ended(*upto),
         }
-        self.named_changes += 1;
+        // Decisions about EXECUTE or FETCH of a name hold while its texts are the same.
+        if (self.prepared.count, self.cursors.count) != before {
+            self.named_changes += 1;
+        }
+    }
+
+    /// Whether any cursor or named portal is kept.
+    pub fn has_cursors(&self) -> bool {
+        self.cursors.count > 0
     }
 
     /// Whether a new prepared statement can be kept: past MAX_NAMED, new PREPAREs and named Parse

@@ -235,6 +235,11 @@ struct Replies {
     changed: tokio::sync::Notify,
     /// Names PostgreSQL confirmed dropped, for the client side to forget before its next decision.
     forgotten: Mutex<Vec<Forget>>,
+    /// Whether `forgotten` has any (read before taking its lock, once per client message).
+    any_forgotten: std::sync::atomic::AtomicBool,
+    /// The stamp of the last ReadyForQuery outside a transaction: cursors without HOLD and portals
+    /// given up to it are gone (kept as a number: most statements end so, and need no message).
+    transaction_ended: std::sync::atomic::AtomicU64,
 }
 
 impl Replies {
@@ -256,9 +261,13 @@ impl Replies {
 
     fn confirm(&self, forgets: impl IntoIterator<Item = Forget>) {
         self.forgotten.lock().expect("forgotten lock poisoned").extend(forgets);
+        self.any_forgotten.store(true, Ordering::SeqCst);
     }
 
     fn take_forgotten(&self) -> Vec<Forget> {
+        if !self.any_forgotten.swap(false, Ordering::SeqCst) {
+            return Vec::new();
+        }
         std::mem::take(&mut *self.forgotten.lock().expect("forgotten lock poisoned"))
     }
 
@@ -416,6 +425,7 @@ pub async fn run(
         batch_denied: false,
         replies_due: 0,
         replies: replies.clone(),
+        ended_applied: 0,
         held,
         acks: None,
     };
@@ -608,6 +618,8 @@ struct ClientSide<'a> {
     replies_due: u64,
     /// The server side's count of those answers, to learn whether the batch failed.
     replies: Arc<Replies>,
+    /// The last end of a transaction applied (`Replies::transaction_ended`).
+    ended_applied: u64,
     /// Woken by the client's CancelRequest.
     held: Arc<tokio::sync::Notify>,
     /// Where the audit writer answers this session's `query` records, one at a time (made by the
@@ -1281,6 +1293,15 @@ impl ClientSide<'_> {
     /// Forgets the names PostgreSQL has confirmed dropped since the last message (only what they
     /// stood for when the drop was sent).
     fn apply_forgotten(&mut self) {
+        let ended = self.replies.transaction_ended.load(Ordering::SeqCst);
+        if ended > self.ended_applied {
+            self.ended_applied = ended;
+            if self.portals.len() > 1 || self.enforcer.has_cursors() {
+                let f = Forget::TransactionEnded(ended);
+                self.portals.retain(|name, p| name.is_empty() || p.bound > ended);
+                self.enforcer.forget(&f);
+            }
+        }
         for f in self.replies.take_forgotten() {
             match &f {
                 Forget::Statement(name, upto) => {
@@ -1618,7 +1639,7 @@ impl ServerSide<'_> {
                 }
                 // No transaction open: cursors without HOLD and portals made up to then are gone.
                 if let (Some(upto), b'I') = (stamp, status) {
-                    self.replies.confirm([Forget::TransactionEnded(upto)]);
+                    self.replies.transaction_ended.fetch_max(upto, Ordering::SeqCst);
                 }
             }
             _ => {}
