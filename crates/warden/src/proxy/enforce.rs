@@ -317,9 +317,12 @@ impl Enforcer {
         self.cursors.count >= MAX_NAMED
     }
 
-    /// Whether `name` is a cursor or named portal as far as Warden knows.
-    pub fn is_cursor(&self, name: &str) -> bool {
-        self.cursors.contains(name)
+    /// Whether `name` may be a cursor declared WITH HOLD (it outlives its transaction).
+    pub fn is_hold_cursor(&self, name: &str) -> bool {
+        self.cursors
+            .texts
+            .get(name)
+            .is_some_and(|texts| texts.iter().any(|t| t.outlives_transaction))
     }
 }
 

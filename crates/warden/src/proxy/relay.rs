@@ -906,8 +906,11 @@ impl ClientSide<'_> {
                         .await;
                 };
                 if !bind.portal.is_empty() {
-                    // PostgreSQL refuses a name in use (42P03) and keeps what it holds under it.
-                    let refusal = if self.portals.contains_key(bind.portal) || self.enforcer.is_cursor(bind.portal) {
+                    // PostgreSQL refuses a name in use (42P03) and keeps what it holds under it. Only
+                    // a cursor WITH HOLD outlives the failed transaction that refusal aborts; a
+                    // portal's name may be reused once its transaction ended, which Warden may learn
+                    // only after a pipelined Bind.
+                    let refusal = if self.enforcer.is_hold_cursor(bind.portal) {
                         Some(Verdict::Deny {
                             code: sqlstate::DUPLICATE_CURSOR,
                             reason: format!("cursor \"{}\" already exists", bind.portal),

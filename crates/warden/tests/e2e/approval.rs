@@ -1164,6 +1164,21 @@ async fn portals_that_ended_with_their_transaction_are_forgotten() {
     )])
     .await;
     assert!(errors(&c.until_ready().await).is_empty());
+    // A portal name reused by the next batch, pipelined before the first one's answer.
+    let batch = |n: &str| [parse("", "SELECT 1"), bind(n, "", &[]), execute(n), sync()];
+    let mut both = batch("p_again").to_vec();
+    both.extend(batch("p_again"));
+    c.send(&both).await;
+    for _ in 0..2 {
+        let got = c.until_ready().await;
+        assert!(errors(&got).is_empty(), "{got:?}");
+    }
+    // A name held by a cursor WITH HOLD is refused, as PostgreSQL refuses it.
+    c.send(&[query("DECLARE held_p CURSOR WITH HOLD FOR SELECT 1")]).await;
+    assert!(errors(&c.until_ready().await).is_empty());
+    c.send(&batch("held_p")).await;
+    let got = c.until_ready().await;
+    assert!(errors(&got).iter().any(|e| e.starts_with("42P03:")), "{got:?}");
 }
 
 #[tokio::test]
