@@ -264,20 +264,27 @@ impl Enforcer {
     /// A statement prepared under `name` through the extended protocol: SQL `EXECUTE name` runs it.
     /// Returns its stamp.
     pub fn parsed(&mut self, name: &str, sql: &str) -> u64 {
-        self.stamp += 1;
-        if !name.is_empty() {
-            self.prepared.remember(name, sql, self.stamp, true);
-            self.named_changes += 1;
-        }
-        self.stamp
+        self.protocol_name(name, sql, true)
     }
 
     /// A portal bound under `name` through the extended protocol: SQL `FETCH` and `MOVE` reach it like
     /// a cursor, and are decided as its statement. It ends with its transaction. Returns its stamp.
     pub fn bound(&mut self, name: &str, sql: &str) -> u64 {
+        self.protocol_name(name, sql, false)
+    }
+
+    /// A name given through the protocol: a statement (`parsed`) or a portal (`bound`). The unnamed
+    /// ones get a stamp but no entry (SQL cannot name them).
+    fn protocol_name(&mut self, name: &str, sql: &str, statement: bool) -> u64 {
         self.stamp += 1;
         if !name.is_empty() {
-            self.cursors.remember(name, sql, self.stamp, false);
+            let store = if statement {
+                &mut self.prepared
+            } else {
+                &mut self.cursors
+            };
+            // A statement stays until it is closed; a portal ends with its transaction.
+            store.remember(name, sql, self.stamp, statement);
             self.named_changes += 1;
         }
         self.stamp

@@ -830,6 +830,18 @@ pub(crate) mod raw {
 
 impl ApprovalWarden {
     /// Denies the held statement containing `marker`, as carol, once it is listed.
+    /// Approves the held statement containing `marker`, as carol, once it is listed.
+    fn approve_when_held(&'static self, carol: PathBuf, marker: String) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let id = self.wait_for_review(&carol, &marker)["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let out = self.requests(&carol, &["approve", &id]);
+            assert!(out.status.success(), "{}", stderr(&out));
+        })
+    }
+
     fn deny_when_held(&'static self, carol: PathBuf, marker: String) -> std::thread::JoinHandle<String> {
         std::thread::spawn(move || {
             let held = self.wait_for_review(&carol, &marker);
@@ -923,14 +935,7 @@ async fn a_statement_made_by_sql_prepare_cannot_be_bound_past_review() {
     let mut c = Raw::connect(w.port, &agent).await;
     let m = format!("rev-prep-{}", uuid::Uuid::new_v4().simple());
     // PREPARE of a write is itself held; approved, it only prepares.
-    let approver = std::thread::spawn({
-        let (carol, m) = (carol.clone(), m.clone());
-        move || {
-            let w = approval_warden();
-            let id = w.wait_for_review(&carol, &m)["id"].as_str().unwrap().to_string();
-            assert!(w.requests(&carol, &["approve", &id]).status.success());
-        }
-    });
+    let approver = w.approve_when_held(carol.clone(), m.clone());
     c.send(&[query(&format!(
         "PREPARE p(text) AS UPDATE orders SET status = $1 WHERE id = 1 /* {m} */"
     ))])
@@ -970,17 +975,7 @@ async fn a_prepared_execute_is_held_again_when_its_sql_statement_is_prepared_ane
     // x becomes a write: its PREPARE is held, and approved once.
     c.send(&[query("DEALLOCATE x")]).await;
     assert!(errors(&c.until_ready().await).is_empty());
-    let approver = std::thread::spawn({
-        let (carol, m) = (carol.clone(), m.clone());
-        move || {
-            let w = approval_warden();
-            let id = w.wait_for_review(&carol, &format!("{m}-prep"))["id"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            assert!(w.requests(&carol, &["approve", &id]).status.success());
-        }
-    });
+    let approver = w.approve_when_held(carol.clone(), format!("{m}-prep"));
     c.send(&[query(&format!(
         "PREPARE x AS UPDATE orders SET status = status WHERE id = -1 /* {m}-prep */"
     ))])
@@ -1005,17 +1000,7 @@ async fn a_prepare_that_fails_on_a_name_in_use_does_not_hide_the_write_behind_it
     let (agent, _task) = w.reviewed_agent(&alice).await;
     let mut c = Raw::connect(w.port, &agent).await;
     let m = format!("rev-reprep-{}", uuid::Uuid::new_v4().simple());
-    let approver = std::thread::spawn({
-        let (carol, m) = (carol.clone(), m.clone());
-        move || {
-            let w = approval_warden();
-            let id = w.wait_for_review(&carol, &format!("{m}-prep"))["id"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            assert!(w.requests(&carol, &["approve", &id]).status.success());
-        }
-    });
+    let approver = w.approve_when_held(carol.clone(), format!("{m}-prep"));
     c.send(&[query(&format!(
         "PREPARE y AS UPDATE orders SET status = status WHERE id = -1 /* {m}-prep */"
     ))])
