@@ -156,12 +156,17 @@ pub fn upstream_config(
         .map_err(UpstreamTlsError::Tls)?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
-    let config = match client_cert {
+    let mut config = match client_cert {
         Some((chain, key)) => builder
             .with_client_auth_cert(chain, key)
             .map_err(UpstreamTlsError::Tls)?,
         None => builder.with_no_client_auth(),
     };
+    // No resumption towards PostgreSQL. Each connection logs in with the certificate of its own
+    // role, and a resumed TLS session carries the identity of the handshake it came from; PostgreSQL
+    // offers none anyway (it turns its session cache and tickets off). rustls's default, a cache
+    // in every config, made here per connection, only held 14 KiB of every session.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 
@@ -270,5 +275,28 @@ impl ServerCertVerifier for AnyServerCert {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// Connections towards PostgreSQL log in as different roles: none may resume another's TLS
+    /// session (and so present its certificate), and none should carry a session cache of its own.
+    #[test]
+    fn upstream_connections_do_not_resume_tls_sessions() {
+        let url = UpstreamUrl::parse(
+            "postgres://warden_admin@127.0.0.1:5432/shop?sslmode=require",
+            Path::new("."),
+        )
+        .expect("url");
+        let config = upstream_config(&url, None).expect("config");
+        let resumption = format!("{:?}", config.resumption);
+        assert!(
+            resumption.contains("NoClientSessionStorage"),
+            "resumption towards PostgreSQL must be off: {resumption}"
+        );
     }
 }

@@ -134,6 +134,16 @@ impl Provisioner {
                 return Ok(c.clone());
             }
         }
+        // Boxed: loading (a TLS connection and queries) needs far more room than the lookup above,
+        // and every statement's decision awaits this function.
+        Box::pin(self.load_catalog(db_ca, db)).await
+    }
+
+    async fn load_catalog(
+        &self,
+        db_ca: &CertificateAuthority,
+        db: &DatabaseConfig,
+    ) -> Result<Arc<warden_sql::Catalog>, ProxyError> {
         let fail = |reason: String| ProxyError::Upstream {
             database: db.name.clone(),
             reason: format!("loading the catalog: {reason}"),

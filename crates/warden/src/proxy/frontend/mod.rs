@@ -13,8 +13,10 @@ use warden_wire::backend::{self as be, ErrorResponse};
 use warden_wire::frontend::StartupPacket;
 use warden_wire::MAX_STARTUP_LEN;
 
+use super::backend::Upstream;
 use super::error::ProxyError;
 use super::io::Framed;
+use super::lifecycle::Kill;
 use super::{backend, relay, Session, Shared};
 
 mod auth;
@@ -22,32 +24,51 @@ mod auth;
 pub type ClientStream = tokio_rustls::server::TlsStream<TcpStream>;
 
 pub async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown: watch::Receiver<bool>) {
-    let _ = tcp.set_nodelay(true);
-    let client = match expect_ssl_request(&shared, Framed::new(tcp, MAX_STARTUP_LEN), peer).await {
-        Some(c) => c,
-        None => return,
+    // The login's state (TLS handshakes, authentication, provisioning) is much larger than the
+    // relay's and is done with once the session runs: boxed, so that an idle session does not
+    // keep room for it in its task.
+    let login = Box::pin(login(&shared, tcp, peer));
+    let Some((client, session, kill, upstream)) = login.await else {
+        return;
     };
+    relay::run(shared, session, kill, client, upstream, shutdown).await;
+}
+
+/// From the first packet to an upstream connection ready for the relay; `None` once the client has
+/// been answered (refused, cancelled, or gone).
+async fn login(
+    shared: &Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<(
+    Framed<ClientStream>,
+    Arc<Session>,
+    watch::Receiver<Option<Kill>>,
+    Upstream,
+)> {
+    let _ = tcp.set_nodelay(true);
+    let client = expect_ssl_request(shared, Framed::new(tcp, MAX_STARTUP_LEN), peer).await?;
     let mut client = Framed::new(client, shared.config.load().server.max_message_size);
     let params = match client.read_startup().await {
         Ok(StartupPacket::Startup { params, .. }) => params,
         Ok(StartupPacket::Cancel { process_id, secret_key }) => {
             let _ = shared.cancels.cancel(process_id, secret_key).await;
-            return;
+            return None;
         }
         Ok(_) => {
-            refuse(&shared, &mut client, peer, &ProxyError::Closed, None).await;
-            return;
+            refuse(shared, &mut client, peer, &ProxyError::Closed, None).await;
+            return None;
         }
         Err(e) => {
             tracing::debug!(%peer, error = %e, "no startup message after TLS");
-            return;
+            return None;
         }
     };
-    let session = match auth::authenticate(&shared, &mut client, params, peer).await {
+    let session = match auth::authenticate(shared, &mut client, params, peer).await {
         Ok(s) => s,
         Err((e, claims)) => {
-            refuse(&shared, &mut client, peer, &e, claims.as_ref()).await;
-            return;
+            refuse(shared, &mut client, peer, &e, claims.as_ref()).await;
+            return None;
         }
     };
     // Registered before provisioning, so that a reload or lock during the login reaches it too.
@@ -66,16 +87,16 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutd
     if let Err(refusal) = followed {
         shared.sessions.remove(&session.id);
         refuse(
-            &shared,
+            shared,
             &mut client,
             peer,
             &ProxyError::Refused(refusal),
             Some(&session.claims),
         )
         .await;
-        return;
+        return None;
     }
-    let upstream = match backend::open(&shared, &session).await {
+    let upstream = match backend::open(shared, &session).await {
         Ok(u) => u,
         Err(e) => {
             shared.sessions.remove(&session.id);
@@ -84,10 +105,10 @@ pub async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutd
             body.error = Some(e.to_string());
             let _ = shared.audit.append(body).await;
             send_error(&mut client, "FATAL", &e).await;
-            return;
+            return None;
         }
     };
-    relay::run(shared, session, kill, client, upstream, shutdown).await;
+    Some((client, session, kill, upstream))
 }
 
 /// Plain TCP phase: only SSLRequest leads on; a plain startup is refused, a cancel is routed.
