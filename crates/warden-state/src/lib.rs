@@ -179,6 +179,18 @@ pub struct CredentialRecord {
     pub revoked_at: Option<OffsetDateTime>,
     pub revoked_by: Option<String>,
     pub revoke_reason: Option<String>,
+    /// The credential this one was obtained with (an agent's, from its requester's; an assumed
+    /// request's, from the asker's): revoking that one revokes this one too.
+    #[serde(default)]
+    pub parent: Option<String>,
+}
+
+/// A revocation as it now stands: the credential, and the credentials obtained with it (directly or
+/// further down) that it revoked now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub credential: CredentialRecord,
+    pub with_it: Vec<CredentialRecord>,
 }
 
 /// Why a subject may not connect or go on.
@@ -235,12 +247,14 @@ impl Blocklist {
 pub trait StateStore: Send + Sync {
     /// A counter that changes whenever any process commits a change.
     fn generation(&self) -> Result<u64>;
+    /// Records a credential; one whose parent is already revoked is recorded revoked.
     fn record_credential(&self, credential: &CredentialRecord) -> Result<()>;
     fn credential(&self, id: &str) -> Result<Option<CredentialRecord>>;
     /// Credentials still valid at `now` (not expired; revoked ones included), newest first.
     fn credentials(&self, now: OffsetDateTime) -> Result<Vec<CredentialRecord>>;
-    /// Marks a credential revoked; returns it as it now stands. Revoking twice keeps the first reason.
-    fn revoke_credential(&self, id: &str, by: &str, reason: &str, at: OffsetDateTime) -> Result<CredentialRecord>;
+    /// Marks a credential revoked, and every credential obtained with it (children, their children):
+    /// one transaction. Revoking twice keeps the first reason.
+    fn revoke_credential(&self, id: &str, by: &str, reason: &str, at: OffsetDateTime) -> Result<Revocation>;
     fn create_lock(&self, lock: NewLock) -> Result<Lock>;
     /// Lifts a lock; returns it as it now stands.
     fn remove_lock(&self, id: &str, by: &str, at: OffsetDateTime) -> Result<Lock>;

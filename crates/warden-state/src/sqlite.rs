@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 
 use crate::{
     new_lock_id, AccessRequest, Blocklist, CredentialRecord, Lock, LockTarget, NewLock, RequestState, RequestStore,
-    Result, StateError, StateStore,
+    Result, Revocation, StateError, StateStore,
 };
 
 const SCHEMA: &str = r#"
@@ -93,6 +93,20 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        // Stores made before credentials knew their parent gain the column (NULL: no parent known).
+        let has_parent: bool = conn
+            .query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('credentials') WHERE name = 'parent'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        if !has_parent {
+            conn.execute_batch("ALTER TABLE credentials ADD COLUMN parent TEXT")
+                .map_err(err)?;
+        }
+        conn.execute_batch("CREATE INDEX IF NOT EXISTS credentials_parent ON credentials (parent)")
+            .map_err(err)?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
@@ -134,6 +148,11 @@ impl SqliteStore {
     }
 }
 
+/// The reason a credential revoked with the one it was obtained with carries.
+fn with_parent_reason(parent: &str, reason: &str) -> String {
+    format!("credential {parent}, which it was obtained through, was revoked: {reason}")
+}
+
 fn ts(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()
 }
@@ -148,7 +167,7 @@ fn opt_ts(v: Option<i64>) -> rusqlite::Result<Option<OffsetDateTime>> {
 }
 
 const CREDENTIAL_COLUMNS: &str =
-    "id, identity, requester, task, roles, issued_at, not_after, issued_by, revoked_at, revoked_by, revoke_reason";
+    "id, identity, requester, task, roles, issued_at, not_after, issued_by, revoked_at, revoked_by, revoke_reason, parent";
 
 fn credential_row(r: &Row) -> rusqlite::Result<CredentialRecord> {
     let roles: String = r.get(4)?;
@@ -164,6 +183,7 @@ fn credential_row(r: &Row) -> rusqlite::Result<CredentialRecord> {
         revoked_at: opt_ts(r.get(8)?)?,
         revoked_by: r.get(9)?,
         revoke_reason: r.get(10)?,
+        parent: r.get(11)?,
     })
 }
 
@@ -194,8 +214,26 @@ impl StateStore for SqliteStore {
 
     fn record_credential(&self, c: &CredentialRecord) -> Result<()> {
         self.write(|tx| {
+            // A parent revoked meanwhile (between the caller's authentication and now): the new
+            // credential is born revoked, with its parent's revocation.
+            let mut c = c.clone();
+            if let (Some(parent), None) = (&c.parent, c.revoked_at) {
+                let revoked = tx
+                    .query_row(
+                        &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = ?1 AND revoked_at IS NOT NULL"),
+                        [parent],
+                        credential_row,
+                    )
+                    .optional()
+                    .map_err(|e| self.err(e))?;
+                if let Some(p) = revoked {
+                    c.revoked_at = p.revoked_at;
+                    c.revoked_by = p.revoked_by;
+                    c.revoke_reason = Some(with_parent_reason(&p.id, p.revoke_reason.as_deref().unwrap_or("")));
+                }
+            }
             tx.execute(
-                &format!("INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                &format!("INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
                 params![
                     c.id,
                     c.identity,
@@ -207,7 +245,8 @@ impl StateStore for SqliteStore {
                     c.issued_by,
                     c.revoked_at.map(ts),
                     c.revoked_by,
-                    c.revoke_reason
+                    c.revoke_reason,
+                    c.parent
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -236,7 +275,7 @@ impl StateStore for SqliteStore {
         })
     }
 
-    fn revoke_credential(&self, id: &str, by: &str, reason: &str, at: OffsetDateTime) -> Result<CredentialRecord> {
+    fn revoke_credential(&self, id: &str, by: &str, reason: &str, at: OffsetDateTime) -> Result<Revocation> {
         self.write(|tx| {
             tx.execute(
                 "UPDATE credentials SET revoked_at = ?2, revoked_by = ?3, revoke_reason = ?4 \
@@ -244,15 +283,47 @@ impl StateStore for SqliteStore {
                 params![id, ts(at), by, reason],
             )
             .map_err(|e| self.err(e))?;
-            let found = tx
+            let credential = tx
                 .query_row(
                     &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = ?1"),
                     [id],
                     credential_row,
                 )
                 .optional()
-                .map_err(|e| self.err(e))?;
-            found.ok_or_else(|| StateError::NoSuchCredential(id.to_string()))
+                .map_err(|e| self.err(e))?
+                .ok_or_else(|| StateError::NoSuchCredential(id.to_string()))?;
+            // Everything obtained with it, however far down, that still stands.
+            let descendants = "WITH RECURSIVE d(id) AS (\
+                     SELECT id FROM credentials WHERE parent = ?1 \
+                     UNION SELECT c.id FROM credentials c JOIN d ON c.parent = d.id) \
+                 SELECT id FROM d";
+            let ids: Vec<String> = {
+                let mut st = tx.prepare(descendants).map_err(|e| self.err(e))?;
+                let rows = st.query_map([id], |r| r.get(0)).map_err(|e| self.err(e))?;
+                rows.collect::<rusqlite::Result<_>>().map_err(|e| self.err(e))?
+            };
+            let why = with_parent_reason(id, credential.revoke_reason.as_deref().unwrap_or(reason));
+            let mut with_it = Vec::new();
+            for child in ids {
+                let changed = tx
+                    .execute(
+                        "UPDATE credentials SET revoked_at = ?2, revoked_by = ?3, revoke_reason = ?4 \
+                             WHERE id = ?1 AND revoked_at IS NULL",
+                        params![child, ts(at), by, why],
+                    )
+                    .map_err(|e| self.err(e))?;
+                if changed > 0 {
+                    let c = tx
+                        .query_row(
+                            &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = ?1"),
+                            [&child],
+                            credential_row,
+                        )
+                        .map_err(|e| self.err(e))?;
+                    with_it.push(c);
+                }
+            }
+            Ok(Revocation { credential, with_it })
         })
     }
 

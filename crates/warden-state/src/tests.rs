@@ -25,6 +25,7 @@ fn credential(id: &str, not_after: OffsetDateTime) -> CredentialRecord {
         revoked_at: None,
         revoked_by: None,
         revoke_reason: None,
+        parent: None,
     }
 }
 
@@ -151,18 +152,113 @@ fn revocation_is_recorded_once_and_blocks_the_credential() {
         1,
         "expired credentials are not listed"
     );
-    let r = s.revoke_credential("c1", "human:alice", "task done", t0).unwrap();
+    let r = s
+        .revoke_credential("c1", "human:alice", "task done", t0)
+        .unwrap()
+        .credential;
     assert_eq!(r.revoke_reason.as_deref(), Some("task done"));
     let again = s
         .revoke_credential("c1", "admin", "second", t0 + Duration::seconds(5))
         .unwrap();
-    assert_eq!(again, r, "the first revocation stands");
+    assert_eq!(again.credential, r, "the first revocation stands");
+    assert!(again.with_it.is_empty());
     let list = s.blocklist(t0).unwrap();
     assert!(matches!(list.block_for(&subject(), t0), Some(Block::Revoked(c)) if c.id == "c1"));
     assert!(matches!(
         s.revoke_credential("nope", "a", "b", t0),
         Err(StateError::NoSuchCredential(_))
     ));
+}
+
+fn child(id: &str, parent: &str, not_after: OffsetDateTime) -> CredentialRecord {
+    CredentialRecord {
+        parent: Some(parent.into()),
+        ..credential(id, not_after)
+    }
+}
+
+#[test]
+fn revoking_a_credential_revokes_those_obtained_with_it() {
+    let (_d, s) = store();
+    let t0 = now();
+    let later = t0 + Duration::minutes(15);
+    // human -> agent (exec) -> assumed request; and an unrelated credential.
+    s.record_credential(&credential("human", later)).unwrap();
+    s.record_credential(&child("agent", "human", later)).unwrap();
+    s.record_credential(&child("assumed", "agent", later)).unwrap();
+    s.record_credential(&credential("other", later)).unwrap();
+    let r = s.revoke_credential("human", "admin", "laptop stolen", t0).unwrap();
+    assert_eq!(r.credential.id, "human");
+    let mut ids: Vec<&str> = r.with_it.iter().map(|c| c.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["agent", "assumed"]);
+    for c in &r.with_it {
+        let reason = c.revoke_reason.as_deref().unwrap();
+        assert!(
+            reason.contains("human") && reason.ends_with("laptop stolen"),
+            "{reason}"
+        );
+        assert_eq!(c.revoked_by.as_deref(), Some("admin"));
+    }
+    let blocked = s.blocklist(t0).unwrap();
+    for id in ["human", "agent", "assumed"] {
+        let subject = Subject {
+            credential_id: id.into(),
+            ..subject()
+        };
+        assert!(
+            matches!(blocked.block_for(&subject, t0), Some(Block::Revoked(_))),
+            "{id}"
+        );
+    }
+    assert!(s.credential("other").unwrap().unwrap().revoked_at.is_none());
+    // Revoking again revokes nothing new; revoking a child leaves its parent alone.
+    assert!(s
+        .revoke_credential("human", "admin", "again", t0)
+        .unwrap()
+        .with_it
+        .is_empty());
+    s.record_credential(&credential("h2", later)).unwrap();
+    s.record_credential(&child("a2", "h2", later)).unwrap();
+    s.revoke_credential("a2", "human:alice", "done", t0).unwrap();
+    assert!(s.credential("h2").unwrap().unwrap().revoked_at.is_none());
+}
+
+#[test]
+fn a_credential_obtained_with_a_revoked_one_is_recorded_revoked() {
+    let (_d, s) = store();
+    let t0 = now();
+    let later = t0 + Duration::minutes(15);
+    s.record_credential(&credential("human", later)).unwrap();
+    s.revoke_credential("human", "admin", "left the company", t0).unwrap();
+    s.record_credential(&child("late", "human", later)).unwrap();
+    let late = s.credential("late").unwrap().unwrap();
+    assert!(late.revoked_at.is_some());
+    assert!(late.revoke_reason.unwrap().ends_with("left the company"));
+}
+
+#[test]
+fn a_store_made_before_parents_gains_the_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warden.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE credentials (id TEXT PRIMARY KEY, identity TEXT NOT NULL, requester TEXT, task TEXT, \
+             roles TEXT NOT NULL, issued_at INTEGER NOT NULL, not_after INTEGER NOT NULL, issued_by TEXT NOT NULL, \
+             revoked_at INTEGER, revoked_by TEXT, revoke_reason TEXT); \
+             INSERT INTO credentials VALUES ('old', 'human:alice', NULL, NULL, 'analyst', 0, 4102444800, 'admin', NULL, NULL, NULL);",
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.credential("old").unwrap().unwrap().parent, None);
+    s.record_credential(&child("new", "old", now() + Duration::minutes(5)))
+        .unwrap();
+    assert_eq!(
+        s.revoke_credential("old", "admin", "x", now()).unwrap().with_it.len(),
+        1
+    );
 }
 
 #[test]

@@ -31,7 +31,8 @@ fn os_user() -> String {
     }
 }
 
-pub fn credential_record(claims: &Claims, issued_by: &str) -> CredentialRecord {
+/// `parent`: the credential the caller obtained this one with (revoking it revokes this one).
+pub fn credential_record(claims: &Claims, issued_by: &str, parent: Option<&str>) -> CredentialRecord {
     CredentialRecord {
         id: claims.credential_id.clone(),
         identity: claims.identity().to_string(),
@@ -44,6 +45,7 @@ pub fn credential_record(claims: &Claims, issued_by: &str) -> CredentialRecord {
         revoked_at: None,
         revoked_by: None,
         revoke_reason: None,
+        parent: parent.map(str::to_string),
     }
 }
 

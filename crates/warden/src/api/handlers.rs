@@ -115,14 +115,16 @@ pub struct IssuedCredential {
 }
 
 /// Signs `claims` as certificate and token, records the credential (store and `credential.issued`) and
-/// builds the response that carries it. Nothing is returned unless it was recorded.
+/// builds the response that carries it. Nothing is returned unless it was recorded. `caller` is the
+/// credential it is obtained with: revoking that one revokes this one.
 pub async fn credential_response(
     shared: &Shared,
     config: &warden_policy::Config,
     claims: &warden_identity::Claims,
-    by: &str,
+    caller: &Caller,
     how: &str,
 ) -> ApiResult<IssuedCredential> {
+    let by = &caller.name();
     let cert = shared
         .user_ca
         .issue_client(claims)
@@ -131,9 +133,11 @@ pub async fn credential_response(
         .user_ca
         .sign_token(claims)
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    shared
-        .state
-        .record_credential(&control::credential_record(claims, by))?;
+    shared.state.record_credential(&control::credential_record(
+        claims,
+        by,
+        Some(&caller.claims.credential_id),
+    ))?;
     shared
         .audit
         .append(control::issued_event(claims, by, how))
@@ -286,7 +290,7 @@ async fn issue(
     };
     // A credential a lock would refuse at once is not issued (a locked agent, task or requester).
     super::refuse_blocked(&shared, &claims)?;
-    let mut body = credential_response(&shared, &config, &claims, &caller.name(), "through the API").await?;
+    let mut body = credential_response(&shared, &config, &claims, &caller, "through the API").await?;
     body.database = database;
     Ok((StatusCode::CREATED, Json(body)))
 }
@@ -358,11 +362,13 @@ async fn revoke(
         .state
         .revoke_credential(&id, &caller.name(), &reason, OffsetDateTime::now_utc())?;
     shared.sessions.changed.notify_one();
-    if let Err(e) = shared.audit.append(control::revoked_event(&revoked)).await {
-        tracing::error!(error = %e, credential = %id, "cannot record credential.revoked");
+    for c in std::iter::once(&revoked.credential).chain(&revoked.with_it) {
+        if let Err(e) = shared.audit.append(control::revoked_event(c)).await {
+            tracing::error!(error = %e, credential = %c.id, "cannot record credential.revoked");
+        }
     }
-    tracing::info!(credential = %id, by = %caller.name(), "credential revoked");
-    Ok(Json(revoked))
+    tracing::info!(credential = %id, with_it = revoked.with_it.len(), by = %caller.name(), "credential revoked");
+    Ok(Json(revoked.credential))
 }
 
 #[derive(Deserialize)]

@@ -487,8 +487,10 @@ pub async fn assume(
         }
     }
     // Within every bound again, under the configuration of now.
+    // Never past the credential that asks: an agent's ends with the human's it was issued under.
     let bound = config.max_ttl(&caller.claims.identity(), caller.claims.requester.as_ref(), &roles);
-    let ttl = Duration::seconds(q.ttl_seconds).min(bound);
+    let caller_left = caller.claims.not_after - OffsetDateTime::now_utc();
+    let ttl = Duration::seconds(q.ttl_seconds).min(bound).min(caller_left);
     let identity = caller.claims.identity();
     let claims = claims_for(
         &config,
@@ -510,14 +512,7 @@ pub async fn assume(
                 format!("request {id} is {}", q.state.as_str()),
             )
         })?;
-    let body = credential_response(
-        &shared,
-        &config,
-        &claims,
-        &caller.name(),
-        &format!("through request {id}"),
-    )
-    .await?;
+    let body = credential_response(&shared, &config, &claims, &caller, &format!("through request {id}")).await?;
     record(
         &shared,
         event(

@@ -214,7 +214,7 @@ pub fn write_credential(config: &Config, claims: &Claims, out: &Path, force: boo
     warden_identity::write_credential_dir(out, &cert, host_ca.cert_pem(), &token, &profile, force)?;
     let actor = crate::control::local_admin();
     // Recorded so that it can be revoked by id and listed.
-    deployment::open_state(config)?.record_credential(&crate::control::credential_record(claims, &actor))?;
+    deployment::open_state(config)?.record_credential(&crate::control::credential_record(claims, &actor, None))?;
     deployment::open_audit(config)?.append_blocking(crate::control::issued_event(
         claims,
         &actor,

@@ -189,15 +189,25 @@ pub fn revoke(args: &RevokeArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| "revoked by an administrator".into());
     control::check_text("--reason", &reason, 1000).map_err(anyhow::Error::msg)?;
-    let c = state.revoke_credential(&args.credential_id, &actor, &reason, OffsetDateTime::now_utc())?;
-    if before.is_some_and(|b| b.revoked_at.is_some()) {
+    let revoked = state.revoke_credential(&args.credential_id, &actor, &reason, OffsetDateTime::now_utc())?;
+    let c = &revoked.credential;
+    if before.is_some_and(|b| b.revoked_at.is_some()) && revoked.with_it.is_empty() {
         println!("{} was already revoked.", c.id);
         return Ok(ExitCode::SUCCESS);
     }
-    deployment::open_audit(&config)?.append_blocking(control::revoked_event(&c))?;
+    let audit = deployment::open_audit(&config)?;
+    for r in std::iter::once(c).chain(&revoked.with_it) {
+        audit.append_blocking(control::revoked_event(r))?;
+    }
     println!(
         "Revoked credential {} of {}; its live sessions end within a second.",
         c.id, c.identity
     );
+    for r in &revoked.with_it {
+        println!(
+            "Revoked with it: credential {} of {}, obtained through it.",
+            r.id, r.identity
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

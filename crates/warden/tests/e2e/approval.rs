@@ -302,6 +302,74 @@ async fn a_write_role_is_requested_approved_by_a_dba_then_assumed() {
     assert_eq!(find("request.assumed")["actor"], "agent:report-bot");
 }
 
+/// A credential assumed through a request is obtained with the agent's credential that asked: it
+/// ends no later, and revoking the agent's credential (or alice's) revokes it too.
+#[tokio::test]
+async fn an_assumed_credential_ends_and_is_revoked_with_the_credential_that_asked() {
+    let w = approval_warden();
+    let (alice, carol) = (w.human("alice"), w.human("carol"));
+    let task = format!("T-assume-bound-{}", uuid::Uuid::new_v4().simple());
+    let (agent, body) = w
+        .agent_with(
+            &alice,
+            serde_json::json!({"agent": "report-bot", "task": task, "ttl": "3m"}),
+        )
+        .await;
+    let agent_id = body["credential_id"].as_str().unwrap().to_string();
+    let rfc3339 = |s: &str| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    };
+    let agent_ends = rfc3339(body["not_after"].as_str().unwrap());
+    let id = w.create(&agent, "writer", "fix order 1", &["--ttl", "15m"]);
+    let out = w.requests(&carol, &["approve", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let elevated = unique_dir(&harness().root, "appr-bound");
+    let out = w.requests(&agent, &["assume", &id, "--out", &elevated.to_string_lossy()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let profile = std::fs::read_to_string(elevated.join("profile.toml")).unwrap();
+    let field = |name: &str| {
+        profile
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} = ")))
+            .unwrap_or_else(|| panic!("no {name} in {profile}"))
+            .trim_matches('"')
+            .to_string()
+    };
+    let (elevated_id, elevated_ends) = (field("credential_id"), rfc3339(&field("expires")));
+    assert!(
+        elevated_ends <= agent_ends,
+        "the assumed credential ends at {elevated_ends}, after the agent's credential that asked for it ({agent_ends})"
+    );
+    assert_eq!(w.write(&elevated).await.expect("the write runs once approved"), 1);
+
+    // alice, the agent's requester, revokes the agent's credential: the assumed one goes with it.
+    let resp = api(&alice)
+        .post(format!("{}/v1/credentials/{agent_id}/revoke", w.api))
+        .json(&serde_json::json!({"reason": "task called off"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let err = w
+        .write(&elevated)
+        .await
+        .expect_err("the assumed credential is revoked too");
+    assert_eq!(err.code().map(|c| c.code()), Some("28000"), "{err}");
+    let message = err.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+    assert!(
+        message.contains(&agent_id) && message.contains("task called off"),
+        "{message}"
+    );
+    let revoked: Vec<Value> = w
+        .audit(&["--event", "credential.revoked", "--task", &task])
+        .into_iter()
+        .filter(|e| e["credential_id"] == elevated_id.as_str())
+        .collect();
+    assert_eq!(revoked.len(), 1, "one credential.revoked for the assumed credential");
+    assert_eq!(revoked[0]["actor"], "human:alice");
+}
+
 #[tokio::test]
 async fn denied_and_expired_requests_cannot_be_assumed() {
     let w = approval_warden();
