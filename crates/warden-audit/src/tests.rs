@@ -197,6 +197,32 @@ fn append_blocking_outside_a_runtime() {
     assert_eq!(verify(&path).unwrap().records, 2);
 }
 
+/// A command's record is signed before the command goes on (and exits), while the server that has
+/// the log open too signs only what it writes itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_appended_blocking_is_signed_when_the_call_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let server = AuditLog::open(&path, FsyncMode::Batch).unwrap();
+    server.append(body("session.start", "s")).await.unwrap();
+    server.checkpoint_now().await.unwrap();
+    let cli_path = path.clone();
+    let seq = tokio::task::spawn_blocking(move || {
+        let cli = AuditLog::open(&cli_path, FsyncMode::Batch).unwrap();
+        let seq = cli.append_blocking(body("lock.created", "l")).unwrap();
+        // Still open: nothing here waits for the handle to be dropped.
+        let signed = crate::checkpoint::last_checkpoint(&files::checkpoints_path(&cli_path))
+            .unwrap()
+            .map(|c| c.seq);
+        (seq, signed, cli)
+    })
+    .await
+    .unwrap();
+    assert_eq!(seq.0, 2);
+    assert_eq!(seq.1, Some(2), "the command's record is signed when append_blocking returns");
+    assert_eq!(verify(&path).unwrap().unsigned_tail, 0);
+}
+
 #[test]
 fn handles_are_send_and_sync() {
     fn check<T: Send + Sync + Clone>() {}

@@ -413,7 +413,8 @@ impl AuditHandle {
         .await
     }
 
-    /// For command-line tools. Panics inside a tokio runtime (use [`AuditHandle::append`] there).
+    /// For command-line tools: the record is on disk and signed when this returns. Panics inside a
+    /// tokio runtime (use [`AuditHandle::append`] there).
     pub fn append_blocking(&self, mut body: EventBody) -> Result<u64, AuditError> {
         self.redactor.apply(&mut body);
         let (ack, rx) = oneshot::channel();
@@ -423,7 +424,16 @@ impl AuditHandle {
                 ack: Some(Ack::Once(ack)),
             }))
             .map_err(|_| stopped(&self.path))?;
-        rx.blocking_recv().unwrap_or_else(|_| Err(stopped(&self.path)))
+        let seq = rx.blocking_recv().unwrap_or_else(|_| Err(stopped(&self.path)))?;
+        // A command exits right after: its record is signed now. A running Warden signs only what it
+        // wrote itself, so a record left unsigned here could be cut from the end unnoticed, and no
+        // sink would ship it (they ship only what a checkpoint covers). A checkpoint that cannot be
+        // written is said on stderr; the record stands.
+        let (ack, rx) = oneshot::channel();
+        if self.tx.send(Msg::Checkpoint(ack)).is_ok() {
+            let _ = rx.blocking_recv();
+        }
+        Ok(seq)
     }
 
     /// Cuts `redactor`'s matches out of every record this handle, and clones made from it afterwards,
