@@ -219,7 +219,11 @@ async fn a_record_appended_blocking_is_signed_when_the_call_returns() {
     .await
     .unwrap();
     assert_eq!(seq.0, 2);
-    assert_eq!(seq.1, Some(2), "the command's record is signed when append_blocking returns");
+    assert_eq!(
+        seq.1,
+        Some(2),
+        "the command's record is signed when append_blocking returns"
+    );
     assert_eq!(verify(&path).unwrap().unsigned_tail, 0);
 }
 

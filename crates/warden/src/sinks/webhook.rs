@@ -65,6 +65,10 @@ impl Webhook {
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .timeout(REQUEST_TIMEOUT)
+            // A redirect is not delivery: followed, a 301-303 turns the POST into a GET without the
+            // records (a 2xx after it would count as delivered), and a 307/308 sends them and the
+            // configured headers wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let mut headers = HeaderMap::new();
@@ -107,6 +111,9 @@ impl Webhook {
             .await
             .map_err(describe)?;
         let status = response.status();
+        if status.is_redirection() {
+            bail!("the webhook answered {status}, a redirect, which Warden does not follow (it could drop the records or send them elsewhere); set the sink's url to the address it redirects to");
+        }
         if !status.is_success() {
             bail!("the webhook answered {status}");
         }
@@ -230,6 +237,73 @@ mod tests {
         assert_eq!(body, format!("[{}]", lines.join(",")));
         let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(parsed[1]["statement"], "SELECT 2");
+    }
+
+    /// A redirect is a failed delivery (retried), never followed: a 302 then a 200 for the GET it
+    /// leads to would otherwise count records as delivered that never arrived.
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_and_not_counted_as_delivered() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let served = tokio::spawn(async move {
+            let mut requests = Vec::new();
+            loop {
+                let accepted = tokio::time::timeout(Duration::from_millis(500), listener.accept()).await;
+                let Ok(Ok((mut tcp, _))) = accepted else {
+                    return requests;
+                };
+                let mut got = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+                    let n = tcp.read(&mut chunk).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&chunk[..n]);
+                }
+                let text = String::from_utf8_lossy(&got).into_owned();
+                let first = text.lines().next().unwrap_or_default().to_string();
+                let answer: &[u8] = if first.contains("/ingest") {
+                    b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                };
+                requests.push(first);
+                tcp.write_all(answer).await.unwrap();
+                tcp.shutdown().await.unwrap();
+            }
+        });
+        let config = WebhookSink {
+            url: format!("http://127.0.0.1:{port}/ingest").parse().unwrap(),
+            ca_file: None,
+            format: WebhookFormat::Ndjson,
+            batch_size: 10,
+            batch_interval: Duration::ZERO,
+            headers: Vec::new(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, FsyncMode::Off).unwrap();
+        log.append(EventBody {
+            event: "query".into(),
+            statement: Some("SELECT 1".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        log.checkpoint_now().await.unwrap();
+        let records: Vec<StoredRecord> = warden_audit::read_after(&path, 0)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let err = Webhook::new(&config)
+            .unwrap()
+            .deliver(&records)
+            .await
+            .expect_err("a redirect is not a delivery");
+        assert!(err.to_string().contains("302"), "{err}");
+        let requests = served.await.unwrap();
+        assert_eq!(requests, ["POST /ingest HTTP/1.1"], "the redirect was not followed");
     }
 
     #[test]
