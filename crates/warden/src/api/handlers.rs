@@ -420,6 +420,38 @@ async fn create_lock(
             )));
         }
     }
+    // A session lock stops one live session (ids are never reused): one that is not live, or a
+    // prefix of several, would stop nothing the caller meant. A unique prefix is expanded, among the
+    // sessions the caller may see (a prefix must not probe others' session ids).
+    let target = match target {
+        LockTarget::Session(prefix) => {
+            let live: Vec<String> = shared
+                .sessions
+                .list()
+                .into_iter()
+                .filter(|s| {
+                    s.session_id == prefix
+                        || (s.session_id.starts_with(&prefix) && (caller.admin || owns_session(&caller, s)))
+                })
+                .map(|s| s.session_id)
+                .collect();
+            match live.as_slice() {
+                [one] => LockTarget::Session(one.clone()),
+                [] => {
+                    return Err(ApiError::not_found(format!(
+                        "no live session {prefix}; GET /v1/sessions lists them (a session that ended is not resumed)"
+                    )))
+                }
+                more => {
+                    return Err(ApiError::bad_request(format!(
+                        "{prefix} is ambiguous: it starts {} live sessions; give more characters",
+                        more.len()
+                    )))
+                }
+            }
+        }
+        other => other,
+    };
     let ttl = req
         .ttl
         .as_deref()

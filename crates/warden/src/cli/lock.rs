@@ -105,6 +105,8 @@ pub fn lock(args: &LockArgs) -> Result<ExitCode> {
     }
     let config = deployment::load_config(&args.config)?;
     let state = deployment::open_state(&config)?;
+    // A lock that matches nothing would leave the operator believing something is cut off.
+    let target = resolve(target, &config, &state)?;
     let actor = control::local_admin();
     let lock = state.create_lock(control::new_lock(target, args.reason.clone(), ttl, &actor))?;
     deployment::open_audit(&config)?.append_blocking(control::lock_event("lock.created", &lock, &actor))?;
@@ -124,6 +126,85 @@ pub fn lock(args: &LockArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The target as a lock must name it: a credential or session by its whole id (a unique prefix is
+/// expanded, as `warden sessions play` does), one that exists; an identity or task that nothing
+/// configured or issued matches is locked with a warning (it may be added later).
+fn resolve(target: LockTarget, config: &warden_policy::Config, state: &dyn StateStore) -> Result<LockTarget> {
+    let now = OffsetDateTime::now_utc();
+    match target {
+        LockTarget::Credential(prefix) => {
+            if state.credential(&prefix)?.is_some() {
+                return Ok(LockTarget::Credential(prefix));
+            }
+            let matches: Vec<String> = state
+                .credentials(now)?
+                .into_iter()
+                .map(|c| c.id)
+                .filter(|id| id.starts_with(&prefix))
+                .collect();
+            match matches.as_slice() {
+                [] => bail!(
+                    "no unexpired credential {prefix:?} in this deployment (an expired one cannot connect); give its id as `warden issue` printed it, or lock its identity or task"
+                ),
+                [one] => Ok(LockTarget::Credential(one.clone())),
+                more => bail!(
+                    "{prefix:?} is ambiguous: it starts {} credentials; give more characters",
+                    more.len()
+                ),
+            }
+        }
+        LockTarget::Session(prefix) => {
+            let log = &config.audit.path;
+            let mut index = crate::cli::audit::open_index(log)?
+                .ok_or_else(|| anyhow::anyhow!("no audit log at {}, so no session {prefix:?}", log.display()))?;
+            let matches = index.sessions_with_prefix(&prefix, 5)?;
+            let id = match matches.as_slice() {
+                [] => bail!(
+                    "no session {prefix:?} in the audit log {}; `warden sessions list --active` shows the live ones",
+                    log.display()
+                ),
+                [one] => one.clone(),
+                more => bail!(
+                    "{prefix:?} is ambiguous: it starts {}{}; give more characters",
+                    more.join(", "),
+                    if more.len() >= 5 { ", ..." } else { "" }
+                ),
+            };
+            let live = index.sessions(true, None)?.iter().any(|s| s.session_id == id);
+            if !live {
+                bail!(
+                    "session {id} has ended (sessions are not resumed, so a lock on it would stop nothing); lock its credential, identity or task instead"
+                );
+            }
+            Ok(LockTarget::Session(id))
+        }
+        LockTarget::Identity(ref name) | LockTarget::Requester(ref name) => {
+            let known = name
+                .parse::<IdentityName>()
+                .ok()
+                .is_some_and(|id| config.identity(&id).is_some());
+            if !known {
+                eprintln!(
+                    "warning: {name} is not in the configuration, so it cannot connect now; the lock applies if it is added"
+                );
+            }
+            Ok(target)
+        }
+        LockTarget::Task(ref task) => {
+            if !state
+                .credentials(now)?
+                .iter()
+                .any(|c| c.task.as_deref() == Some(task.as_str()))
+            {
+                eprintln!(
+                    "warning: no unexpired credential was issued for task {task:?}; the lock applies to credentials issued for it later"
+                );
+            }
+            Ok(target)
+        }
+    }
 }
 
 pub fn list(command: LocksCommand) -> Result<ExitCode> {

@@ -465,14 +465,41 @@ async fn api_locks_end_live_sessions_and_only_admins_lock_others() {
         );
     }
 
+    // A session that is not live is not locked (the lock would stop nothing); nor is a prefix of
+    // bob's session for carol, who may not see it.
+    let (status, body) = call(
+        admin
+            .post(format!("{}/v1/locks", w.api))
+            .json(&serde_json::json!({"target": "session", "value": "no-such-session"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    let (status, body) = call(
+        client(&carol, true)
+            .post(format!("{}/v1/locks", w.api))
+            .json(&serde_json::json!({"target": "session", "value": &sid[..8]})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+
+    // The admin locks it by a unique prefix: the lock names the whole id.
     let locked_at = Instant::now();
     let (status, lock) = call(
         admin
             .post(format!("{}/v1/locks", w.api))
-            .json(&serde_json::json!({"target": "session", "value": sid, "reason": "api lock test"})),
+            .json(&serde_json::json!({"target": "session", "value": &sid[..8], "reason": "api lock test"})),
     )
     .await;
     assert_eq!(status, 201, "{lock}");
+    assert_eq!(lock["target"]["value"], sid.as_str(), "{lock}");
     let err = conn.await.unwrap().expect_err("the session must be ended");
     let took = locked_at.elapsed();
     let db_err = err.as_db_error().unwrap_or_else(|| panic!("{err}"));

@@ -411,6 +411,69 @@ async fn session_lock_ends_only_that_session() {
     .await;
 }
 
+/// A lock that would match nothing is refused (a mistyped session or credential id would leave a
+/// session running that the operator believes cut off); a unique prefix of a live session's id is
+/// expanded, as `warden sessions play` does; an identity not configured is locked with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_names_a_session_or_credential_that_exists() {
+    let h = harness();
+    let port = h.warden_port;
+    let config = h.config.to_string_lossy().to_string();
+    let cred = h.issue(
+        "agent",
+        "report-bot",
+        &["--requester", "human:alice", "--task", &task_id("T-lock-prefix")],
+    );
+    let victim = open(port, &cred, "report-bot", "shop").await;
+    let session = victim.session.clone();
+    let refused = |extra: &[&str], needle: &str| {
+        let out = Command::new(WARDEN)
+            .args(["lock", "--config", &config, "--reason", "e2e"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?} was accepted: {}", stdout(&out));
+        assert!(stderr(&out).contains(needle), "{extra:?}: {}", stderr(&out));
+    };
+    refused(&["--session", "no-such-session"], "no session \"no-such-session\"");
+    refused(&["--credential", "no-such-credential"], "no unexpired credential");
+
+    let (out, returned) = warden(args(&[
+        "lock",
+        "--config",
+        &config,
+        "--session",
+        &session[..8],
+        "--json",
+    ]))
+    .await;
+    let lock: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(
+        lock["target"]["value"],
+        session.as_str(),
+        "the prefix is expanded: {lock}"
+    );
+    let ended = victim.assert_ended(&[lock["id"].as_str().unwrap()]).await;
+    assert!(ended.at.saturating_duration_since(returned) < WITHIN);
+    // The session has ended: a lock on it would stop nothing.
+    refused(&["--session", &session], "has ended");
+
+    let out = Command::new(WARDEN)
+        .args([
+            "lock",
+            "--config",
+            &config,
+            "--identity",
+            "agent:nobody-configured",
+            "--ttl",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not in the configuration"), "{}", stderr(&out));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_ends_live_sessions_and_refuses_new_ones() {
     let h = harness();
