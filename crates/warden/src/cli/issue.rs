@@ -211,15 +211,27 @@ pub fn write_credential(config: &Config, claims: &Claims, out: &Path, force: boo
         .next()
         .cloned();
     let profile = profile_toml(config, claims, &expires, database.as_deref());
-    warden_identity::write_credential_dir(out, &cert, host_ca.cert_pem(), &token, &profile, force)?;
+    if !force && out.join("identity.key").metadata().is_ok_and(|m| m.len() > 0) {
+        return Err(warden_identity::IdentityError::CredentialExists {
+            path: out.to_path_buf(),
+        }
+        .into());
+    }
     let actor = crate::control::local_admin();
-    // Recorded so that it can be revoked by id and listed.
-    deployment::open_state(config)?.record_credential(&crate::control::credential_record(claims, &actor, None))?;
-    deployment::open_audit(config)?.append_blocking(crate::control::issued_event(
-        claims,
-        &actor,
-        "by `warden issue`",
-    ))?;
+    // Recorded (so that it can be revoked by id and listed) and audited before anything is written:
+    // a credential whose issue cannot be recorded never reaches a file.
+    let audit = deployment::open_audit(config)?;
+    let state = deployment::open_state(config)?;
+    state.record_credential(&crate::control::credential_record(claims, &actor, None))?;
+    audit.append_blocking(crate::control::issued_event(claims, &actor, "by `warden issue`"))?;
+    if let Err(e) = warden_identity::write_credential_dir(out, &cert, host_ca.cert_pem(), &token, &profile, force) {
+        // Issued on the record but never handed out: revoked, so that no copy of it (a partly
+        // written directory) can be used.
+        let reason = format!("its files could not be written to {}: {e}", out.display());
+        let revoked = state.revoke_credential(&claims.credential_id, &actor, &reason, OffsetDateTime::now_utc())?;
+        audit.append_blocking(crate::control::revoked_event(&revoked.credential))?;
+        return Err(e.into());
+    }
     Ok(Issued {
         identity: claims.identity(),
         roles: claims.roles.join(", "),

@@ -380,6 +380,24 @@ fn verify_catches_a_dropped_tail_through_the_signed_checkpoints() {
     );
     // Not on a line of the log: none is named.
     assert!(!stdout(&bad).contains("line 0"), "{}", stdout(&bad));
+    // A log that cannot be written (here: refused, its end cut) issues nothing: no credential file.
+    let out_dir = unique_dir(&h.root, "issue-unaudited");
+    let issue = Command::new(WARDEN)
+        .args(["issue", "--config"])
+        .arg(&w.config)
+        .args(["--kind", "human", "--name", "alice", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        !issue.status.success(),
+        "issued with an unwritable audit log: {}",
+        stdout(&issue)
+    );
+    assert!(
+        !out_dir.join("identity.key").exists() && !out_dir.join("token").exists(),
+        "a credential was written that the audit log does not record"
+    );
     // Pinning the deployment's key passes on the intact log; another key fails it.
     std::fs::write(&log, &text).unwrap();
     let key = std::fs::read_to_string(h.deploy.join("audit/checkpoint.pub")).unwrap();
