@@ -104,6 +104,60 @@ fn read_tail(file: &mut File, len: u64) -> io::Result<Vec<u8>> {
     Ok(tail)
 }
 
+/// Where the record at `seq` is, looked for from the end of the active file backwards (a newest
+/// checkpoint is close to the end): `Found`, `Missing` (the file holds records around it but not
+/// it), or `Before` (every record of the file comes after it: it is in a rotated file).
+pub(crate) enum Near {
+    Found(Event),
+    Missing,
+    Before,
+}
+
+pub(crate) fn record_near_end(active: &Path, seq: u64) -> io::Result<Near> {
+    const CHUNK: u64 = 64 * 1024;
+    let mut file = File::open(active)?;
+    let mut pos = file.metadata()?.len();
+    // Bytes from `pos` up to the lines already looked at.
+    let mut rest: Vec<u8> = Vec::new();
+    loop {
+        // The lines wholly inside `rest`, newest first.
+        loop {
+            let body = rest.strip_suffix(b"\n").unwrap_or(&rest);
+            let line_start = match body.iter().rposition(|&b| b == b'\n') {
+                Some(i) => i + 1,
+                None if pos == 0 => 0,
+                None => break,
+            };
+            if line_start == body.len() && pos == 0 && body.is_empty() {
+                return Ok(Near::Before);
+            }
+            let event: Event = serde_json::from_slice(&body[line_start..]).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a record near the end is not a valid audit record ({e}); run `warden audit verify`"),
+                )
+            })?;
+            if event.seq == seq {
+                return Ok(Near::Found(event));
+            }
+            if event.seq < seq {
+                return Ok(Near::Missing);
+            }
+            rest.truncate(line_start);
+            if line_start == 0 {
+                return Ok(Near::Before);
+            }
+        }
+        let start = pos.saturating_sub(CHUNK);
+        let mut part = vec![0u8; (pos - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut part)?;
+        part.extend_from_slice(&rest);
+        rest = part;
+        pos = start;
+    }
+}
+
 /// Blocks until this process holds the log's exclusive lock. The lock is advisory: it orders
 /// Warden's own writers (the proxy and CLI commands), not other programs.
 pub(crate) fn lock_exclusive(file: &File) -> io::Result<()> {

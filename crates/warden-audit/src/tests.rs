@@ -815,6 +815,54 @@ async fn records_are_signed_after_the_interval_without_more_writes() {
 }
 
 #[tokio::test]
+async fn a_record_is_found_from_the_end_across_read_chunks() {
+    use crate::recover::{record_near_end, Near};
+    let (_dir, path) = log_of(3000).await;
+    assert!(std::fs::metadata(&path).unwrap().len() > 4 * 64 * 1024);
+    for seq in [3000, 2999, 1777, 2, 1] {
+        match record_near_end(&path, seq).unwrap() {
+            Near::Found(e) => assert_eq!(e.seq, seq),
+            _ => panic!("seq {seq} not found"),
+        }
+    }
+    assert!(matches!(record_near_end(&path, 3001).unwrap(), Near::Missing));
+}
+
+/// A tail rewritten from the signed record on and extended past it (no key needed to re-chain) is
+/// refused by the next writer, not signed over.
+#[tokio::test]
+async fn a_writer_refuses_to_sign_over_a_rewritten_and_extended_end() {
+    let (_dir, path) = log_of(5).await;
+    let original = lines(&path);
+    let mut forged: Event = serde_json::from_str(&original[4]).unwrap();
+    forged.body.statement = Some("SELECT 'nothing to see'".into());
+    let mut prev = forged.prev_hash.clone();
+    let mut out = Vec::new();
+    event::encode_line(&forged.ts, 5, &forged.body, &mut prev, &mut out);
+    forged.body.statement = Some("SELECT 'and one more'".into());
+    event::encode_line(&forged.ts, 6, &forged.body, &mut prev, &mut out);
+    let mut rewritten = original[..4].join("\n") + "\n";
+    rewritten.push_str(&String::from_utf8(out).unwrap());
+    std::fs::write(&path, rewritten).unwrap();
+    match AuditLog::open(&path, FsyncMode::Batch) {
+        Err(AuditError::Open { reason, .. }) => {
+            assert!(reason.contains("seq 5") && reason.contains("rewritten"), "{reason}")
+        }
+        other => panic!("opened a rewritten log: {:?}", other.map(|_| ())),
+    }
+    // The intact log, with a record after the signed one (written, not yet signed), opens.
+    let signed: Event = serde_json::from_str(&original[4]).unwrap();
+    let mut prev = signed.hash.clone();
+    let mut out = Vec::new();
+    event::encode_line(&signed.ts, 6, &body("query", "unsigned"), &mut prev, &mut out);
+    std::fs::write(&path, original.join("\n") + "\n" + &String::from_utf8(out).unwrap()).unwrap();
+    let log = AuditLog::open(&path, FsyncMode::Batch).unwrap();
+    assert_eq!(log.append(body("query", "after")).await.unwrap(), 7);
+    drop(log);
+    assert_eq!(verify(&path).unwrap().records, 7);
+}
+
+#[tokio::test]
 async fn a_writer_refuses_to_sign_over_a_cut_or_unsigned_end() {
     let (_dir, path) = log_of(5).await;
     let original = lines(&path);

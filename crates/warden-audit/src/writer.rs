@@ -17,7 +17,7 @@ use tokio::sync::{oneshot, watch};
 use crate::checkpoint::{self, Signer};
 use crate::event::{encode_line, format_ts, write_ts, EventBody};
 use crate::files;
-use crate::recover::{lock_exclusive, recover_head};
+use crate::recover::{lock_exclusive, record_near_end, recover_head, Near};
 use crate::redact::Redactor;
 use crate::AuditError;
 
@@ -770,6 +770,39 @@ impl Writer {
                 "the last record (seq {seq}) differs from the one signed at {}: the log was rewritten",
                 c.ts
             ))),
+            // Records after the signed one: the signed one must still be there as signed, or a tail
+            // rewritten from before it (and extended) would be signed over.
+            Some(c) if c.seq < seq && c.seq > 0 => {
+                let hash = match record_near_end(&self.path, c.seq)? {
+                    Near::Found(e) => Some(e.hash),
+                    Near::Missing => None,
+                    // In a rotated file (the active one was rotated since): read forward to it.
+                    Near::Before => match crate::read_after(&self.path, c.seq - 1)
+                        .map_err(|e| io::Error::other(e.to_string()))?
+                        .next()
+                    {
+                        Some(Ok(r)) if r.event.seq == c.seq => Some(r.event.hash),
+                        Some(Err(e)) => {
+                            return Err(refuse(format!(
+                                "the record signed at seq {} ({}) cannot be read: {e}",
+                                c.seq, c.ts
+                            )))
+                        }
+                        _ => None,
+                    },
+                };
+                match hash {
+                    Some(h) if h == c.hash => Ok(()),
+                    Some(_) => Err(refuse(format!(
+                        "the record at seq {} differs from the one signed at {}: the log was rewritten",
+                        c.seq, c.ts
+                    ))),
+                    None => Err(refuse(format!(
+                        "the record signed at seq {} ({}) is not in the log",
+                        c.seq, c.ts
+                    ))),
+                }
+            }
             None if seq > 0 && !self.accept_unsigned => Err(refuse(format!(
                 "the log has {seq} records but {} holds no signed checkpoint, so its end cannot be vouched for (if `warden audit verify --chain-only` passes, `warden audit sign` signs its head)",
                 path.display()
