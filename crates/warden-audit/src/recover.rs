@@ -108,7 +108,7 @@ fn read_tail(file: &mut File, len: u64) -> io::Result<Vec<u8>> {
 /// checkpoint is close to the end): `Found`, `Missing` (the file holds records around it but not
 /// it), or `Before` (every record of the file comes after it: it is in a rotated file).
 pub(crate) enum Near {
-    Found(Event),
+    Found(Box<Event>),
     Missing,
     Before,
 }
@@ -138,7 +138,7 @@ pub(crate) fn record_near_end(active: &Path, seq: u64) -> io::Result<Near> {
                 )
             })?;
             if event.seq == seq {
-                return Ok(Near::Found(event));
+                return Ok(Near::Found(Box::new(event)));
             }
             if event.seq < seq {
                 return Ok(Near::Missing);
