@@ -341,6 +341,20 @@ fn build(cx: &Locator, raw: RawConfig) -> Result<Config, ConfigError> {
             identities.push(ident);
         }
     }
+    // An admin that is no configured human can never log in: most likely a typo, which would leave
+    // the intended admin without the rights the operator believes they have.
+    for (admin, span) in server.admins.iter().zip(&raw.server.admins) {
+        if !identities.iter().any(|x| &x.identity == admin) {
+            return Err(cx.invalid(
+                span,
+                "server.admins",
+                format!(
+                    "{admin} is not a configured human; add a [[human]] named \"{}\" or correct the name",
+                    admin.name
+                ),
+            ));
+        }
+    }
 
     Ok(Config {
         path: cx.path.to_path_buf(),

@@ -96,6 +96,27 @@ fn unknown_role_is_located() {
 }
 
 #[test]
+fn an_admin_that_is_not_a_configured_human_is_refused() {
+    let with = |admins: &str| {
+        SAMPLE.replace(
+            "data_dir        = \"data\"",
+            &format!("data_dir = \"data\"\nadmins = {admins}"),
+        )
+    };
+    assert_eq!(
+        parse(&with("[\"human:alice\"]")).unwrap().server.admins,
+        vec![name("human:alice")]
+    );
+    let e = parse(&with("[\"human:alice\", \"human:nobody\"]"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(":6: `server.admins`") && e.contains("human:nobody is not a configured human"),
+        "{e}"
+    );
+}
+
+#[test]
 fn bad_duration_and_bad_enum_are_located() {
     let e = parse(&SAMPLE.replace("max_ttl = \"15m\"", "max_ttl = \"15 minutes\""))
         .unwrap_err()

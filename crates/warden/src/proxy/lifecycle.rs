@@ -83,7 +83,7 @@ pub fn lock_message(l: &warden_state::Lock) -> String {
         &l.reason
     };
     format!(
-        "locked by {} ({}) by {}: {reason}; it lasts until lifted (`warden unlock {}`){}",
+        "locked by {} ({}) by {}: {reason}; it lasts until an administrator lifts it (`warden unlock {}`){}",
         l.id,
         l.target,
         l.created_by,
