@@ -81,6 +81,14 @@ impl Server {
             }
         }
         let audit = deployment::open_audit(&config)?;
+        if let Some(bytes) = audit.recovered_tail {
+            // A write a crash interrupted: no statement waited on it went to PostgreSQL.
+            tracing::warn!(
+                log = %config.audit.path.display(),
+                bytes,
+                "the audit log ended in a partly written record (a crash mid-write); it was cut and the chain continues"
+            );
+        }
         let sinks = Sinks::prepare(&config, &audit)?;
         let store = Arc::new(deployment::open_state(&config)?);
         let state: Arc<dyn warden_state::StateStore> = store.clone();

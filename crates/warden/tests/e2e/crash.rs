@@ -316,6 +316,11 @@ fn audit_log_that_cannot_be_written_refuses_statements() {
     let out = h.psql_at(copy.port, &cred, &format!("SELECT '{tag}restarted'"));
     assert!(out.status.success(), "after the restart: {}", stderr(&out));
     stop_warden(&mut restarted);
+    let restart_log = std::fs::read_to_string(copy.log.with_extension("restart.log")).unwrap();
+    assert!(
+        restart_log.contains("partly written record"),
+        "the restart does not say it cut a torn record:\n{restart_log}"
+    );
     let verify = Command::new(WARDEN)
         .args(["audit", "verify", "--config"])
         .arg(&copy.config)
