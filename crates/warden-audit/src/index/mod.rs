@@ -226,7 +226,19 @@ impl Index {
                     added = 0;
                     rebuilt = true;
                 }
-                Batch::Diverged(_) => strict = false,
+                Batch::Diverged(_) if strict => strict = false,
+                // Rebuilt, and read leniently, and still not following: an error to report, not
+                // a loop (a record that cannot be read right where a batch starts).
+                Batch::Diverged(m) => {
+                    return Err(AuditError::Index {
+                        path: self.path.clone(),
+                        reason: format!(
+                            "cannot follow the log {} even after a rebuild: {}; run `warden audit verify`",
+                            self.log.display(),
+                            m.0
+                        ),
+                    })
+                }
             }
         }
     }

@@ -348,6 +348,41 @@ fn index_rebuilds_when_the_log_is_replaced() {
     assert!(!moved.is_empty());
 }
 
+/// A record that cannot be read right where a batch starts, after a rebuild: an error, not a loop.
+#[test]
+fn an_unreadable_record_at_a_batch_boundary_is_an_error_not_a_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit/audit.jsonl");
+    let log = AuditLog::open_with(
+        &path,
+        AuditOptions {
+            fsync: FsyncMode::Off,
+            rotate_bytes: None,
+            checkpoint_every: None,
+        },
+    )
+    .unwrap();
+    for i in 0..BATCH + 5 {
+        log.append_blocking(varied(i)).unwrap();
+    }
+    drop(log);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines[BATCH] = "{not a record".into();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.clone();
+    std::thread::spawn(move || {
+        let mut index = Index::open(&p).unwrap();
+        let _ = tx.send(index.catch_up().map_err(|e| e.to_string()));
+    });
+    let outcome = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("catch_up did not return (it loops)");
+    let e = outcome.expect_err("an unreadable record is reported");
+    assert!(e.contains("even after a rebuild"), "{e}");
+}
+
 #[test]
 fn sessions_are_summarised_and_found_by_prefix() {
     let dir = tempfile::tempdir().unwrap();
