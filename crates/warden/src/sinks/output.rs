@@ -78,8 +78,13 @@ async fn append(path: &std::path::Path, bytes: Vec<u8>) -> Result<()> {
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        file.write_all(&bytes)
-            .with_context(|| format!("writing {}", path.display()))?;
+        // A batch written in part (a full disk) is cut back off, so that the retry appends whole
+        // lines rather than after a torn one.
+        let before = file.metadata()?.len();
+        if let Err(e) = file.write_all(&bytes) {
+            let _ = file.set_len(before);
+            return Err(anyhow::Error::new(e).context(format!("writing {}", path.display())));
+        }
         file.sync_data()
             .with_context(|| format!("syncing {}", path.display()))?;
         Ok(())
