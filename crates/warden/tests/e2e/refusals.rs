@@ -238,3 +238,27 @@ fn bad_config_names_file_line_and_key() {
         "{err}"
     );
 }
+
+/// PostgreSQL unreachable: the client is told where Warden tried, the cause, and what to check,
+/// not tokio's bare "error connecting to server".
+#[test]
+fn an_unreachable_postgresql_is_named_with_its_address_and_cause() {
+    let h = harness();
+    let w = h.warden_copy("pg-down");
+    let closed = warden::cluster::free_port().unwrap();
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    let at = format!("@127.0.0.1:{}/", h.cluster.port);
+    assert!(text.contains(&at), "{text}");
+    std::fs::write(&w.config, text.replace(&at, &format!("@127.0.0.1:{closed}/"))).unwrap();
+    let mut child = spawn_warden_child(&w.config, &w.log, w.port).unwrap();
+    let out = h.psql_at(w.port, &h.agent(), "SELECT 1");
+    stop_warden(&mut child);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(
+        e.contains(&format!("127.0.0.1:{closed}"))
+            && e.contains("refused")
+            && e.contains("check that PostgreSQL is running"),
+        "{e}"
+    );
+}

@@ -74,7 +74,7 @@ impl Provisioner {
         }
         let client = connected(&mut admin, db_ca, db)
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| unreachable(db, &*e))?;
         let result = apply(client, role, grants, filters).await;
         if let Err(e) = &result {
             if client.is_closed() {
@@ -111,7 +111,7 @@ impl Provisioner {
         let mut admin = slot.lock().await;
         let client = connected(&mut admin, db_ca, db)
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| unreachable(db, &*e))?;
         let sql = format!(
             "ALTER ROLE {} WITH LOGIN PASSWORD {} VALID UNTIL {}",
             quote_ident(role),
@@ -152,7 +152,7 @@ impl Provisioner {
         let mut admin = slot.lock().await;
         let client = connected(&mut admin, db_ca, db)
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| unreachable(db, &*e))?;
         let catalog = super::catalog::load(client).await.map_err(|e| fail(describe(&e)))?;
         let catalog = Arc::new(catalog);
         self.catalogs
@@ -169,6 +169,25 @@ impl Provisioner {
             .entry(db.to_string())
             .or_default()
             .clone()
+    }
+}
+
+/// Warden's own connection to PostgreSQL failed: where it tried, as whom, the whole cause (tokio's
+/// "error connecting to server" alone says nothing), and what to check.
+fn unreachable(db: &DatabaseConfig, e: &(dyn std::error::Error + 'static)) -> ProxyError {
+    let mut reason = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        source = s.source();
+    }
+    ProxyError::Upstream {
+        database: db.name.clone(),
+        reason: format!(
+            "Warden's admin connection to {}:{} (database {}, as {}) failed: {reason}; check that PostgreSQL is running there and accepts Warden (an administrator sees the same in Warden's log)",
+            db.url.host, db.url.port, db.url.dbname, db.url.admin_user
+        ),
     }
 }
 
