@@ -787,6 +787,31 @@ async fn a_torn_checkpoint_line_is_cut_before_the_next_one() {
         .all(|l| l.ends_with('}')));
 }
 
+/// Checkpoints are read along with the log, in chain order: one moved out of that order was edited
+/// in, and many checkpoints verify without being held all at once.
+#[tokio::test]
+async fn checkpoints_out_of_chain_order_are_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let log = AuditLog::open(&path, FsyncMode::Off).unwrap();
+    for i in 0..300 {
+        log.append(body("query", &format!("c{i}"))).await.unwrap();
+        log.checkpoint_now().await.unwrap();
+    }
+    drop(log);
+    let report = verify(&path).unwrap();
+    assert!(report.checkpoints >= 300, "{report:?}");
+    assert_eq!(report.last_checkpoint.as_ref().map(|c| c.0), Some(300));
+    assert_eq!(report.unsigned_tail, 0);
+    let ckpts = files::checkpoints_path(&path);
+    let original = std::fs::read_to_string(&ckpts).unwrap();
+    let mut lines: Vec<&str> = original.lines().collect();
+    lines.swap(10, 200);
+    std::fs::write(&ckpts, lines.join("\n") + "\n").unwrap();
+    let (_, reason) = tampered(&path);
+    assert!(reason.contains("chain order"), "{reason}");
+}
+
 #[tokio::test]
 async fn records_are_signed_after_the_interval_without_more_writes() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,9 +1,8 @@
-use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::{read_checkpoints, Checkpoint, PublicKey};
+use crate::checkpoint::{last_checkpoint, Checkpoint, PublicKey};
 use crate::event::{chain_hash, split_hash};
 use crate::files::{checkpoints_path, key_paths, open_lock, segments};
 use crate::recover::lock_shared;
@@ -53,18 +52,6 @@ fn verify_once(path: &Path, mut opts: VerifyOptions<'_>, may_retry: bool) -> Res
     };
     let files = segments(path).map_err(|e| open_err(path, e.to_string()))?;
     let ckpt_path = checkpoints_path(path);
-    let checkpoints = if opts.chain_only {
-        Ok(Vec::new())
-    } else {
-        read_checkpoints(&ckpt_path)
-    };
-    let checkpoints = checkpoints.map_err(|(p, line, reason)| AuditError::Tampered {
-        path: p,
-        line,
-        seq: None,
-        reason,
-        record: String::new(),
-    })?;
     let key = match &opts.public_key {
         _ if opts.chain_only => None,
         Some(hex) => Some(PublicKey::from_hex(hex).map_err(|e| open_err(&ckpt_path, format!("--public-key: {e}")))?),
@@ -76,27 +63,8 @@ fn verify_once(path: &Path, mut opts: VerifyOptions<'_>, may_retry: bool) -> Res
                 .transpose()?
         }
     };
-    let mut by_seq: BTreeMap<u64, Vec<(usize, &Checkpoint)>> = BTreeMap::new();
-    for (i, c) in checkpoints.iter().enumerate() {
-        let bad = |reason: String| AuditError::Tampered {
-            path: ckpt_path.clone(),
-            line: i + 1,
-            seq: Some(c.seq),
-            reason,
-            record: serde_json::to_string(c).unwrap_or_default(),
-        };
-        let Some(key) = &key else {
-            return Err(bad(
-                "a checkpoint exists but no public key to check it (checkpoint.pub is missing)".into(),
-            ));
-        };
-        if !key.verifies(c) {
-            return Err(bad(
-                "checkpoint signature does not verify with the checkpoint key".into()
-            ));
-        }
-        by_seq.entry(c.seq).or_default().push((i + 1, c));
-    }
+    // Read along with the log, not held in memory: a busy log has hundreds of thousands a day.
+    let mut signed = Signed::open(&ckpt_path, key.as_ref(), opts.chain_only)?;
 
     let total: u64 = files
         .iter()
@@ -169,17 +137,9 @@ fn verify_once(path: &Path, mut opts: VerifyOptions<'_>, may_retry: bool) -> Res
             };
             let first = chain.next_seq == 1;
             let event = chain.check(&line, first).map_err(|(seq, r)| tampered(seq, r, &line))?;
-            if let Some(signed) = by_seq.get(&event.seq) {
-                for (ckpt_line, c) in signed {
-                    if c.hash != event.hash {
-                        let reason = format!(
-                            "differs from the record signed at {} (checkpoint line {ckpt_line}): the log was rewritten",
-                            c.ts
-                        );
-                        return Err(tampered(Some(event.seq), reason, &line));
-                    }
-                }
-            }
+            signed
+                .check(&event)?
+                .map_err(|reason| tampered(Some(event.seq), reason, &line))?;
             if let Some(progress) = opts.progress.as_mut() {
                 if n.is_multiple_of(4096) {
                     progress(done, total.max(done));
@@ -208,25 +168,22 @@ fn verify_once(path: &Path, mut opts: VerifyOptions<'_>, may_retry: bool) -> Res
         progress(done, total.max(done));
     }
     let records = chain.next_seq - 1;
-    if let Some((&seq, signed)) = by_seq.iter().next_back() {
-        if seq > records {
-            let (ckpt_line, c) = signed[0];
-            return Err(AuditError::Tampered {
-                path: active_or_last(&files),
-                line: 0,
-                seq: Some(seq),
-                reason: format!(
-                    "the log ends at seq {records}, but checkpoint line {ckpt_line} signed seq {seq} at {}: records were removed from the end",
-                    c.ts
-                ),
-                record: String::new(),
-            });
-        }
+    if let Some((ckpt_line, c)) = signed.rest()? {
+        return Err(AuditError::Tampered {
+            path: active_or_last(&files),
+            line: 0,
+            seq: Some(c.seq),
+            reason: format!(
+                "the log ends at seq {records}, but checkpoint line {ckpt_line} signed seq {} at {}: records were removed from the end",
+                c.seq, c.ts
+            ),
+            record: String::new(),
+        });
     }
     if records > 0 && !opts.chain_only {
         let missing = if key.is_none() {
             Some("no checkpoint public key (checkpoint.pub is missing; pin the deployment's key with --public-key)")
-        } else if checkpoints.is_empty() {
+        } else if signed.count == 0 {
             Some("no signed checkpoint")
         } else {
             None
@@ -237,9 +194,9 @@ fn verify_once(path: &Path, mut opts: VerifyOptions<'_>, may_retry: bool) -> Res
             // mid-commit, a checkpoint for them exists, unless something is wrong: look once more.
             let lock = open_lock(path).map_err(|e| open_err(path, e.to_string()))?;
             lock_shared(&lock).map_err(|e| open_err(path, e.to_string()))?;
-            let now = read_checkpoints(&ckpt_path).map(|c| c.len()).unwrap_or(0);
+            let now = last_checkpoint(&ckpt_path).ok().flatten();
             drop(lock);
-            if now > 0 {
+            if now.is_some() {
                 return verify_once(path, opts, false);
             }
         }
@@ -255,15 +212,159 @@ fn verify_once(path: &Path, mut opts: VerifyOptions<'_>, may_retry: bool) -> Res
             });
         }
     }
-    let last_checkpoint = checkpoints.iter().max_by_key(|c| c.seq).map(|c| (c.seq, c.ts.clone()));
+    let last_checkpoint = signed.last;
     Ok(VerifyReport {
         records,
         last_hash: chain.prev,
         files: files_seen,
-        checkpoints: checkpoints.len(),
+        checkpoints: signed.count,
         unsigned_tail: records - last_checkpoint.as_ref().map_or(0, |c| c.0.min(records)),
         last_checkpoint,
     })
+}
+
+/// The signed checkpoints, read in step with the log: the file as it was when verify started (a live
+/// writer appends more, which the log read so far may not reach), each signature checked as it is
+/// read. Checkpoints are written in chain order under the writers' lock, so each is met when its
+/// record is; one out of that order was edited in.
+struct Signed<'k> {
+    path: PathBuf,
+    reader: Option<BufReader<std::io::Take<File>>>,
+    key: Option<&'k PublicKey>,
+    line: usize,
+    next: Option<(usize, Checkpoint)>,
+    count: usize,
+    /// The newest checkpoint read: its seq and when it was signed.
+    last: Option<(u64, String)>,
+}
+
+impl<'k> Signed<'k> {
+    fn open(path: &Path, key: Option<&'k PublicKey>, chain_only: bool) -> Result<Self, AuditError> {
+        let reader = if chain_only {
+            None
+        } else {
+            match File::open(path) {
+                Ok(f) => {
+                    let len = f.metadata().map_err(|e| open_error(path, e))?.len();
+                    Some(BufReader::new(f.take(len)))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(open_error(path, e)),
+            }
+        };
+        let mut signed = Signed {
+            path: path.to_path_buf(),
+            reader,
+            key,
+            line: 0,
+            next: None,
+            count: 0,
+            last: None,
+        };
+        signed.advance()?;
+        Ok(signed)
+    }
+
+    fn bad(&self, c: Option<&Checkpoint>, reason: String) -> AuditError {
+        AuditError::Tampered {
+            path: self.path.clone(),
+            line: self.line,
+            seq: c.map(|c| c.seq),
+            reason,
+            record: c
+                .map(|c| serde_json::to_string(c).unwrap_or_default())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Reads the next checkpoint, its signature checked, into `next`. A torn last line (a crash
+    /// mid-append, or one being appended now) ends the file.
+    fn advance(&mut self) -> Result<(), AuditError> {
+        self.next = None;
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(());
+        };
+        let mut buf = Vec::new();
+        let got = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| self.bad(None, e.to_string()))?;
+        if got == 0 {
+            return Ok(());
+        }
+        self.line += 1;
+        let Some(text) = buf.strip_suffix(b"\n") else {
+            return Ok(());
+        };
+        let c: Checkpoint =
+            serde_json::from_slice(text).map_err(|e| self.bad(None, format!("not a checkpoint: {e}")))?;
+        let Some(key) = self.key else {
+            return Err(self.bad(
+                Some(&c),
+                "a checkpoint exists but no public key to check it (checkpoint.pub is missing)".into(),
+            ));
+        };
+        if !key.verifies(&c) {
+            return Err(self.bad(
+                Some(&c),
+                "checkpoint signature does not verify with the checkpoint key".into(),
+            ));
+        }
+        if let Some((before, _)) = &self.last {
+            if c.seq < *before {
+                let reason = format!(
+                    "signs seq {} after a checkpoint of seq {before}: checkpoints are written in chain order, so this one was put there",
+                    c.seq
+                );
+                return Err(self.bad(Some(&c), reason));
+            }
+        }
+        self.count += 1;
+        self.last = Some((c.seq, c.ts.clone()));
+        self.next = Some((self.line, c));
+        Ok(())
+    }
+
+    /// Every checkpoint of `event`'s seq must hold its hash (outer error: the checkpoints file
+    /// itself is bad; inner: the reason this record was rewritten).
+    fn check(&mut self, event: &Event) -> Result<Result<(), String>, AuditError> {
+        while let Some((line, c)) = &self.next {
+            if c.seq > event.seq {
+                break;
+            }
+            if c.seq < event.seq {
+                return Ok(Err(format!(
+                    "checkpoint line {line} signed seq {} at {}, which is not where the log holds it: the log was rewritten",
+                    c.seq, c.ts
+                )));
+            }
+            if c.hash != event.hash {
+                return Ok(Err(format!(
+                    "differs from the record signed at {} (checkpoint line {line}): the log was rewritten",
+                    c.ts
+                )));
+            }
+            self.advance()?;
+        }
+        Ok(Ok(()))
+    }
+
+    /// After the log's last record: the newest checkpoint left unmatched (its seq is past the end),
+    /// every signature still checked.
+    fn rest(&mut self) -> Result<Option<(usize, Checkpoint)>, AuditError> {
+        let mut newest = None;
+        while let Some(next) = self.next.take() {
+            newest = Some(next);
+            self.advance()?;
+        }
+        Ok(newest)
+    }
+}
+
+fn open_error(path: &Path, e: std::io::Error) -> AuditError {
+    AuditError::Open {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
 fn active_or_last(files: &[crate::files::Segment]) -> PathBuf {
