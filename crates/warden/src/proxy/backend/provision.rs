@@ -172,22 +172,28 @@ impl Provisioner {
     }
 }
 
-/// Warden's own connection to PostgreSQL failed: where it tried, as whom, the whole cause (tokio's
-/// "error connecting to server" alone says nothing), and what to check.
+/// Warden's own connection to PostgreSQL failed. Its log gets where it tried, as whom, and the whole
+/// cause (tokio's "error connecting to server" alone says nothing); the client, who may be any
+/// signed-in agent, gets what happened and what to do, not the admin connection's details.
 fn unreachable(db: &DatabaseConfig, e: &(dyn std::error::Error + 'static)) -> ProxyError {
-    let mut reason = e.to_string();
+    let mut cause = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        reason.push_str(": ");
-        reason.push_str(&s.to_string());
+        cause.push_str(": ");
+        cause.push_str(&s.to_string());
         source = s.source();
     }
+    tracing::error!(
+        database = %db.name,
+        address = %format!("{}:{}", db.url.host, db.url.port),
+        dbname = %db.url.dbname,
+        admin = %db.url.admin_user,
+        error = %cause,
+        "Warden's admin connection to PostgreSQL failed; check that PostgreSQL is running there and accepts Warden"
+    );
     ProxyError::Upstream {
         database: db.name.clone(),
-        reason: format!(
-            "Warden's admin connection to {}:{} (database {}, as {}) failed: {reason}; check that PostgreSQL is running there and accepts Warden (an administrator sees the same in Warden's log)",
-            db.url.host, db.url.port, db.url.dbname, db.url.admin_user
-        ),
+        reason: "Warden's connection to it failed; try again in a moment, and if it persists ask an administrator (Warden's log names the address and the cause)".into(),
     }
 }
 
