@@ -247,8 +247,9 @@ impl Blocklist {
 pub trait StateStore: Send + Sync {
     /// A counter that changes whenever any process commits a change.
     fn generation(&self) -> Result<u64>;
-    /// Records a credential; one whose parent is already revoked is recorded revoked.
-    fn record_credential(&self, credential: &CredentialRecord) -> Result<()>;
+    /// Records a credential, and returns it as recorded: one whose parent is already revoked is
+    /// recorded revoked (the caller must not hand it out).
+    fn record_credential(&self, credential: &CredentialRecord) -> Result<CredentialRecord>;
     fn credential(&self, id: &str) -> Result<Option<CredentialRecord>>;
     /// Credentials still valid at `now` (not expired; revoked ones included), newest first.
     fn credentials(&self, now: OffsetDateTime) -> Result<Vec<CredentialRecord>>;

@@ -94,7 +94,13 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         // Stores made before credentials knew their parent gain the column (NULL: no parent known).
-        let has_parent: bool = conn
+        // Checked and added in one IMMEDIATE transaction: two processes opening an old store at
+        // once (a start and a command) must not both add it.
+        let mut conn = conn;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let has_parent: bool = tx
             .query_row(
                 "SELECT COUNT(*) > 0 FROM pragma_table_info('credentials') WHERE name = 'parent'",
                 [],
@@ -102,11 +108,12 @@ impl SqliteStore {
             )
             .map_err(err)?;
         if !has_parent {
-            conn.execute_batch("ALTER TABLE credentials ADD COLUMN parent TEXT")
+            tx.execute_batch("ALTER TABLE credentials ADD COLUMN parent TEXT")
                 .map_err(err)?;
         }
-        conn.execute_batch("CREATE INDEX IF NOT EXISTS credentials_parent ON credentials (parent)")
+        tx.execute_batch("CREATE INDEX IF NOT EXISTS credentials_parent ON credentials (parent)")
             .map_err(err)?;
+        tx.commit().map_err(err)?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
@@ -212,7 +219,7 @@ impl StateStore for SqliteStore {
             .map(|g| g as u64)
     }
 
-    fn record_credential(&self, c: &CredentialRecord) -> Result<()> {
+    fn record_credential(&self, c: &CredentialRecord) -> Result<CredentialRecord> {
         self.write(|tx| {
             // A parent revoked meanwhile (between the caller's authentication and now): the new
             // credential is born revoked, with its parent's revocation.
@@ -250,7 +257,7 @@ impl StateStore for SqliteStore {
                 ],
             )
             .map_err(|e| self.err(e))?;
-            Ok(())
+            Ok(c)
         })
     }
 
@@ -305,10 +312,11 @@ impl StateStore for SqliteStore {
             let why = with_parent_reason(id, credential.revoke_reason.as_deref().unwrap_or(reason));
             let mut with_it = Vec::new();
             for child in ids {
+                // An expired one stops nothing: left as it is (the chain below it is still followed).
                 let changed = tx
                     .execute(
                         "UPDATE credentials SET revoked_at = ?2, revoked_by = ?3, revoke_reason = ?4 \
-                             WHERE id = ?1 AND revoked_at IS NULL",
+                             WHERE id = ?1 AND revoked_at IS NULL AND not_after > ?2",
                         params![child, ts(at), by, why],
                     )
                     .map_err(|e| self.err(e))?;

@@ -133,11 +133,22 @@ pub async fn credential_response(
         .user_ca
         .sign_token(claims)
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    shared.state.record_credential(&control::credential_record(
+    let recorded = shared.state.record_credential(&control::credential_record(
         claims,
         by,
         Some(&caller.claims.credential_id),
     ))?;
+    if recorded.revoked_at.is_some() {
+        // The caller's credential was revoked between its authentication and now: the new one was
+        // recorded revoked with it, and is not handed out.
+        if let Err(e) = shared.audit.append(control::revoked_event(&recorded)).await {
+            tracing::error!(error = %e, credential = %recorded.id, "cannot record credential.revoked");
+        }
+        return Err(ApiError::forbidden(format!(
+            "your credential {} was revoked meanwhile; nothing was issued",
+            caller.claims.credential_id
+        )));
+    }
     shared
         .audit
         .append(control::issued_event(claims, by, how))

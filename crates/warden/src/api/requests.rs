@@ -452,6 +452,9 @@ fn decide_review(
     Ok(Json(v))
 }
 
+/// The shortest elevated credential worth using up an approval for.
+const MIN_ASSUMED_TTL: Duration = Duration::minutes(1);
+
 /// POST /v1/requests/{id}/assume: the elevated credential, once approved; only for the asker.
 pub async fn assume(
     State(shared): State<Arc<Shared>>,
@@ -489,7 +492,18 @@ pub async fn assume(
     // Within every bound again, under the configuration of now.
     // Never past the credential that asks: an agent's ends with the human's it was issued under.
     let bound = config.max_ttl(&caller.claims.identity(), caller.claims.requester.as_ref(), &roles);
-    let caller_left = caller.claims.not_after - OffsetDateTime::now_utc();
+    let caller_left = Duration::seconds((caller.claims.not_after - OffsetDateTime::now_utc()).whole_seconds());
+    if caller_left < MIN_ASSUMED_TTL {
+        // Refused before the approval is used up: the asker renews its credential and assumes then.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "your credential expires in {}s, too soon for the elevated one, which cannot outlive it; get a fresh credential for the same identity, requester and task, then assume request {id} (it stays approved)",
+                caller_left.whole_seconds().max(0)
+            ),
+        ));
+    }
     let ttl = Duration::seconds(q.ttl_seconds).min(bound).min(caller_left);
     let identity = caller.claims.identity();
     let claims = claims_for(

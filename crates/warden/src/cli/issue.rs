@@ -223,13 +223,26 @@ pub fn write_credential(config: &Config, claims: &Claims, out: &Path, force: boo
     let audit = deployment::open_audit(config)?;
     let state = deployment::open_state(config)?;
     state.record_credential(&crate::control::credential_record(claims, &actor, None))?;
-    audit.append_blocking(crate::control::issued_event(claims, &actor, "by `warden issue`"))?;
+    // Recorded but not audited, or audited but its files not written: never handed out, and revoked
+    // so that the store says so too. The error reported is the one that stopped the issue.
+    let withdraw =
+        |why: String| match state.revoke_credential(&claims.credential_id, &actor, &why, OffsetDateTime::now_utc()) {
+            Ok(r) => {
+                if let Err(e) = audit.append_blocking(crate::control::revoked_event(&r.credential)) {
+                    eprintln!(
+                        "warning: cannot record the withdrawal of credential {}: {e}",
+                        claims.credential_id
+                    );
+                }
+            }
+            Err(e) => eprintln!("warning: cannot mark credential {} revoked: {e}", claims.credential_id),
+        };
+    if let Err(e) = audit.append_blocking(crate::control::issued_event(claims, &actor, "by `warden issue`")) {
+        withdraw(format!("its issue could not be recorded in the audit log: {e}"));
+        return Err(e.into());
+    }
     if let Err(e) = warden_identity::write_credential_dir(out, &cert, host_ca.cert_pem(), &token, &profile, force) {
-        // Issued on the record but never handed out: revoked, so that no copy of it (a partly
-        // written directory) can be used.
-        let reason = format!("its files could not be written to {}: {e}", out.display());
-        let revoked = state.revoke_credential(&claims.credential_id, &actor, &reason, OffsetDateTime::now_utc())?;
-        audit.append_blocking(crate::control::revoked_event(&revoked.credential))?;
+        withdraw(format!("its files could not be written to {}: {e}", out.display()));
         return Err(e.into());
     }
     Ok(Issued {

@@ -135,7 +135,14 @@ fn resolve(target: LockTarget, config: &warden_policy::Config, state: &dyn State
     let now = OffsetDateTime::now_utc();
     match target {
         LockTarget::Credential(prefix) => {
-            if state.credential(&prefix)?.is_some() {
+            if let Some(c) = state.credential(&prefix)? {
+                if c.not_after <= now {
+                    bail!(
+                        "credential {} expired at {}: it cannot connect, so a lock on it would stop nothing",
+                        c.id,
+                        fmt_ts(c.not_after)
+                    );
+                }
                 return Ok(LockTarget::Credential(prefix));
             }
             let matches: Vec<String> = state
@@ -156,29 +163,48 @@ fn resolve(target: LockTarget, config: &warden_policy::Config, state: &dyn State
             }
         }
         LockTarget::Session(prefix) => {
+            // Session ids are UUIDs. A whole one can be locked even when the audit index cannot
+            // be read (an incident is no time to wait on it); a prefix needs the index.
+            let whole = uuid::Uuid::parse_str(&prefix).is_ok();
             let log = &config.audit.path;
-            let mut index = crate::cli::audit::open_index(log)?
-                .ok_or_else(|| anyhow::anyhow!("no audit log at {}, so no session {prefix:?}", log.display()))?;
-            let matches = index.sessions_with_prefix(&prefix, 5)?;
-            let id = match matches.as_slice() {
+            let found = crate::cli::audit::open_index(log).and_then(|index| {
+                let Some(mut index) = index else {
+                    return Ok(None);
+                };
+                let live: Vec<String> = index
+                    .sessions(true, None)?
+                    .into_iter()
+                    .map(|s| s.session_id)
+                    .filter(|id| id.starts_with(&prefix))
+                    .collect();
+                let seen = !index.sessions_with_prefix(&prefix, 1)?.is_empty();
+                Ok(Some((live, seen)))
+            });
+            let (live, seen) = match found {
+                Ok(Some(f)) => f,
+                Ok(None) if whole => (Vec::new(), false),
+                Ok(None) => bail!("no audit log at {}, so no session {prefix:?}", log.display()),
+                Err(e) if whole => {
+                    eprintln!("warning: cannot check that session {prefix} is live ({e:#}); locking it as given");
+                    return Ok(LockTarget::Session(prefix));
+                }
+                Err(e) => bail!("{e:#}; give the whole session id to lock it without the audit index"),
+            };
+            match live.as_slice() {
+                [one] => Ok(LockTarget::Session(one.clone())),
+                [] if seen => bail!(
+                    "session {prefix} has ended (sessions are not resumed, so a lock on it would stop nothing); lock its credential, identity or task instead"
+                ),
                 [] => bail!(
-                    "no session {prefix:?} in the audit log {}; `warden sessions list --active` shows the live ones",
+                    "no live session {prefix:?} in the audit log {}; `warden sessions list --active` shows them",
                     log.display()
                 ),
-                [one] => one.clone(),
                 more => bail!(
-                    "{prefix:?} is ambiguous: it starts {}{}; give more characters",
-                    more.join(", "),
-                    if more.len() >= 5 { ", ..." } else { "" }
+                    "{prefix:?} is ambiguous: it starts {} live sessions ({}); give more characters",
+                    more.len(),
+                    more.iter().take(5).map(String::as_str).collect::<Vec<_>>().join(", ")
                 ),
-            };
-            let live = index.sessions(true, None)?.iter().any(|s| s.session_id == id);
-            if !live {
-                bail!(
-                    "session {id} has ended (sessions are not resumed, so a lock on it would stop nothing); lock its credential, identity or task instead"
-                );
             }
-            Ok(LockTarget::Session(id))
         }
         LockTarget::Identity(ref name) | LockTarget::Requester(ref name) => {
             let known = name
@@ -272,18 +298,25 @@ pub fn revoke(args: &RevokeArgs) -> Result<ExitCode> {
     control::check_text("--reason", &reason, 1000).map_err(anyhow::Error::msg)?;
     let revoked = state.revoke_credential(&args.credential_id, &actor, &reason, OffsetDateTime::now_utc())?;
     let c = &revoked.credential;
-    if before.is_some_and(|b| b.revoked_at.is_some()) && revoked.with_it.is_empty() {
+    let already = before.is_some_and(|b| b.revoked_at.is_some());
+    if already && revoked.with_it.is_empty() {
         println!("{} was already revoked.", c.id);
         return Ok(ExitCode::SUCCESS);
     }
+    // A record for each credential this revocation changed, and only those.
     let audit = deployment::open_audit(&config)?;
-    for r in std::iter::once(c).chain(&revoked.with_it) {
+    let changed = (!already).then_some(c).into_iter().chain(&revoked.with_it);
+    for r in changed {
         audit.append_blocking(control::revoked_event(r))?;
     }
-    println!(
-        "Revoked credential {} of {}; its live sessions end within a second.",
-        c.id, c.identity
-    );
+    if already {
+        println!("{} was already revoked.", c.id);
+    } else {
+        println!(
+            "Revoked credential {} of {}; its live sessions end within a second.",
+            c.id, c.identity
+        );
+    }
     for r in &revoked.with_it {
         println!(
             "Revoked with it: credential {} of {}, obtained through it.",

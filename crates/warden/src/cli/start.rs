@@ -75,6 +75,7 @@ impl Server {
         if deployment::audit_mode(&config) == FsyncMode::Off {
             tracing::warn!("audit fsync = \"off\": a crash can lose the records of statements that ran");
         }
+        crate::proxy::lifecycle::warn_unconfigured_admins(&config);
         for db in &config.databases {
             if db.url.sslmode == warden_policy::SslMode::Require {
                 tracing::warn!(database = %db.name, "sslmode=require: PostgreSQL's certificate is not verified");

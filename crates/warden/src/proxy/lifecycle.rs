@@ -301,6 +301,7 @@ pub async fn reload(shared: &Arc<Shared>, path: &Path, why: &str) -> bool {
             let new = Arc::new(new);
             let old = shared.config.swap(new.clone());
             tracing::info!(config = %path.display(), trigger = why, "configuration reloaded");
+            warn_unconfigured_admins(&new);
             if old.audit_differs(&new) {
                 tracing::warn!(config = %path.display(), "[audit] changed (log, redact or sinks): it takes effect at the next start");
             }
@@ -312,6 +313,17 @@ pub async fn reload(shared: &Arc<Shared>, path: &Path, why: &str) -> bool {
             tracing::error!(error = %format!("{e:#}"), trigger = why, "reload refused; keeping the running configuration");
             false
         }
+    }
+}
+
+/// An admin no `[[human]]` defines cannot log in: said at start and at each reload.
+pub fn warn_unconfigured_admins(config: &warden_policy::Config) {
+    for admin in config.unconfigured_admins() {
+        tracing::warn!(
+            config = %config.path.display(),
+            %admin,
+            "server.admins names {admin}, which no [[human]] defines: it administers nothing (a typo, or a removed human's line left behind)"
+        );
     }
 }
 

@@ -370,6 +370,30 @@ async fn an_assumed_credential_ends_and_is_revoked_with_the_credential_that_aske
     assert_eq!(revoked[0]["actor"], "human:alice");
 }
 
+/// An asking credential with less than a minute left is refused before the approval is used up.
+#[tokio::test]
+async fn an_approval_is_not_used_up_by_a_credential_about_to_expire() {
+    let w = approval_warden();
+    let (alice, carol) = (w.human("alice"), w.human("carol"));
+    let task = format!("T-assume-late-{}", uuid::Uuid::new_v4().simple());
+    let (agent, _) = w
+        .agent_with(&alice, serde_json::json!({"agent": "report-bot", "task": task, "ttl": "40s"}))
+        .await;
+    let id = w.create(&agent, "writer", "fix order 1", &[]);
+    let out = w.requests(&carol, &["approve", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let early = unique_dir(&harness().root, "appr-late");
+    refused(
+        &w.requests(&agent, &["assume", &id, "--out", &early.to_string_lossy()]),
+        "too soon",
+    );
+    // Still approved: a fresh credential for the same agent, requester and task assumes it.
+    let (fresh, _) = w.agent(&alice, &task).await;
+    let elevated = unique_dir(&harness().root, "appr-late-ok");
+    let out = w.requests(&fresh, &["assume", &id, "--out", &elevated.to_string_lossy()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 #[tokio::test]
 async fn denied_and_expired_requests_cannot_be_assumed() {
     let w = approval_warden();

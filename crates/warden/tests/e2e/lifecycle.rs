@@ -435,7 +435,7 @@ async fn a_lock_names_a_session_or_credential_that_exists() {
         assert!(!out.status.success(), "{extra:?} was accepted: {}", stdout(&out));
         assert!(stderr(&out).contains(needle), "{extra:?}: {}", stderr(&out));
     };
-    refused(&["--session", "no-such-session"], "no session \"no-such-session\"");
+    refused(&["--session", "no-such-session"], "no live session \"no-such-session\"");
     refused(&["--credential", "no-such-credential"], "no unexpired credential");
 
     let (out, returned) = warden(args(&[
