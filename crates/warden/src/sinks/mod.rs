@@ -337,6 +337,23 @@ impl Backoff {
     }
 }
 
+/// `bodies` written to a fresh log, signed, and read back as the sinks read them.
+#[cfg(test)]
+pub(crate) async fn stored(bodies: Vec<warden_audit::EventBody>) -> (tempfile::TempDir, Vec<StoredRecord>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = warden_audit::AuditLog::open(&path, warden_audit::FsyncMode::Off).unwrap();
+    for body in bodies {
+        log.append(body).await.unwrap();
+    }
+    log.checkpoint_now().await.unwrap();
+    let records = warden_audit::read_after(&path, 0)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    (dir, records)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -176,24 +176,16 @@ mod tests {
 
     #[tokio::test]
     async fn messages_follow_rfc_5424() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(&path, FsyncMode::Off).unwrap();
-        for (event, decision) in [("query", Some("allow")), ("query", Some("deny")), ("auth.failed", None)] {
-            log.append(EventBody {
+        let bodies = [("query", Some("allow")), ("query", Some("deny")), ("auth.failed", None)]
+            .into_iter()
+            .map(|(event, decision)| EventBody {
                 event: event.into(),
                 statement: Some("SELECT 'é'".into()),
                 decision: decision.map(|d| d.to_string().into()),
                 ..Default::default()
             })
-            .await
-            .unwrap();
-        }
-        log.checkpoint_now().await.unwrap();
-        let records: Vec<StoredRecord> = warden_audit::read_after(&path, 0)
-            .unwrap()
-            .map(Result::unwrap)
             .collect();
+        let (_dir, records) = super::super::stored(bodies).await;
         let lines: Vec<String> = records
             .iter()
             .map(|r| String::from_utf8(format(r, 10, "db-gw-1", "warden", "4242")).unwrap())

@@ -153,28 +153,24 @@ fn describe(e: reqwest::Error) -> anyhow::Error {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use warden_audit::{AuditLog, EventBody, FsyncMode};
+    use warden_audit::EventBody;
     use warden_identity::CertificateAuthority;
+
+    fn queries(statements: &[&str]) -> Vec<EventBody> {
+        statements
+            .iter()
+            .map(|s| EventBody {
+                event: "query".into(),
+                statement: Some((*s).into()),
+                ..Default::default()
+            })
+            .collect()
+    }
 
     /// An https receiver whose certificate only `ca_file` vouches for gets the records as a JSON array.
     #[tokio::test]
     async fn https_with_a_ca_file_and_a_json_array() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(&path, FsyncMode::Off).unwrap();
-        for s in ["SELECT 1", "SELECT 2"] {
-            let body = EventBody {
-                event: "query".into(),
-                statement: Some(s.into()),
-                ..Default::default()
-            };
-            log.append(body).await.unwrap();
-        }
-        log.checkpoint_now().await.unwrap();
-        let records: Vec<StoredRecord> = warden_audit::read_after(&path, 0)
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let (dir, records) = super::super::stored(queries(&["SELECT 1", "SELECT 2"])).await;
 
         let ca = CertificateAuthority::generate("test SIEM CA", time::Duration::hours(1)).unwrap();
         let server = ca
@@ -281,21 +277,7 @@ mod tests {
             batch_interval: Duration::ZERO,
             headers: Vec::new(),
         };
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(&path, FsyncMode::Off).unwrap();
-        log.append(EventBody {
-            event: "query".into(),
-            statement: Some("SELECT 1".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        log.checkpoint_now().await.unwrap();
-        let records: Vec<StoredRecord> = warden_audit::read_after(&path, 0)
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let (_dir, records) = super::super::stored(queries(&["SELECT 1"])).await;
         let err = Webhook::new(&config)
             .unwrap()
             .deliver(&records)

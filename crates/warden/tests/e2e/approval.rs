@@ -377,7 +377,10 @@ async fn an_approval_is_not_used_up_by_a_credential_about_to_expire() {
     let (alice, carol) = (w.human("alice"), w.human("carol"));
     let task = format!("T-assume-late-{}", uuid::Uuid::new_v4().simple());
     let (agent, _) = w
-        .agent_with(&alice, serde_json::json!({"agent": "report-bot", "task": task, "ttl": "40s"}))
+        .agent_with(
+            &alice,
+            serde_json::json!({"agent": "report-bot", "task": task, "ttl": "40s"}),
+        )
         .await;
     let id = w.create(&agent, "writer", "fix order 1", &[]);
     let out = w.requests(&carol, &["approve", &id]);
