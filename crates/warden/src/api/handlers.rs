@@ -149,11 +149,19 @@ pub async fn credential_response(
             caller.claims.credential_id
         )));
     }
-    shared
-        .audit
-        .append(control::issued_event(claims, by, how))
-        .await
-        .map_err(|e| ApiError::unavailable(format!("the audit log cannot be written ({e}); nothing was issued")))?;
+    if let Err(e) = shared.audit.append(control::issued_event(claims, by, how)).await {
+        // Recorded in the store but never handed out: marked so there too.
+        let why = format!("its issue could not be recorded in the audit log: {e}");
+        if let Err(e) = shared
+            .state
+            .revoke_credential(&claims.credential_id, by, &why, OffsetDateTime::now_utc())
+        {
+            tracing::error!(error = %e, credential = %claims.credential_id, "cannot withdraw an unrecorded credential");
+        }
+        return Err(ApiError::unavailable(format!(
+            "the audit log cannot be written ({e}); nothing was issued"
+        )));
+    }
     tracing::info!(credential = %claims.credential_id, identity = %claims.identity(), by, how, "credential issued");
     let database = claims
         .roles
@@ -425,10 +433,19 @@ async fn create_lock(
         return Err(ApiError::bad_request("value is empty: name what to lock"));
     }
     if let LockTarget::Credential(id) = &target {
-        if shared.state.credential(id)?.is_none() {
-            return Err(ApiError::not_found(format!(
-                "no credential {id} is recorded in this deployment; lock its identity or task instead"
-            )));
+        match shared.state.credential(id)? {
+            None => {
+                return Err(ApiError::not_found(format!(
+                    "no credential {id} is recorded in this deployment; lock its identity or task instead"
+                )))
+            }
+            Some(c) if c.not_after <= OffsetDateTime::now_utc() => {
+                return Err(ApiError::bad_request(format!(
+                    "credential {id} expired at {}: it cannot connect, so a lock on it would stop nothing",
+                    fmt_ts(c.not_after)
+                )))
+            }
+            Some(_) => {}
         }
     }
     // A session lock stops one live session (ids are never reused): one that is not live, or a
@@ -551,15 +568,19 @@ async fn remove_lock(
     if lock.removed_at.is_some() {
         return Ok(Json(lock));
     }
-    let lifted = shared.state.remove_lock(&id, &me, OffsetDateTime::now_utc())?;
-    shared.sessions.changed.notify_one();
-    if let Err(e) = shared
+    // Lifting gives access back: recorded first, and not done if it cannot be (a lock being
+    // created or a credential revoked only takes access away, and goes ahead).
+    let now = OffsetDateTime::now_utc();
+    let mut lifted = lock.clone();
+    lifted.removed_at = Some(now);
+    lifted.removed_by = Some(me.clone());
+    shared
         .audit
         .append(control::lock_event("lock.removed", &lifted, &me))
         .await
-    {
-        tracing::error!(error = %e, lock = %id, "cannot record lock.removed");
-    }
+        .map_err(|e| ApiError::unavailable(format!("the audit log cannot be written ({e}); the lock stays")))?;
+    let lifted = shared.state.remove_lock(&id, &me, now)?;
+    shared.sessions.changed.notify_one();
     Ok(Json(lifted))
 }
 

@@ -107,9 +107,18 @@ pub fn lock(args: &LockArgs) -> Result<ExitCode> {
     let state = deployment::open_state(&config)?;
     // A lock that matches nothing would leave the operator believing something is cut off.
     let target = resolve(target, &config, &state)?;
+    // The audit log first: a command that cannot record what it does changes nothing.
+    let audit = deployment::open_audit(&config)?;
     let actor = control::local_admin();
     let lock = state.create_lock(control::new_lock(target, args.reason.clone(), ttl, &actor))?;
-    deployment::open_audit(&config)?.append_blocking(control::lock_event("lock.created", &lock, &actor))?;
+    if let Err(e) = audit.append_blocking(control::lock_event("lock.created", &lock, &actor)) {
+        bail!(
+            "locked {} as {}, but its lock.created record could not be written ({e}); the lock is in force (`warden unlock {}` lifts it once the audit log can be written)",
+            lock.target,
+            lock.id,
+            lock.id
+        );
+    }
     if args.json {
         println!("{}", serde_json::to_string(&lock)?);
     } else {
@@ -165,7 +174,10 @@ fn resolve(target: LockTarget, config: &warden_policy::Config, state: &dyn State
         LockTarget::Session(prefix) => {
             // Session ids are UUIDs. A whole one can be locked even when the audit index cannot
             // be read (an incident is no time to wait on it); a prefix needs the index.
-            let whole = uuid::Uuid::parse_str(&prefix).is_ok();
+            // Written as Warden writes them (lower case, hyphens): a lock matches the id exactly.
+            let whole = uuid::Uuid::parse_str(&prefix).ok();
+            let prefix = whole.map_or(prefix, |u| u.hyphenated().to_string());
+            let whole = whole.is_some();
             let log = &config.audit.path;
             let found = crate::cli::audit::open_index(log).and_then(|index| {
                 let Some(mut index) = index else {
@@ -275,13 +287,20 @@ pub fn unlock(args: &UnlockArgs) -> Result<ExitCode> {
     let config = deployment::load_config(&args.config)?;
     let state = deployment::open_state(&config)?;
     let actor = control::local_admin();
-    let before = state.lock(&args.lock_id)?;
-    let lock = state.remove_lock(&args.lock_id, &actor, OffsetDateTime::now_utc())?;
-    if before.is_some_and(|b| b.removed_at.is_some()) {
-        println!("{} was already lifted.", lock.id);
+    let Some(before) = state.lock(&args.lock_id)? else {
+        bail!("no lock {}; `warden locks list --all` shows them", args.lock_id);
+    };
+    if before.removed_at.is_some() {
+        println!("{} was already lifted.", before.id);
         return Ok(ExitCode::SUCCESS);
     }
-    deployment::open_audit(&config)?.append_blocking(control::lock_event("lock.removed", &lock, &actor))?;
+    // Lifting gives access back: recorded first, and not done if it cannot be.
+    let now = OffsetDateTime::now_utc();
+    let mut lifted = before.clone();
+    lifted.removed_at = Some(now);
+    lifted.removed_by = Some(actor.clone());
+    deployment::open_audit(&config)?.append_blocking(control::lock_event("lock.removed", &lifted, &actor))?;
+    let lock = state.remove_lock(&args.lock_id, &actor, now)?;
     println!("Lifted {} ({}).", lock.id, lock.target);
     Ok(ExitCode::SUCCESS)
 }
@@ -296,6 +315,8 @@ pub fn revoke(args: &RevokeArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| "revoked by an administrator".into());
     control::check_text("--reason", &reason, 1000).map_err(anyhow::Error::msg)?;
+    // The audit log first: a command that cannot record what it does changes nothing.
+    let audit = deployment::open_audit(&config)?;
     let revoked = state.revoke_credential(&args.credential_id, &actor, &reason, OffsetDateTime::now_utc())?;
     let c = &revoked.credential;
     let already = before.is_some_and(|b| b.revoked_at.is_some());
@@ -304,10 +325,16 @@ pub fn revoke(args: &RevokeArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     // A record for each credential this revocation changed, and only those.
-    let audit = deployment::open_audit(&config)?;
     let changed = (!already).then_some(c).into_iter().chain(&revoked.with_it);
     for r in changed {
-        audit.append_blocking(control::revoked_event(r))?;
+        if let Err(e) = audit.append_blocking(control::revoked_event(r)) {
+            bail!(
+                "credential {} was revoked ({} obtained through it with it), but the record of {} could not be written: {e}; the revocation is in force",
+                c.id,
+                revoked.with_it.len(),
+                r.id
+            );
+        }
     }
     if already {
         println!("{} was already revoked.", c.id);

@@ -367,6 +367,21 @@ fn verify_catches_a_dropped_tail_through_the_signed_checkpoints() {
         .deploy
         .join("audit")
         .join(format!("{}.jsonl", w.config.file_stem().unwrap().to_string_lossy()));
+    // A lock made while the log is sound, to be lifted while it is not.
+    let task = format!("T-unaudited-{}", uuid::Uuid::new_v4().simple());
+    let admin = |args: &[&str]| {
+        Command::new(WARDEN)
+            .args(args)
+            .arg("--config")
+            .arg(&w.config)
+            .output()
+            .unwrap()
+    };
+    let locked = admin(&["lock", "--task", &task, "--reason", "e2e", "--json"]);
+    assert!(locked.status.success(), "{}", stderr(&locked));
+    let lock: Value = serde_json::from_str(stdout(&locked).trim()).unwrap();
+    let lock_id = lock["id"].as_str().unwrap().to_string();
+    let active_locks = || stdout(&admin(&["locks", "list", "--json"]));
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     // The last two records cut off: every remaining link holds, the checkpoint does not.
@@ -398,12 +413,21 @@ fn verify_catches_a_dropped_tail_through_the_signed_checkpoints() {
         !out_dir.join("identity.key").exists() && !out_dir.join("token").exists(),
         "a credential was written that the audit log does not record"
     );
+    // Nor is a lock lifted (that gives access back) or made unrecorded: each changes nothing.
+    assert!(!admin(&["unlock", &lock_id]).status.success());
+    assert!(active_locks().contains(&lock_id), "lifted without a record");
+    let other = format!("{task}-2");
+    assert!(!admin(&["lock", "--task", &other, "--reason", "e2e"]).status.success());
+    assert!(!active_locks().contains(&other), "locked without a record");
     // Pinning the deployment's key passes on the intact log; another key fails it.
     std::fs::write(&log, &text).unwrap();
     let key = std::fs::read_to_string(h.deploy.join("audit/checkpoint.pub")).unwrap();
     assert!(verify(&["--public-key", key.trim()]).status.success());
     let wrong = verify(&["--public-key", &"ab".repeat(32)]);
     assert_eq!(wrong.status.code(), Some(1), "{}", stdout(&wrong));
+    let unlocked = admin(&["unlock", &lock_id]);
+    assert!(unlocked.status.success(), "{}", stderr(&unlocked));
+    assert!(!active_locks().contains(&lock_id));
 }
 
 #[test]

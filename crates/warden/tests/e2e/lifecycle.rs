@@ -457,6 +457,13 @@ async fn a_lock_names_a_session_or_credential_that_exists() {
     assert!(ended.at.saturating_duration_since(returned) < WITHIN);
     // The session has ended: a lock on it would stop nothing.
     refused(&["--session", &session], "has ended");
+    // A whole id in another spelling (upper case) is stored as Warden writes it, so it matches.
+    let second = open(port, &cred, "report-bot", "shop").await;
+    let upper = second.session.to_uppercase();
+    let (out, _) = warden(args(&["lock", "--config", &config, "--session", &upper, "--json"])).await;
+    let lock: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(lock["target"]["value"], second.session.as_str(), "{lock}");
+    second.assert_ended(&[lock["id"].as_str().unwrap()]).await;
 
     let out = Command::new(WARDEN)
         .args([
