@@ -72,6 +72,8 @@ pub struct AuditHandle {
     written: watch::Receiver<u64>,
     /// Bytes of a torn final line (a crash mid-write) cut when the log was opened.
     pub recovered_tail: Option<usize>,
+    /// The seq of the last record in the log when it was opened: what earlier runs wrote.
+    pub head_at_open: u64,
     #[cfg(test)]
     fail_writes: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -307,6 +309,7 @@ impl AuditLog {
         let unlocked = writer.lock.unlock();
         let torn = opened.map_err(open_err)?;
         unlocked.map_err(open_err)?;
+        let head_at_open = writer.seq;
 
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
@@ -319,6 +322,7 @@ impl AuditLog {
             redactor: Arc::default(),
             written,
             recovered_tail: torn,
+            head_at_open,
             #[cfg(test)]
             fail_writes,
         })

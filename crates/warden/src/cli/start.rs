@@ -196,6 +196,7 @@ fn index_periodically(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
         }
         let mut index: Option<(std::path::PathBuf, warden_audit::Index)> = None;
         let mut last_error: Option<String> = None;
+        let mut stale_closed = false;
         loop {
             let next = std::time::Instant::now() + INDEX_EVERY;
             while std::time::Instant::now() < next {
@@ -222,6 +223,17 @@ fn index_periodically(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                         tracing::debug!(records = n, "audit index caught up");
                     }
                     last_error = None;
+                    if !stale_closed {
+                        match close_stale_sessions(&shared, &mut ix) {
+                            Ok(0) => {}
+                            Ok(n) => tracing::warn!(
+                                sessions = n,
+                                "sessions an earlier run of Warden left open (it stopped without ending them) are recorded as ended"
+                            ),
+                            Err(e) => tracing::warn!(error = %e, "cannot close the sessions an earlier run left open in the audit log"),
+                        }
+                        stale_closed = true;
+                    }
                 }
                 Err(e) => note_index_error(&mut last_error, e.to_string()),
             }
@@ -231,6 +243,43 @@ fn index_periodically(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the audit index thread (searches catch up by themselves)");
     }
+}
+
+/// What a session that an earlier run of Warden left open (it crashed or was killed, so it wrote no
+/// `session.end`) says when it is closed.
+pub const STALE_SESSION_END: &str =
+    "warden stopped without ending it (a crash or a kill); recorded when Warden started again";
+
+/// Sessions an earlier run left open in the log cannot still be running (a session dies with its
+/// Warden): each gets its `session.end` now, once, so that `warden sessions list --active`, replays
+/// and `warden lock --session` see them as ended. Only sessions started before this run opened the
+/// log, and not in this run's registry (one running Warden per audit log).
+fn close_stale_sessions(shared: &Shared, index: &mut warden_audit::Index) -> Result<usize, warden_audit::AuditError> {
+    let before = shared.audit.head_at_open;
+    let live: std::collections::HashSet<String> = shared.sessions.list().into_iter().map(|s| s.session_id).collect();
+    let mut closed = 0;
+    for s in index.sessions(true, None)? {
+        let Some(start) = &s.start else {
+            continue;
+        };
+        if start.seq > before || live.contains(&s.session_id) {
+            continue;
+        }
+        let b = &start.body;
+        shared.audit.record(warden_audit::EventBody {
+            event: "session.end".into(),
+            session_id: b.session_id.clone(),
+            identity: b.identity.clone(),
+            credential_id: b.credential_id.clone(),
+            database: b.database.clone(),
+            db_user: b.db_user.clone(),
+            client_addr: b.client_addr.clone(),
+            reason: Some(STALE_SESSION_END.into()),
+            ..warden_audit::EventBody::default()
+        });
+        closed += 1;
+    }
+    Ok(closed)
 }
 
 fn note_index_error(last: &mut Option<String>, error: String) {

@@ -79,7 +79,30 @@ fn crash_mid_load(fsync: &str) {
     let after = format!("{prefix}after-restart");
     let out = h.psql_at(copy.port, &cred, &format!("SELECT '{after}'"));
     assert!(out.status.success(), "after the restart: {}", stderr(&out));
+    // The killed Warden's sessions cannot be running: the restarted one records their end, once.
+    let closed = || {
+        audit_in(&copy.config, &["--event", "session.end"])
+            .iter()
+            .filter(|e| {
+                e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("stopped without ending it"))
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while closed() < CLIENTS {
+        assert!(Instant::now() < deadline, "{} of {CLIENTS} sessions closed", closed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     stop_warden(&mut restarted);
+    assert_eq!(closed(), CLIENTS);
+    let active = run_ok(
+        Command::new(WARDEN)
+            .args(["sessions", "list", "--active", "--json", "--config"])
+            .arg(&copy.config),
+    );
+    assert_eq!(stdout(&active).trim(), "", "sessions still listed as active");
     let verify = Command::new(WARDEN)
         .args(["audit", "verify", "--config"])
         .arg(&copy.config)
