@@ -433,19 +433,10 @@ async fn create_lock(
         return Err(ApiError::bad_request("value is empty: name what to lock"));
     }
     if let LockTarget::Credential(id) = &target {
-        match shared.state.credential(id)? {
-            None => {
-                return Err(ApiError::not_found(format!(
-                    "no credential {id} is recorded in this deployment; lock its identity or task instead"
-                )))
-            }
-            Some(c) if c.not_after <= OffsetDateTime::now_utc() => {
-                return Err(ApiError::bad_request(format!(
-                    "credential {id} expired at {}: it cannot connect, so a lock on it would stop nothing",
-                    fmt_ts(c.not_after)
-                )))
-            }
-            Some(_) => {}
+        if shared.state.credential(id)?.is_none() {
+            return Err(ApiError::not_found(format!(
+                "no credential {id} is recorded in this deployment; lock its identity or task instead"
+            )));
         }
     }
     // A session lock stops one live session (ids are never reused): one that is not live, or a
@@ -491,6 +482,19 @@ async fn create_lock(
             "only an admin may lock {target}; you may lock your own sessions and credentials, and requester {}",
             caller.name()
         )));
+    }
+    // Checked once the caller may lock it (its expiry is not for others to learn).
+    if let LockTarget::Credential(id) = &target {
+        if let Some(c) = shared
+            .state
+            .credential(id)?
+            .filter(|c| c.not_after <= OffsetDateTime::now_utc())
+        {
+            return Err(ApiError::bad_request(format!(
+                "credential {id} expired at {}: it cannot connect, so a lock on it would stop nothing",
+                fmt_ts(c.not_after)
+            )));
+        }
     }
     let by = caller.name();
     let lock = shared
@@ -550,9 +554,11 @@ async fn list_locks(
     ))
 }
 
+/// Lifting gives access back: a locked or revoked caller may not (a stolen admin credential, revoked,
+/// must not lift the locks put on its agents); the offline `warden unlock` remains for an admin.
 async fn remove_lock(
     State(shared): State<Arc<Shared>>,
-    AnyCaller(caller): AnyCaller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Lock>> {
     let Some(lock) = shared.state.lock(&id)? else {
@@ -569,18 +575,25 @@ async fn remove_lock(
         return Ok(Json(lock));
     }
     // Lifting gives access back: recorded first, and not done if it cannot be (a lock being
-    // created or a credential revoked only takes access away, and goes ahead).
-    let now = OffsetDateTime::now_utc();
-    let mut lifted = lock.clone();
-    lifted.removed_at = Some(now);
-    lifted.removed_by = Some(me.clone());
-    shared
-        .audit
-        .append(control::lock_event("lock.removed", &lifted, &me))
+    // created or a credential revoked only takes access away, and goes ahead). In a task of its own,
+    // so that a client hanging up cannot stop it between the record and the lifting.
+    let task = tokio::spawn(async move {
+        let now = OffsetDateTime::now_utc();
+        let mut lifted = lock.clone();
+        lifted.removed_at = Some(now);
+        lifted.removed_by = Some(me.clone());
+        shared
+            .audit
+            .append(control::lock_event("lock.removed", &lifted, &me))
+            .await
+            .map_err(|e| ApiError::unavailable(format!("the audit log cannot be written ({e}); the lock stays")))?;
+        let lifted = shared.state.remove_lock(&id, &me, now)?;
+        shared.sessions.changed.notify_one();
+        Ok::<_, ApiError>(lifted)
+    });
+    let lifted = task
         .await
-        .map_err(|e| ApiError::unavailable(format!("the audit log cannot be written ({e}); the lock stays")))?;
-    let lifted = shared.state.remove_lock(&id, &me, now)?;
-    shared.sessions.changed.notify_one();
+        .map_err(|e| ApiError::internal(format!("lifting the lock failed: {e}")))??;
     Ok(Json(lifted))
 }
 

@@ -516,17 +516,22 @@ pub async fn assume(
     )
     .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "outside_bounds", e.to_string()))?;
     super::refuse_blocked(&shared, &claims)?;
-    let assumed = shared
-        .requests
-        .assume_request(&id, &claims.credential_id)?
-        .map_err(|q| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!("request {id} is {}", q.state.as_str()),
-            )
-        })?;
+    // The credential first: if it cannot be issued (recorded, audited), the request stays approved.
+    // Then the request is marked assumed, once; a credential that lost that race is withdrawn.
     let body = credential_response(&shared, &config, &claims, &caller, &format!("through request {id}")).await?;
+    let assumed = match shared.requests.assume_request(&id, &claims.credential_id) {
+        Ok(Ok(q)) => q,
+        Ok(Err(q)) => {
+            let why = format!("request {id} is {}", q.state.as_str());
+            withdraw(&shared, &claims.credential_id, &caller.name(), &why).await;
+            return Err(ApiError::new(StatusCode::CONFLICT, "conflict", why));
+        }
+        Err(e) => {
+            let why = format!("request {id} could not be marked assumed: {e}");
+            withdraw(&shared, &claims.credential_id, &caller.name(), &why).await;
+            return Err(e.into());
+        }
+    };
     record(
         &shared,
         event(
@@ -538,6 +543,22 @@ pub async fn assume(
     )
     .await?;
     Ok((StatusCode::CREATED, Json::<IssuedCredential>(body)))
+}
+
+/// A credential issued for a request that could not then be marked assumed: revoked at once.
+async fn withdraw(shared: &Shared, credential_id: &str, by: &str, why: &str) {
+    let reason = format!("withdrawn at once: {why}");
+    match shared
+        .state
+        .revoke_credential(credential_id, by, &reason, OffsetDateTime::now_utc())
+    {
+        Ok(r) => {
+            if let Err(e) = shared.audit.append(control::revoked_event(&r.credential)).await {
+                tracing::error!(error = %e, credential = %credential_id, "cannot record credential.revoked");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, credential = %credential_id, "cannot withdraw a credential"),
+    }
 }
 
 /// Moves undecided requests past their time to expired, with a `request.expired` event each.

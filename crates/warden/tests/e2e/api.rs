@@ -524,6 +524,25 @@ async fn api_locks_end_live_sessions_and_only_admins_lock_others() {
         e["lock"]["id"] == id && e["actor"] == "human:alice"
     });
     w.wait_for_event(&["--event", "lock.removed"], |e| e["lock"]["id"] == id);
+
+    // A locked caller may not lift its lock, even one it made (lifting gives access back): carol
+    // locks herself as a requester, then only an admin lifts it.
+    let (status, own) = call(
+        client(&carol, true)
+            .post(format!("{}/v1/locks", w.api))
+            .json(&serde_json::json!({"target": "requester", "value": "human:carol", "reason": "e2e"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{own}");
+    let own_id = own["id"].as_str().unwrap();
+    let (status, body) = call(client(&carol, true).delete(format!("{}/v1/locks/{own_id}", w.api))).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("locked")),
+        "{body}"
+    );
+    let (status, _) = call(admin.delete(format!("{}/v1/locks/{own_id}", w.api))).await;
+    assert_eq!(status, 200);
 }
 
 #[test]
