@@ -190,6 +190,9 @@ pub struct CredentialRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {
     pub credential: CredentialRecord,
+    /// Whether this call revoked `credential` (false: it was revoked already, by this or another
+    /// process, and keeps that first revocation).
+    pub revoked_now: bool,
     pub with_it: Vec<CredentialRecord>,
 }
 

@@ -284,12 +284,14 @@ impl StateStore for SqliteStore {
 
     fn revoke_credential(&self, id: &str, by: &str, reason: &str, at: OffsetDateTime) -> Result<Revocation> {
         self.write(|tx| {
-            tx.execute(
-                "UPDATE credentials SET revoked_at = ?2, revoked_by = ?3, revoke_reason = ?4 \
-                     WHERE id = ?1 AND revoked_at IS NULL",
-                params![id, ts(at), by, reason],
-            )
-            .map_err(|e| self.err(e))?;
+            let revoked_now = tx
+                .execute(
+                    "UPDATE credentials SET revoked_at = ?2, revoked_by = ?3, revoke_reason = ?4 \
+                         WHERE id = ?1 AND revoked_at IS NULL",
+                    params![id, ts(at), by, reason],
+                )
+                .map_err(|e| self.err(e))?
+                > 0;
             let credential = tx
                 .query_row(
                     &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = ?1"),
@@ -331,7 +333,11 @@ impl StateStore for SqliteStore {
                     with_it.push(c);
                 }
             }
-            Ok(Revocation { credential, with_it })
+            Ok(Revocation {
+                credential,
+                revoked_now,
+                with_it,
+            })
         })
     }
 

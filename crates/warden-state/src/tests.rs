@@ -152,15 +152,15 @@ fn revocation_is_recorded_once_and_blocks_the_credential() {
         1,
         "expired credentials are not listed"
     );
-    let r = s
-        .revoke_credential("c1", "human:alice", "task done", t0)
-        .unwrap()
-        .credential;
+    let first = s.revoke_credential("c1", "human:alice", "task done", t0).unwrap();
+    assert!(first.revoked_now);
+    let r = first.credential;
     assert_eq!(r.revoke_reason.as_deref(), Some("task done"));
     let again = s
         .revoke_credential("c1", "admin", "second", t0 + Duration::seconds(5))
         .unwrap();
     assert_eq!(again.credential, r, "the first revocation stands");
+    assert!(!again.revoked_now, "a second revocation changes nothing");
     assert!(again.with_it.is_empty());
     let list = s.blocklist(t0).unwrap();
     assert!(matches!(list.block_for(&subject(), t0), Some(Block::Revoked(c)) if c.id == "c1"));

@@ -381,7 +381,9 @@ async fn revoke(
         .state
         .revoke_credential(&id, &caller.name(), &reason, OffsetDateTime::now_utc())?;
     shared.sessions.changed.notify_one();
-    for c in std::iter::once(&revoked.credential).chain(&revoked.with_it) {
+    // Records for what this call changed (another may have revoked it meanwhile).
+    let own = revoked.revoked_now.then_some(&revoked.credential);
+    for c in own.into_iter().chain(&revoked.with_it) {
         if let Err(e) = shared.audit.append(control::revoked_event(c)).await {
             tracing::error!(error = %e, credential = %c.id, "cannot record credential.revoked");
         }

@@ -309,7 +309,6 @@ pub fn revoke(args: &RevokeArgs) -> Result<ExitCode> {
     let config = deployment::load_config(&args.config)?;
     let state = deployment::open_state(&config)?;
     let actor = control::local_admin();
-    let before = state.credential(&args.credential_id)?;
     let reason = args
         .reason
         .clone()
@@ -319,7 +318,7 @@ pub fn revoke(args: &RevokeArgs) -> Result<ExitCode> {
     let audit = deployment::open_audit(&config)?;
     let revoked = state.revoke_credential(&args.credential_id, &actor, &reason, OffsetDateTime::now_utc())?;
     let c = &revoked.credential;
-    let already = before.is_some_and(|b| b.revoked_at.is_some());
+    let already = !revoked.revoked_now;
     if already && revoked.with_it.is_empty() {
         println!("{} was already revoked.", c.id);
         return Ok(ExitCode::SUCCESS);
