@@ -6,7 +6,8 @@
 //! - an agent's own is only what its credential covers: the agent name is shared by every requester
 //!   who runs it, so it never reaches another requester's credentials or sessions;
 //! - admins (`server.admins`) manage every lock and credential and see every session;
-//! - a locked or revoked caller may still revoke and lift its own locks (calls that only take access away).
+//! - a locked or revoked caller may still revoke credentials (that only takes access away); lifting a
+//!   lock gives access back and needs an unblocked caller.
 
 use std::sync::Arc;
 
@@ -434,8 +435,9 @@ async fn create_lock(
     if req.value.trim().is_empty() {
         return Err(ApiError::bad_request("value is empty: name what to lock"));
     }
+    // Only an admin learns that a credential does not exist; others get 403 below for it.
     if let LockTarget::Credential(id) = &target {
-        if shared.state.credential(id)?.is_none() {
+        if caller.admin && shared.state.credential(id)?.is_none() {
             return Err(ApiError::not_found(format!(
                 "no credential {id} is recorded in this deployment; lock its identity or task instead"
             )));

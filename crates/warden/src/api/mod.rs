@@ -108,7 +108,7 @@ pub struct Caller {
 }
 
 /// A caller that may be locked or revoked: for the calls that only take access away (revoking a
-/// credential, lifting one's own lock), which a blocked caller must still be able to make.
+/// credential), which a blocked caller must still be able to make.
 pub struct AnyCaller(pub Caller);
 
 impl Caller {

@@ -552,11 +552,13 @@ async fn withdraw(shared: &Shared, credential_id: &str, by: &str, why: &str) {
         .state
         .revoke_credential(credential_id, by, &reason, OffsetDateTime::now_utc())
     {
-        Ok(r) => {
+        // Recorded unless another revocation (its parent's) already revoked and recorded it.
+        Ok(r) if r.revoked_now => {
             if let Err(e) = shared.audit.append(control::revoked_event(&r.credential)).await {
                 tracing::error!(error = %e, credential = %credential_id, "cannot record credential.revoked");
             }
         }
+        Ok(_) => {}
         Err(e) => tracing::error!(error = %e, credential = %credential_id, "cannot withdraw a credential"),
     }
 }

@@ -205,7 +205,9 @@ fn index_periodically(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
-            let log = shared.config.load().audit.path.clone();
+            // The log this process writes (a reload that changes `[audit] path` takes effect at the
+            // next start), not the one the reloaded configuration names.
+            let log = shared.audit.path().to_path_buf();
             let current = index.take().filter(|(path, _)| *path == log);
             let mut ix = match current {
                 Some((_, ix)) => ix,
@@ -223,16 +225,20 @@ fn index_periodically(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                         tracing::debug!(records = n, "audit index caught up");
                     }
                     last_error = None;
-                    if !stale_closed {
+                    // Only once no earlier Warden runs on this log (one still draining after
+                    // SIGTERM, in a rolling restart, ends its own sessions).
+                    if !stale_closed && owns_log(&log) {
                         match close_stale_sessions(&shared, &mut ix) {
-                            Ok(0) => {}
-                            Ok(n) => tracing::warn!(
-                                sessions = n,
-                                "sessions an earlier run of Warden left open (it stopped without ending them) are recorded as ended"
-                            ),
-                            Err(e) => tracing::warn!(error = %e, "cannot close the sessions an earlier run left open in the audit log"),
+                            Ok(0) => stale_closed = true,
+                            Ok(n) => {
+                                tracing::warn!(
+                                    sessions = n,
+                                    "sessions an earlier run of Warden left open (it stopped without ending them) are recorded as ended"
+                                );
+                                stale_closed = true;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot close the sessions an earlier run left open in the audit log; retrying"),
                         }
-                        stale_closed = true;
                     }
                 }
                 Err(e) => note_index_error(&mut last_error, e.to_string()),
@@ -242,6 +248,37 @@ fn index_periodically(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the audit index thread (searches catch up by themselves)");
+    }
+}
+
+/// Whether this process owns the log's `.running` lock: taken once no other Warden holds it, and
+/// held until the process exits (its drain included), so that a Warden started while another still
+/// drains does not take that one's live sessions for ones a crash left open.
+fn owns_log(log: &std::path::Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    static OWNED: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    if OWNED.get().is_some() {
+        return true;
+    }
+    let mut name = log.file_name().unwrap_or_default().to_os_string();
+    name.push(".running");
+    let path = log.with_file_name(name);
+    let file = match std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot open the audit log's running lock");
+            return false;
+        }
+    };
+    match file.try_lock() {
+        Ok(()) => OWNED.set(file).is_ok() || OWNED.get().is_some(),
+        Err(_) => false,
     }
 }
 

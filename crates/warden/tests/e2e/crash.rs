@@ -380,3 +380,60 @@ fn spawn_with_file_size_limit(config: &Path, log: &Path, port: u16, limit: u64) 
     wait_for_port(port, log);
     child
 }
+
+/// A Warden started while another still runs on the same audit log (a rolling restart, the old one
+/// draining) does not take that one's live sessions for ones a crash left open; once the other is
+/// gone (here: killed), it records their end.
+#[test]
+fn a_second_warden_on_the_log_closes_only_sessions_whose_warden_is_gone() {
+    let h = harness();
+    let cred = h.agent();
+    let first = h.warden_copy("overlap");
+    let mut a = spawn_warden_child(&first.config, &first.log, first.port).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (client, session) = rt.block_on(async {
+        let client = connect_with(&client_config(first.port), &cred.join("ca.crt"), Some(load_cert(&cred)))
+            .await
+            .unwrap();
+        let row = client
+            .query_one("SELECT current_setting('warden.session')", &[])
+            .await
+            .unwrap();
+        (client, row.get::<_, String>(0))
+    });
+    // The same log, another port.
+    let port = warden::cluster::free_port().unwrap();
+    let text = std::fs::read_to_string(&first.config).unwrap();
+    let second_config = first.config.with_extension("second.toml");
+    let listen = format!("127.0.0.1:{}\"", first.port);
+    assert!(text.contains(&listen));
+    std::fs::write(&second_config, text.replace(&listen, &format!("127.0.0.1:{port}\""))).unwrap();
+    let mut b = spawn_warden_child(&second_config, &first.log.with_extension("second.log"), port).unwrap();
+    let ends = || {
+        audit_in(&first.config, &["--event", "session.end", "--session", &session])
+            .iter()
+            .filter(|e| {
+                e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("stopped without ending it"))
+            })
+            .count()
+    };
+    // Several index passes of the second Warden: the first one's session is left alone.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ends(), 0, "a live session of the other Warden was closed");
+    rt.block_on(async { client.simple_query("SELECT 1").await.expect("still served") });
+    a.kill().unwrap();
+    a.wait().unwrap();
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ends() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the killed Warden's session was never closed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop_warden(&mut b);
+    assert_eq!(ends(), 1);
+}
