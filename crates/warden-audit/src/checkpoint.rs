@@ -43,20 +43,40 @@ impl Signer {
         use std::os::unix::fs::OpenOptionsExt;
         let invalid =
             |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {what}", key_path.display()));
-        let pkcs8 = match std::fs::read(key_path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        let existing = match std::fs::read(key_path) {
+            // An empty key with no public half: a crash while an older Warden created it (it wrote
+            // the file before its contents). Nothing was ever signed with it: made anew.
+            Ok(bytes) if bytes.is_empty() && !pub_path.exists() => {
+                std::fs::remove_file(key_path)?;
+                None
+            }
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let pkcs8 = match existing {
+            Some(bytes) => bytes,
+            None => {
                 let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
                     .map_err(|_| invalid("cannot generate an Ed25519 key"))?;
-                let created = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(key_path);
-                match created {
-                    Ok(mut f) => {
-                        f.write_all(doc.as_ref())?;
-                        f.sync_all()?;
+                // Written whole under another name, then linked into place: the key file exists
+                // only with its contents, and a key another process linked first is kept.
+                let tmp = key_path.with_extension(format!("key.tmp-{}", std::process::id()));
+                let _ = std::fs::remove_file(&tmp);
+                {
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&tmp)?;
+                    f.write_all(doc.as_ref())?;
+                    f.sync_all()?;
+                }
+                let linked = std::fs::hard_link(&tmp, key_path);
+                let _ = std::fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => {
+                        crate::files::sync_dir(key_path)?;
                         doc.as_ref().to_vec()
                     }
                     // Another process created it first: use theirs.
@@ -64,7 +84,6 @@ impl Signer {
                     Err(e) => return Err(e),
                 }
             }
-            Err(e) => return Err(e),
         };
         let key = Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|_| invalid("not an Ed25519 PKCS#8 key"))?;
         let public = hex::encode(key.public_key().as_ref());

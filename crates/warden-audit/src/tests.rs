@@ -227,6 +227,33 @@ async fn a_record_appended_blocking_is_signed_when_the_call_returns() {
     assert_eq!(verify(&path).unwrap().unsigned_tail, 0);
 }
 
+/// A crash between creating the key file and writing it (as older versions could) left an empty key:
+/// with no public half nothing was signed with it, so it is made anew; with one, it is refused.
+#[tokio::test]
+async fn an_empty_key_left_by_a_crash_is_made_anew_unless_a_public_half_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let (key, public) = files::key_paths(&path);
+    std::fs::write(&key, b"").unwrap();
+    let log = AuditLog::open(&path, FsyncMode::Batch).unwrap();
+    log.append(body("query", "q")).await.unwrap();
+    log.checkpoint_now().await.unwrap();
+    drop(log);
+    assert!(std::fs::metadata(&key).unwrap().len() > 0);
+    assert!(public.exists());
+    verify(&path).unwrap();
+    std::fs::write(&key, b"").unwrap();
+    assert!(
+        AuditLog::open(&path, FsyncMode::Batch).is_err(),
+        "a key emptied after signing is refused"
+    );
+    assert!(!std::fs::read_dir(dir.path()).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains(".tmp-")));
+}
+
 #[test]
 fn handles_are_send_and_sync() {
     fn check<T: Send + Sync + Clone>() {}

@@ -171,6 +171,13 @@ fn build_sink(cx: &Locator, audit_path: &Path, r: &RawSink) -> Result<SinkConfig
             if path == audit_path {
                 return Err(cx.invalid(p, "audit.sink.path", "a file sink cannot write to the audit log itself"));
             }
+            if is_audit_file(&path, audit_path) {
+                return Err(cx.invalid(
+                    p,
+                    "audit.sink.path",
+                    "a file sink cannot write to one of the audit log's own files (rotated files, checkpoints, the checkpoint key, the index, the locks); choose another name or directory",
+                ));
+            }
             SinkKind::File { path }
         }
         "syslog" => SinkKind::Syslog(build_syslog(cx, r)?),
@@ -180,6 +187,17 @@ fn build_sink(cx: &Locator, audit_path: &Path, r: &RawSink) -> Result<SinkConfig
         name: name.clone(),
         kind,
     })
+}
+
+/// Whether `path` is one of the files Warden keeps beside the log `audit`: `STEM.*` (rotated files,
+/// checkpoints, index, lock files) and the checkpoint key pair, in the log's directory.
+fn is_audit_file(path: &Path, audit: &Path) -> bool {
+    if path.parent() != audit.parent() {
+        return false;
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let stem = audit.file_stem().and_then(|n| n.to_str()).unwrap_or_default();
+    name.starts_with(&format!("{stem}.")) || name == "checkpoint.key" || name == "checkpoint.pub"
 }
 
 fn build_syslog(cx: &Locator, r: &RawSink) -> Result<SyslogSink, ConfigError> {

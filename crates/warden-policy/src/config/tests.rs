@@ -400,6 +400,21 @@ fn bad_redaction_and_sinks_are_located() {
         &sink("name = \"a\"\ntype = \"file\"\npath = \"data/audit/audit.jsonl\""),
     );
     assert!(e.contains("the audit log itself"), "{e}");
+    for own in [
+        "data/audit/audit.checkpoints.jsonl",
+        "data/audit/audit.00000000000000000042.jsonl",
+        "data/audit/checkpoint.key",
+        "data/audit/audit.index.db",
+    ] {
+        let e = bad("", &sink(&format!("name = \"a\"\ntype = \"file\"\npath = \"{own}\"")));
+        assert!(e.contains("one of the audit log's own files"), "{own}: {e}");
+    }
+    // Beside the log under another name, or elsewhere: accepted.
+    with_audit(
+        "",
+        &sink("name = \"a\"\ntype = \"file\"\npath = \"data/audit/export.jsonl\""),
+    )
+    .unwrap();
     let e = bad("", &sink("name = \"a\"\ntype = \"syslog\"\naddress = \"udp://host\""));
     assert!(e.starts_with(&at(54, "audit.sink.address")), "{e}");
     let e = bad(
