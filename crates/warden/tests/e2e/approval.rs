@@ -948,6 +948,16 @@ impl ApprovalWarden {
     }
 }
 
+/// A raw protocol session of an agent acting for alice under the `reviewed` role (its writes are held
+/// for review), with carol's credential (a dba, who may decide them).
+async fn reviewed_session() -> (&'static ApprovalWarden, PathBuf, raw::Raw) {
+    let w = approval_warden();
+    let (alice, carol) = (w.human("alice"), w.human("carol"));
+    let (agent, _task) = w.reviewed_agent(&alice).await;
+    let c = raw::Raw::connect(w.port, &agent).await;
+    (w, carol, c)
+}
+
 /// PostgreSQL ran a statement holding `marker` (its log shows statements as they execute).
 fn pg_ran(marker: &str) -> bool {
     pg_log().lines().any(|l| l.contains(marker) && !l.contains("warden: "))
@@ -956,10 +966,7 @@ fn pg_ran(marker: &str) -> bool {
 #[tokio::test]
 async fn a_reused_statement_name_cannot_swap_what_a_held_write_runs() {
     use raw::*;
-    let w = approval_warden();
-    let (alice, carol) = (w.human("alice"), w.human("carol"));
-    let (agent, _task) = w.reviewed_agent(&alice).await;
-    let mut c = Raw::connect(w.port, &agent).await;
+    let (w, carol, mut c) = reviewed_session().await;
 
     // A name in use is refused, as PostgreSQL would: the write stays what s1 runs, and is held.
     let m1 = format!("rev-name-{}", uuid::Uuid::new_v4().simple());
@@ -1024,10 +1031,7 @@ async fn a_reused_statement_name_cannot_swap_what_a_held_write_runs() {
 #[tokio::test]
 async fn a_statement_made_by_sql_prepare_cannot_be_bound_past_review() {
     use raw::*;
-    let w = approval_warden();
-    let (alice, carol) = (w.human("alice"), w.human("carol"));
-    let (agent, _task) = w.reviewed_agent(&alice).await;
-    let mut c = Raw::connect(w.port, &agent).await;
+    let (w, carol, mut c) = reviewed_session().await;
     let m = format!("rev-prep-{}", uuid::Uuid::new_v4().simple());
     // PREPARE of a write is itself held; approved, it only prepares.
     let approver = w.approve_when_held(carol.clone(), m.clone());
@@ -1056,10 +1060,7 @@ async fn a_statement_made_by_sql_prepare_cannot_be_bound_past_review() {
 #[tokio::test]
 async fn a_prepared_execute_is_held_again_when_its_sql_statement_is_prepared_anew() {
     use raw::*;
-    let w = approval_warden();
-    let (alice, carol) = (w.human("alice"), w.human("carol"));
-    let (agent, _task) = w.reviewed_agent(&alice).await;
-    let mut c = Raw::connect(w.port, &agent).await;
+    let (w, carol, mut c) = reviewed_session().await;
     let m = format!("rev-swap-{}", uuid::Uuid::new_v4().simple());
     // `EXECUTE x` prepared through the extended protocol while x only reads.
     c.send(&[query("PREPARE x AS SELECT 1")]).await;
@@ -1090,10 +1091,7 @@ async fn a_prepared_execute_is_held_again_when_its_sql_statement_is_prepared_ane
 #[tokio::test]
 async fn a_prepare_that_fails_on_a_name_in_use_does_not_hide_the_write_behind_it() {
     use raw::*;
-    let w = approval_warden();
-    let (alice, carol) = (w.human("alice"), w.human("carol"));
-    let (agent, _task) = w.reviewed_agent(&alice).await;
-    let mut c = Raw::connect(w.port, &agent).await;
+    let (w, carol, mut c) = reviewed_session().await;
     let m = format!("rev-reprep-{}", uuid::Uuid::new_v4().simple());
     let approver = w.approve_when_held(carol.clone(), format!("{m}-prep"));
     c.send(&[query(&format!(
@@ -1118,10 +1116,7 @@ async fn a_prepare_that_fails_on_a_name_in_use_does_not_hide_the_write_behind_it
 #[tokio::test]
 async fn a_close_or_deallocate_postgres_skipped_does_not_let_a_name_change_what_it_runs() {
     use raw::*;
-    let w = approval_warden();
-    let (alice, carol) = (w.human("alice"), w.human("carol"));
-    let (agent, _task) = w.reviewed_agent(&alice).await;
-    let mut c = Raw::connect(w.port, &agent).await;
+    let (w, carol, mut c) = reviewed_session().await;
     let m = format!("rev-skip-{}", uuid::Uuid::new_v4().simple());
     // A write parsed under a name (Parse is not reviewed; its Execute would be).
     c.send(&[
@@ -1174,10 +1169,7 @@ async fn a_close_or_deallocate_postgres_skipped_does_not_let_a_name_change_what_
 #[tokio::test]
 async fn a_confirmed_close_forgets_only_what_the_name_was_before_it() {
     use raw::*;
-    let w = approval_warden();
-    let (alice, carol) = (w.human("alice"), w.human("carol"));
-    let (agent, _task) = w.reviewed_agent(&alice).await;
-    let mut c = Raw::connect(w.port, &agent).await;
+    let (w, carol, mut c) = reviewed_session().await;
     let m = format!("rev-after-{}", uuid::Uuid::new_v4().simple());
     // A Close, then a Parse of the same name before the Close's answer (a name never used: no wait).
     c.send(&[
@@ -1204,10 +1196,7 @@ async fn a_confirmed_close_forgets_only_what_the_name_was_before_it() {
 async fn a_name_closed_and_parsed_again_in_one_batch_runs_its_new_statement() {
     // Npgsql's auto-prepare reuses a slot's name: Close, then Parse of the same name, in one batch.
     use raw::*;
-    let w = approval_warden();
-    let (alice, _carol) = (w.human("alice"), w.human("carol"));
-    let (agent, _task) = w.reviewed_agent(&alice).await;
-    let mut c = Raw::connect(w.port, &agent).await;
+    let (_w, _carol, mut c) = reviewed_session().await;
     c.send(&[parse("_auto1", "SELECT 1 AS one"), sync()]).await;
     assert!(errors(&c.until_ready().await).is_empty());
     c.send(&[
@@ -1227,10 +1216,7 @@ async fn a_name_closed_and_parsed_again_in_one_batch_runs_its_new_statement() {
 #[tokio::test]
 async fn portals_that_ended_with_their_transaction_are_forgotten() {
     use raw::*;
-    let w = approval_warden();
-    let alice = w.human("alice");
-    let (agent, _task) = w.reviewed_agent(&alice).await;
-    let mut c = Raw::connect(w.port, &agent).await;
+    let (_w, _carol, mut c) = reviewed_session().await;
     // More named portals than Warden keeps, each gone at its Sync (no transaction block).
     for i in 0..1100 {
         let name = format!("C_{i}");
@@ -1264,10 +1250,7 @@ async fn portals_that_ended_with_their_transaction_are_forgotten() {
 #[tokio::test]
 async fn moving_through_a_bound_portal_is_held_like_executing_it() {
     use raw::*;
-    let w = approval_warden();
-    let (alice, carol) = (w.human("alice"), w.human("carol"));
-    let (agent, _task) = w.reviewed_agent(&alice).await;
-    let mut c = Raw::connect(w.port, &agent).await;
+    let (w, carol, mut c) = reviewed_session().await;
     let m = format!("rev-move-{}", uuid::Uuid::new_v4().simple());
     c.send(&[query("BEGIN")]).await;
     assert!(errors(&c.until_ready().await).is_empty());
@@ -1295,10 +1278,7 @@ async fn moving_through_a_bound_portal_is_held_like_executing_it() {
 #[tokio::test]
 async fn a_failed_bind_before_a_denied_execute_leaves_the_session_in_step() {
     use raw::*;
-    let w = approval_warden();
-    let (alice, carol) = (w.human("alice"), w.human("carol"));
-    let (agent, _task) = w.reviewed_agent(&alice).await;
-    let mut c = Raw::connect(w.port, &agent).await;
+    let (w, carol, mut c) = reviewed_session().await;
     let m = format!("rev-step-{}", uuid::Uuid::new_v4().simple());
     let denier = w.deny_when_held(carol.clone(), m.clone());
     // PostgreSQL refuses the Bind ('abc' is no integer) and skips the rest, stand-in included.
