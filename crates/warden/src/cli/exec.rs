@@ -4,7 +4,8 @@
 //! 2. Write it to a private temporary directory (0700; the key 0600).
 //! 3. Run the command with libpq's variables and `DATABASE_URL` pointing at it; forward signals.
 //! 4. When the command exits, revoke the credential (its live sessions end too), remove the directory,
-//!    and exit with the command's status.
+//!    and exit with the command's status. If `warden exec` is killed instead, the kernel kills the
+//!    command too (its credential stays valid until it expires: `warden revoke` ends it sooner).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -229,6 +230,25 @@ async fn run_child(command: &[String], env: &[(String, String)], signals: &mut S
         }
     }
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    // If `warden exec` itself dies (SIGKILL, the OOM killer, a crash), nothing is left to revoke the
+    // credential when the command exits: the command must not go on using it. The kernel kills it
+    // when this thread ends (the runtime is current-thread: this is the main thread, which lives as
+    // long as the process). Processes the command started itself are not covered.
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec the closure calls only async-signal-safe functions (prctl,
+    // getppid, _exit) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // `warden exec` may have died between fork and prctl.
+            if libc::getppid() != parent {
+                libc::_exit(128 + libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
     let mut child = cmd.spawn().with_context(|| format!("starting {}", command[0]))?;
     let pid = child.id().context("the command exited before it could be watched")? as i32;
     let from_terminal = terminal_delivers_interrupts();

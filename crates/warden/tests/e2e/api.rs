@@ -575,6 +575,41 @@ fn exec_forwards_signals_and_exits_with_the_commands_status() {
     assert!(revoked["reason"].as_str().unwrap().contains("status 42"), "{revoked}");
 }
 
+#[test]
+fn a_killed_exec_takes_its_command_with_it() {
+    use std::io::{BufRead, BufReader};
+    let w = api_warden();
+    let alice = w.issue("human", "alice", &["--ttl", "1h"]);
+    let task = format!("T-kill-{}", uuid::Uuid::new_v4().simple());
+    let mut exec = Command::new(WARDEN)
+        .args(["exec", "--identity"])
+        .arg(&alice)
+        .args(["--agent", "report-bot", "--task", &task, "--", "sh", "-c"])
+        .arg("echo $$; while :; do sleep 0.05; done")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(exec.stdout.take().unwrap()).lines();
+    let pid: i32 = lines.next().unwrap().unwrap().trim().parse().unwrap();
+    // SAFETY: signal 0 only checks that the process exists.
+    assert_eq!(unsafe { libc::kill(pid, 0) }, 0, "the command runs");
+    exec.kill().unwrap(); // SIGKILL: `warden exec` cannot revoke anything now
+    exec.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // The command was a child of `warden exec` and is reparented once killed; it must not live on
+    // with a credential nobody will revoke.
+    while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command outlived the killed `warden exec`"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Writes an API-issued credential to a directory the test clients can use.
 fn save_issued(body: &Value) -> PathBuf {
     let dir = unique_dir(&harness().root, "api-issued");
