@@ -87,8 +87,11 @@ enum Pending {
     /// bind and execute). `None` for a statement Warden does not track.
     Describe(Option<Described>),
     /// The ReadyForQuery that ends an extended-protocol batch (or answers a FunctionCall), with the
-    /// enforcer's stamp when it was sent.
-    Sync(u64),
+    /// enforcer's stamp when it was sent, and the `query` record of the statement sent just before
+    /// it. PostgreSQL ignores a Sync that reaches it while that statement copies from the client
+    /// (libpq sends one right after the Execute of a `COPY ... FROM STDIN`): no ReadyForQuery comes
+    /// for it then (`ServerSide::copy_in`).
+    Sync(u64, Option<u64>),
     /// A Close of a prepared statement or portal: forgotten once PostgreSQL answers CloseComplete (it
     /// skips a Close after an error earlier in the batch, and the name then stays what it was).
     Close(Forget),
@@ -352,6 +355,24 @@ impl Swallow {
 
 type Queue = Arc<Mutex<VecDeque<Pending>>>;
 
+/// Takes the Syncs at the front of the queue that PostgreSQL ignored because they came during the
+/// COPY from the client of statement `copy_in`, as if their ReadyForQuery had come (the client side
+/// counted one for each). They reach the front once the COPY's statement has its answer. Whether any
+/// was taken.
+fn ignored_syncs(q: &mut VecDeque<Pending>, copy_in: Option<u64>, rfq_seen: &mut u64, replies: &Replies) -> bool {
+    let mut any = false;
+    while let Some(Pending::Sync(_, during @ Some(_))) = q.front() {
+        if *during != copy_in {
+            break;
+        }
+        q.pop_front();
+        *rfq_seen += 1;
+        replies.batch_ended();
+        any = true;
+    }
+    any
+}
+
 pub async fn run(
     shared: Arc<Shared>,
     session: Arc<Session>,
@@ -428,6 +449,7 @@ pub async fn run(
         ended_applied: 0,
         held,
         acks: None,
+        copy_ended: None,
     };
     let mut to_client = ServerSide {
         shared: &shared,
@@ -445,6 +467,7 @@ pub async fn run(
         last_columns: None,
         describing: false,
         replies,
+        copy_in: None,
     };
     let draining = drain(&mut shutdown, to_client.queue.clone());
     let expiry = expires(&session);
@@ -475,7 +498,7 @@ pub async fn run(
         .iter_mut()
         .filter_map(|p| match p {
             Pending::Simple(o) | Pending::Execute(o) => Some(std::mem::replace(o, Outcome::new(o.query_seq))),
-            Pending::Describe(_) | Pending::Sync(_) | Pending::Close(_) => None,
+            Pending::Describe(_) | Pending::Sync(..) | Pending::Close(_) => None,
         })
         .collect();
     if matches!(end, End::Killed(_) | End::Shutdown) && !unanswered.is_empty() {
@@ -625,6 +648,9 @@ struct ClientSide<'a> {
     /// Where the audit writer answers this session's `query` records, one at a time (made by the
     /// first: an idle session holds none).
     acks: Option<Arc<warden_audit::Acks>>,
+    /// The `query` record of the statement whose COPY data the client last ended (CopyDone or
+    /// CopyFail): a Sync after that is not one PostgreSQL ignores.
+    copy_ended: Option<u64>,
 }
 
 /// The end of a statement review.
@@ -1062,7 +1088,23 @@ impl ClientSide<'_> {
                 });
                 self.push(Pending::Describe(described));
             }
-            FrontendMessage::Sync => self.push(Pending::Sync(self.enforcer.stamp())),
+            FrontendMessage::Sync => {
+                let mut q = self.queue.lock().expect("relay queue lock poisoned");
+                // A Sync after a statement's CopyDone or CopyFail is not one sent during its COPY.
+                let during = match q.back() {
+                    Some(Pending::Simple(o) | Pending::Execute(o)) if self.copy_ended != Some(o.query_seq) => {
+                        Some(o.query_seq)
+                    }
+                    _ => None,
+                };
+                q.push_back(Pending::Sync(self.enforcer.stamp(), during));
+            }
+            FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
+                self.copy_ended = match self.queue.lock().expect("relay queue lock poisoned").back() {
+                    Some(Pending::Simple(o) | Pending::Execute(o)) => Some(o.query_seq),
+                    _ => None,
+                };
+            }
             FrontendMessage::FunctionCall => {
                 // The fast-path call names a function by OID, past any statement analysis: refused.
                 return self
@@ -1430,6 +1472,9 @@ struct ServerSide<'a> {
     /// ParameterDescription: its RowDescription goes to the Execute that follows, as a result's own.
     describing: bool,
     replies: Arc<Replies>,
+    /// The `query` record of the statement that last began a COPY from the client
+    /// (CopyInResponse): the Syncs the client sent during that COPY are ignored by PostgreSQL.
+    copy_in: Option<u64>,
 }
 
 /// What happens to one message from PostgreSQL.
@@ -1509,6 +1554,13 @@ impl ServerSide<'_> {
             b'E' => self.replies.answered(true),
             b'Z' => self.replies.batch_ended(),
             _ => {}
+        }
+        if frame.tag == b'G' {
+            if let Some(Pending::Simple(o) | Pending::Execute(o)) =
+                self.queue.lock().expect("relay queue lock poisoned").front()
+            {
+                self.copy_in = Some(o.query_seq);
+            }
         }
         match frame.tag {
             b'1' if self.swallow.take(self.rfq_seen, true) => return Ok(Relay::Drop),
@@ -1608,8 +1660,15 @@ impl ServerSide<'_> {
                             pop_outcome(&mut q, finished);
                         }
                         // PostgreSQL skips the rest of the batch up to Sync (a skipped Close drops
-                        // nothing).
-                        while let Some(Pending::Execute(_) | Pending::Describe(_) | Pending::Close(_)) = q.front() {
+                        // nothing; nor does a Sync it ignored during a COPY).
+                        loop {
+                            if ignored_syncs(&mut q, self.copy_in, &mut self.rfq_seen, &self.replies) {
+                                self.replies.answered(true);
+                            }
+                            match q.front() {
+                                Some(Pending::Execute(_) | Pending::Describe(_) | Pending::Close(_)) => {}
+                                _ => break,
+                            }
                             if let Some(Pending::Execute(mut o)) = q.pop_front() {
                                 o.error = Some("not run: an earlier message of the batch failed".into());
                                 finished.push(o);
@@ -1634,7 +1693,7 @@ impl ServerSide<'_> {
                         }
                         Pending::Execute(o) => finished.push(o),
                         Pending::Describe(_) | Pending::Close(_) => {}
-                        Pending::Sync(at) => {
+                        Pending::Sync(at, _) => {
                             stamp = Some(at);
                             break;
                         }
@@ -1647,6 +1706,7 @@ impl ServerSide<'_> {
             }
             _ => {}
         }
+        ignored_syncs(&mut q, self.copy_in, &mut self.rfq_seen, &self.replies);
         Ok(relay)
     }
 

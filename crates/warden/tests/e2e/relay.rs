@@ -53,6 +53,29 @@ async fn copy_in_and_copy_out() {
         .unwrap();
     let n = sink.finish().await.unwrap();
     assert_eq!(n, 2);
+    // tokio-postgres, like libpq, sends a Sync right after the COPY's Execute, which PostgreSQL
+    // ignores while the COPY runs: the results that follow must still go to their own statements.
+    let copy = h.wait_for_event(&["--identity", "human:alice", "--event", "query"], |e| {
+        e["statement"] == "COPY orders (customer_id, status, total, region) FROM STDIN"
+    });
+    let copy_seq = copy["seq"].as_u64().unwrap();
+    let marker = format!("after-copy-{}", uuid::Uuid::new_v4().simple());
+    let rows = client
+        .query(
+            "SELECT total FROM orders WHERE status = 'copied' AND $1::text IS NOT NULL",
+            &[&marker],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    let after = h.wait_for_event(&["--identity", "human:alice", "--event", "query"], |e| {
+        e["parameters"][0] == marker.as_str()
+    });
+    let after_seq = after["seq"].as_u64().unwrap();
+    let results = |seq: u64| h.wait_for_event(&["--event", "query.result"], |e| e["query_id"] == seq);
+    assert_eq!(results(copy_seq)["rows"], 2, "the COPY's result");
+    let r = results(after_seq);
+    assert_eq!((r["rows"].as_u64(), r["error"].as_str()), (Some(2), None), "{r}");
 
     let stream = client
         .copy_out("COPY (SELECT total FROM orders WHERE status = 'copied' ORDER BY total) TO STDOUT")
@@ -65,6 +88,84 @@ async fn copy_in_and_copy_out() {
         .execute("DELETE FROM orders WHERE status = 'copied'", &[])
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_sync_sent_during_copy_from_the_client_does_not_shift_results() {
+    use crate::approval::raw;
+    let h = harness();
+    let cred = h.issue("human", "alice", &[]);
+    let mut c = raw::Raw::connect_as(h.warden_port, &cred, "alice", "shop2").await;
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    // A simple-protocol COPY that the client abandons, with a Sync in the middle (ignored by
+    // PostgreSQL during the COPY), then statements whose results must be their own.
+    c.send(&[raw::query(&format!(
+        "COPY orders (customer_id, status, total, region) FROM STDIN -- {marker}"
+    ))])
+    .await;
+    c.send(&[raw::sync(), copy_fail("the client gave up")]).await;
+    let copy = c.until_ready().await;
+    assert!(
+        raw::errors(&copy).iter().any(|e| e.contains("the client gave up")),
+        "{copy:?}"
+    );
+    // An extended COPY, libpq's way: Sync after the Execute, data, CopyDone, Sync.
+    c.send(&[
+        raw::parse(
+            "",
+            &format!("COPY orders (customer_id, status, total, region) FROM STDIN -- {marker}"),
+        ),
+        raw::bind("", "", &[]),
+        raw::execute(""),
+        raw::sync(),
+        copy_data(b"1\tsync-copy\t1.00\teu\n"),
+        copy_done(),
+        raw::sync(),
+    ])
+    .await;
+    let copied = c.until_ready().await;
+    assert!(raw::errors(&copied).is_empty(), "{copied:?}");
+    for (sql, rows) in [
+        (format!("SELECT 1 AS one, '{marker}' AS m"), 1),
+        (
+            format!("SELECT id FROM orders WHERE status = 'sync-copy' AND '{marker}' <> ''"),
+            1,
+        ),
+        (format!("SELECT 1/0, '{marker}'"), 0),
+        (
+            format!("DELETE FROM orders WHERE status = 'sync-copy' AND '{marker}' <> ''"),
+            1,
+        ),
+    ] {
+        c.send(&[raw::query(&sql)]).await;
+        let answer = c.until_ready().await;
+        let q = h.wait_for_event(&["--identity", "human:alice", "--event", "query"], |e| {
+            e["statement"] == sql.as_str()
+        });
+        let seq = q["seq"].as_u64().unwrap();
+        let r = h.wait_for_event(&["--event", "query.result"], |e| e["query_id"] == seq);
+        assert_eq!(r["rows"].as_u64(), Some(rows), "{sql}: {r}");
+        assert_eq!(r["error"].is_string(), sql.contains("1/0"), "{sql}: {r} {answer:?}");
+    }
+}
+
+fn copy_data(data: &[u8]) -> bytes::BytesMut {
+    let mut b = bytes::BytesMut::from(&b"d"[..]);
+    b.extend_from_slice(&(4 + data.len() as i32).to_be_bytes());
+    b.extend_from_slice(data);
+    b
+}
+
+fn copy_done() -> bytes::BytesMut {
+    bytes::BytesMut::from(&b"c\0\0\0\x04"[..])
+}
+
+fn copy_fail(why: &str) -> bytes::BytesMut {
+    let mut b = bytes::BytesMut::from(&b"f"[..]);
+    b.extend_from_slice(&(4 + why.len() as i32 + 1).to_be_bytes());
+    b.extend_from_slice(why.as_bytes());
+    b.extend_from_slice(b"\0");
+    b
 }
 
 #[test]
