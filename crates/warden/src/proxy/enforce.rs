@@ -324,6 +324,17 @@ impl Enforcer {
         self.cursors.count >= MAX_NAMED
     }
 
+    /// Whether the cursor or portal `name` was given another text after stamp `since` (a portal's
+    /// Bind): a SQL DECLARE of the name succeeds only if PostgreSQL no longer held the portal (a
+    /// ROLLBACK TO SAVEPOINT drops the portals opened after the savepoint), and then the name runs
+    /// the declared query, not the portal's.
+    pub fn cursor_given_since(&self, name: &str, since: u64) -> bool {
+        self.cursors
+            .texts
+            .get(name)
+            .is_some_and(|texts| texts.iter().any(|t| t.stamp > since))
+    }
+
     /// Whether `name` may be a cursor declared WITH HOLD (it outlives its transaction).
     pub fn is_hold_cursor(&self, name: &str) -> bool {
         self.cursors

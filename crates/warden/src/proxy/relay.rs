@@ -999,6 +999,22 @@ impl ClientSide<'_> {
                         )
                         .await;
                 }
+                if self.enforcer.cursor_given_since(portal, p.bound) {
+                    // What PostgreSQL runs under the name is not known to be the portal's statement.
+                    let reason = format!(
+                        "portal \"{portal}\" was declared again as a cursor after it was bound, so Warden cannot tell which query it would run"
+                    );
+                    return self
+                        .deny_extended(
+                            &p.sql,
+                            Some(p.params),
+                            sqlstate::INSUFFICIENT_PRIVILEGE,
+                            reason,
+                            "close the portal and bind it again, or FETCH from the cursor with SQL".into(),
+                            None,
+                        )
+                        .await;
+                }
                 if p.decided
                     .as_ref()
                     .is_some_and(|d| !d.current(self.shared, self.session, &self.enforcer))

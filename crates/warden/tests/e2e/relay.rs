@@ -149,6 +149,46 @@ async fn a_sync_sent_during_copy_from_the_client_does_not_shift_results() {
     }
 }
 
+#[tokio::test]
+async fn a_portal_declared_again_after_a_rollback_to_savepoint_is_not_run_as_the_old_one() {
+    use crate::approval::raw;
+    let h = harness();
+    let cred = h.issue("human", "alice", &[]);
+    let mut c = raw::Raw::connect_as(h.warden_port, &cred, "alice", "shop2").await;
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    c.send(&[raw::query("BEGIN; SAVEPOINT s")]).await;
+    c.until_ready().await;
+    // Portal c, bound inside the savepoint: PostgreSQL drops it at ROLLBACK TO SAVEPOINT.
+    let bound = format!("SELECT 1 AS one, '{marker}' AS m");
+    c.send(&[raw::parse("", &bound), raw::bind("c", "", &[]), raw::sync()])
+        .await;
+    let ok = c.until_ready().await;
+    assert!(raw::errors(&ok).is_empty(), "{ok:?}");
+    c.send(&[raw::query(&format!(
+        "ROLLBACK TO SAVEPOINT s; DECLARE c CURSOR FOR SELECT id FROM orders WHERE '{marker}' <> ''"
+    ))])
+    .await;
+    let declared = c.until_ready().await;
+    assert!(raw::errors(&declared).is_empty(), "{declared:?}");
+    // The cursor is fetched as what it was declared with.
+    c.send(&[raw::query("FETCH 1 FROM c")]).await;
+    let fetched = c.until_ready().await;
+    assert!(raw::errors(&fetched).is_empty(), "{fetched:?}");
+    assert!(fetched.iter().any(|m| m.0 == 'D'), "{fetched:?}");
+    // An Execute of c would run the cursor's query, which is not what Warden decided for the portal.
+    c.send(&[raw::execute("c"), raw::sync()]).await;
+    let run = c.until_ready().await;
+    assert!(
+        raw::errors(&run)
+            .iter()
+            .any(|e| e.starts_with("42501") && e.contains("declared again")),
+        "{run:?}"
+    );
+    assert!(run.iter().all(|m| m.0 != 'D'), "rows came back: {run:?}");
+    c.send(&[raw::query("ROLLBACK")]).await;
+    c.until_ready().await;
+}
+
 fn copy_data(data: &[u8]) -> bytes::BytesMut {
     let mut b = bytes::BytesMut::from(&b"d"[..]);
     b.extend_from_slice(&(4 + data.len() as i32).to_be_bytes());
