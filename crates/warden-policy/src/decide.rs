@@ -129,7 +129,13 @@ fn decide_one(s: &StatementAccess, roles: &[&Role]) -> Decision {
             Forbidden::UnknownRelation(_) | Forbidden::UnknownColumn(_) => "unknown",
             _ => "never",
         };
-        return deny(rule, f.to_string(), "this is refused for every role".into());
+        let hint = match f {
+            Forbidden::SecurityDefiner(_) => {
+                "ask the database's owner for a SECURITY INVOKER version, or for the grants it needs"
+            }
+            _ => "this is refused for every role",
+        };
+        return deny(rule, f.to_string(), hint.into());
     }
     match s.class() {
         Class::Ddl => {

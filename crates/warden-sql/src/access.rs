@@ -75,6 +75,9 @@ pub enum Forbidden {
     ProtectedSetting(String),
     DynamicSetConfig,
     PreparedTransaction,
+    /// A SECURITY DEFINER function: it runs with its owner's privileges, past the session's grants
+    /// and Warden's view of what it touches.
+    SecurityDefiner(String),
 }
 
 impl fmt::Display for Forbidden {
@@ -104,6 +107,10 @@ impl fmt::Display for Forbidden {
             Forbidden::PreparedTransaction => write!(
                 f,
                 "two-phase commit (PREPARE TRANSACTION) is not supported through Warden"
+            ),
+            Forbidden::SecurityDefiner(name) => write!(
+                f,
+                "function {name} is SECURITY DEFINER: it runs with its owner's privileges, past this session's grants, and Warden cannot see what it reads or changes"
             ),
         }
     }

@@ -25,6 +25,8 @@ pub struct Catalog {
     pub relations: HashMap<QualifiedName, RelationInfo>,
     /// Function name (unqualified) -> the most volatile of its overloads, per schema.
     pub functions: HashMap<(String, String), Volatility>,
+    /// Functions (schema, name) of which some overload is SECURITY DEFINER.
+    pub definers: std::collections::HashSet<(String, String)>,
 }
 
 impl Catalog {
@@ -41,6 +43,18 @@ impl Catalog {
     pub fn add_function(&mut self, schema: &str, name: &str, v: Volatility) {
         let e = self.functions.entry((schema.into(), name.into())).or_insert(v);
         *e = (*e).max(v);
+    }
+
+    /// Marks a function of which some overload runs as its owner (SECURITY DEFINER).
+    pub fn add_definer(&mut self, schema: &str, name: &str) {
+        self.definers.insert((schema.into(), name.into()));
+    }
+
+    /// Whether the function `schema.name`, as `function` resolved it, may run as its owner.
+    pub fn is_definer(&self, resolved: &str) -> bool {
+        resolved
+            .split_once('.')
+            .is_some_and(|(s, n)| self.definers.contains(&(s.to_string(), n.to_string())))
     }
 
     /// Resolves a relation as PostgreSQL would: an explicit schema, else pg_catalog, then the path.

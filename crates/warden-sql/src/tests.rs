@@ -20,7 +20,26 @@ pub(crate) fn shop() -> Catalog {
         c.add_function("pg_catalog", f, v);
     }
     c.add_function("public", "reset_orders", Volatility::Volatile);
+    c.add_function("public", "get_email", Volatility::Stable);
+    c.add_definer("public", "get_email");
     c
+}
+
+#[test]
+fn security_definer_functions_are_forbidden_wherever_they_are_called() {
+    for sql in [
+        "SELECT get_email(id) FROM customers",
+        "SELECT public.get_email(1)",
+        "SELECT id FROM orders WHERE status = (SELECT get_email(2))",
+        "WITH x AS (SELECT get_email(3) AS e) SELECT * FROM x",
+    ] {
+        assert_eq!(
+            one(sql).forbidden,
+            [Forbidden::SecurityDefiner("public.get_email".into())],
+            "{sql}"
+        );
+    }
+    assert!(one("SELECT now()").forbidden.is_empty());
 }
 
 fn one(sql: &str) -> StatementAccess {

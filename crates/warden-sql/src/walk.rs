@@ -915,6 +915,9 @@ impl Walker<'_> {
                 None => self.forbid(Forbidden::DynamicSetConfig),
             }
         }
+        if self.catalog.is_definer(&resolved) {
+            self.forbid(Forbidden::SecurityDefiner(resolved.clone()));
+        }
         self.access.functions.insert(resolved, volatility);
         for key in ["args", "agg_order", "agg_filter", "over"] {
             self.generic(&f[key]);

@@ -111,13 +111,15 @@ impl Enforcer {
                     s.forbidden
                         .iter()
                         .any(|f| matches!(f, Forbidden::UnknownRelation(_) | Forbidden::UnknownColumn(_)))
+                        // A function created since: it may be SECURITY DEFINER.
+                        || s.functions.values().any(|v| *v == warden_sql::Volatility::Unknown)
                 })
             })
         };
         let mut catalog = shared.provisioner.catalog(&shared.db_ca, db, false).await?;
         let mut analysed = shared.analyses.analyze(sql, &catalog, context);
         if unknown(&analysed) {
-            // A table created since the catalog was read: read it again, once.
+            // A table or function created since the catalog was read: read it again, once.
             catalog = shared.provisioner.catalog(&shared.db_ca, db, true).await?;
             analysed = shared.analyses.analyze(sql, &catalog, context);
         }

@@ -332,6 +332,34 @@ async fn redteam_corpus_and_more_through_the_proxy() {
 }
 
 #[tokio::test]
+async fn security_definer_functions_are_refused_even_when_created_after_warden_read_the_catalog() {
+    let h = harness();
+    // Created now, after Warden read shop2's catalog: a miss reads it again.
+    h.cluster
+        .psql(
+            "shop2",
+            "CREATE FUNCTION public.wd_email_of(i int) RETURNS text STABLE SECURITY DEFINER LANGUAGE sql \
+             AS 'SELECT email FROM public.customers WHERE id = i'",
+        )
+        .unwrap();
+    let cred = h.issue("human", "alice", &[]);
+    let client = h.connect(&cred, "alice", "shop2", false).await.unwrap();
+    let err = client
+        .query("SELECT wd_email_of(id) FROM customers", &[])
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().expect("a PostgreSQL error");
+    assert_eq!(db.code().code(), "42501", "{db:?}");
+    assert!(
+        db.message().contains("function public.wd_email_of is SECURITY DEFINER"),
+        "{}",
+        db.message()
+    );
+    // An ordinary function is still called.
+    client.query("SELECT lower(name) FROM customers", &[]).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_denial_inside_a_transaction_aborts_it_as_postgres_would() {
     let h = harness();
     let cred = h.issue(

@@ -1,5 +1,5 @@
 //! Loading a database's catalog for statement analysis: relations with their columns, functions with
-//! their volatility. Read through the admin connection, which sees the whole catalog.
+//! their volatility and whether they run as their owner (SECURITY DEFINER). Read through the admin connection, which sees the whole catalog.
 
 use warden_sql::{Catalog, Volatility};
 
@@ -24,7 +24,7 @@ pub async fn load(client: &tokio_postgres::Client) -> Result<Catalog, tokio_post
     }
     let functions = client
         .query(
-            "SELECT n.nspname::text, p.proname::text, max(p.provolatile::text) \
+            "SELECT n.nspname::text, p.proname::text, max(p.provolatile::text), bool_or(p.prosecdef) \
              FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace GROUP BY 1, 2",
             &[],
         )
@@ -36,6 +36,9 @@ pub async fn load(client: &tokio_postgres::Client) -> Result<Catalog, tokio_post
             _ => Volatility::Volatile,
         };
         catalog.add_function(row.get(0), row.get(1), v);
+        if row.get::<_, bool>(3) {
+            catalog.add_definer(row.get(0), row.get(1));
+        }
     }
     Ok(catalog)
 }
