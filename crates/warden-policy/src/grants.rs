@@ -108,6 +108,15 @@ impl ColumnScope {
     pub fn is_none(&self) -> bool {
         matches!(self, ColumnScope::None)
     }
+
+    /// Whether every column `other` covers, this covers.
+    fn covers(&self, other: &ColumnScope) -> bool {
+        match (self, other) {
+            (_, ColumnScope::None) | (ColumnScope::All, _) => true,
+            (ColumnScope::Columns(mine), ColumnScope::Columns(theirs)) => theirs.is_subset(mine),
+            _ => false,
+        }
+    }
 }
 
 /// What one table (or a whole schema) is granted.
@@ -117,6 +126,33 @@ pub struct TablePrivileges {
     pub insert: ColumnScope,
     pub update: ColumnScope,
     pub delete: bool,
+}
+
+impl TablePrivileges {
+    /// Adds what `role` grants on the table `schema.name` (by name or by `schema.*`).
+    fn add_role_on(&mut self, role: &Role, table: &str) {
+        let on = |g: &&TableGrant| {
+            table
+                .split_once('.')
+                .is_some_and(|(s, n)| g.table.schema == s && g.table.name.as_deref().is_none_or(|x| x == n))
+        };
+        for g in role.read.iter().filter(on) {
+            self.select.add(g.columns.as_ref());
+        }
+        for g in role.write.iter().filter(on) {
+            self.insert.add(g.columns.as_ref());
+            self.update.add(g.columns.as_ref());
+            self.delete |= g.columns.is_none();
+        }
+    }
+
+    /// Whether these privileges include all of `other`'s.
+    fn covers(&self, other: &TablePrivileges) -> bool {
+        self.select.covers(&other.select)
+            && self.insert.covers(&other.insert)
+            && self.update.covers(&other.update)
+            && (self.delete || !other.delete)
+    }
 }
 
 /// The union of the privileges of a set of roles: the exact set a provisioned PostgreSQL role should hold.
@@ -149,17 +185,20 @@ impl GrantSet {
                 set.row_filters.entry(table.clone()).or_default().push(filter.clone());
             }
         }
-        // A role that reads a table without a filter lifts the others' filters: roles add up.
+        // Roles add up, but row-level security filters whole rows, not columns: a filter is lifted
+        // only when the roles without one grant, on every row, all that the filtered roles grant
+        // on some. Otherwise it stays for all of the table (fewer rows than the sum: fail closed).
         set.row_filters.retain(|table, _| {
-            !roles.iter().any(|r| {
-                !r.row_filter.contains_key(table)
-                    && r.read.iter().chain(&r.write).any(|g| {
-                        let t = &g.table;
-                        table
-                            .split_once('.')
-                            .is_some_and(|(s, n)| t.schema == s && t.name.as_deref().is_none_or(|x| x == n))
-                    })
-            })
+            let (mut filtered, mut open) = (TablePrivileges::default(), TablePrivileges::default());
+            for r in roles {
+                let p = if r.row_filter.contains_key(table) {
+                    &mut filtered
+                } else {
+                    &mut open
+                };
+                p.add_role_on(r, table);
+            }
+            !open.covers(&filtered)
         });
         set
     }

@@ -247,6 +247,50 @@ fn grants_union_columns_and_write_privileges() {
 }
 
 #[test]
+fn a_row_filter_is_lifted_only_by_roles_that_grant_all_it_covers_on_every_row() {
+    let c = parse(SAMPLE).unwrap();
+    let analyst = c.role("analyst").unwrap();
+    let grant = |t: &str| crate::TableGrant::parse(t).unwrap();
+    let role = |name: &str, read: &[&str], write: &[&str]| {
+        let mut r = analyst.clone();
+        r.name = name.into();
+        r.row_filter.clear();
+        r.read = read.iter().map(|t| grant(t)).collect();
+        r.write = write.iter().map(|t| grant(t)).collect();
+        r
+    };
+    // analyst reads five columns of public.orders, filtered by region.
+    let cases = [
+        // Fewer columns on every row: analyst's total of other regions must stay hidden.
+        (
+            role("ordwriter", &["public.orders(id, status)"], &["public.orders(status)"]),
+            true,
+        ),
+        (role("counter", &["public.orders(id)"], &[]), true),
+        // A write on every row of a column analyst reads does not show it.
+        (role("blind", &[], &["public.orders"]), true),
+        // All analyst reads, on every row: the filter has nothing left to hide.
+        (role("auditor", &["public.orders"], &[]), false),
+        (role("wide", &["public.*"], &[]), false),
+        (
+            role("same", &["public.orders(id, customer_id, status, total, region)"], &[]),
+            false,
+        ),
+        // Another table: nothing to do with orders.
+        (role("other", &["public.customers"], &[]), true),
+    ];
+    for (other, filtered) in &cases {
+        let set = c.grants(&[analyst, other]);
+        assert_eq!(
+            set.row_filters.contains_key("public.orders"),
+            *filtered,
+            "analyst + {}",
+            other.name
+        );
+    }
+}
+
+#[test]
 fn column_write_grant_does_not_imply_delete() {
     let g = TableGrant::parse("public.orders(status)").unwrap();
     assert_eq!(g.columns.as_deref(), Some(&["status".to_string()][..]));
