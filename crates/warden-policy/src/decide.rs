@@ -307,6 +307,19 @@ fn check_write<'a>(
             }
         }
     }
+    if kind == WriteKind::Truncate {
+        // TRUNCATE empties the table past row-level security: not with a row filter in force.
+        let table = rel.to_string();
+        if roles.iter().any(|r| r.row_filter.contains_key(&table))
+            && crate::GrantSet::from_roles(roles).row_filters.contains_key(&table)
+        {
+            return Some(deny(
+                "write",
+                format!("{who} may not truncate {rel}: a row filter limits this session to some of its rows, and TRUNCATE removes all"),
+                "delete the rows instead (DELETE FROM ... WHERE ...); the filter applies to it".into(),
+            ));
+        }
+    }
     None
 }
 

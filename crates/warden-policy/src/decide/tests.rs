@@ -25,6 +25,12 @@ name = "status-writer"
 databases = ["shop"]
 read  = ["public.orders(id, status)"]
 write = ["public.orders(status)"]
+[[role]]
+name = "regional-writer"
+databases = ["shop"]
+read  = ["public.orders"]
+write = ["public.orders"]
+row_filter = { "public.orders" = "region = 'eu'" }
 "#;
 
 fn catalog() -> Catalog {
@@ -225,4 +231,18 @@ fn writers_and_column_limited_writes() {
         Decision::Allow
     );
     assert!(reason(&verdict("DROP TABLE orders", &["analyst", "writer"])).starts_with("roles analyst, writer may not"));
+}
+
+#[test]
+fn truncate_is_refused_where_a_row_filter_is_in_force() {
+    let d = verdict("TRUNCATE orders", &["regional-writer"]);
+    assert!(
+        reason(&d).contains("a row filter limits this session"),
+        "{}",
+        reason(&d)
+    );
+    assert!(verdict("DELETE FROM orders WHERE id = 1", &["regional-writer"]).is_allow());
+    assert!(verdict("TRUNCATE orders", &["writer"]).is_allow());
+    // writer reads and writes every column of every row: the filter is lifted.
+    assert!(verdict("TRUNCATE orders", &["regional-writer", "writer"]).is_allow());
 }

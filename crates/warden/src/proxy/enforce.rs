@@ -489,15 +489,50 @@ pub fn resolve_path(entries: &[String], db_role: &str) -> Vec<String> {
         .collect()
 }
 
-/// Parses the text of `SHOW search_path`.
+/// Parses the text of `SHOW search_path` as PostgreSQL reads it (`SplitIdentifierString`): entries
+/// separated by commas outside double quotes, unquoted names folded to lower case, `""` inside
+/// quotes standing for one `"`. The setting is shown as it was given (a startup parameter
+/// `search_path=HR,public` is shown so, and means `hr`).
 pub fn parse_search_path(shown: &str, db_role: &str) -> Vec<String> {
-    let entries: Vec<String> = shown.split(',').map(str::to_string).collect();
+    let mut entries = Vec::new();
+    let mut chars = shown.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut name = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            loop {
+                match chars.next() {
+                    Some('"') if chars.next_if_eq(&'"').is_some() => name.push('"'),
+                    Some('"') | None => break,
+                    Some(c) => name.push(c),
+                }
+            }
+            // Kept quoted: `resolve_path` takes `"$user"` as the role and other quotes off.
+            name = format!("\"{name}\"");
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != ',' && !c.is_whitespace()) {
+                name.extend(c.to_lowercase());
+            }
+        }
+        while chars.next_if(|c| *c != ',').is_some() {}
+        entries.push(name);
+        if chars.next().is_none() {
+            break;
+        }
+    }
     resolve_path(&entries, db_role)
 }
 
 /// The statement Warden runs instead of a denied one: PostgreSQL raises the denial itself.
 pub fn denial_statement(code: &str, reason: &str, hint: &str) -> String {
-    let lit = |s: &str| format!("'{}'", s.replace('\'', "''").replace("$warden$", ""));
+    let lit = |s: &str| {
+        // Taken out until none is left: `$war$warden$den$` without its middle is the tag again.
+        let mut s = s.replace('\'', "''");
+        while s.contains("$warden$") {
+            s = s.replace("$warden$", "");
+        }
+        format!("'{s}'")
+    };
     let mut body = format!(
         "RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}",
         lit(code),
@@ -521,6 +556,15 @@ mod tests {
         let parsed = warden_sql::analyze(&s, &Default::default(), &Default::default()).unwrap();
         assert_eq!(parsed.len(), 1);
         assert_eq!(parsed[0].effects, [SessionEffect::DoBlock]);
+        // A tag split by another tag is not one once that is taken out.
+        let s = denial_statement(
+            "42501",
+            "column \"$war$warden$den$; select 1; select $war$warden$den$\"",
+            "",
+        );
+        assert!(!s[12..s.len() - 9].contains("$warden$"), "{s}");
+        let parsed = warden_sql::analyze(&s, &Default::default(), &Default::default()).unwrap();
+        assert_eq!(parsed.len(), 1, "{s}");
     }
 
     #[test]
@@ -570,5 +614,10 @@ mod tests {
     fn search_path_parsing() {
         assert_eq!(parse_search_path("\"$user\", public", "agent:x"), ["agent:x", "public"]);
         assert_eq!(parse_search_path("hr,public", "a"), ["hr", "public"]);
+        // As PostgreSQL reads a path given at connect: unquoted names folded, quoted ones kept.
+        assert_eq!(parse_search_path("HR, Public", "a"), ["hr", "public"]);
+        assert_eq!(parse_search_path("\"HR\",  public ", "a"), ["HR", "public"]);
+        assert_eq!(parse_search_path("\"a,b\", \"x\"\"y\"", "a"), ["a,b", "x\"y"]);
+        assert_eq!(parse_search_path("", "a"), Vec::<String>::new());
     }
 }
