@@ -18,6 +18,11 @@ use crate::{analyze, Catalog, SessionContext, SqlError, StatementAccess};
 /// the working set of statements an application sends).
 const CAPACITY: usize = 10_000;
 
+/// Longer statements are analysed each time, not kept: an entry holds its text and shape, and a
+/// client sending distinct statements of up to the maximum message size (64 MiB by default) must not
+/// make every session's process hold thousands of them. Statements an application repeats are short.
+const CACHED_TEXT_MAX: usize = 16 * 1024;
+
 /// One analysis, shared by every session that sends the same text.
 pub type Analysis = Arc<Result<Vec<StatementAccess>, SqlError>>;
 
@@ -79,6 +84,9 @@ impl AnalysisCache {
                 return hit.analysis.clone();
             }
             let analysis = Arc::new(analyze(sql, catalog, session));
+            if sql.len() > CACHED_TEXT_MAX {
+                return analysis;
+            }
             // Session effects carry their statement's text; a SET's values are strings that matter
             // (client_encoding): neither is shared, out of caution.
             let any_numbers = shareable
@@ -117,6 +125,19 @@ impl AnalysisCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_statements_are_not_kept() {
+        let cache = AnalysisCache::default();
+        let catalog = crate::tests::shop();
+        let ctx = SessionContext::default();
+        let long = format!("SELECT id FROM orders /* {} */", "x".repeat(CACHED_TEXT_MAX));
+        let a = cache.analyze(&long, &catalog, &ctx);
+        assert!(a.as_ref().is_ok());
+        assert!(cache.is_empty());
+        cache.analyze("SELECT id FROM orders", &catalog, &ctx);
+        assert_eq!(cache.len(), 1);
+    }
 
     #[test]
     fn hits_by_text_path_and_generation() {

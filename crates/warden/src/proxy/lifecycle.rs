@@ -23,6 +23,8 @@ use crate::deployment;
 const STATE_POLL: Duration = Duration::from_millis(100);
 /// How often the configuration file is compared with what was last loaded.
 const CONFIG_POLL: Duration = Duration::from_millis(500);
+/// How long live sessions outlast a state store that cannot be read (a lock must end them within 1 s).
+const STATE_UNREADABLE_MAX: Duration = Duration::from_millis(800);
 
 /// Why Warden ended a session, for the client (57P01) and for `session.end`.
 #[derive(Debug, Clone)]
@@ -37,6 +39,8 @@ pub enum KillCause {
     Revocation,
     Expiry,
     Reload,
+    /// The state store (locks, revocations) could not be read: no lock can be seen to apply.
+    StateUnreadable,
 }
 
 impl KillCause {
@@ -46,6 +50,7 @@ impl KillCause {
             KillCause::Revocation => "revocation",
             KillCause::Expiry => "expiry",
             KillCause::Reload => "reload",
+            KillCause::StateUnreadable => "state-unreadable",
         }
     }
 }
@@ -61,6 +66,16 @@ impl Kill {
                 cause: KillCause::Revocation,
                 message: revoked_message(c),
             },
+        }
+    }
+
+    /// A session whose locks cannot be checked (fail closed).
+    pub fn state_unreadable(e: &dyn std::fmt::Display) -> Self {
+        Kill {
+            cause: KillCause::StateUnreadable,
+            message: format!(
+                "Warden cannot read its locks and revocations ({e}), so it cannot tell whether this session may go on; reconnect once it can (an administrator sees the cause in Warden's log)"
+            ),
         }
     }
 
@@ -356,7 +371,9 @@ pub async fn watch(shared: Arc<Shared>, config_path: PathBuf) {
     config_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut state_tick = tokio::time::interval(STATE_POLL);
     state_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut failing = false;
+    // Since when the store cannot be read: past STATE_UNREADABLE_MAX, live sessions end, since a lock
+    // written meanwhile could not end them within the second `warden lock` promises.
+    let mut failing: Option<std::time::Instant> = None;
     let mut swept = u64::MAX;
     loop {
         tokio::select! {
@@ -372,12 +389,19 @@ pub async fn watch(shared: Arc<Shared>, config_path: PathBuf) {
             }
         }
         match shared.enforce_blocks(&mut swept) {
-            Ok(_) => failing = false,
-            Err(e) if !failing => {
-                failing = true;
-                tracing::error!(error = %e, "cannot read the state store: new connections are refused until it is readable");
+            Ok(_) => failing = None,
+            Err(e) => {
+                let since = *failing.get_or_insert_with(|| {
+                    tracing::error!(error = %e, "cannot read the state store: new connections are refused until it is readable");
+                    std::time::Instant::now()
+                });
+                if since.elapsed() >= STATE_UNREADABLE_MAX {
+                    let ended = shared.sessions.end_where(|_| Some(Kill::state_unreadable(&e)));
+                    if ended > 0 {
+                        tracing::error!(error = %e, sessions = ended, "the state store is still unreadable: live sessions ended (a lock could not reach them)");
+                    }
+                }
             }
-            Err(_) => {}
         }
     }
 }

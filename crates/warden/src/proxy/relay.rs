@@ -472,20 +472,22 @@ pub async fn run(
     let draining = drain(&mut shutdown, to_client.queue.clone());
     let expiry = expires(&session);
     // A lock written between authentication and registration would otherwise be missed.
-    let early = shared
-        .block_for(&session.subject())
-        .ok()
-        .flatten()
-        .map(|b| Kill::for_block(&b));
+    let early = match shared.block_for(&session.subject()) {
+        Ok(block) => block.map(|b| Kill::for_block(&b)),
+        Err(e) => Some(Kill::state_unreadable(&e)),
+    };
     let end = if let Some(k) = early {
         End::Killed(k)
     } else {
+        // Ends from outside first: a kill sent while the session was being set up (a reload, an
+        // expiry) must not lose to client messages already buffered.
         tokio::select! {
-        e = to_server.run() => e,
-        e = to_client.run() => e,
-        _ = draining => End::Shutdown,
+        biased;
         k = killed(&mut kill) => End::Killed(k),
         _ = expiry => End::Killed(Kill::expiry(&session)),
+        _ = draining => End::Shutdown,
+        e = to_server.run() => e,
+        e = to_client.run() => e,
         }
     };
     shared.sessions.remove(&session.id);
@@ -532,6 +534,9 @@ pub async fn run(
         let _ = tokio::time::timeout(KILL_IO_TIMEOUT, write_flush(&mut to_client.wr, &buf)).await;
     }
     let _ = tokio::time::timeout(KILL_IO_TIMEOUT, to_client.wr.shutdown()).await;
+    // PostgreSQL's end too, before anything waits on the audit writer: a stuck writer must not keep
+    // the backend (and what the session holds in it) alive.
+    let _ = tokio::time::timeout(KILL_IO_TIMEOUT, to_server.wr.shutdown()).await;
     shared.cancels.remove(cancel_key);
     for mut o in unanswered {
         o.error.get_or_insert_with(|| {
