@@ -182,6 +182,11 @@ fn decide_one(s: &StatementAccess, roles: &[&Role]) -> Decision {
             _ => {}
         }
     }
+    for (rel, sources) in &s.sources {
+        if let Some(d) = check_sources(rel, sources, roles, &who) {
+            return d;
+        }
+    }
     for (rel, cols) in &s.reads {
         if let Some(d) = check_read(rel, cols.iter(), roles, &who) {
             return d;
@@ -321,6 +326,31 @@ fn check_write<'a>(
         }
     }
     None
+}
+
+/// A relation that shows a filtered table's rows past the filter (a partition or child table of it,
+/// a view over it): refused, unless a filter of its own is in force.
+fn check_sources(rel: &QualifiedName, sources: &[QualifiedName], roles: &[&Role], who: &RoleNames) -> Option<Decision> {
+    let filtered = |t: &QualifiedName| {
+        let t = t.to_string();
+        roles.iter().any(|r| r.row_filter.contains_key(&t))
+    };
+    if !sources.iter().any(filtered) {
+        return None;
+    }
+    // Only where a filter is in force (another role may lift it), computed only then.
+    let in_force = crate::GrantSet::from_roles(roles).row_filters;
+    if in_force.contains_key(&rel.to_string()) {
+        return None;
+    }
+    let source = sources.iter().find(|s| in_force.contains_key(&s.to_string()))?;
+    Some(deny(
+        "filter",
+        format!(
+            "{who} sees {source} only through a row filter, and {rel} (a partition, child table or view of it) would show its rows past the filter"
+        ),
+        format!("query {source} itself, where the filter applies, or ask for a row_filter on {rel}"),
+    ))
 }
 
 fn matches(g: &TableGrant, rel: &QualifiedName) -> bool {

@@ -160,6 +160,9 @@ pub struct StatementAccess {
     pub effects: Vec<SessionEffect>,
     /// For `EXPLAIN ANALYZE`: the inner statement runs.
     pub explain_analyze: bool,
+    /// Of the relations read or written, those that show other tables' rows (`Catalog::sources`),
+    /// with those tables: a row filter on one of them does not apply there.
+    pub sources: BTreeMap<QualifiedName, Vec<QualifiedName>>,
 }
 
 impl StatementAccess {

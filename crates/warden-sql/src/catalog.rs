@@ -27,6 +27,10 @@ pub struct Catalog {
     pub functions: HashMap<(String, String), Volatility>,
     /// Functions (schema, name) of which some overload is SECURITY DEFINER.
     pub definers: std::collections::HashSet<(String, String)>,
+    /// Relation -> the other tables whose rows it shows without their row-level security applying
+    /// to them (`close_sources` makes this transitive): a partition's or child table's ancestors,
+    /// the relations a view or materialized view reads.
+    pub sources: HashMap<QualifiedName, Vec<QualifiedName>>,
 }
 
 impl Catalog {
@@ -43,6 +47,31 @@ impl Catalog {
     pub fn add_function(&mut self, schema: &str, name: &str, v: Volatility) {
         let e = self.functions.entry((schema.into(), name.into())).or_insert(v);
         *e = (*e).max(v);
+    }
+
+    /// `rel` shows rows of `source`: `rel` is a partition or child table of it, or a view over it.
+    pub fn add_source(&mut self, rel: QualifiedName, source: QualifiedName) {
+        if rel != source {
+            self.sources.entry(rel).or_default().push(source);
+        }
+    }
+
+    /// Makes `sources` transitive: a view over a view over a table shows the table's rows, a
+    /// partition of a partition its grandparent's.
+    pub fn close_sources(&mut self) {
+        let direct = std::mem::take(&mut self.sources);
+        for rel in direct.keys() {
+            let mut all: Vec<QualifiedName> = Vec::new();
+            let mut todo: Vec<&QualifiedName> = direct[rel].iter().collect();
+            while let Some(s) = todo.pop() {
+                if s == rel || all.contains(s) {
+                    continue;
+                }
+                all.push(s.clone());
+                todo.extend(direct.get(s).into_iter().flatten());
+            }
+            self.sources.insert(rel.clone(), all);
+        }
     }
 
     /// Marks a function of which some overload runs as its owner (SECURITY DEFINER).

@@ -137,6 +137,13 @@ pub fn analyze(sql: &str, catalog: &Catalog, session: &SessionContext) -> Result
         };
         let mut access = walk::statement(&raw["stmt"], catalog, &session);
         access.text = text.trim().to_string();
+        if !catalog.sources.is_empty() {
+            for rel in access.reads.keys().chain(access.writes.keys()) {
+                if let Some(s) = catalog.sources.get(rel) {
+                    access.sources.insert(rel.clone(), s.clone());
+                }
+            }
+        }
         for e in &access.effects {
             if let SessionEffect::SearchPath(p) = e {
                 session = session.with_path(p);

@@ -235,3 +235,21 @@ fn several_statements_are_each_reported() {
     assert_eq!(v[1].text, "DELETE FROM orders");
     assert!(analyze("SELEC 1", &shop(), &SessionContext::default()).is_err());
 }
+
+#[test]
+fn sources_are_transitive_and_attached_to_what_a_statement_touches() {
+    let mut c = shop();
+    c.add_relation("public", "v1", vec!["id".into()]);
+    c.add_relation("public", "v2", vec!["id".into()]);
+    c.add_source(q("public.v2"), q("public.v1"));
+    c.add_source(q("public.v1"), q("public.orders"));
+    c.add_source(q("public.v1"), q("public.v1"));
+    c.close_sources();
+    let mut two = c.sources[&q("public.v2")].clone();
+    two.sort();
+    assert_eq!(two, [q("public.orders"), q("public.v1")]);
+    let a = analyze("SELECT id FROM v2", &c, &SessionContext::default()).unwrap();
+    assert_eq!(a[0].sources.keys().collect::<Vec<_>>(), [&q("public.v2")]);
+    let a = analyze("SELECT id FROM orders", &c, &SessionContext::default()).unwrap();
+    assert!(a[0].sources.is_empty());
+}

@@ -26,6 +26,11 @@ databases = ["shop"]
 read  = ["public.orders(id, status)"]
 write = ["public.orders(status)"]
 [[role]]
+name = "regional-reader"
+databases = ["shop"]
+read  = ["public.*"]
+row_filter = { "public.orders" = "region = 'eu'" }
+[[role]]
 name = "regional-writer"
 databases = ["shop"]
 read  = ["public.orders"]
@@ -245,4 +250,43 @@ fn truncate_is_refused_where_a_row_filter_is_in_force() {
     assert!(verdict("TRUNCATE orders", &["writer"]).is_allow());
     // writer reads and writes every column of every row: the filter is lifted.
     assert!(verdict("TRUNCATE orders", &["regional-writer", "writer"]).is_allow());
+}
+
+#[test]
+fn partitions_children_and_views_of_a_filtered_table_are_refused() {
+    let config = Config::parse(Path::new("/x/warden.toml"), ROLES).unwrap();
+    let mut c = catalog();
+    let q = |s: &str, n: &str| warden_sql::QualifiedName {
+        schema: s.into(),
+        name: n.into(),
+    };
+    let cols = |s: &str| s.split(", ").map(str::to_string).collect::<Vec<_>>();
+    c.add_relation("public", "orders_eu", cols("id, customer_id, status, total, region"));
+    c.add_relation("public", "orders_view", cols("id, total"));
+    c.add_relation("public", "orders_view_view", cols("id"));
+    c.add_source(q("public", "orders_eu"), q("public", "orders"));
+    c.add_source(q("public", "orders_view"), q("public", "orders"));
+    c.add_source(q("public", "orders_view_view"), q("public", "orders_view"));
+    c.close_sources();
+    let run = |sql: &str, names: &[&str]| {
+        let roles: Vec<&Role> = names.iter().map(|n| config.role(n).unwrap()).collect();
+        decide(&analyze(sql, &c, &SessionContext::default()).unwrap(), &roles)
+    };
+    for sql in [
+        "SELECT * FROM orders_eu",
+        "SELECT id FROM orders_view",
+        "SELECT id FROM orders_view_view",
+        "SELECT o.id FROM customers c JOIN orders_view o ON o.id = c.id",
+    ] {
+        let d = run(sql, &["regional-reader"]);
+        assert!(
+            reason(&d).contains("only through a row filter") && reason(&d).contains("public.orders"),
+            "{sql}: {}",
+            reason(&d)
+        );
+    }
+    assert!(run("SELECT * FROM orders", &["regional-reader"]).is_allow());
+    // writer reads every row of every table: no filter is in force, nothing to get past.
+    assert!(run("SELECT * FROM orders_eu", &["regional-reader", "writer"]).is_allow());
+    assert!(run("SELECT * FROM orders_view", &["writer"]).is_allow());
 }
