@@ -42,8 +42,12 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Run the proxy. SIGTERM or Ctrl-C stops accepting and drains open sessions.
+    /// Run the proxy and the API. SIGTERM or Ctrl-C stops accepting and drains open sessions (running
+    /// statements get up to 30 s); a second one ends them at once. SIGHUP reloads warden.toml (so
+    /// does a change of the file). Logs go to stderr: WARDEN_LOG sets the filter (default info),
+    /// WARDEN_LOG_FORMAT=json writes one JSON object per line.
     Start {
+        /// The deployment's warden.toml.
         #[arg(long, env = "WARDEN_CONFIG")]
         config: PathBuf,
     },

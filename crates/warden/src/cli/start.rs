@@ -20,7 +20,7 @@ pub fn run(config: &Path) -> Result<ExitCode> {
     runtime.block_on(async {
         let (stop_tx, stop_rx) = watch::channel(false);
         let server = Server::prepare(config).await?;
-        tokio::spawn(stop_on_signals(stop_tx));
+        tokio::spawn(stop_on_signals(stop_tx, server.shared.clone()));
         server.run(stop_rx).await;
         Ok(ExitCode::SUCCESS)
     })
@@ -162,7 +162,9 @@ impl Server {
     }
 }
 
-async fn stop_on_signals(stop: watch::Sender<bool>) {
+/// The first SIGTERM or Ctrl-C drains: no new sessions, running statements may finish (for up to
+/// 30 s). A second one ends the sessions left at once, their running statements cancelled.
+async fn stop_on_signals(stop: watch::Sender<bool>, shared: Arc<Shared>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -172,10 +174,16 @@ async fn stop_on_signals(stop: watch::Sender<bool>) {
         }
     };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
+        _ = term.recv() => tracing::info!("SIGTERM: draining (send it again to end the sessions left now)"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining (interrupt again to end the sessions left now)"),
     }
     let _ = stop.send(true);
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let ended = shared.sessions.end_where(|_| Some(proxy::lifecycle::Kill::stop()));
+    tracing::info!(sessions = ended, "second stop signal: ending the sessions left now");
 }
 
 /// How often the running proxy brings the audit search index up to date.

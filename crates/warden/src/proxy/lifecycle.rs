@@ -41,6 +41,8 @@ pub enum KillCause {
     Reload,
     /// The state store (locks, revocations) could not be read: no lock can be seen to apply.
     StateUnreadable,
+    /// Warden was told twice to stop: the drain is cut short.
+    Stop,
 }
 
 impl KillCause {
@@ -51,6 +53,7 @@ impl KillCause {
             KillCause::Expiry => "expiry",
             KillCause::Reload => "reload",
             KillCause::StateUnreadable => "state-unreadable",
+            KillCause::Stop => "shutdown",
         }
     }
 }
@@ -76,6 +79,13 @@ impl Kill {
             message: format!(
                 "Warden cannot read its locks and revocations ({e}), so it cannot tell whether this session may go on; reconnect once it can (an administrator sees the cause in Warden's log)"
             ),
+        }
+    }
+
+    pub fn stop() -> Self {
+        Kill {
+            cause: KillCause::Stop,
+            message: "Warden is shutting down now; reconnect in a moment".into(),
         }
     }
 

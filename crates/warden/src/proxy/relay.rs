@@ -450,6 +450,7 @@ pub async fn run(
         held,
         acks: None,
         copy_ended: None,
+        stopping: shutdown.clone(),
     };
     let mut to_client = ServerSide {
         shared: &shared,
@@ -656,6 +657,8 @@ struct ClientSide<'a> {
     /// The `query` record of the statement whose COPY data the client last ended (CopyDone or
     /// CopyFail): a Sync after that is not one PostgreSQL ignores.
     copy_ended: Option<u64>,
+    /// Warden is draining: no new statement starts; the session ends once what runs has answered.
+    stopping: watch::Receiver<bool>,
 }
 
 /// The end of a statement review.
@@ -740,6 +743,13 @@ impl ClientSide<'_> {
                     Ok(None) => break,
                     Err(e) => return End::protocol(format!("client sent a bad message: {e}")),
                 };
+                if matches!(frame.tag, b'Q' | b'P' | b'B' | b'E' | b'F') && *self.stopping.borrow() {
+                    // Not sent, not recorded: the drain ends the session once the queue is empty.
+                    if let Err(e) = self.flush_out().await {
+                        return e;
+                    }
+                    return std::future::pending().await;
+                }
                 let mut ends_batch = matches!(frame.tag, b'Q' | b'S' | b'F');
                 let denied_before = self.batch_denied;
                 match self.inspect(&frame).await {

@@ -341,7 +341,9 @@ async fn sigterm_lets_running_statements_finish_then_ends_sessions() {
         .unwrap();
     let running = tokio::spawn(async move {
         let row = busy.query_one("SELECT pg_sleep(1.5)::text || 'done'", &[]).await;
-        (row.map(|r| r.get::<_, String>(0)), busy)
+        // Sent the moment the answer came: a draining Warden starts nothing new.
+        let next = busy.simple_query("SELECT 'after the drain began'").await;
+        (row.map(|r| r.get::<_, String>(0)), next, busy)
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
     let signalled = Instant::now();
@@ -358,15 +360,24 @@ async fn sigterm_lets_running_statements_finish_then_ends_sessions() {
         "{refused:?}"
     );
     // The running statement finishes and returns its result; then its session ends too.
-    let (result, busy) = running.await.unwrap();
+    let (result, next, busy) = running.await.unwrap();
     assert_eq!(result.unwrap(), "done");
+    let err = next.expect_err("a statement sent during the drain ran");
+    assert!(err.code().is_none_or(|c| c.code() == "57P01"), "{err}");
     assert!(
         signalled.elapsed() >= Duration::from_millis(800),
         "the statement was not cut short"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(busy.simple_query("SELECT 1").await.is_err());
-    // And Warden exits (a zombie until this process reaps it, so look at its state, not its pid).
+    wait_for_exit(pid);
+    assert!(std::fs::read_to_string(h.root.join("sigterm.log"))
+        .unwrap()
+        .contains("warden stopped"));
+}
+
+/// Waits until Warden exits (a zombie until this process reaps it, so its state, not its pid).
+fn wait_for_exit(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -384,7 +395,49 @@ async fn sigterm_lets_running_statements_finish_then_ends_sessions() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(std::fs::read_to_string(h.root.join("sigterm.log"))
+}
+
+#[tokio::test]
+async fn a_second_sigterm_ends_the_drain_at_once() {
+    let h = harness();
+    let port = warden::cluster::free_port().unwrap();
+    let text = std::fs::read_to_string(&h.config)
         .unwrap()
-        .contains("warden stopped"));
+        .replace(
+            &format!("127.0.0.1:{}\"", h.warden_port),
+            &format!("127.0.0.1:{port}\""),
+        )
+        .replace(
+            "fsync = \"batch\"",
+            "fsync = \"batch\"\npath = \"audit/sigterm2.jsonl\"",
+        );
+    let config = h.deploy.join("sigterm2.toml");
+    std::fs::write(&config, text).unwrap();
+    let pid = spawn_warden(&config, &h.root.join("sigterm2.log"), port).unwrap();
+    let cred = h.issue("human", "bob", &[]);
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(port)
+        .user("bob")
+        .dbname("shop")
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    let busy = connect_with(&cfg, &cred.join("ca.crt"), Some(load_cert(&cred)))
+        .await
+        .unwrap();
+    let running = tokio::spawn(async move { busy.simple_query("SELECT pg_sleep(20)").await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let term = || Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    term();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!running.is_finished(), "the first SIGTERM let the statement run");
+    let second = Instant::now();
+    term();
+    let err = tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the statement still ran 5 s after the second SIGTERM")
+        .unwrap()
+        .unwrap_err();
+    assert!(err.code().is_none_or(|c| c.code() == "57P01"), "{err}");
+    assert!(second.elapsed() < Duration::from_secs(5));
+    wait_for_exit(pid);
 }
