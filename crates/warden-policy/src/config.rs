@@ -109,9 +109,9 @@ pub const DEFAULT_MAX_TTL: Duration = Duration::hours(12);
 impl Config {
     /// Reads and validates `path`. Every error names the file, and where it can, the line and key.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::parse(path, &text)
     }

@@ -5,12 +5,10 @@ use warden_identity::IdentityName;
 /// A configuration problem, always located: file, line and key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The cause is part of the message (not a separate source, which error reports would print
+    /// a second time).
+    #[error("{path}: cannot read: {error}{}", read_hint(error))]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{path}:{line}: `{key}`: {reason}")]
@@ -20,6 +18,16 @@ pub enum ConfigError {
         key: String,
         reason: String,
     },
+}
+
+fn read_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            " (give the warden.toml that `warden init --dir DIR` wrote, with --config or WARDEN_CONFIG)"
+        }
+        std::io::ErrorKind::PermissionDenied => " (run as the user that owns the deployment)",
+        _ => "",
+    }
 }
 
 /// Why an identity may not use a database right now. Each variant renders as a sentence a person can act on.

@@ -266,6 +266,8 @@ async fn issue(
             .min(config.max_ttl(&agent, Some(&requester), &roles)),
     };
     if ttl > caller_left {
+        // The tighter of the two bounds, so that asking for what this says is accepted.
+        let most = caller_left.min(config.max_ttl(&agent, Some(&requester), &roles));
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "outside_bounds",
@@ -273,7 +275,7 @@ async fn issue(
                 "ttl {} outlives your own credential, which expires at {}; ask for at most {}",
                 human_duration(ttl),
                 fmt_ts(caller.claims.not_after),
-                human_duration(caller_left)
+                human_duration(most)
             ),
         ));
     }

@@ -13,6 +13,7 @@ use crate::deployment;
 pub enum AuditCommand {
     /// Find events: by identity, requester, session, task, time and decision.
     Search {
+        /// The deployment's warden.toml.
         #[arg(long, env = "WARDEN_CONFIG")]
         config: PathBuf,
         /// KIND:NAME or NAME; also matches agents acting for it.
@@ -21,8 +22,10 @@ pub enum AuditCommand {
         /// KIND:NAME of the human or workload agents acted for.
         #[arg(long)]
         requester: Option<String>,
+        /// A session id, or a unique prefix of one (the text output shows the first 8 characters).
         #[arg(long)]
         session: Option<String>,
+        /// An agent credential's task id (`warden exec --task`).
         #[arg(long)]
         task: Option<String>,
         /// Only events at or after this: a duration ago (10m, 2h, 7d) or an RFC 3339 time
@@ -97,6 +100,24 @@ pub fn run(command: AuditCommand) -> Result<ExitCode> {
                     bail!("--decision must be allow or deny, not {d:?}");
                 }
             }
+            let log = &config.audit.path;
+            // The text view shows sessions by their first 8 characters: a prefix finds its session.
+            let session = match session {
+                Some(prefix) if prefix.len() < 36 && !prefix.is_empty() => match open_index(log) {
+                    Ok(Some(index)) => match index.sessions_with_prefix(&prefix, 5)?.as_slice() {
+                        [] => bail!("no session {prefix:?} in the audit log {}", log.display()),
+                        [one] => Some(one.clone()),
+                        more => bail!(
+                            "{prefix:?} is ambiguous: it starts {}{}; give more characters",
+                            more.join(", "),
+                            if more.len() >= 5 { ", ..." } else { "" }
+                        ),
+                    },
+                    // No index to resolve it with: searched as given.
+                    _ => Some(prefix),
+                },
+                other => other,
+            };
             let filter = SearchFilter {
                 identity,
                 requester,
@@ -109,7 +130,6 @@ pub fn run(command: AuditCommand) -> Result<ExitCode> {
                 limit,
                 newest: true,
             };
-            let log = &config.audit.path;
             let records = if no_index {
                 warden_audit::search_records(log, &filter)?
             } else {
@@ -266,6 +286,20 @@ fn unescaped_line(e: &Event) -> String {
     }
     if let Some(sess) = &b.session_id {
         s += &format!(" session={}", sess.chars().take(8).collect::<String>());
+    }
+    if let Some(l) = &b.lock {
+        s += &format!(
+            " lock={} {}={}",
+            l.id.chars().take(8).collect::<String>(),
+            l.target,
+            l.value
+        );
+        if let Some(until) = &l.expires_at {
+            s += &format!(" until={until}");
+        }
+    }
+    if let Some(a) = &b.actor {
+        s += &format!(" by={a}");
     }
     if let Some(d) = &b.decision {
         s += &format!(" {d}");

@@ -249,7 +249,18 @@ async fn run_child(command: &[String], env: &[(String, String)], signals: &mut S
             Ok(())
         });
     }
-    let mut child = cmd.spawn().with_context(|| format!("starting {}", command[0]))?;
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            // As shells report it: 127 when there is no such command, 126 when it cannot run.
+            eprintln!("warden: cannot start {}: {e}", command[0]);
+            return Ok(if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            });
+        }
+    };
     let pid = child.id().context("the command exited before it could be watched")? as i32;
     let from_terminal = terminal_delivers_interrupts();
     let status = loop {

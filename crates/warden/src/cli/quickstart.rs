@@ -140,7 +140,11 @@ fn print_next_steps(config: &warden_policy::Config, config_path: &Path, agent_di
         "Warden is running on {} in front of a private PostgreSQL.",
         config.server.postgres_listen
     );
-    println!("Issued: human:alice ({}) and agent:report-bot acting for alice on task quickstart-demo, valid 15 minutes ({}).", alice_dir.display(), agent_dir.display());
+    println!(
+        "Issued: human:alice ({}, valid 1 hour) and agent:report-bot acting for alice on task quickstart-demo ({}, valid 15 minutes).",
+        alice_dir.display(),
+        agent_dir.display()
+    );
     println!();
     println!("Try, in another terminal:");
     println!();

@@ -141,6 +141,16 @@ async fn dispatch(command: RequestsCommand) -> Result<ExitCode> {
                             ""
                         }
                     );
+                    // A held statement: what would run, so that it can be decided from this list.
+                    if let Some(sql) = q["statement"].as_str() {
+                        println!("    statement: {}", escape_controls(sql));
+                        if let Some(p) = q["parameters"].as_array().filter(|p| !p.is_empty()) {
+                            println!(
+                                "    parameters: {}",
+                                escape_controls(&Value::Array(p.clone()).to_string())
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -218,4 +228,16 @@ fn write_credential(out: &Path, c: &Value, api: &str) -> Result<()> {
     write_private(&out.join("token"), &format!("{}\n", field("token")), 0o600)?;
     write_private(&out.join("identity.key"), &field("private_key"), 0o600)?;
     Ok(())
+}
+
+/// A statement as one line of a listing: line breaks and other control characters shown escaped, so
+/// that a statement cannot fake lines of the list.
+fn escape_controls(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\n' => "\\n".to_string(),
+            c if c.is_control() => format!("\\u{{{:x}}}", c as u32),
+            c => c.to_string(),
+        })
+        .collect()
 }

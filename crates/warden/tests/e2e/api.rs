@@ -576,6 +576,20 @@ fn exec_forwards_signals_and_exits_with_the_commands_status() {
 }
 
 #[test]
+fn exec_of_a_missing_command_exits_127_as_shells_do() {
+    let w = api_warden();
+    let alice = w.issue("human", "alice", &["--ttl", "1h"]);
+    let out = Command::new(WARDEN)
+        .args(["exec", "--identity"])
+        .arg(&alice)
+        .args(["--agent", "report-bot", "--task", "T-missing", "--", "/no/such/command"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot start /no/such/command"));
+}
+
+#[test]
 fn a_killed_exec_takes_its_command_with_it() {
     use std::io::{BufRead, BufReader};
     let w = api_warden();

@@ -94,6 +94,10 @@ async fn postgres_sees_the_agent_in_pg_stat_activity_and_warden_settings() {
     let start = h.wait_for_event(&["--session", &session, "--event", "session.start"], |_| true);
     assert_eq!(start["identity"]["name"], "report-bot");
     assert_eq!(start["identity"]["task"], "T-42");
+    // The text output shows a session by its first 8 characters: that finds it too.
+    let short = &session[..8];
+    let by_prefix = h.wait_for_event(&["--session", short, "--event", "session.start"], |_| true);
+    assert_eq!(by_prefix["session_id"], session.as_str());
 }
 
 #[tokio::test]

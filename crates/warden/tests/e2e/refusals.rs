@@ -237,6 +237,17 @@ fn bad_config_names_file_line_and_key() {
         err.contains(&path.display().to_string()) && err.contains("fsink") && err.contains(&format!("line {line}")),
         "{err}"
     );
+    // A missing file: said once, with what to give instead.
+    let missing = bad.join("nowhere.toml");
+    let out = std::process::Command::new(WARDEN)
+        .args(["start", "--config"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(err.contains("warden init --dir"), "{err}");
 }
 
 /// PostgreSQL unreachable: Warden's log names where it tried and the whole cause, not tokio's bare
