@@ -352,6 +352,32 @@ fn build(cx: &Locator, raw: RawConfig) -> Result<Config, ConfigError> {
             identities.push(ident);
         }
     }
+    // A trait no holder of the role has is a typo: every connection under the role would be refused
+    // (a holder without it is refused alone; an agent's traits are its requester's, who holds the
+    // role too).
+    for (r, raw_role) in roles.iter().zip(&raw.roles) {
+        let holders: Vec<&IdentityConfig> = identities
+            .iter()
+            .filter(|i| i.identity.kind != IdentityKind::Agent && i.roles.contains(&r.name))
+            .collect();
+        if holders.is_empty() {
+            continue;
+        }
+        for (table, filter) in &raw_role.row_filter {
+            if let Some(t) =
+                filter_traits(filter.get_ref()).find(|t| !holders.iter().any(|i| i.traits.contains_key(*t)))
+            {
+                return Err(cx.invalid(
+                    filter,
+                    &format!("role.row_filter.\"{table}\""),
+                    format!(
+                        "{{{{traits.{t}}}}}: no human or workload holding role \"{}\" has a trait \"{t}\" (a typo?); add it to their traits",
+                        r.name
+                    ),
+                ));
+            }
+        }
+    }
 
     Ok(Config {
         path: cx.path.to_path_buf(),
@@ -594,6 +620,14 @@ fn build_identity(
         roles: i.roles.iter().map(|r| r.get_ref().clone()).collect(),
         traits: i.traits.clone(),
         max_ttl: cx.duration(&i.max_ttl, &format!("{table}.max_ttl"))?,
+    })
+}
+
+/// The trait names a row filter's `{{traits.X}}` placeholders use.
+fn filter_traits(filter: &str) -> impl Iterator<Item = &str> {
+    filter.split("{{").skip(1).filter_map(|rest| {
+        let (inside, _) = rest.split_once("}}")?;
+        inside.trim().strip_prefix("traits.").map(str::trim)
     })
 }
 

@@ -86,6 +86,19 @@ fn unknown_key_names_file_and_line() {
 }
 
 #[test]
+fn a_row_filter_trait_that_no_holder_has_is_located() {
+    let text = SAMPLE.replace("region = {{traits.region}}", "region = {{traits.regoin}}");
+    let e = parse(&text).unwrap_err().to_string();
+    let line = 1 + SAMPLE.lines().position(|l| l.starts_with("row_filter")).unwrap();
+    assert!(
+        e.starts_with(&format!("/etc/warden/warden.toml:{line}: `role.row_filter.\"public.orders\"`: {{{{traits.regoin}}}}: no human or workload holding role \"analyst\"")),
+        "{e}"
+    );
+    // bob holds analyst without a region: he alone is refused at connect; the file is fine.
+    parse(SAMPLE).unwrap();
+}
+
+#[test]
 fn unknown_role_is_located() {
     let text = SAMPLE.replace("roles = [\"analyst\"]\n", "roles = [\"analyst\", \"root\"]\n");
     let e = parse(&text).unwrap_err().to_string();

@@ -479,7 +479,15 @@ fn describe(e: &tokio_postgres::Error) -> String {
             db.message(),
             db.code().code()
         ),
-        Some(db) => format!("{} ({}); the admin role needs CREATEROLE and the privileges it hands out WITH GRANT OPTION (docs/connection.md)", db.message(), db.code().code()),
+        // A privilege the admin role lacks.
+        Some(db) if db.code().code() == "42501" => format!("{} ({}); the admin role needs CREATEROLE and the privileges it hands out WITH GRANT OPTION (docs/connection.md)", db.message(), db.code().code()),
+        // Anything else in what Warden was asked to set up: most often a row filter naming a column
+        // the table does not have (42703), or a bad expression in one.
+        Some(db) => format!(
+            "{} ({}); check the grants and row filters in warden.toml against the database's tables",
+            db.message(),
+            db.code().code()
+        ),
         None => e.to_string(),
     }
 }
