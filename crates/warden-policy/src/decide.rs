@@ -187,6 +187,11 @@ fn decide_one(s: &StatementAccess, roles: &[&Role]) -> Decision {
             return d;
         }
     }
+    for (rel, shown) in &s.shown_by {
+        if let Some(d) = check_shown(rel, shown, roles, &who) {
+            return d;
+        }
+    }
     for (rel, cols) in &s.reads {
         if let Some(d) = check_read(rel, cols.iter(), roles, &who) {
             return d;
@@ -349,7 +354,29 @@ fn check_sources(rel: &QualifiedName, sources: &[QualifiedName], roles: &[&Role]
         format!(
             "{who} sees {source} only through a row filter, and {rel} (a partition, child table or view of it) would show its rows past the filter"
         ),
-        format!("query {source} itself, where the filter applies, or ask for a row_filter on {rel}"),
+        format!("query {source} itself, where the filter applies (or, for a partition or child table, ask for a row_filter on {rel})"),
+    ))
+}
+
+/// A table that holds the rows of a partition, child table (or view) whose own filter is in force:
+/// PostgreSQL applies only the policies of the table a query names, so through this one the
+/// partition's filter would not apply.
+fn check_shown(rel: &QualifiedName, shown: &[QualifiedName], roles: &[&Role], who: &RoleNames) -> Option<Decision> {
+    let filtered = |t: &QualifiedName| {
+        let t = t.to_string();
+        roles.iter().any(|r| r.row_filter.contains_key(&t))
+    };
+    if !shown.iter().any(filtered) {
+        return None;
+    }
+    let in_force = crate::GrantSet::from_roles(roles).row_filters;
+    let part = shown.iter().find(|s| in_force.contains_key(&s.to_string()))?;
+    Some(deny(
+        "filter",
+        format!(
+            "{who} sees {part} only through a row filter, which does not apply through {rel} (its parent table, or a table it shows)"
+        ),
+        format!("query {part} itself, where the filter applies"),
     ))
 }
 

@@ -198,7 +198,9 @@ impl GrantSet {
                 };
                 p.add_role_on(r, table);
             }
-            !open.covers(&filtered)
+            // Nothing granted on the table without a filter: nothing lifts it (a role may filter a
+            // table it reaches only through a view or a partition).
+            open == TablePrivileges::default() || !open.covers(&filtered)
         });
         set
     }

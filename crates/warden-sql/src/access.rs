@@ -163,6 +163,9 @@ pub struct StatementAccess {
     /// Of the relations read or written, those that show other tables' rows (`Catalog::sources`),
     /// with those tables: a row filter on one of them does not apply there.
     pub sources: BTreeMap<QualifiedName, Vec<QualifiedName>>,
+    /// Of the relations read or written, those whose rows other relations show too
+    /// (`Catalog::shown_by`), with those: a row filter on a partition does not apply through its parent.
+    pub shown_by: BTreeMap<QualifiedName, Vec<QualifiedName>>,
 }
 
 impl StatementAccess {

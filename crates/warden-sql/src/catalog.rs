@@ -31,6 +31,9 @@ pub struct Catalog {
     /// to them (`close_sources` makes this transitive): a partition's or child table's ancestors,
     /// the relations a view or materialized view reads.
     pub sources: HashMap<QualifiedName, Vec<QualifiedName>>,
+    /// The reverse of `sources`: table -> the partitions, child tables and views whose rows it
+    /// holds (a parent shows its partitions' rows past their own policies).
+    pub shown_by: HashMap<QualifiedName, Vec<QualifiedName>>,
 }
 
 impl Catalog {
@@ -70,6 +73,9 @@ impl Catalog {
                 all.push(s.clone());
                 todo.extend(direct.get(s).into_iter().flatten());
             }
+            for s in &all {
+                self.shown_by.entry(s.clone()).or_default().push(rel.clone());
+            }
             self.sources.insert(rel.clone(), all);
         }
     }
@@ -79,11 +85,23 @@ impl Catalog {
         self.definers.insert((schema.into(), name.into()));
     }
 
-    /// Whether the function `schema.name`, as `function` resolved it, may run as its owner.
-    pub fn is_definer(&self, resolved: &str) -> bool {
-        resolved
-            .split_once('.')
-            .is_some_and(|(s, n)| self.definers.contains(&(s.to_string(), n.to_string())))
+    /// A SECURITY DEFINER function a call of `name` may reach: PostgreSQL picks among the
+    /// overloads of every schema it searches (the explicit one, else pg_catalog and the path) by
+    /// argument types, which Warden does not know, so any of them counts.
+    pub fn definer_candidate(&self, schema: Option<&str>, name: &str, search_path: &[String]) -> Option<String> {
+        if self.definers.is_empty() {
+            return None;
+        }
+        let candidates: Vec<&str> = match schema {
+            Some(s) => vec![s],
+            None => std::iter::once("pg_catalog")
+                .chain(search_path.iter().map(String::as_str))
+                .collect(),
+        };
+        candidates
+            .into_iter()
+            .find(|s| self.definers.contains(&(s.to_string(), name.to_string())))
+            .map(|s| format!("{s}.{name}"))
     }
 
     /// Resolves a relation as PostgreSQL would: an explicit schema, else pg_catalog, then the path.

@@ -142,6 +142,9 @@ pub fn analyze(sql: &str, catalog: &Catalog, session: &SessionContext) -> Result
                 if let Some(s) = catalog.sources.get(rel) {
                     access.sources.insert(rel.clone(), s.clone());
                 }
+                if let Some(s) = catalog.shown_by.get(rel) {
+                    access.shown_by.insert(rel.clone(), s.clone());
+                }
             }
         }
         for e in &access.effects {

@@ -40,6 +40,14 @@ fn security_definer_functions_are_forbidden_wherever_they_are_called() {
         );
     }
     assert!(one("SELECT now()").forbidden.is_empty());
+    // PostgreSQL picks an overload by argument types across the path: a definer later on the path
+    // may be the one that runs.
+    let mut c = shop();
+    c.add_function("hr", "now", Volatility::Volatile);
+    c.add_definer("hr", "now");
+    let ctx = SessionContext::default().with_path(&["public".into(), "hr".into()]);
+    let a = analyze("SELECT now(1)", &c, &ctx).unwrap();
+    assert_eq!(a[0].forbidden, [Forbidden::SecurityDefiner("hr.now".into())]);
 }
 
 fn one(sql: &str) -> StatementAccess {

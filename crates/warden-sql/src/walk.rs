@@ -915,8 +915,8 @@ impl Walker<'_> {
                 None => self.forbid(Forbidden::DynamicSetConfig),
             }
         }
-        if self.catalog.is_definer(&resolved) {
-            self.forbid(Forbidden::SecurityDefiner(resolved.clone()));
+        if let Some(definer) = self.catalog.definer_candidate(schema, name, &self.session.search_path) {
+            self.forbid(Forbidden::SecurityDefiner(definer));
         }
         self.access.functions.insert(resolved, volatility);
         for key in ["args", "agg_order", "agg_filter", "over"] {

@@ -292,6 +292,15 @@ fn a_row_filter_is_lifted_only_by_roles_that_grant_all_it_covers_on_every_row() 
         // Another table: nothing to do with orders.
         (role("other", &["public.customers"], &[]), true),
     ];
+    // A filter on a table its role does not grant itself (reached through a view or partition)
+    // stays: nothing without a filter grants the table.
+    let mut viewer = role("viewer", &["public.customers"], &[]);
+    viewer.row_filter.insert("public.orders".into(), "region = 'eu'".into());
+    assert!(c.grants(&[&viewer]).row_filters.contains_key("public.orders"));
+    assert!(c
+        .grants(&[&viewer, &role("other", &["public.customers"], &[])])
+        .row_filters
+        .contains_key("public.orders"));
     for (other, filtered) in &cases {
         let set = c.grants(&[analyst, other]);
         assert_eq!(

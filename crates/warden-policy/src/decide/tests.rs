@@ -286,6 +286,26 @@ fn partitions_children_and_views_of_a_filtered_table_are_refused() {
         );
     }
     assert!(run("SELECT * FROM orders", &["regional-reader"]).is_allow());
+    // A filter on the partition only: the parent shows the partition's rows past it.
+    let mut partial = config.role("writer").unwrap().clone();
+    partial.name = "eu-partition".into();
+    partial
+        .row_filter
+        .insert("public.orders_eu".into(), "region = 'eu'".into());
+    let d = decide(
+        &analyze("DELETE FROM orders WHERE id = 1", &c, &SessionContext::default()).unwrap(),
+        &[&partial],
+    );
+    assert!(
+        reason(&d).contains("does not apply through public.orders"),
+        "{}",
+        reason(&d)
+    );
+    assert!(decide(
+        &analyze("SELECT * FROM orders_eu", &c, &SessionContext::default()).unwrap(),
+        &[&partial]
+    )
+    .is_allow());
     // writer reads every row of every table: no filter is in force, nothing to get past.
     assert!(run("SELECT * FROM orders_eu", &["regional-reader", "writer"]).is_allow());
     assert!(run("SELECT * FROM orders_view", &["writer"]).is_allow());

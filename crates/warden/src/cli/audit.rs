@@ -103,7 +103,7 @@ pub fn run(command: AuditCommand) -> Result<ExitCode> {
             let log = &config.audit.path;
             // The text view shows sessions by their first 8 characters: a prefix finds its session.
             let session = match session {
-                Some(prefix) if prefix.len() < 36 && !prefix.is_empty() => match open_index(log) {
+                Some(prefix) if prefix.len() < 36 && !prefix.is_empty() && !no_index => match open_index(log) {
                     Ok(Some(index)) => match index.sessions_with_prefix(&prefix, 5)?.as_slice() {
                         [] => bail!("no session {prefix:?} in the audit log {}", log.display()),
                         [one] => Some(one.clone()),

@@ -236,7 +236,13 @@ fn escape_controls(s: &str) -> String {
     s.chars()
         .map(|c| match c {
             '\n' => "\\n".to_string(),
-            c if c.is_control() => format!("\\u{{{:x}}}", c as u32),
+            // Controls, and the invisible characters that reorder or hide text (bidi overrides,
+            // zero-width, line and paragraph separators): approvers decide from this line.
+            c if c.is_control()
+                || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}') =>
+            {
+                format!("\\u{{{:x}}}", c as u32)
+            }
             c => c.to_string(),
         })
         .collect()

@@ -53,7 +53,12 @@ pub struct Enforcer {
     /// Counts what gave a name a text (PREPARE, DECLARE, Parse, Bind): each text is stamped, and a
     /// drop PostgreSQL confirms forgets only texts given before the drop was sent.
     stamp: u64,
+    /// When a call of a function the catalog did not know last made this session read it again.
+    function_reload: Option<std::time::Instant>,
 }
+
+/// How often one session's calls of unknown functions may make Warden read the catalog again.
+const FUNCTION_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Enforcer {
     pub fn new(search_path: Vec<String>, db_role: &str) -> Self {
@@ -66,6 +71,7 @@ impl Enforcer {
             cursors: Named::default(),
             named_changes: 0,
             stamp: 0,
+            function_reload: None,
         }
     }
 
@@ -77,7 +83,7 @@ impl Enforcer {
 
     /// `in_transaction`: PostgreSQL's last ReadyForQuery said a transaction block is open.
     pub async fn check(
-        &self,
+        &mut self,
         shared: &Shared,
         session: &Session,
         sql: &str,
@@ -105,23 +111,49 @@ impl Enforcer {
             reason: "no longer configured".into(),
         })?;
         let context = &self.context;
-        let unknown = |a: &warden_sql::Analysis| {
+        let unknown_relation = |a: &warden_sql::Analysis| {
             a.as_ref().as_ref().is_ok_and(|statements| {
                 statements.iter().any(|s| {
                     s.forbidden
                         .iter()
                         .any(|f| matches!(f, Forbidden::UnknownRelation(_) | Forbidden::UnknownColumn(_)))
-                        // A function created since: it may be SECURITY DEFINER.
-                        || s.functions.values().any(|v| *v == warden_sql::Volatility::Unknown)
                 })
             })
         };
-        let mut catalog = shared.provisioner.catalog(&shared.db_ca, db, false).await?;
+        let unknown_function = |a: &warden_sql::Analysis| -> Option<String> {
+            let statements = a.as_ref().as_ref().ok()?;
+            statements.iter().find_map(|s| {
+                s.functions
+                    .iter()
+                    .find(|(_, v)| **v == warden_sql::Volatility::Unknown)
+                    .map(|(name, _)| name.clone())
+            })
+        };
+        let mut catalog = shared.provisioner.catalog(&shared.db_ca, db, None).await?;
         let mut analysed = shared.analyses.analyze(sql, &catalog, context);
-        if unknown(&analysed) {
-            // A table or function created since the catalog was read: read it again, once.
-            catalog = shared.provisioner.catalog(&shared.db_ca, db, true).await?;
+        // A table or function created since the catalog was read (a new function may be SECURITY
+        // DEFINER): read it again, once. For functions, at most once a second per session: a
+        // function that does not exist would otherwise have every call reload the catalog.
+        let function_miss = unknown_function(&analysed);
+        let reload_for_function = function_miss.is_some()
+            && self
+                .function_reload
+                .is_none_or(|at| at.elapsed() >= FUNCTION_RELOAD_EVERY);
+        if unknown_relation(&analysed) || reload_for_function {
+            if function_miss.is_some() {
+                self.function_reload = Some(std::time::Instant::now());
+            }
+            catalog = shared
+                .provisioner
+                .catalog(&shared.db_ca, db, Some(catalog.generation))
+                .await?;
             analysed = shared.analyses.analyze(sql, &catalog, context);
+        } else if let Some(f) = function_miss {
+            return Ok(deny(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!("function {f} is not in the catalog Warden read, which this session had read again less than a second ago"),
+                "try again in a second; a function that does not exist fails in PostgreSQL".into(),
+            ));
         }
         let statements: &[StatementAccess] = match analysed.as_ref() {
             Ok(s) => s,

@@ -73,12 +73,11 @@ impl Kill {
     }
 
     /// A session whose locks cannot be checked (fail closed).
-    pub fn state_unreadable(e: &dyn std::fmt::Display) -> Self {
+    /// The cause goes to Warden's log only, as with other internal errors.
+    pub fn state_unreadable() -> Self {
         Kill {
             cause: KillCause::StateUnreadable,
-            message: format!(
-                "Warden cannot read its locks and revocations ({e}), so it cannot tell whether this session may go on; reconnect once it can (an administrator sees the cause in Warden's log)"
-            ),
+            message: "Warden cannot read its locks and revocations, so it cannot tell whether this session may go on; reconnect once it can (an administrator sees the cause in Warden's log)".into(),
         }
     }
 
@@ -406,7 +405,7 @@ pub async fn watch(shared: Arc<Shared>, config_path: PathBuf) {
                     std::time::Instant::now()
                 });
                 if since.elapsed() >= STATE_UNREADABLE_MAX {
-                    let ended = shared.sessions.end_where(|_| Some(Kill::state_unreadable(&e)));
+                    let ended = shared.sessions.end_where(|_| Some(Kill::state_unreadable()));
                     if ended > 0 {
                         tracing::error!(error = %e, sessions = ended, "the state store is still unreadable: live sessions ended (a lock could not reach them)");
                     }

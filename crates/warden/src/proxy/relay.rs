@@ -475,7 +475,10 @@ pub async fn run(
     // A lock written between authentication and registration would otherwise be missed.
     let early = match shared.block_for(&session.subject()) {
         Ok(block) => block.map(|b| Kill::for_block(&b)),
-        Err(e) => Some(Kill::state_unreadable(&e)),
+        Err(e) => {
+            tracing::error!(session = %session.id, error = %e, "cannot read the state store: ending the session");
+            Some(Kill::state_unreadable())
+        }
     };
     let end = if let Some(k) = early {
         End::Killed(k)
@@ -745,6 +748,8 @@ impl ClientSide<'_> {
                 };
                 if matches!(frame.tag, b'Q' | b'P' | b'B' | b'E' | b'F') && *self.stopping.borrow() {
                     // Not sent, not recorded: the drain ends the session once the queue is empty.
+                    // A Flush, so that an Execute sent before without a Sync is answered.
+                    self.out.extend_from_slice(b"H\0\0\0\x04");
                     if let Err(e) = self.flush_out().await {
                         return e;
                     }
@@ -1122,7 +1127,9 @@ impl ClientSide<'_> {
             FrontendMessage::Sync => {
                 let mut q = self.queue.lock().expect("relay queue lock poisoned");
                 // A Sync after a statement's CopyDone or CopyFail is not one sent during its COPY.
-                let during = match q.back() {
+                // Syncs already sent after the statement are looked past (a second Sync during the
+                // COPY is ignored as well).
+                let during = match q.iter().rev().find(|p| !matches!(p, Pending::Sync(..))) {
                     Some(Pending::Simple(o) | Pending::Execute(o)) if self.copy_ended != Some(o.query_seq) => {
                         Some(o.query_seq)
                     }

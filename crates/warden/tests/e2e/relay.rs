@@ -109,7 +109,7 @@ async fn a_sync_sent_during_copy_from_the_client_does_not_shift_results() {
         raw::errors(&copy).iter().any(|e| e.contains("the client gave up")),
         "{copy:?}"
     );
-    // An extended COPY, libpq's way: Sync after the Execute, data, CopyDone, Sync.
+    // An extended COPY, libpq's way: Sync after the Execute (here two: both ignored), data, CopyDone, Sync.
     c.send(&[
         raw::parse(
             "",
@@ -117,6 +117,7 @@ async fn a_sync_sent_during_copy_from_the_client_does_not_shift_results() {
         ),
         raw::bind("", "", &[]),
         raw::execute(""),
+        raw::sync(),
         raw::sync(),
         copy_data(b"1\tsync-copy\t1.00\teu\n"),
         copy_done(),

@@ -122,27 +122,29 @@ impl Provisioner {
         Ok(password)
     }
 
-    /// The database's catalog: cached, loaded on first use and when `refresh` is set (a miss).
+    /// The database's catalog: cached, loaded on first use and when `missed` names the generation
+    /// a statement missed in (then loaded again, unless another load came since).
     pub async fn catalog(
         &self,
         db_ca: &CertificateAuthority,
         db: &DatabaseConfig,
-        refresh: bool,
+        missed: Option<u64>,
     ) -> Result<Arc<warden_sql::Catalog>, ProxyError> {
-        if !refresh {
+        if missed.is_none() {
             if let Some(c) = self.catalogs.lock().expect("catalog lock poisoned").get(&db.name) {
                 return Ok(c.clone());
             }
         }
         // Boxed: loading (a TLS connection and queries) needs far more room than the lookup above,
         // and every statement's decision awaits this function.
-        Box::pin(self.load_catalog(db_ca, db)).await
+        Box::pin(self.load_catalog(db_ca, db, missed)).await
     }
 
     async fn load_catalog(
         &self,
         db_ca: &CertificateAuthority,
         db: &DatabaseConfig,
+        missed: Option<u64>,
     ) -> Result<Arc<warden_sql::Catalog>, ProxyError> {
         let fail = |reason: String| ProxyError::Upstream {
             database: db.name.clone(),
@@ -150,6 +152,12 @@ impl Provisioner {
         };
         let slot = self.admin_slot(&db.name);
         let mut admin = slot.lock().await;
+        // Sessions that missed at once load it once: whoever waited here behind a load takes its result.
+        if let Some(c) = self.catalogs.lock().expect("catalog lock poisoned").get(&db.name) {
+            if missed.is_none_or(|g| c.generation != g) {
+                return Ok(c.clone());
+            }
+        }
         let client = connected(&mut admin, db_ca, db)
             .await
             .map_err(|e| unreachable(db, &*e))?;
