@@ -1,6 +1,7 @@
 //! The decision: one value, Allow or Deny { rule, reason }, from a statement's analysis and the
 //! session's effective roles. Forwarding, audit and the error the client sees all act on this value.
 
+use std::collections::BTreeMap;
 use warden_sql::{Class, Forbidden, QualifiedName, SessionEffect, StatementAccess, Volatility, WriteKind};
 
 use crate::config::Role;
@@ -333,18 +334,23 @@ fn check_write<'a>(
     None
 }
 
-/// A relation that shows a filtered table's rows past the filter (a partition or child table of it,
-/// a view over it): refused, unless a filter of its own is in force.
-fn check_sources(rel: &QualifiedName, sources: &[QualifiedName], roles: &[&Role], who: &RoleNames) -> Option<Decision> {
+/// The row filters in force for the session (another role may lift one), computed only if some role
+/// filters one of `tables`.
+fn filters_in_force(tables: &[QualifiedName], roles: &[&Role]) -> Option<BTreeMap<String, Vec<String>>> {
     let filtered = |t: &QualifiedName| {
         let t = t.to_string();
         roles.iter().any(|r| r.row_filter.contains_key(&t))
     };
-    if !sources.iter().any(filtered) {
-        return None;
-    }
-    // Only where a filter is in force (another role may lift it), computed only then.
-    let in_force = crate::GrantSet::from_roles(roles).row_filters;
+    tables
+        .iter()
+        .any(filtered)
+        .then(|| crate::GrantSet::from_roles(roles).row_filters)
+}
+
+/// A relation that shows a filtered table's rows past the filter (a partition or child table of it,
+/// a view over it): refused, unless a filter of its own is in force.
+fn check_sources(rel: &QualifiedName, sources: &[QualifiedName], roles: &[&Role], who: &RoleNames) -> Option<Decision> {
+    let in_force = filters_in_force(sources, roles)?;
     if in_force.contains_key(&rel.to_string()) {
         return None;
     }
@@ -362,14 +368,7 @@ fn check_sources(rel: &QualifiedName, sources: &[QualifiedName], roles: &[&Role]
 /// PostgreSQL applies only the policies of the table a query names, so through this one the
 /// partition's filter would not apply.
 fn check_shown(rel: &QualifiedName, shown: &[QualifiedName], roles: &[&Role], who: &RoleNames) -> Option<Decision> {
-    let filtered = |t: &QualifiedName| {
-        let t = t.to_string();
-        roles.iter().any(|r| r.row_filter.contains_key(&t))
-    };
-    if !shown.iter().any(filtered) {
-        return None;
-    }
-    let in_force = crate::GrantSet::from_roles(roles).row_filters;
+    let in_force = filters_in_force(shown, roles)?;
     let part = shown.iter().find(|s| in_force.contains_key(&s.to_string()))?;
     Some(deny(
         "filter",

@@ -1007,30 +1007,24 @@ impl ClientSide<'_> {
                         )
                         .await;
                 };
-                if let Some(reason) = p.denied {
+                // Refused as bound, or because what PostgreSQL runs under the name is not known to
+                // be the portal's statement any more.
+                let refusal = match p.denied.take() {
+                    Some(reason) => Some((reason, String::new())),
+                    None if self.enforcer.cursor_given_since(portal, p.bound) => Some((
+                        format!("portal \"{portal}\" was declared again as a cursor after it was bound, so Warden cannot tell which query it would run"),
+                        "close the portal and bind it again, or FETCH from the cursor with SQL".to_string(),
+                    )),
+                    None => None,
+                };
+                if let Some((reason, hint)) = refusal {
                     return self
                         .deny_extended(
                             &p.sql,
                             Some(p.params),
                             sqlstate::INSUFFICIENT_PRIVILEGE,
                             reason,
-                            String::new(),
-                            None,
-                        )
-                        .await;
-                }
-                if self.enforcer.cursor_given_since(portal, p.bound) {
-                    // What PostgreSQL runs under the name is not known to be the portal's statement.
-                    let reason = format!(
-                        "portal \"{portal}\" was declared again as a cursor after it was bound, so Warden cannot tell which query it would run"
-                    );
-                    return self
-                        .deny_extended(
-                            &p.sql,
-                            Some(p.params),
-                            sqlstate::INSUFFICIENT_PRIVILEGE,
-                            reason,
-                            "close the portal and bind it again, or FETCH from the cursor with SQL".into(),
+                            hint,
                             None,
                         )
                         .await;

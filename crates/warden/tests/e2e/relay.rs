@@ -315,25 +315,10 @@ fn psql_ctrl_c_cancels_the_running_query() {
 async fn sigterm_lets_running_statements_finish_then_ends_sessions() {
     let h = harness();
     // A Warden of its own on the same deployment, since this one is stopped.
-    let port = warden::cluster::free_port().unwrap();
-    let text = std::fs::read_to_string(&h.config)
-        .unwrap()
-        .replace(
-            &format!("127.0.0.1:{}\"", h.warden_port),
-            &format!("127.0.0.1:{port}\""),
-        )
-        .replace("fsync = \"batch\"", "fsync = \"batch\"\npath = \"audit/sigterm.jsonl\"");
-    let config = h.deploy.join("sigterm.toml");
-    std::fs::write(&config, text).unwrap();
-    let pid = spawn_warden(&config, &h.root.join("sigterm.log"), port).unwrap();
+    let (pid, port) = own_warden("sigterm");
 
     let cred = h.issue("human", "bob", &[]);
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1")
-        .port(port)
-        .user("bob")
-        .dbname("shop")
-        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    let cfg = bob_at(port);
     let busy = connect_with(&cfg, &cred.join("ca.crt"), Some(load_cert(&cred)))
         .await
         .unwrap();
@@ -377,6 +362,40 @@ async fn sigterm_lets_running_statements_finish_then_ends_sessions() {
         .contains("warden stopped"));
 }
 
+/// A Warden of its own on the shared deployment (to be stopped), with its own port, log and audit
+/// log named `name`. Returns its pid and port.
+fn own_warden(name: &str) -> (u32, u16) {
+    let h = harness();
+    let port = warden::cluster::free_port().unwrap();
+    let text = std::fs::read_to_string(&h.config)
+        .unwrap()
+        .replace(
+            &format!("127.0.0.1:{}\"", h.warden_port),
+            &format!("127.0.0.1:{port}\""),
+        )
+        .replace(
+            "fsync = \"batch\"",
+            &format!("fsync = \"batch\"\npath = \"audit/{name}.jsonl\""),
+        );
+    let config = h.deploy.join(format!("{name}.toml"));
+    std::fs::write(&config, text).unwrap();
+    (
+        spawn_warden(&config, &h.root.join(format!("{name}.log")), port).unwrap(),
+        port,
+    )
+}
+
+/// bob's tokio-postgres settings for the Warden at `port`.
+fn bob_at(port: u16) -> tokio_postgres::Config {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(port)
+        .user("bob")
+        .dbname("shop")
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    cfg
+}
+
 /// Waits until Warden exits (a zombie until this process reaps it, so its state, not its pid).
 fn wait_for_exit(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -401,27 +420,9 @@ fn wait_for_exit(pid: u32) {
 #[tokio::test]
 async fn a_second_sigterm_ends_the_drain_at_once() {
     let h = harness();
-    let port = warden::cluster::free_port().unwrap();
-    let text = std::fs::read_to_string(&h.config)
-        .unwrap()
-        .replace(
-            &format!("127.0.0.1:{}\"", h.warden_port),
-            &format!("127.0.0.1:{port}\""),
-        )
-        .replace(
-            "fsync = \"batch\"",
-            "fsync = \"batch\"\npath = \"audit/sigterm2.jsonl\"",
-        );
-    let config = h.deploy.join("sigterm2.toml");
-    std::fs::write(&config, text).unwrap();
-    let pid = spawn_warden(&config, &h.root.join("sigterm2.log"), port).unwrap();
+    let (pid, port) = own_warden("sigterm2");
     let cred = h.issue("human", "bob", &[]);
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1")
-        .port(port)
-        .user("bob")
-        .dbname("shop")
-        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    let cfg = bob_at(port);
     let busy = connect_with(&cfg, &cred.join("ca.crt"), Some(load_cert(&cred)))
         .await
         .unwrap();
