@@ -545,21 +545,35 @@ async fn api_locks_end_live_sessions_and_only_admins_lock_others() {
     assert_eq!(status, 200);
 }
 
+/// `warden exec` as the human in `cred`, for report-bot on `task`, running `command`.
+fn exec_as(cred: &Path, task: &str, command: &[&str]) -> Command {
+    let mut c = Command::new(WARDEN);
+    c.args(["exec", "--identity"])
+        .arg(cred)
+        .args(["--agent", "report-bot", "--task", task, "--"])
+        .args(command);
+    c
+}
+
 #[test]
 fn exec_forwards_signals_and_exits_with_the_commands_status() {
     use std::io::{BufRead, BufReader};
     let w = api_warden();
     let alice = w.issue("human", "alice", &["--ttl", "1h"]);
     let task = format!("T-sig-{}", uuid::Uuid::new_v4().simple());
-    let mut child = Command::new(WARDEN)
-        .args(["exec", "--identity"])
-        .arg(&alice)
-        .args(["--agent", "report-bot", "--task", &task, "--", "sh", "-c"])
-        .arg("trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.05; done")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = exec_as(
+        &alice,
+        &task,
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.05; done",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
     Command::new("kill")
@@ -579,12 +593,7 @@ fn exec_forwards_signals_and_exits_with_the_commands_status() {
 fn exec_of_a_missing_command_exits_127_as_shells_do() {
     let w = api_warden();
     let alice = w.issue("human", "alice", &["--ttl", "1h"]);
-    let out = Command::new(WARDEN)
-        .args(["exec", "--identity"])
-        .arg(&alice)
-        .args(["--agent", "report-bot", "--task", "T-missing", "--", "/no/such/command"])
-        .output()
-        .unwrap();
+    let out = exec_as(&alice, "T-missing", &["/no/such/command"]).output().unwrap();
     assert_eq!(out.status.code(), Some(127), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot start /no/such/command"));
 }
@@ -595,11 +604,7 @@ fn a_killed_exec_takes_its_command_with_it() {
     let w = api_warden();
     let alice = w.issue("human", "alice", &["--ttl", "1h"]);
     let task = format!("T-kill-{}", uuid::Uuid::new_v4().simple());
-    let mut exec = Command::new(WARDEN)
-        .args(["exec", "--identity"])
-        .arg(&alice)
-        .args(["--agent", "report-bot", "--task", &task, "--", "sh", "-c"])
-        .arg("echo $$; while :; do sleep 0.05; done")
+    let mut exec = exec_as(&alice, &task, &["sh", "-c", "echo $$; while :; do sleep 0.05; done"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -210,6 +210,15 @@ async fn unknown_database_is_refused() {
     assert_refused(result, "database \"payroll\" is not configured");
 }
 
+/// `warden start` on a configuration that must be refused (it exits at once).
+fn start_with(config: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(WARDEN)
+        .args(["start", "--config"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn bad_config_names_file_line_and_key() {
     let h = harness();
@@ -220,11 +229,7 @@ fn bad_config_names_file_line_and_key() {
         .unwrap()
         .replace("fsync = \"batch\"", "fsync = \"batch\"\nfsink = true");
     std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(WARDEN)
-        .args(["start", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = start_with(&path);
     assert!(!out.status.success());
     let err = stderr(&out);
     let line = std::fs::read_to_string(&path)
@@ -239,11 +244,7 @@ fn bad_config_names_file_line_and_key() {
     );
     // A missing file: said once, with what to give instead.
     let missing = bad.join("nowhere.toml");
-    let out = std::process::Command::new(WARDEN)
-        .args(["start", "--config"])
-        .arg(&missing)
-        .output()
-        .unwrap();
+    let out = start_with(&missing);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
