@@ -95,6 +95,14 @@ enum Pending {
     /// A Close of a prepared statement or portal: forgotten once PostgreSQL answers CloseComplete (it
     /// skips a Close after an error earlier in the batch, and the name then stays what it was).
     Close(Forget),
+    /// A client's Parse, answered by ParseComplete. Kept so that each ParseComplete and BindComplete
+    /// is known as the client's or a stand-in's (whose answers are dropped).
+    Parse,
+    /// A client's Bind of this portal, with its stamp: answered by BindComplete. If PostgreSQL refuses
+    /// or skips it, the name keeps what it held before (a named portal in use, or the unnamed one when
+    /// the parameters do not match), so Warden forgets what it took the portal for: an Execute of it is
+    /// then refused rather than decided as a statement PostgreSQL did not bind.
+    Bind(String, u64),
 }
 
 /// A name PostgreSQL is asked to drop (CLOSE, DEALLOCATE, DISCARD ALL, a protocol Close). Warden
@@ -219,10 +227,6 @@ impl Outcome {
     }
 }
 
-/// Responses to messages Warden added (the Parse and Bind of a stand-in): dropped, not relayed.
-/// Kept per batch, keyed by the number of the ReadyForQuery that ends it: if something earlier in the
-/// batch fails, PostgreSQL skips the stand-in and its responses never come, and the count must not
-/// carry over to swallow the next batch's responses.
 /// What PostgreSQL has answered in the current batch, counted by the server side: a simple Query (or a
 /// function call) sent before a batch's Sync runs only if no extended message before it failed
 /// (PostgreSQL skips everything up to Sync after an error), so the client side waits for those
@@ -302,57 +306,6 @@ impl Replies {
     }
 }
 
-#[derive(Default)]
-struct Swallow {
-    batches: Mutex<VecDeque<SwallowBatch>>,
-}
-
-struct SwallowBatch {
-    /// How many ReadyForQuery messages come before the one that ends this batch.
-    rfq: u64,
-    parse_complete: usize,
-    bind_complete: usize,
-}
-
-impl Swallow {
-    fn add(&self, rfq: u64) {
-        let mut b = self.batches.lock().expect("swallow lock poisoned");
-        match b.back_mut() {
-            Some(last) if last.rfq == rfq => {
-                last.parse_complete += 1;
-                last.bind_complete += 1;
-            }
-            _ => b.push_back(SwallowBatch {
-                rfq,
-                parse_complete: 1,
-                bind_complete: 1,
-            }),
-        }
-    }
-
-    /// Whether a ParseComplete (`parse`) or BindComplete of the batch ended by ReadyForQuery number
-    /// `rfq` is a stand-in's.
-    fn take(&self, rfq: u64, parse: bool) -> bool {
-        let mut b = self.batches.lock().expect("swallow lock poisoned");
-        while b.front().is_some_and(|f| f.rfq < rfq) {
-            b.pop_front();
-        }
-        let Some(front) = b.front_mut().filter(|f| f.rfq == rfq) else {
-            return false;
-        };
-        let n = if parse {
-            &mut front.parse_complete
-        } else {
-            &mut front.bind_complete
-        };
-        if *n == 0 {
-            return false;
-        }
-        *n -= 1;
-        true
-    }
-}
-
 type Queue = Arc<Mutex<VecDeque<Pending>>>;
 
 /// Takes the Syncs at the front of the queue that PostgreSQL ignored because they came during the
@@ -418,7 +371,6 @@ pub async fn run(
     tracing::info!(session = %session.id, identity = %session.claims.identity(), db_role = %session.db_role, database = %session.database, "session started");
 
     let queue: Queue = Arc::default();
-    let swallow = Arc::new(Swallow::default());
     // Messages Warden itself sends the client mid-session (the NOTICE of a held statement) go through
     // the task that owns the client's write half.
     let (notice_tx, notice_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -429,7 +381,6 @@ pub async fn run(
         shared: &shared,
         session: &session,
         queue: queue.clone(),
-        swallow: swallow.clone(),
         tx_status: tx_status.clone(),
         rd: client_rd,
         buf: client_buf,
@@ -456,7 +407,6 @@ pub async fn run(
         shared: &shared,
         session: &session,
         queue,
-        swallow,
         tx_status,
         rd: server_rd,
         buf: upstream_buf,
@@ -504,7 +454,7 @@ pub async fn run(
         .iter_mut()
         .filter_map(|p| match p {
             Pending::Simple(o) | Pending::Execute(o) => Some(std::mem::replace(o, Outcome::new(o.query_seq))),
-            Pending::Describe(_) | Pending::Sync(..) | Pending::Close(_) => None,
+            Pending::Describe(_) | Pending::Sync(..) | Pending::Close(_) | Pending::Parse | Pending::Bind(..) => None,
         })
         .collect();
     if matches!(end, End::Killed(_) | End::Shutdown) && !unanswered.is_empty() {
@@ -625,7 +575,6 @@ struct ClientSide<'a> {
     buf: BytesMut,
     wr: WriteHalf<UpstreamStream>,
     max: usize,
-    swallow: Arc<Swallow>,
     /// The transaction status of PostgreSQL's last ReadyForQuery (`I`, `T` or `E`).
     tx_status: Arc<AtomicU8>,
     /// Prepared statement name -> what it is, so an Execute is recorded with what it runs.
@@ -734,6 +683,8 @@ struct Portal {
     parse: u64,
     /// Its Bind's stamp.
     bound: u64,
+    /// The batch its Bind was sent in (Syncs and Queries sent before it).
+    batch: u64,
     decided: Option<Decided>,
 }
 
@@ -904,6 +855,7 @@ impl ClientSide<'_> {
                         };
                         // SQL `EXECUTE name` runs it too.
                         let stamp = self.enforcer.parsed(name, &sql);
+                        self.push(Pending::Parse);
                         self.statements.insert(
                             name.to_string(),
                             Prepared {
@@ -973,6 +925,7 @@ impl ClientSide<'_> {
                 }
                 // SQL FETCH and MOVE reach a named portal too.
                 let bound = self.enforcer.bound(bind.portal, &p.sql);
+                self.push(Pending::Bind(bind.portal.to_string(), bound));
                 self.portals.insert(
                     bind.portal.to_string(),
                     Portal {
@@ -985,6 +938,7 @@ impl ClientSide<'_> {
                         formats: ResultFormats::of(&bind.result_formats),
                         parse: p.parse,
                         bound,
+                        batch: self.rfq,
                         decided: Some(p.decided),
                     },
                 );
@@ -993,6 +947,20 @@ impl ClientSide<'_> {
                 if self.batch_denied {
                     // Skipped by PostgreSQL, which is failing this batch up to Sync.
                     return Ok(Step::Forward);
+                }
+                // A Bind in an earlier batch that PostgreSQL has not answered yet: if it refuses it,
+                // the name keeps what it held before, and a ROLLBACK TO SAVEPOINT in between could
+                // make that runnable. Its answer is awaited (drivers send a Bind and its Execute
+                // together, and wait for the answers before the next Execute of the portal).
+                if self
+                    .portals
+                    .get(portal)
+                    .is_some_and(|p| p.batch != self.rfq && self.bind_unanswered(p.bound))
+                {
+                    if !self.batch_ran().await? {
+                        return Ok(Step::Forward);
+                    }
+                    self.apply_forgotten();
                 }
                 let Some(mut p) = self.portals.get(portal).cloned() else {
                     let reason = format!("portal \"{portal}\" does not exist");
@@ -1310,7 +1278,6 @@ impl ClientSide<'_> {
     ) -> Result<Step, ProxyError> {
         let seq = self.record_query(sql.into(), params, Some(&reason), review).await?;
         self.push(Pending::Execute(Outcome::denied(seq)));
-        self.swallow.add(self.rfq);
         self.batch_denied = true;
         let denied = |sql: &str| Portal {
             sql: Arc::from(sql),
@@ -1323,6 +1290,7 @@ impl ClientSide<'_> {
             // No Parse made it (they count from 1).
             parse: 0,
             bound: self.enforcer.stamp(),
+            batch: self.rfq,
             decided: None,
         };
         // What PostgreSQL now holds under the unnamed names.
@@ -1356,6 +1324,15 @@ impl ClientSide<'_> {
         }
         tracing::debug!(session = %self.session.id, "a Query after a failed extended message is skipped, as PostgreSQL skips it");
         Ok(false)
+    }
+
+    /// Whether the Bind with stamp `bound` is waiting for PostgreSQL's answer.
+    fn bind_unanswered(&self, bound: u64) -> bool {
+        self.queue
+            .lock()
+            .expect("relay queue lock poisoned")
+            .iter()
+            .any(|p| matches!(p, Pending::Bind(_, b) if *b == bound))
     }
 
     /// Whether a Close of statement `name` is waiting for PostgreSQL's answer.
@@ -1489,7 +1466,6 @@ struct ServerSide<'a> {
     buf: BytesMut,
     wr: WriteHalf<ClientStream>,
     max: usize,
-    swallow: Arc<Swallow>,
     tx_status: Arc<AtomicU8>,
     notices: tokio::sync::mpsc::UnboundedReceiver<BytesMut>,
     /// ReadyForQuery messages relayed so far: which batch the responses belong to.
@@ -1595,8 +1571,17 @@ impl ServerSide<'_> {
             }
         }
         match frame.tag {
-            b'1' if self.swallow.take(self.rfq_seen, true) => return Ok(Relay::Drop),
-            b'2' if self.swallow.take(self.rfq_seen, false) => return Ok(Relay::Drop),
+            b'1' | b'2' => {
+                // The client's Parse or Bind done, or a stand-in's: the client did not send those.
+                let mut q = self.queue.lock().expect("relay queue lock poisoned");
+                match q.front() {
+                    Some(Pending::Parse) if frame.tag == b'1' => drop(q.pop_front()),
+                    Some(Pending::Bind(..)) if frame.tag == b'2' => drop(q.pop_front()),
+                    Some(Pending::Execute(o)) if o.denied => return Ok(Relay::Drop),
+                    _ => {}
+                }
+                return Ok(Relay::Forward);
+            }
             b'C' | b'E' | b'I' | b's' | b'Z' | b'D' | b'T' | b't' | b'n' => {}
             _ => return Ok(Relay::Forward),
         }
@@ -1644,9 +1629,12 @@ impl ServerSide<'_> {
             // ParameterDescription), which comes before its Execute, possibly behind statements'
             // Describes still to be answered. The first result set's, like the sample rows (a string
             // of several statements has more).
-            let next = q
-                .iter_mut()
-                .find(|p| !matches!(p, Pending::Describe(_) | Pending::Close(_)));
+            let next = q.iter_mut().find(|p| {
+                !matches!(
+                    p,
+                    Pending::Describe(_) | Pending::Close(_) | Pending::Parse | Pending::Bind(..)
+                )
+            });
             if let Some(Pending::Simple(o) | Pending::Execute(o)) = next {
                 if o.columns.is_none() {
                     o.columns = columns(&mut self.last_columns, frame.body());
@@ -1685,26 +1673,46 @@ impl ServerSide<'_> {
                 self.describing = false;
                 match q.front_mut() {
                     Some(Pending::Simple(o)) => o.error = Some(text),
-                    Some(Pending::Execute(_) | Pending::Describe(_) | Pending::Close(_)) => {
-                        // The Execute (or the Describe) failed, or a message before it did.
-                        if let Some(Pending::Execute(o)) = q.front_mut() {
-                            o.error = Some(text);
-                            pop_outcome(&mut q, finished);
+                    Some(
+                        Pending::Execute(_)
+                        | Pending::Describe(_)
+                        | Pending::Close(_)
+                        | Pending::Parse
+                        | Pending::Bind(..),
+                    ) => {
+                        // The Execute failed, or a message before it did. An error in its Parse or
+                        // Bind (a plan that fails, parameters that do not fit) is its error.
+                        let mut text = Some(text);
+                        if matches!(q.front(), Some(Pending::Describe(_) | Pending::Close(_))) {
+                            text = None;
                         }
                         // PostgreSQL skips the rest of the batch up to Sync (a skipped Close drops
-                        // nothing; nor does a Sync it ignored during a COPY).
+                        // nothing; nor does a Sync it ignored during a COPY; a refused or skipped
+                        // Bind binds nothing).
+                        let mut unbound = Vec::new();
                         loop {
                             if ignored_syncs(&mut q, self.copy_in, &mut self.rfq_seen, &self.replies) {
                                 self.replies.answered(true);
                             }
-                            match q.front() {
-                                Some(Pending::Execute(_) | Pending::Describe(_) | Pending::Close(_)) => {}
-                                _ => break,
+                            match q.pop_front() {
+                                Some(Pending::Execute(mut o)) => {
+                                    o.error =
+                                        Some(text.take().unwrap_or_else(|| {
+                                            "not run: an earlier message of the batch failed".into()
+                                        }));
+                                    finished.push(o);
+                                }
+                                Some(Pending::Bind(portal, stamp)) => unbound.push(Forget::Cursor(portal, stamp)),
+                                Some(Pending::Describe(_) | Pending::Close(_) | Pending::Parse) => {}
+                                Some(other) => {
+                                    q.push_front(other);
+                                    break;
+                                }
+                                None => break,
                             }
-                            if let Some(Pending::Execute(mut o)) = q.pop_front() {
-                                o.error = Some("not run: an earlier message of the batch failed".into());
-                                finished.push(o);
-                            }
+                        }
+                        if !unbound.is_empty() {
+                            self.replies.confirm(unbound);
                         }
                     }
                     _ => {}
@@ -1716,6 +1724,7 @@ impl ServerSide<'_> {
                 self.describing = false;
                 // Drop anything left before the sync point, then the sync point itself.
                 let mut stamp = None;
+                let mut unbound = Vec::new();
                 while let Some(p) = q.pop_front() {
                     match p {
                         Pending::Simple(o) => {
@@ -1724,12 +1733,16 @@ impl ServerSide<'_> {
                             break;
                         }
                         Pending::Execute(o) => finished.push(o),
-                        Pending::Describe(_) | Pending::Close(_) => {}
+                        Pending::Bind(portal, bound) => unbound.push(Forget::Cursor(portal, bound)),
+                        Pending::Describe(_) | Pending::Close(_) | Pending::Parse => {}
                         Pending::Sync(at, _) => {
                             stamp = Some(at);
                             break;
                         }
                     }
+                }
+                if !unbound.is_empty() {
+                    self.replies.confirm(unbound);
                 }
                 // No transaction open: cursors without HOLD and portals made up to then are gone.
                 if let (Some(upto), b'I') = (stamp, status) {

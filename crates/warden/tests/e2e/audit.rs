@@ -246,6 +246,9 @@ async fn extended_batches_keep_their_records_in_step() {
         describe(b'S', ""),
         bind("", "", &[]),
         execute(""),
+        parse("", "SELECT 7 AS seven /* raw-after-bad */"),
+        bind("", "", &[]),
+        execute(""),
         sync(),
     ])
     .await;
@@ -307,10 +310,32 @@ async fn extended_batches_keep_their_records_in_step() {
     // The records stay in step with what ran.
     c.send(&[query("SELECT 5 AS five /* raw-last */")]).await;
     succeeds(&c.until_ready().await);
+    // A refusal after a statement that ran, in one batch: the client gets the answers to its own
+    // messages in their order (not those to the Parse and Bind that stand in for the refused one).
+    c.send(&[
+        parse("", "SELECT 6 AS six /* raw-before-refusal */"),
+        bind("", "", &[]),
+        execute(""),
+        parse("", "DELETE FROM customers WHERE id = -1 /* raw-refused */"),
+        bind("", "", &[]),
+        execute(""),
+        sync(),
+    ])
+    .await;
+    let answers = c.until_ready().await;
+    let tags: String = answers.iter().map(|m| m.0).collect();
+    assert_eq!(tags, "12DCEZ", "{answers:?}");
+    assert!(answers[4].1.starts_with("42501"), "{answers:?}");
 
     let result_of = |marker: &str| result_in(&h.config, marker);
     let bad = result_of("raw-bad");
-    assert_eq!(bad["error"], "not run: an earlier message of the batch failed", "{bad}");
+    // Its own Parse failed: that is its error.
+    assert!(bad["error"].as_str().is_some_and(|e| e.starts_with("22P02")), "{bad}");
+    let after = result_of("raw-after-bad");
+    assert_eq!(
+        after["error"], "not run: an earlier message of the batch failed",
+        "{after}"
+    );
     let described = result_of("raw-pd");
     assert_eq!(described["columns"], serde_json::json!(["id", "status"]), "{described}");
     assert_eq!(described["rows"], 1, "{described}");
@@ -322,6 +347,7 @@ async fn extended_batches_keep_their_records_in_step() {
         ("raw-inside", serde_json::json!(["two"])),
         ("raw-after-describe", serde_json::json!(["three"])),
         ("raw-last", serde_json::json!(["five"])),
+        ("raw-before-refusal", serde_json::Value::Null),
     ] {
         let r = result_of(marker);
         assert_eq!(r["columns"], columns, "{marker}: {r}");

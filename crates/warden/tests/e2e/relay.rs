@@ -190,6 +190,110 @@ async fn a_portal_declared_again_after_a_rollback_to_savepoint_is_not_run_as_the
     c.until_ready().await;
 }
 
+/// A Bind that PostgreSQL refuses leaves what it held under the portal's name (a Bind with too few
+/// parameters does not even drop the unnamed portal; a named one in use is kept), and a ROLLBACK TO
+/// SAVEPOINT makes the transaction usable again: an Execute of the name then runs the old portal,
+/// which must not be decided or recorded as the refused Bind's statement.
+#[tokio::test]
+async fn a_bind_postgresql_refused_does_not_change_what_warden_decides_for_the_portal() {
+    use crate::approval::raw;
+    let h = harness();
+    let cred = h.issue("human", "alice", &[]);
+    let mut c = raw::Raw::connect_as(h.warden_port, &cred, "alice", "shop2").await;
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let insert =
+        format!("INSERT INTO orders (customer_id, status, total, region) VALUES (1, 'bind-{marker}', 1, 'eu')");
+    // Savepoints through named portals: a simple Query would replace the unnamed portal.
+    let savepoint = |n: &str| {
+        [
+            raw::parse("", "SAVEPOINT s"),
+            raw::bind(&format!("sp{n}"), "", &[]),
+            raw::execute(&format!("sp{n}")),
+            raw::sync(),
+        ]
+    };
+    let rollback_to = |n: &str| {
+        [
+            raw::parse(&format!("rb{n}"), "ROLLBACK TO SAVEPOINT s"),
+            raw::bind(&format!("rb{n}"), &format!("rb{n}"), &[]),
+            raw::execute(&format!("rb{n}")),
+            raw::sync(),
+        ]
+    };
+    c.send(&[raw::query("BEGIN")]).await;
+    c.until_ready().await;
+
+    // The unnamed portal, one round trip at a time.
+    c.send(&[raw::parse("", &insert), raw::bind("", "", &[]), raw::sync()])
+        .await;
+    let bound = c.until_ready().await;
+    assert!(raw::errors(&bound).is_empty(), "{bound:?}");
+    c.send(&savepoint("1")).await;
+    assert!(raw::errors(&c.until_ready().await).is_empty());
+    c.send(&[
+        raw::parse("", "SELECT $1::int AS refused_bind"),
+        raw::bind("", "", &[]),
+        raw::sync(),
+    ])
+    .await;
+    let refused = c.until_ready().await;
+    assert!(
+        raw::errors(&refused).iter().any(|e| e.starts_with("08P01")),
+        "{refused:?}"
+    );
+    c.send(&rollback_to("1")).await;
+    let back = c.until_ready().await;
+    assert!(raw::errors(&back).is_empty(), "{back:?}");
+    c.send(&[raw::execute(""), raw::sync()]).await;
+    let run = c.until_ready().await;
+    assert!(!raw::errors(&run).is_empty(), "the old portal ran: {run:?}");
+    assert!(run.iter().all(|m| m.0 != 'C'), "{run:?}");
+
+    // A named portal, everything sent at once: PostgreSQL refuses the second Bind of p (42P03)
+    // and keeps the first.
+    c.send(&[raw::query("ROLLBACK; BEGIN")]).await;
+    c.until_ready().await;
+    let mut all = vec![raw::parse("", &insert), raw::bind("p", "", &[]), raw::sync()];
+    all.extend(savepoint("2"));
+    all.extend([
+        raw::parse("", "SELECT 1 AS refused_bind"),
+        raw::bind("p", "", &[]),
+        raw::sync(),
+    ]);
+    all.extend(rollback_to("2"));
+    all.extend([raw::execute("p"), raw::sync()]);
+    c.send(&all).await;
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        answers.push(c.until_ready().await);
+    }
+    assert!(
+        raw::errors(&answers[2]).iter().any(|e| e.starts_with("42P03")),
+        "{answers:?}"
+    );
+    assert!(raw::errors(&answers[3]).is_empty(), "{answers:?}");
+    assert!(!raw::errors(&answers[4]).is_empty(), "the old portal ran: {answers:?}");
+    assert!(answers[4].iter().all(|m| m.0 != 'C'), "{answers:?}");
+    c.send(&[raw::query("ROLLBACK")]).await;
+    c.until_ready().await;
+}
+
+#[test]
+fn an_upsert_may_name_the_proposed_row_as_excluded() {
+    let h = harness();
+    let cred = h.issue("human", "alice", &[]);
+    // shop2: the red-team tests compare fingerprints of shop. `WHERE false`: nothing changes.
+    let out = h.psql(
+        &cred,
+        "alice",
+        "shop2",
+        "INSERT INTO orders AS o (id, customer_id, status, total, region) VALUES (1, 1, 'upsert', 1, 'eu') \
+         ON CONFLICT (id) DO UPDATE SET total = excluded.total + o.total WHERE false",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("INSERT 0 0"), "{}", stdout(&out));
+}
+
 fn copy_data(data: &[u8]) -> bytes::BytesMut {
     let mut b = bytes::BytesMut::from(&b"d"[..]);
     b.extend_from_slice(&(4 + data.len() as i32).to_be_bytes());
