@@ -136,6 +136,27 @@ fn writes_hidden_anywhere_are_found() {
 }
 
 #[test]
+fn an_upsert_reads_excluded_as_the_proposed_row_not_the_table() {
+    // `excluded` is the row the INSERT proposed: PostgreSQL checks no SELECT privilege for it. The
+    // existing row, named by the table, is read.
+    let a = one("INSERT INTO orders AS o (id, status, total) VALUES (1, 'x', 2) \
+         ON CONFLICT (id) DO UPDATE SET total = excluded.total + o.total WHERE excluded.status <> 'void'");
+    assert!(a.forbidden.is_empty(), "{:?}", a.forbidden);
+    assert_eq!(
+        a.writes[&q("public.orders")].1.iter().collect::<Vec<_>>(),
+        ["id", "status", "total"]
+    );
+    assert_eq!(cols(&a, "public.orders"), ["total"]);
+    let a = one("INSERT INTO orders (id, total) VALUES (1, 2) ON CONFLICT (id) DO UPDATE SET total = EXCLUDED.total");
+    assert!(a.forbidden.is_empty(), "{:?}", a.forbidden);
+    assert!(cols(&a, "public.orders").is_empty());
+    // The table's own rows are still read under its name, and RETURNING cannot name `excluded`.
+    let a = one("INSERT INTO orders (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET total = orders.total RETURNING excluded.status");
+    assert_eq!(cols(&a, "public.orders"), ["total"]);
+    assert_eq!(a.forbidden, [Forbidden::UnknownColumn("excluded.status".into())]);
+}
+
+#[test]
 fn schema_resolution_follows_the_search_path() {
     let hr = SessionContext {
         search_path: vec!["hr".into(), "public".into()],

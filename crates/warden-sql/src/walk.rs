@@ -629,6 +629,14 @@ impl Walker<'_> {
         self.push_target_scope(&s["relation"], &target);
         let conflict = &s["on_conflict_clause"];
         if !conflict.is_null() {
+            // `excluded` is the row the INSERT proposed: its values are the statement's own, and
+            // PostgreSQL checks no SELECT privilege for them. Only DO UPDATE may name it.
+            let proposed = target
+                .as_ref()
+                .map(|q| Entry::derived("excluded".into(), Some(self.catalog.columns(q).to_vec())));
+            if let (Some(e), Some(sc)) = (proposed, self.scopes.last_mut()) {
+                sc.entries.push(e);
+            }
             if let Some(q) = &target {
                 let cols: Vec<String> = self.set_targets(&conflict["target_list"]);
                 if !cols.is_empty() {
@@ -637,6 +645,9 @@ impl Walker<'_> {
             }
             self.expr(&conflict["where_clause"]);
             self.generic(&conflict["infer"]);
+            if let Some(sc) = self.scopes.last_mut() {
+                sc.entries.retain(|e| !(e.derived && e.alias == "excluded"));
+            }
         }
         self.returning(&s["returning_clause"]);
         self.scopes.pop();
