@@ -107,6 +107,20 @@ pub fn lock(args: &LockArgs) -> Result<ExitCode> {
     let state = deployment::open_state(&config)?;
     // A lock that matches nothing would leave the operator believing something is cut off.
     let target = resolve(target, &config, &state)?;
+    let now = OffsetDateTime::now_utc();
+    let already: Vec<String> = state
+        .locks(now, false)?
+        .into_iter()
+        .filter(|l| l.target == target)
+        .map(|l| l.id)
+        .collect();
+    if !already.is_empty() {
+        // Another lock (another reason or ttl) is added: each is lifted on its own.
+        eprintln!(
+            "warning: {target} is already locked by {}; this adds another lock, and access comes back only once all are lifted or expired",
+            already.join(", ")
+        );
+    }
     // The audit log first: a command that cannot record what it does changes nothing.
     let audit = deployment::open_audit(&config)?;
     let actor = control::local_admin();
@@ -120,7 +134,10 @@ pub fn lock(args: &LockArgs) -> Result<ExitCode> {
         );
     }
     if args.json {
-        println!("{}", serde_json::to_string(&lock)?);
+        // As `warden locks list --json` shows it.
+        let mut v = serde_json::to_value(&lock)?;
+        v["state"] = lock.state(now).into();
+        println!("{v}");
     } else {
         println!("Locked {} as {}.", lock.target, lock.id);
         println!("A running Warden ends matching live sessions within a second and refuses new ones");

@@ -407,6 +407,18 @@ fn verify_catches_a_dropped_tail_through_the_signed_checkpoints() {
     assert!(locked.status.success(), "{}", stderr(&locked));
     let lock: Value = serde_json::from_str(stdout(&locked).trim()).unwrap();
     let lock_id = lock["id"].as_str().unwrap().to_string();
+    assert_eq!(lock["state"], "active", "{lock}");
+    // A second lock on the same task is added, with a warning naming the first.
+    let again = admin(&["lock", "--task", &task, "--reason", "e2e again", "--json"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains(&format!("already locked by {lock_id}")),
+        "{}",
+        stderr(&again)
+    );
+    let again: Value = serde_json::from_str(stdout(&again).trim()).unwrap();
+    let unlocked = admin(&["unlock", again["id"].as_str().unwrap()]);
+    assert!(unlocked.status.success(), "{}", stderr(&unlocked));
     let active_locks = || stdout(&admin(&["locks", "list", "--json"]));
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = text.lines().collect();
