@@ -334,6 +334,8 @@ impl Enforcer {
             Forget::AllCursors(upto) => self.cursors.forget_all(*upto),
             // Cursors without HOLD and protocol portals end with their transaction.
             Forget::TransactionEnded(upto) => self.cursors.transaction_ended(*upto),
+            Forget::Unparsed(name, stamp) => self.prepared.forget_given(name, *stamp),
+            Forget::Unbound(name, stamp) => self.cursors.forget_given(name, *stamp),
         }
         // Decisions about EXECUTE or FETCH of a name hold while its texts are the same.
         if (self.prepared.count, self.cursors.count) != before {
@@ -419,6 +421,11 @@ impl Named {
     /// Forgets the texts `name` was given up to `upto` (a drop confirmed; what came after stays).
     fn forget(&mut self, name: &str, upto: u64) {
         self.retain(|n, t| n != name || t.stamp > upto);
+    }
+
+    /// Forgets the text `name` was given at `stamp` only (a Parse or Bind PostgreSQL did not do).
+    fn forget_given(&mut self, name: &str, stamp: u64) {
+        self.retain(|n, t| n != name || t.stamp != stamp);
     }
 
     fn forget_all(&mut self, upto: u64) {
@@ -640,6 +647,24 @@ mod tests {
         assert!(e.is_sql_prepared("s0"));
         e.forget(&Forget::AllStatements(e.stamp()));
         assert!(!e.prepared_full() && !e.is_sql_prepared("s0"));
+    }
+
+    #[test]
+    fn a_parse_or_bind_postgres_did_not_do_forgets_only_its_own_text() {
+        let mut e = Enforcer::new(vec!["public".into()], "r");
+        // Portal p bound twice: PostgreSQL refused the second Bind (42P03) and kept the first.
+        e.bound("p", "INSERT INTO t VALUES (1) RETURNING id");
+        let refused = e.bound("p", "SELECT 1");
+        e.forget(&Forget::Unbound("p".into(), refused));
+        assert_eq!(
+            e.cursors.texts("p").collect::<Vec<_>>(),
+            ["INSERT INTO t VALUES (1) RETURNING id"]
+        );
+        // The same for a statement name whose Parse PostgreSQL skipped.
+        e.parsed("s", "DELETE FROM t");
+        let skipped = e.parsed("s", "SELECT 2");
+        e.forget(&Forget::Unparsed("s".into(), skipped));
+        assert_eq!(e.prepared.texts("s").collect::<Vec<_>>(), ["DELETE FROM t"]);
     }
 
     #[test]

@@ -95,13 +95,17 @@ enum Pending {
     /// A Close of a prepared statement or portal: forgotten once PostgreSQL answers CloseComplete (it
     /// skips a Close after an error earlier in the batch, and the name then stays what it was).
     Close(Forget),
-    /// A client's Parse, answered by ParseComplete. Kept so that each ParseComplete and BindComplete
-    /// is known as the client's or a stand-in's (whose answers are dropped).
-    Parse,
+    /// A client's Parse of this statement name, with its stamp: answered by ParseComplete. If
+    /// PostgreSQL refuses or skips it, the name does not stand for its text (a skipped Parse of the
+    /// unnamed statement leaves the old one), so Warden forgets what the Parse gave the name
+    /// (`Forget::Unparsed`): a Bind of it is then refused rather than decided as a statement
+    /// PostgreSQL does not have. Also tells the client's ParseComplete from a stand-in's.
+    Parse(String, u64),
     /// A client's Bind of this portal, with its stamp: answered by BindComplete. If PostgreSQL refuses
     /// or skips it, the name keeps what it held before (a named portal in use, or the unnamed one when
-    /// the parameters do not match), so Warden forgets what it took the portal for: an Execute of it is
-    /// then refused rather than decided as a statement PostgreSQL did not bind.
+    /// the parameters do not match), so Warden forgets what the Bind gave the name
+    /// (`Forget::Unbound`): an Execute of it is then refused rather than decided as a statement
+    /// PostgreSQL did not bind.
     Bind(String, u64),
 }
 
@@ -121,6 +125,11 @@ pub enum Forget {
     AllCursors(u64),
     /// A ReadyForQuery outside a transaction: cursors without HOLD and portals are gone.
     TransactionEnded(u64),
+    /// A Parse PostgreSQL refused or skipped: only the text that Parse (this stamp) gave the name.
+    Unparsed(String, u64),
+    /// A Bind PostgreSQL refused or skipped: only the text that Bind (this stamp) gave the name;
+    /// what the name held before may still be there.
+    Unbound(String, u64),
 }
 
 impl Forget {
@@ -454,7 +463,9 @@ pub async fn run(
         .iter_mut()
         .filter_map(|p| match p {
             Pending::Simple(o) | Pending::Execute(o) => Some(std::mem::replace(o, Outcome::new(o.query_seq))),
-            Pending::Describe(_) | Pending::Sync(..) | Pending::Close(_) | Pending::Parse | Pending::Bind(..) => None,
+            Pending::Describe(_) | Pending::Sync(..) | Pending::Close(_) | Pending::Parse(..) | Pending::Bind(..) => {
+                None
+            }
         })
         .collect();
     if matches!(end, End::Killed(_) | End::Shutdown) && !unanswered.is_empty() {
@@ -535,7 +546,13 @@ async fn expires(session: &Session) {
 async fn drain(shutdown: &mut watch::Receiver<bool>, queue: Queue) {
     let _ = shutdown.wait_for(|s| *s).await;
     let deadline = Instant::now() + DRAIN_GRACE;
-    while Instant::now() < deadline && !queue.lock().expect("relay queue lock poisoned").is_empty() {
+    // A statement or a Sync sent and not answered; a Parse, Bind, Describe or Close sent without a
+    // Sync or Flush by a client that then went idle is not waited for.
+    let in_flight = |q: &VecDeque<Pending>| {
+        q.iter()
+            .any(|p| matches!(p, Pending::Simple(_) | Pending::Execute(_) | Pending::Sync(..)))
+    };
+    while Instant::now() < deadline && in_flight(&queue.lock().expect("relay queue lock poisoned")) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
@@ -637,6 +654,8 @@ struct Prepared {
     described: Option<Described>,
     /// Its Parse's stamp (the enforcer's), so its portals are known.
     parse: u64,
+    /// The batch its Parse was sent in (Syncs and Queries sent before it).
+    batch: u64,
     /// What its decision was made under.
     decided: Decided,
 }
@@ -855,7 +874,7 @@ impl ClientSide<'_> {
                         };
                         // SQL `EXECUTE name` runs it too.
                         let stamp = self.enforcer.parsed(name, &sql);
-                        self.push(Pending::Parse);
+                        self.push(Pending::Parse(name.to_string(), stamp));
                         self.statements.insert(
                             name.to_string(),
                             Prepared {
@@ -864,6 +883,7 @@ impl ClientSide<'_> {
                                 may_write,
                                 described: None,
                                 parse: stamp,
+                                batch: self.rfq,
                                 decided,
                             },
                         );
@@ -878,6 +898,11 @@ impl ClientSide<'_> {
             FrontendMessage::Bind(bind) => {
                 if self.batch_denied {
                     return Ok(Step::Forward);
+                }
+                if let Some((batch, parse)) = self.statements.get(bind.statement).map(|p| (p.batch, p.parse)) {
+                    if !self.settle(batch, parse).await? {
+                        return Ok(Step::Forward);
+                    }
                 }
                 let params: Parameters = (0..bind.params.len()).map(|i| bind.param_display(i)).collect();
                 let Some(p) = self.statements.get(bind.statement).cloned() else {
@@ -948,19 +973,10 @@ impl ClientSide<'_> {
                     // Skipped by PostgreSQL, which is failing this batch up to Sync.
                     return Ok(Step::Forward);
                 }
-                // A Bind in an earlier batch that PostgreSQL has not answered yet: if it refuses it,
-                // the name keeps what it held before, and a ROLLBACK TO SAVEPOINT in between could
-                // make that runnable. Its answer is awaited (drivers send a Bind and its Execute
-                // together, and wait for the answers before the next Execute of the portal).
-                if self
-                    .portals
-                    .get(portal)
-                    .is_some_and(|p| p.batch != self.rfq && self.bind_unanswered(p.bound))
-                {
-                    if !self.batch_ran().await? {
+                if let Some((batch, bound)) = self.portals.get(portal).map(|p| (p.batch, p.bound)) {
+                    if !self.settle(batch, bound).await? {
                         return Ok(Step::Forward);
                     }
-                    self.apply_forgotten();
                 }
                 let Some(mut p) = self.portals.get(portal).cloned() else {
                     let reason = format!("portal \"{portal}\" does not exist");
@@ -1326,13 +1342,26 @@ impl ClientSide<'_> {
         Ok(false)
     }
 
-    /// Whether the Bind with stamp `bound` is waiting for PostgreSQL's answer.
-    fn bind_unanswered(&self, bound: u64) -> bool {
-        self.queue
-            .lock()
-            .expect("relay queue lock poisoned")
-            .iter()
-            .any(|p| matches!(p, Pending::Bind(_, b) if *b == bound))
+    /// Before a Bind or Execute uses what the Parse or Bind with stamp `stamp` (sent in batch
+    /// `batch`) gave a name: if PostgreSQL may still refuse or skip that message, its answer is
+    /// awaited, and what PostgreSQL confirmed since is applied (a refused Bind leaves the name's old
+    /// portal, which a ROLLBACK TO SAVEPOINT can make runnable again). Drivers send a Parse or Bind
+    /// and its use together, or wait for the answers first: nothing is awaited then. `false` if
+    /// something failed in the open batch, so PostgreSQL skips this message.
+    async fn settle(&mut self, batch: u64, stamp: u64) -> Result<bool, ProxyError> {
+        let unanswered = batch != self.rfq
+            && self
+                .queue
+                .lock()
+                .expect("relay queue lock poisoned")
+                .iter()
+                .any(|p| matches!(p, Pending::Parse(_, s) | Pending::Bind(_, s) if *s == stamp));
+        if unanswered && !self.batch_ran().await? {
+            return Ok(false);
+        }
+        // Also what the server side confirmed since this message's first look (a race otherwise).
+        self.apply_forgotten();
+        Ok(true)
     }
 
     /// Whether a Close of statement `name` is waiting for PostgreSQL's answer.
@@ -1372,6 +1401,16 @@ impl ClientSide<'_> {
                 }
                 Forget::AllCursors(upto) | Forget::TransactionEnded(upto) => {
                     self.portals.retain(|name, p| name.is_empty() || p.bound > *upto)
+                }
+                Forget::Unparsed(name, parse) => {
+                    if self.statements.get(name).is_some_and(|p| p.parse == *parse) {
+                        self.statements.remove(name);
+                    }
+                }
+                Forget::Unbound(name, bound) => {
+                    if self.portals.get(name).is_some_and(|p| p.bound == *bound) {
+                        self.portals.remove(name);
+                    }
                 }
             }
             self.enforcer.forget(&f);
@@ -1557,11 +1596,10 @@ impl ServerSide<'_> {
             }
         }
         // The answers that end an extended message's (or a Query's) work, for `Replies`.
-        match frame.tag {
-            b'1' | b'2' | b'3' | b'T' | b'n' | b'C' | b'I' | b's' => self.replies.answered(false),
-            b'E' => self.replies.answered(true),
-            b'Z' => self.replies.batch_ended(),
-            _ => {}
+        // An error and a ReadyForQuery are counted once the queue is up to date with them (below):
+        // a client side they wake must find what they make it forget.
+        if let b'1' | b'2' | b'3' | b'T' | b'n' | b'C' | b'I' | b's' = frame.tag {
+            self.replies.answered(false);
         }
         if frame.tag == b'G' {
             if let Some(Pending::Simple(o) | Pending::Execute(o)) =
@@ -1575,7 +1613,7 @@ impl ServerSide<'_> {
                 // The client's Parse or Bind done, or a stand-in's: the client did not send those.
                 let mut q = self.queue.lock().expect("relay queue lock poisoned");
                 match q.front() {
-                    Some(Pending::Parse) if frame.tag == b'1' => drop(q.pop_front()),
+                    Some(Pending::Parse(..)) if frame.tag == b'1' => drop(q.pop_front()),
                     Some(Pending::Bind(..)) if frame.tag == b'2' => drop(q.pop_front()),
                     Some(Pending::Execute(o)) if o.denied => return Ok(Relay::Drop),
                     _ => {}
@@ -1632,7 +1670,7 @@ impl ServerSide<'_> {
             let next = q.iter_mut().find(|p| {
                 !matches!(
                     p,
-                    Pending::Describe(_) | Pending::Close(_) | Pending::Parse | Pending::Bind(..)
+                    Pending::Describe(_) | Pending::Close(_) | Pending::Parse(..) | Pending::Bind(..)
                 )
             });
             if let Some(Pending::Simple(o) | Pending::Execute(o)) = next {
@@ -1677,7 +1715,7 @@ impl ServerSide<'_> {
                         Pending::Execute(_)
                         | Pending::Describe(_)
                         | Pending::Close(_)
-                        | Pending::Parse
+                        | Pending::Parse(..)
                         | Pending::Bind(..),
                     ) => {
                         // The Execute failed, or a message before it did. An error in its Parse or
@@ -1702,8 +1740,9 @@ impl ServerSide<'_> {
                                         }));
                                     finished.push(o);
                                 }
-                                Some(Pending::Bind(portal, stamp)) => unbound.push(Forget::Cursor(portal, stamp)),
-                                Some(Pending::Describe(_) | Pending::Close(_) | Pending::Parse) => {}
+                                Some(Pending::Parse(name, stamp)) => unbound.push(Forget::Unparsed(name, stamp)),
+                                Some(Pending::Bind(portal, stamp)) => unbound.push(Forget::Unbound(portal, stamp)),
+                                Some(Pending::Describe(_) | Pending::Close(_)) => {}
                                 Some(other) => {
                                     q.push_front(other);
                                     break;
@@ -1717,6 +1756,7 @@ impl ServerSide<'_> {
                     }
                     _ => {}
                 }
+                self.replies.answered(true);
             }
             BackendMessage::ReadyForQuery { status } => {
                 self.tx_status.store(status, Ordering::SeqCst);
@@ -1733,8 +1773,9 @@ impl ServerSide<'_> {
                             break;
                         }
                         Pending::Execute(o) => finished.push(o),
-                        Pending::Bind(portal, bound) => unbound.push(Forget::Cursor(portal, bound)),
-                        Pending::Describe(_) | Pending::Close(_) | Pending::Parse => {}
+                        Pending::Parse(name, parse) => unbound.push(Forget::Unparsed(name, parse)),
+                        Pending::Bind(portal, bound) => unbound.push(Forget::Unbound(portal, bound)),
+                        Pending::Describe(_) | Pending::Close(_) => {}
                         Pending::Sync(at, _) => {
                             stamp = Some(at);
                             break;
@@ -1748,6 +1789,7 @@ impl ServerSide<'_> {
                 if let (Some(upto), b'I') = (stamp, status) {
                     self.replies.transaction_ended.fetch_max(upto, Ordering::SeqCst);
                 }
+                self.replies.batch_ended();
             }
             _ => {}
         }

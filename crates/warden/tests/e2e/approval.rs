@@ -821,6 +821,18 @@ pub(crate) mod raw {
             self.stream.flush().await.unwrap();
         }
 
+        /// Whether Warden closes the connection within `d` (what it sends before is read and dropped).
+        pub async fn ends_within(&mut self, d: std::time::Duration) -> bool {
+            let deadline = tokio::time::Instant::now() + d;
+            loop {
+                match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                    Err(_) => return false,
+                    Ok(Ok(0) | Err(_)) => return true,
+                    Ok(Ok(_)) => self.buf.clear(),
+                }
+            }
+        }
+
         /// Messages up to and including the next ReadyForQuery.
         pub async fn until_ready(&mut self) -> Vec<Msg> {
             let mut out = Vec::new();

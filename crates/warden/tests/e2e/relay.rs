@@ -278,6 +278,51 @@ async fn a_bind_postgresql_refused_does_not_change_what_warden_decides_for_the_p
     c.until_ready().await;
 }
 
+/// A Parse that PostgreSQL skips (an earlier message of its batch failed) leaves the unnamed
+/// statement as it was: a Bind of it must not be decided as the skipped Parse's text.
+#[tokio::test]
+async fn a_parse_postgresql_skipped_does_not_change_what_warden_decides_for_the_statement() {
+    use crate::approval::raw;
+    let h = harness();
+    let cred = h.issue("human", "alice", &[]);
+    let mut c = raw::Raw::connect_as(h.warden_port, &cred, "alice", "shop2").await;
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let insert =
+        format!("INSERT INTO orders (customer_id, status, total, region) VALUES (1, 'parse-{marker}', 1, 'eu')");
+    // All at once: the Bind of the second batch fails (too few parameters), so PostgreSQL skips
+    // the Parse after it, and the third batch's Bind would bind the INSERT.
+    c.send(&[
+        raw::parse("q", "SELECT $1::int AS needs_one"),
+        raw::parse("", &insert),
+        raw::sync(),
+        raw::bind("", "q", &[]),
+        raw::parse("", "SELECT 1 AS skipped_parse"),
+        raw::sync(),
+        raw::bind("", "", &[]),
+        raw::execute(""),
+        raw::sync(),
+    ])
+    .await;
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(c.until_ready().await);
+    }
+    assert!(raw::errors(&answers[0]).is_empty(), "{answers:?}");
+    assert!(
+        raw::errors(&answers[1]).iter().any(|e| e.starts_with("08P01")),
+        "{answers:?}"
+    );
+    assert!(!raw::errors(&answers[2]).is_empty(), "the INSERT ran: {answers:?}");
+    assert!(answers[2].iter().all(|m| m.0 != 'C'), "{answers:?}");
+    let left = h.psql(
+        &cred,
+        "alice",
+        "shop2",
+        &format!("DELETE FROM orders WHERE status = 'parse-{marker}'"),
+    );
+    assert!(stdout(&left).contains("DELETE 0"), "{}", stdout(&left));
+}
+
 #[test]
 fn an_upsert_may_name_the_proposed_row_as_excluded() {
     let h = harness();
@@ -429,6 +474,13 @@ async fn sigterm_lets_running_statements_finish_then_ends_sessions() {
     let idle = connect_with(&cfg, &cred.join("ca.crt"), Some(load_cert(&cred)))
         .await
         .unwrap();
+    // A client that sent a Parse and a Bind without a Sync or Flush, and went idle: nothing runs.
+    let mut half = crate::approval::raw::Raw::connect_as(port, &cred, "bob", "shop").await;
+    half.send(&[
+        crate::approval::raw::parse("", "SELECT 1"),
+        crate::approval::raw::bind("", "", &[]),
+    ])
+    .await;
     let running = tokio::spawn(async move {
         let row = busy.query_one("SELECT pg_sleep(1.5)::text || 'done'", &[]).await;
         // Sent the moment the answer came: a draining Warden starts nothing new.
@@ -442,6 +494,10 @@ async fn sigterm_lets_running_statements_finish_then_ends_sessions() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let err = idle.simple_query("SELECT 1").await.unwrap_err();
     assert!(err.code().is_none_or(|c| c.code() == "57P01"), "{err}");
+    assert!(
+        half.ends_within(Duration::from_secs(1)).await,
+        "a session with only a Parse and a Bind unanswered was drained like a running statement"
+    );
     // New connections are refused at once while it drains, not left unanswered.
     let refused = std::net::TcpStream::connect(("127.0.0.1", port)).map(|_| ());
     assert_eq!(
