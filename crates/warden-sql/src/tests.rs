@@ -157,6 +157,17 @@ fn an_upsert_reads_excluded_as_the_proposed_row_not_the_table() {
 }
 
 #[test]
+fn sql_names_are_cut_to_63_bytes_as_postgresql_cuts_them() {
+    // PostgreSQL's scanner truncates identifiers to NAMEDATALEN - 1 bytes (at a character
+    // boundary): names that begin alike are one name, for Warden as for PostgreSQL.
+    let long = format!("{}tail", "a".repeat(63));
+    let a = one(&format!("PREPARE {long} AS SELECT 1"));
+    assert_eq!(a.effects, [SessionEffect::Prepare("a".repeat(63))]);
+    let a = one(&format!("PREPARE {}é AS SELECT 1", "a".repeat(62)));
+    assert_eq!(a.effects, [SessionEffect::Prepare("a".repeat(62))]);
+}
+
+#[test]
 fn schema_resolution_follows_the_search_path() {
     let hr = SessionContext {
         search_path: vec!["hr".into(), "public".into()],

@@ -17,3 +17,4 @@ pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
 pub const INVALID_CURSOR_NAME: &str = "34000";
 pub const DUPLICATE_CURSOR: &str = "42P03";
 pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+pub const NAME_TOO_LONG: &str = "42622";

@@ -568,6 +568,9 @@ fn data_row(body: &[u8], column: impl Fn(usize) -> ValueFormat) -> Option<Vec<Op
 /// How long the farewell, the shutdown and the cancel of an ended session may take.
 const KILL_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The longest name of a prepared statement or portal PostgreSQL keeps whole (NAMEDATALEN - 1).
+const MAX_NAME_BYTES: usize = 63;
+
 /// How long a stopping Warden waits for a session's statements in flight.
 const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -823,6 +826,9 @@ impl ClientSide<'_> {
                     // PostgreSQL skips it (an earlier stand-in in this batch failed): it creates nothing.
                     return Ok(Step::Forward);
                 }
+                if let Some(refused) = self.refuse_long_name(sql, &[name]).await? {
+                    return Ok(refused);
+                }
                 // A driver reusing a name it closes in this same batch (Npgsql's auto-prepare): once
                 // PostgreSQL has done the Close, the name is free. Waited for here (the batch so far
                 // is sent with a Flush); if something in it failed, PostgreSQL skips this Parse too.
@@ -899,6 +905,9 @@ impl ClientSide<'_> {
                 if self.batch_denied {
                     return Ok(Step::Forward);
                 }
+                if let Some(refused) = self.refuse_long_name("", &[bind.statement, bind.portal]).await? {
+                    return Ok(refused);
+                }
                 if let Some((batch, parse)) = self.statements.get(bind.statement).map(|p| (p.batch, p.parse)) {
                     if !self.settle(batch, parse).await? {
                         return Ok(Step::Forward);
@@ -972,6 +981,9 @@ impl ClientSide<'_> {
                 if self.batch_denied {
                     // Skipped by PostgreSQL, which is failing this batch up to Sync.
                     return Ok(Step::Forward);
+                }
+                if let Some(refused) = self.refuse_long_name("", &[portal]).await? {
+                    return Ok(refused);
                 }
                 if let Some((batch, bound)) = self.portals.get(portal).map(|p| (p.batch, p.bound)) {
                     if !self.settle(batch, bound).await? {
@@ -1051,6 +1063,11 @@ impl ClientSide<'_> {
                 }
                 let mut review_id = None;
                 if let Some(need) = self.enforcer.review_now(self.shared, self.session, p.may_write) {
+                    // No one is asked about a statement PostgreSQL will skip: what came before it in
+                    // the batch is answered first.
+                    if self.replies_due > 0 && !self.batch_ran().await? {
+                        return Ok(Step::Forward);
+                    }
                     match self.review(&p.sql, Some(p.params.clone()), &need).await? {
                         Reviewed::Approved(id) => review_id = Some(id),
                         Reviewed::Refused { id, code, reason } => {
@@ -1077,6 +1094,9 @@ impl ClientSide<'_> {
                 if self.batch_denied {
                     // Skipped by PostgreSQL: the statement or portal stays.
                     return Ok(Step::Forward);
+                }
+                if let Some(refused) = self.refuse_long_name("", &[name]).await? {
+                    return Ok(refused);
                 }
                 // Forgotten once PostgreSQL confirms (CloseComplete).
                 let upto = self.enforcer.stamp();
@@ -1340,6 +1360,25 @@ impl ClientSide<'_> {
         }
         tracing::debug!(session = %self.session.id, "a Query after a failed extended message is skipped, as PostgreSQL skips it");
         Ok(false)
+    }
+
+    /// PostgreSQL tells prepared statements and portals apart by the first 63 bytes of their names
+    /// (NAMEDATALEN), so two longer names that begin alike are one name there: Warden, which keeps
+    /// names whole, refuses longer ones rather than decide one statement for what PostgreSQL runs as
+    /// another. No driver makes names that long.
+    async fn refuse_long_name(&mut self, sql: &str, names: &[&str]) -> Result<Option<Step>, ProxyError> {
+        let Some(long) = names.iter().find(|n| n.len() > MAX_NAME_BYTES) else {
+            return Ok(None);
+        };
+        let shown: String = long.chars().take(24).flat_map(char::escape_default).collect();
+        let reason = format!(
+            "the name \"{shown}...\" is {} bytes long; PostgreSQL tells prepared statements and portals apart by their first {MAX_NAME_BYTES} bytes only",
+            long.len()
+        );
+        let hint = format!("use names of at most {MAX_NAME_BYTES} bytes");
+        self.deny_extended(sql, None, sqlstate::NAME_TOO_LONG, reason, hint, None)
+            .await
+            .map(Some)
     }
 
     /// Before a Bind or Execute uses what the Parse or Bind with stamp `stamp` (sent in batch
@@ -1772,7 +1811,12 @@ impl ServerSide<'_> {
                             finished.push(o);
                             break;
                         }
-                        Pending::Execute(o) => finished.push(o),
+                        // No answer came for it: PostgreSQL skipped it.
+                        Pending::Execute(mut o) => {
+                            o.error
+                                .get_or_insert_with(|| "not run: an earlier message of the batch failed".into());
+                            finished.push(o);
+                        }
                         Pending::Parse(name, parse) => unbound.push(Forget::Unparsed(name, parse)),
                         Pending::Bind(portal, bound) => unbound.push(Forget::Unbound(portal, bound)),
                         Pending::Describe(_) | Pending::Close(_) => {}

@@ -975,6 +975,38 @@ fn pg_ran(marker: &str) -> bool {
     pg_log().lines().any(|l| l.contains(marker) && !l.contains("warden: "))
 }
 
+/// A write after a failed message of its batch is skipped by PostgreSQL: no one is asked to approve it,
+/// and it is not recorded as run.
+#[tokio::test]
+async fn a_write_postgresql_will_skip_is_not_held() {
+    use raw::*;
+    let (w, _carol, mut c) = reviewed_session().await;
+    let m = format!("rev-skipped-{}", uuid::Uuid::new_v4().simple());
+    c.send(&[
+        parse("", "SELECT 1/0"),
+        bind("", "", &[]),
+        execute(""),
+        parse(
+            "w",
+            &format!("UPDATE orders SET status = status WHERE id = 1 /* {m} */"),
+        ),
+        bind("q", "w", &[]),
+        execute("q"),
+        sync(),
+    ])
+    .await;
+    let got = c.until_ready().await;
+    assert_eq!(errors(&got).len(), 1, "{got:?}");
+    assert!(errors(&got)[0].starts_with("22012"), "{got:?}");
+    assert!(!pg_ran(&m));
+    let about_it = audit_in(&w.config, &["--event", "review.pending"])
+        .into_iter()
+        .chain(audit_in(&w.config, &["--event", "query"]))
+        .filter(|e| e["statement"].as_str().is_some_and(|s| s.contains(&m)))
+        .count();
+    assert_eq!(about_it, 0);
+}
+
 #[tokio::test]
 async fn a_reused_statement_name_cannot_swap_what_a_held_write_runs() {
     use raw::*;
@@ -1290,10 +1322,10 @@ async fn moving_through_a_bound_portal_is_held_like_executing_it() {
 #[tokio::test]
 async fn a_failed_bind_before_a_denied_execute_leaves_the_session_in_step() {
     use raw::*;
-    let (w, carol, mut c) = reviewed_session().await;
+    let (w, _carol, mut c) = reviewed_session().await;
     let m = format!("rev-step-{}", uuid::Uuid::new_v4().simple());
-    let denier = w.deny_when_held(carol.clone(), m.clone());
-    // PostgreSQL refuses the Bind ('abc' is no integer) and skips the rest, stand-in included.
+    // PostgreSQL refuses the Bind ('abc' is no integer) and skips the rest: the Execute is not held
+    // for review (it would not run), and the session stays in step.
     c.send(&[
         parse(
             "",
@@ -1305,8 +1337,12 @@ async fn a_failed_bind_before_a_denied_execute_leaves_the_session_in_step() {
     ])
     .await;
     let got = c.until_ready().await;
-    denier.join().unwrap();
     assert!(errors(&got).iter().any(|e| e.starts_with("22P02:")), "{got:?}");
+    let held = audit_in(&w.config, &["--event", "review.pending"])
+        .into_iter()
+        .filter(|e| e["statement"].as_str().is_some_and(|s| s.contains(&m)))
+        .count();
+    assert_eq!(held, 0);
     for sql in ["SELECT 1", "SELECT 2"] {
         c.send(&[parse("", sql), bind("", "", &[]), execute(""), sync()]).await;
         let got = c.until_ready().await;

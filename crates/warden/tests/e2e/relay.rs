@@ -323,6 +323,43 @@ async fn a_parse_postgresql_skipped_does_not_change_what_warden_decides_for_the_
     assert!(stdout(&left).contains("DELETE 0"), "{}", stdout(&left));
 }
 
+/// PostgreSQL tells statement and portal names apart by their first 63 bytes: two longer names that
+/// begin alike would be one statement there and two for Warden, so longer names are refused.
+#[tokio::test]
+async fn names_longer_than_postgresql_keeps_are_refused() {
+    use crate::approval::raw;
+    let h = harness();
+    let cred = h.issue("human", "alice", &[]);
+    let mut c = raw::Raw::connect_as(h.warden_port, &cred, "alice", "shop2").await;
+    let kept = "n".repeat(63);
+    let long = |tail: &str| format!("{kept}{tail}");
+    c.send(&[raw::parse(&kept, "SELECT 1 AS kept"), raw::sync()]).await;
+    let ok = c.until_ready().await;
+    assert!(raw::errors(&ok).is_empty(), "{ok:?}");
+    for message in [
+        raw::parse(&long("x"), "SELECT 2"),
+        raw::bind("", &long("y"), &[]),
+        raw::bind(&long("p"), &kept, &[]),
+        raw::execute(&long("p")),
+        raw::close(b'S', &long("y")),
+    ] {
+        c.send(&[message, raw::sync()]).await;
+        let refused = c.until_ready().await;
+        assert!(
+            raw::errors(&refused)
+                .iter()
+                .any(|e| e.starts_with("42622") && e.contains("first 63 bytes")),
+            "{refused:?}"
+        );
+    }
+    // The 63-byte name still runs what it was parsed as.
+    c.send(&[raw::bind("", &kept, &[]), raw::execute(""), raw::sync()])
+        .await;
+    let ran = c.until_ready().await;
+    assert!(raw::errors(&ran).is_empty(), "{ran:?}");
+    assert!(ran.iter().any(|m| m.0 == 'D'), "{ran:?}");
+}
+
 #[test]
 fn an_upsert_may_name_the_proposed_row_as_excluded() {
     let h = harness();
