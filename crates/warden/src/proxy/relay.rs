@@ -928,7 +928,7 @@ impl ClientSide<'_> {
                     self.portals.remove(bind.portal);
                     return self
                         .deny_extended(
-                            "",
+                            &format!("<Bind of prepared statement \"{}\">", bind.statement),
                             Some(params),
                             sqlstate::INVALID_SQL_STATEMENT_NAME,
                             reason,
@@ -994,7 +994,7 @@ impl ClientSide<'_> {
                     let reason = format!("portal \"{portal}\" does not exist");
                     return self
                         .deny_extended(
-                            "",
+                            &format!("<Execute of portal \"{portal}\">"),
                             None,
                             sqlstate::INVALID_CURSOR_NAME,
                             reason,

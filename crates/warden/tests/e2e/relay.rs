@@ -274,6 +274,11 @@ async fn a_bind_postgresql_refused_does_not_change_what_warden_decides_for_the_p
     assert!(raw::errors(&answers[3]).is_empty(), "{answers:?}");
     assert!(!raw::errors(&answers[4]).is_empty(), "the old portal ran: {answers:?}");
     assert!(answers[4].iter().all(|m| m.0 != 'C'), "{answers:?}");
+    // The refusal is recorded with what was asked for.
+    let refused = h.wait_for_event(&["--identity", "human:alice", "--event", "query"], |e| {
+        e["statement"] == "<Execute of portal \"p\">"
+    });
+    assert_eq!(refused["decision"], "deny", "{refused}");
     c.send(&[raw::query("ROLLBACK")]).await;
     c.until_ready().await;
 }
