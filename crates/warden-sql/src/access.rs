@@ -140,6 +140,9 @@ pub enum SessionEffect {
     Fetch(String),
     /// `CLOSE name` (None = ALL).
     CloseCursor(Option<String>),
+    /// `COPY ... FROM STDIN`: the client sends the data next, and PostgreSQL takes any other message
+    /// it sends meanwhile as the COPY's error.
+    CopyFromClient,
 }
 
 /// What one statement touches.

@@ -747,6 +747,8 @@ impl Walker<'_> {
             self.forbid(Forbidden::CopyProgram);
         } else if !str_field(s, "filename").is_empty() {
             self.forbid(Forbidden::CopyFile);
+        } else if s["is_from"].as_bool() == Some(true) {
+            self.access.effects.push(SessionEffect::CopyFromClient);
         }
         let cols = names_of_cols(&s["attlist"]);
         if !s["relation"].is_null() {

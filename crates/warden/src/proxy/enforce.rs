@@ -368,7 +368,7 @@ impl Enforcer {
         self.cursors
             .texts
             .get(name)
-            .is_some_and(|texts| texts.iter().any(|t| t.stamp > since))
+            .is_some_and(|texts| texts.iter().any(|t| t.stamps.iter().any(|&s| s > since)))
     }
 
     /// Whether `name` may be a cursor declared WITH HOLD (it outlives its transaction).
@@ -397,22 +397,34 @@ struct Named {
 
 struct Text {
     sql: String,
-    stamp: u64,
+    /// Each time the name was given this text (a refused PREPARE or Bind of the same text again
+    /// must not forget the one PostgreSQL kept): it is forgotten once every one is.
+    stamps: SmallVec<[u64; 2]>,
+    /// Given more often than `stamps` keeps: no single refused giving forgets it (`forget_given`).
+    pinned: bool,
     outlives_transaction: bool,
 }
+
+/// The stamps a text keeps; past that it is pinned.
+const MAX_STAMPS: usize = 16;
 
 impl Named {
     fn remember(&mut self, name: &str, sql: &str, stamp: u64, outlives_transaction: bool) {
         let texts = self.texts.entry(name.to_string()).or_default();
         if let Some(t) = texts.iter_mut().find(|t| t.sql == sql) {
             // Given again: a drop sent before now does not forget it.
-            t.stamp = stamp;
+            if t.stamps.len() == MAX_STAMPS {
+                t.stamps.remove(0);
+                t.pinned = true;
+            }
+            t.stamps.push(stamp);
             t.outlives_transaction |= outlives_transaction;
             return;
         }
         texts.push(Text {
             sql: sql.to_string(),
-            stamp,
+            stamps: smallvec::smallvec![stamp],
+            pinned: false,
             outlives_transaction,
         });
         self.count += 1;
@@ -420,26 +432,31 @@ impl Named {
 
     /// Forgets the texts `name` was given up to `upto` (a drop confirmed; what came after stays).
     fn forget(&mut self, name: &str, upto: u64) {
-        self.retain(|n, t| n != name || t.stamp > upto);
+        self.forget_stamps(|n, _, s| n == name && s <= upto);
     }
 
-    /// Forgets the text `name` was given at `stamp` only (a Parse or Bind PostgreSQL did not do).
+    /// Forgets the giving of a text to `name` at `stamp` only (a Parse or Bind PostgreSQL did not do).
     fn forget_given(&mut self, name: &str, stamp: u64) {
-        self.retain(|n, t| n != name || t.stamp != stamp);
+        self.forget_stamps(|n, t, s| n == name && s == stamp && !t.pinned);
     }
 
     fn forget_all(&mut self, upto: u64) {
-        self.retain(|_, t| t.stamp > upto);
+        self.forget_stamps(|_, _, s| s <= upto);
     }
 
     fn transaction_ended(&mut self, upto: u64) {
-        self.retain(|_, t| t.outlives_transaction || t.stamp > upto);
+        self.forget_stamps(|_, t, s| !t.outlives_transaction && s <= upto);
     }
 
-    fn retain(&mut self, keep: impl Fn(&str, &Text) -> bool) {
+    /// Drops the stamps `gone` says (name, text, stamp), and the texts left without one.
+    fn forget_stamps(&mut self, gone: impl Fn(&str, &Text, u64) -> bool) {
         let mut count = 0;
         self.texts.retain(|name, texts| {
-            texts.retain(|t| keep(name, t));
+            texts.retain_mut(|t| {
+                let kept: SmallVec<[u64; 2]> = t.stamps.iter().copied().filter(|&s| !gone(name, t, s)).collect();
+                t.stamps = kept;
+                !t.stamps.is_empty()
+            });
             count += texts.len();
             !texts.is_empty()
         });
@@ -665,6 +682,16 @@ mod tests {
         let skipped = e.parsed("s", "SELECT 2");
         e.forget(&Forget::Unparsed("s".into(), skipped));
         assert_eq!(e.prepared.texts("s").collect::<Vec<_>>(), ["DELETE FROM t"]);
+        // A refused Bind of the same text again does not forget the kept one.
+        let again = e.bound("p", "INSERT INTO t VALUES (1) RETURNING id");
+        e.forget(&Forget::Unbound("p".into(), again));
+        assert_eq!(
+            e.cursors.texts("p").collect::<Vec<_>>(),
+            ["INSERT INTO t VALUES (1) RETURNING id"]
+        );
+        // A CLOSE confirmed after both givings forgets it.
+        e.forget(&Forget::Cursor("p".into(), e.stamp()));
+        assert_eq!(e.cursors.texts("p").count(), 0);
     }
 
     #[test]

@@ -167,6 +167,9 @@ struct Outcome {
     sample: Vec<Vec<Option<String>>>,
     /// Warden's stand-in for a denied statement: its error is the denial (shown without PL/pgSQL context).
     denied: bool,
+    /// An Execute's: the stamps of the Parse and the Bind its portal came from, so that an error at
+    /// either is recorded as its own.
+    from: Option<(u64, u64)>,
     /// Names it drops: forgotten by Warden if it succeeds.
     forgets: Vec<Forget>,
     /// A Query's: the enforcer's stamp once it was decided (for the ReadyForQuery that answers it).
@@ -225,6 +228,7 @@ impl Outcome {
             denied: false,
             forgets: Vec::new(),
             stamp: 0,
+            from: None,
         }
     }
 
@@ -410,6 +414,7 @@ pub async fn run(
         held,
         acks: None,
         copy_ended: None,
+        copy_open: None,
         stopping: shutdown.clone(),
     };
     let mut to_client = ServerSide {
@@ -568,6 +573,10 @@ fn data_row(body: &[u8], column: impl Fn(usize) -> ValueFormat) -> Option<Vec<Op
 /// How long the farewell, the shutdown and the cancel of an ended session may take.
 const KILL_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+fn copies_from_client(effects: &[(String, SessionEffect)]) -> bool {
+    effects.iter().any(|(_, e)| *e == SessionEffect::CopyFromClient)
+}
+
 /// The longest name of a prepared statement or portal PostgreSQL keeps whole (NAMEDATALEN - 1).
 const MAX_NAME_BYTES: usize = 63;
 
@@ -629,6 +638,8 @@ struct ClientSide<'a> {
     /// The `query` record of the statement whose COPY data the client last ended (CopyDone or
     /// CopyFail): a Sync after that is not one PostgreSQL ignores.
     copy_ended: Option<u64>,
+    /// The `query` record of a `COPY ... FROM STDIN` sent and not yet ended by the client.
+    copy_open: Option<u64>,
     /// Warden is draining: no new statement starts; the session ends once what runs has answered.
     stopping: watch::Receiver<bool>,
 }
@@ -727,6 +738,15 @@ impl ClientSide<'_> {
                         return e;
                     }
                     return std::future::pending().await;
+                }
+                if matches!(frame.tag, b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'F') && self.copying() {
+                    // PostgreSQL would take it as the COPY's error and answer nothing else for it:
+                    // Warden's count of answers would no longer match.
+                    let _ = self.flush_out().await;
+                    return End::protocol(format!(
+                        "a message of type '{}' was sent during COPY FROM STDIN; send CopyDone or CopyFail first",
+                        frame.tag as char
+                    ));
                 }
                 let mut ends_batch = matches!(frame.tag, b'Q' | b'S' | b'F');
                 let denied_before = self.batch_denied;
@@ -1082,10 +1102,14 @@ impl ClientSide<'_> {
                 let seq = self
                     .record_query(p.sql.clone(), Some(p.params), None, review_id.as_deref())
                     .await?;
+                if copies_from_client(&p.effects) {
+                    self.copy_open = Some(seq);
+                }
                 self.push(Pending::Execute(Outcome {
                     described: p.described,
                     formats: Some(p.formats),
                     forgets: Forget::of(&p.effects, self.enforcer.stamp()),
+                    from: Some((p.parse, p.bound)),
                     ..Outcome::new(seq)
                 }));
                 self.enforcer.applied(&p.effects, &self.session.db_role);
@@ -1136,10 +1160,19 @@ impl ClientSide<'_> {
                 q.push_back(Pending::Sync(self.enforcer.stamp(), during));
             }
             FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
-                self.copy_ended = match self.queue.lock().expect("relay queue lock poisoned").back() {
+                // The statement copying: the last one sent (drivers send a Sync after its Execute).
+                self.copy_ended = match self
+                    .queue
+                    .lock()
+                    .expect("relay queue lock poisoned")
+                    .iter()
+                    .rev()
+                    .find(|p| !matches!(p, Pending::Sync(..)))
+                {
                     Some(Pending::Simple(o) | Pending::Execute(o)) => Some(o.query_seq),
                     _ => None,
                 };
+                self.copy_open = None;
             }
             FrontendMessage::FunctionCall => {
                 // The fast-path call names a function by OID, past any statement analysis: refused.
@@ -1315,6 +1348,8 @@ impl ClientSide<'_> {
         let seq = self.record_query(sql.into(), params, Some(&reason), review).await?;
         self.push(Pending::Execute(Outcome::denied(seq)));
         self.batch_denied = true;
+        // A stamp of its own (no Parse or Bind of the client's has it).
+        let bound = self.enforcer.bound("", sql);
         let denied = |sql: &str| Portal {
             sql: Arc::from(sql),
             params: Arc::new([]),
@@ -1325,7 +1360,7 @@ impl ClientSide<'_> {
             formats: ResultFormats::All(0),
             // No Parse made it (they count from 1).
             parse: 0,
-            bound: self.enforcer.stamp(),
+            bound,
             batch: self.rfq,
             decided: None,
         };
@@ -1403,6 +1438,25 @@ impl ClientSide<'_> {
         Ok(true)
     }
 
+    /// Whether a `COPY ... FROM STDIN` this client sent may be reading the client's data: it was sent,
+    /// the client has not ended it, and PostgreSQL has not answered it (an error before the COPY
+    /// started answers it).
+    fn copying(&mut self) -> bool {
+        let Some(seq) = self.copy_open else {
+            return false;
+        };
+        let open = self
+            .queue
+            .lock()
+            .expect("relay queue lock poisoned")
+            .iter()
+            .any(|p| matches!(p, Pending::Simple(o) | Pending::Execute(o) if o.query_seq == seq));
+        if !open {
+            self.copy_open = None;
+        }
+        open
+    }
+
     /// Whether a Close of statement `name` is waiting for PostgreSQL's answer.
     fn close_pending(&self, name: &str) -> bool {
         self.queue
@@ -1465,6 +1519,9 @@ impl ClientSide<'_> {
         match verdict {
             Verdict::Allow { effects, .. } => {
                 let seq = self.record_query(sql.into(), None, None, review).await?;
+                if copies_from_client(&effects) {
+                    self.copy_open = Some(seq);
+                }
                 let forgets = Forget::of(&effects, self.enforcer.stamp());
                 self.enforcer.applied(&effects, &self.session.db_role);
                 // What this Query itself creates without HOLD is gone too if its ReadyForQuery
@@ -1757,12 +1814,15 @@ impl ServerSide<'_> {
                         | Pending::Parse(..)
                         | Pending::Bind(..),
                     ) => {
-                        // The Execute failed, or a message before it did. An error in its Parse or
+                        // The Execute failed, or a message before it did. An error in its own Parse or
                         // Bind (a plan that fails, parameters that do not fit) is its error.
+                        // (None: not an Execute's; Some(None): the Execute at the front.)
+                        let failed = match q.front() {
+                            Some(Pending::Parse(_, s) | Pending::Bind(_, s)) => Some(Some(*s)),
+                            Some(Pending::Execute(_)) => Some(None),
+                            _ => None,
+                        };
                         let mut text = Some(text);
-                        if matches!(q.front(), Some(Pending::Describe(_) | Pending::Close(_))) {
-                            text = None;
-                        }
                         // PostgreSQL skips the rest of the batch up to Sync (a skipped Close drops
                         // nothing; nor does a Sync it ignored during a COPY; a refused or skipped
                         // Bind binds nothing).
@@ -1773,10 +1833,15 @@ impl ServerSide<'_> {
                             }
                             match q.pop_front() {
                                 Some(Pending::Execute(mut o)) => {
-                                    o.error =
-                                        Some(text.take().unwrap_or_else(|| {
-                                            "not run: an earlier message of the batch failed".into()
-                                        }));
+                                    let own = match (failed, o.from) {
+                                        (Some(None), _) => true,
+                                        (Some(Some(s)), Some((parse, bound))) => s == parse || s == bound,
+                                        _ => false,
+                                    };
+                                    o.error = Some(match text.take() {
+                                        Some(t) if own => t,
+                                        _ => "not run: an earlier message of the batch failed".into(),
+                                    });
                                     finished.push(o);
                                 }
                                 Some(Pending::Parse(name, stamp)) => unbound.push(Forget::Unparsed(name, stamp)),

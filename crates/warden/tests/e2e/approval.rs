@@ -823,12 +823,18 @@ pub(crate) mod raw {
 
         /// Whether Warden closes the connection within `d` (what it sends before is read and dropped).
         pub async fn ends_within(&mut self, d: std::time::Duration) -> bool {
+            self.last_words(d).await.is_some()
+        }
+
+        /// What Warden sends before it closes the connection within `d`, as text; `None` if it
+        /// does not close it.
+        pub async fn last_words(&mut self, d: std::time::Duration) -> Option<String> {
             let deadline = tokio::time::Instant::now() + d;
             loop {
                 match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
-                    Err(_) => return false,
-                    Ok(Ok(0) | Err(_)) => return true,
-                    Ok(Ok(_)) => self.buf.clear(),
+                    Err(_) => return None,
+                    Ok(Ok(0) | Err(_)) => return Some(String::from_utf8_lossy(&self.buf).into_owned()),
+                    Ok(Ok(_)) => {}
                 }
             }
         }

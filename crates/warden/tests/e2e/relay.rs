@@ -294,6 +294,23 @@ async fn a_parse_postgresql_skipped_does_not_change_what_warden_decides_for_the_
     let marker = uuid::Uuid::new_v4().simple().to_string();
     let insert =
         format!("INSERT INTO orders (customer_id, status, total, region) VALUES (1, 'parse-{marker}', 1, 'eu')");
+    // First a COPY from the client the way libpq sends it (a Sync right after the Execute, which
+    // PostgreSQL ignores): Warden must still count the batches that follow as PostgreSQL does.
+    c.send(&[
+        raw::parse(
+            "",
+            &format!("COPY orders (customer_id, status, total, region) FROM STDIN -- {marker}"),
+        ),
+        raw::bind("", "", &[]),
+        raw::execute(""),
+        raw::sync(),
+        copy_data(format!("1\tcopy-{marker}\t1.00\teu\n").as_bytes()),
+        copy_done(),
+        raw::sync(),
+    ])
+    .await;
+    let copied = c.until_ready().await;
+    assert!(raw::errors(&copied).is_empty(), "{copied:?}");
     // All at once: the Bind of the second batch fails (too few parameters), so PostgreSQL skips
     // the Parse after it, and the third batch's Bind would bind the INSERT.
     c.send(&[
@@ -323,9 +340,46 @@ async fn a_parse_postgresql_skipped_does_not_change_what_warden_decides_for_the_
         &cred,
         "alice",
         "shop2",
-        &format!("DELETE FROM orders WHERE status = 'parse-{marker}'"),
+        &format!("DELETE FROM orders WHERE status IN ('parse-{marker}', 'copy-{marker}')"),
     );
-    assert!(stdout(&left).contains("DELETE 0"), "{}", stdout(&left));
+    assert!(stdout(&left).contains("DELETE 1"), "{}", stdout(&left));
+}
+
+/// PostgreSQL takes any message but CopyData, CopyDone, CopyFail, Flush and Sync sent during COPY
+/// FROM STDIN as the COPY's error, and answers nothing else for it: Warden ends the session rather
+/// than lose count of what PostgreSQL answers.
+#[tokio::test]
+async fn a_message_sent_during_copy_from_stdin_ends_the_session() {
+    use crate::approval::raw;
+    let h = harness();
+    let cred = h.issue("human", "alice", &[]);
+    let mut c = raw::Raw::connect_as(h.warden_port, &cred, "alice", "shop2").await;
+    c.send(&[
+        raw::query("COPY orders (customer_id, status, total, region) FROM STDIN -- ended by a Parse"),
+        raw::parse("junk", "SELECT 1"),
+        raw::parse("t", "SELECT 2"),
+        raw::sync(),
+    ])
+    .await;
+    let said = c.last_words(Duration::from_secs(5)).await.expect("the session went on");
+    assert!(
+        said.contains("08P01") && said.contains("during COPY FROM STDIN"),
+        "{said}"
+    );
+    // A COPY that fails before it starts leaves the session usable.
+    let mut c = raw::Raw::connect_as(h.warden_port, &cred, "alice", "shop2").await;
+    c.send(&[raw::query("COPY no_such_table FROM STDIN")]).await;
+    let failed = c.until_ready().await;
+    assert!(!raw::errors(&failed).is_empty(), "{failed:?}");
+    c.send(&[
+        raw::parse("", "SELECT 1"),
+        raw::bind("", "", &[]),
+        raw::execute(""),
+        raw::sync(),
+    ])
+    .await;
+    let ran = c.until_ready().await;
+    assert!(raw::errors(&ran).is_empty(), "{ran:?}");
 }
 
 /// PostgreSQL tells statement and portal names apart by their first 63 bytes: two longer names that
