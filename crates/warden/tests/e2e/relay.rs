@@ -93,9 +93,7 @@ async fn copy_in_and_copy_out() {
 #[tokio::test]
 async fn a_sync_sent_during_copy_from_the_client_does_not_shift_results() {
     use crate::approval::raw;
-    let h = harness();
-    let cred = h.issue("human", "alice", &[]);
-    let mut c = raw::Raw::connect_as(h.warden_port, &cred, "alice", "shop2").await;
+    let (h, _cred, mut c) = alice_raw().await;
     let marker = uuid::Uuid::new_v4().simple().to_string();
     // A simple-protocol COPY that the client abandons, with a Sync in the middle (ignored by
     // PostgreSQL during the COPY), then statements whose results must be their own.
@@ -153,9 +151,7 @@ async fn a_sync_sent_during_copy_from_the_client_does_not_shift_results() {
 #[tokio::test]
 async fn a_portal_declared_again_after_a_rollback_to_savepoint_is_not_run_as_the_old_one() {
     use crate::approval::raw;
-    let h = harness();
-    let cred = h.issue("human", "alice", &[]);
-    let mut c = raw::Raw::connect_as(h.warden_port, &cred, "alice", "shop2").await;
+    let (_, _, mut c) = alice_raw().await;
     let marker = uuid::Uuid::new_v4().simple().to_string();
     c.send(&[raw::query("BEGIN; SAVEPOINT s")]).await;
     c.until_ready().await;
@@ -197,9 +193,7 @@ async fn a_portal_declared_again_after_a_rollback_to_savepoint_is_not_run_as_the
 #[tokio::test]
 async fn a_bind_postgresql_refused_does_not_change_what_warden_decides_for_the_portal() {
     use crate::approval::raw;
-    let h = harness();
-    let cred = h.issue("human", "alice", &[]);
-    let mut c = raw::Raw::connect_as(h.warden_port, &cred, "alice", "shop2").await;
+    let (h, _cred, mut c) = alice_raw().await;
     let marker = uuid::Uuid::new_v4().simple().to_string();
     let insert =
         format!("INSERT INTO orders (customer_id, status, total, region) VALUES (1, 'bind-{marker}', 1, 'eu')");
@@ -246,8 +240,7 @@ async fn a_bind_postgresql_refused_does_not_change_what_warden_decides_for_the_p
     assert!(raw::errors(&back).is_empty(), "{back:?}");
     c.send(&[raw::execute(""), raw::sync()]).await;
     let run = c.until_ready().await;
-    assert!(!raw::errors(&run).is_empty(), "the old portal ran: {run:?}");
-    assert!(run.iter().all(|m| m.0 != 'C'), "{run:?}");
+    refused_not_run(&run);
 
     // A named portal, everything sent at once: PostgreSQL refuses the second Bind of p (42P03)
     // and keeps the first.
@@ -272,8 +265,7 @@ async fn a_bind_postgresql_refused_does_not_change_what_warden_decides_for_the_p
         "{answers:?}"
     );
     assert!(raw::errors(&answers[3]).is_empty(), "{answers:?}");
-    assert!(!raw::errors(&answers[4]).is_empty(), "the old portal ran: {answers:?}");
-    assert!(answers[4].iter().all(|m| m.0 != 'C'), "{answers:?}");
+    refused_not_run(&answers[4]);
     // The refusal is recorded with what was asked for.
     let refused = h.wait_for_event(&["--identity", "human:alice", "--event", "query"], |e| {
         e["statement"] == "<Execute of portal \"p\">"
@@ -288,9 +280,7 @@ async fn a_bind_postgresql_refused_does_not_change_what_warden_decides_for_the_p
 #[tokio::test]
 async fn a_parse_postgresql_skipped_does_not_change_what_warden_decides_for_the_statement() {
     use crate::approval::raw;
-    let h = harness();
-    let cred = h.issue("human", "alice", &[]);
-    let mut c = raw::Raw::connect_as(h.warden_port, &cred, "alice", "shop2").await;
+    let (h, cred, mut c) = alice_raw().await;
     let marker = uuid::Uuid::new_v4().simple().to_string();
     let insert =
         format!("INSERT INTO orders (customer_id, status, total, region) VALUES (1, 'parse-{marker}', 1, 'eu')");
@@ -334,8 +324,7 @@ async fn a_parse_postgresql_skipped_does_not_change_what_warden_decides_for_the_
         raw::errors(&answers[1]).iter().any(|e| e.starts_with("08P01")),
         "{answers:?}"
     );
-    assert!(!raw::errors(&answers[2]).is_empty(), "the INSERT ran: {answers:?}");
-    assert!(answers[2].iter().all(|m| m.0 != 'C'), "{answers:?}");
+    refused_not_run(&answers[2]);
     let left = h.psql(
         &cred,
         "alice",
@@ -351,9 +340,7 @@ async fn a_parse_postgresql_skipped_does_not_change_what_warden_decides_for_the_
 #[tokio::test]
 async fn a_message_sent_during_copy_from_stdin_ends_the_session() {
     use crate::approval::raw;
-    let h = harness();
-    let cred = h.issue("human", "alice", &[]);
-    let mut c = raw::Raw::connect_as(h.warden_port, &cred, "alice", "shop2").await;
+    let (h, cred, mut c) = alice_raw().await;
     c.send(&[
         raw::query("COPY orders (customer_id, status, total, region) FROM STDIN -- ended by a Parse"),
         raw::parse("junk", "SELECT 1"),
@@ -387,9 +374,7 @@ async fn a_message_sent_during_copy_from_stdin_ends_the_session() {
 #[tokio::test]
 async fn names_longer_than_postgresql_keeps_are_refused() {
     use crate::approval::raw;
-    let h = harness();
-    let cred = h.issue("human", "alice", &[]);
-    let mut c = raw::Raw::connect_as(h.warden_port, &cred, "alice", "shop2").await;
+    let (_, _, mut c) = alice_raw().await;
     let kept = "n".repeat(63);
     let long = |tail: &str| format!("{kept}{tail}");
     c.send(&[raw::parse(&kept, "SELECT 1 AS kept"), raw::sync()]).await;
@@ -433,6 +418,20 @@ fn an_upsert_may_name_the_proposed_row_as_excluded() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("INSERT 0 0"), "{}", stdout(&out));
+}
+
+/// alice on shop2 through a client that sends protocol messages as the test spells them.
+async fn alice_raw() -> (&'static Harness, std::path::PathBuf, crate::approval::raw::Raw) {
+    let h = harness();
+    let cred = h.issue("human", "alice", &[]);
+    let c = crate::approval::raw::Raw::connect_as(h.warden_port, &cred, "alice", "shop2").await;
+    (h, cred, c)
+}
+
+/// The answer to a batch whose statement must not have run: an error, and no CommandComplete.
+fn refused_not_run(answer: &[crate::approval::raw::Msg]) {
+    assert!(!crate::approval::raw::errors(answer).is_empty(), "it ran: {answer:?}");
+    assert!(answer.iter().all(|m| m.0 != 'C'), "{answer:?}");
 }
 
 fn copy_data(data: &[u8]) -> bytes::BytesMut {
