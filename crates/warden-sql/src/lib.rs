@@ -50,34 +50,17 @@ impl SessionContext {
     }
 }
 
-/// Client encodings in which a byte that looks like ASCII (a quote, a backslash) can be the second byte
-/// of a character: PostgreSQL would read such a statement differently from Warden's UTF-8 parser.
-pub fn unsafe_client_encoding(name: &str) -> bool {
+/// Whether `name` is UTF-8 as PostgreSQL spells it. Warden reads every statement and name as UTF-8,
+/// and PostgreSQL compares names by their bytes in its own encoding after converting from the
+/// client's: any other client encoding could make PostgreSQL read bytes differently (a multi-byte
+/// character hiding a quote) or cut two different names to one. So the client encoding is UTF-8.
+pub fn utf8_client_encoding(name: &str) -> bool {
     let n: String = name
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
         .collect::<String>()
         .to_ascii_lowercase();
-    matches!(
-        n.as_str(),
-        "sjis"
-            | "shiftjis"
-            | "shiftjis2004"
-            | "big5"
-            | "gbk"
-            | "gb18030"
-            | "uhc"
-            | "johab"
-            | "mskanji"
-            | "windows932"
-            | "windows936"
-            | "windows949"
-            | "windows950"
-            | "win932"
-            | "win936"
-            | "win949"
-            | "win950"
-    )
+    matches!(n.as_str(), "utf8" | "unicode")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -809,7 +809,7 @@ impl Walker<'_> {
                 })
                 .next();
             let keeps = match name.as_str() {
-                "client_encoding" => value.as_deref().is_some_and(|v| !crate::unsafe_client_encoding(v)),
+                "client_encoding" => value.as_deref().is_some_and(crate::utf8_client_encoding),
                 _ => value.as_deref() == Some("on"),
             };
             if kind != 1 || !keeps {

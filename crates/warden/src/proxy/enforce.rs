@@ -197,6 +197,18 @@ impl Enforcer {
         let mut declared_here: HashMap<&str, &str> = HashMap::new();
         for s in statements {
             for e in &s.effects {
+                let name = match e {
+                    SessionEffect::Prepare(n)
+                    | SessionEffect::Execute(n)
+                    | SessionEffect::Declare { name: n, .. }
+                    | SessionEffect::Fetch(n)
+                    | SessionEffect::Deallocate(Some(n))
+                    | SessionEffect::CloseCursor(Some(n)) => Some(n.as_str()),
+                    _ => None,
+                };
+                if let Some(why) = name.and_then(name_too_long) {
+                    return Ok(deny(sqlstate::NAME_TOO_LONG, why, "use a shorter name".into()));
+                }
                 let full = match e {
                     SessionEffect::Prepare(_) => self.prepared_full(),
                     SessionEffect::Declare { .. } => self.cursors_full(),
@@ -523,6 +535,32 @@ pub fn too_many() -> Verdict {
         ),
         "DEALLOCATE or CLOSE some (or close them through the protocol) first".into(),
     )
+}
+
+/// The longest name of a prepared statement or portal PostgreSQL keeps whole (NAMEDATALEN - 1).
+pub const MAX_NAME_BYTES: usize = 63;
+/// The longest with a character outside ASCII: PostgreSQL compares names in the database's encoding,
+/// where such a character may take half as many bytes again as in UTF-8 (or fewer), so a longer one
+/// could be cut there where it is not here, or the other way round.
+pub const MAX_NON_ASCII_NAME_BYTES: usize = 42;
+
+/// Why the name of a prepared statement, cursor or portal is refused: PostgreSQL tells names apart by
+/// their first 63 bytes in the database's encoding, so two longer names that begin alike are one name
+/// there, and Warden, which keeps names whole, would decide one statement for what PostgreSQL runs as
+/// another. (SQL names reach Warden already cut to 63 bytes of UTF-8 by the grammar.)
+pub fn name_too_long(name: &str) -> Option<String> {
+    let max = if name.is_ascii() {
+        MAX_NAME_BYTES
+    } else {
+        MAX_NON_ASCII_NAME_BYTES
+    };
+    if name.len() <= max {
+        return None;
+    }
+    let shown: String = name.chars().take(24).flat_map(char::escape_default).collect();
+    Some(format!(
+        "the name \"{shown}...\" is too long: PostgreSQL tells prepared statements, cursors and portals apart by their first {MAX_NAME_BYTES} bytes only, so names are at most {MAX_NAME_BYTES} bytes ({MAX_NON_ASCII_NAME_BYTES} with characters outside ASCII)"
+    ))
 }
 
 fn deny(code: &'static str, reason: String, hint: String) -> Verdict {

@@ -59,6 +59,9 @@ pub enum ProxyError {
     StateUnavailable { reason: String },
     #[error("protocol error: {0}")]
     Protocol(#[from] warden_wire::WireError),
+    /// Warden lost count of which of PostgreSQL's answers are whose: the session cannot go on.
+    #[error("session ended: {0}; connect again")]
+    OutOfStep(String),
     #[error("connection closed")]
     Closed,
     #[error("I/O: {0}")]
@@ -85,7 +88,7 @@ impl ProxyError {
             | Refused(_) => sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
             Provision { .. } | Upstream { .. } | UpstreamAuth { .. } => sqlstate::CONNECTION_FAILURE,
             AuditUnavailable { .. } | StateUnavailable { .. } => sqlstate::CANNOT_CONNECT_NOW,
-            Protocol(_) => sqlstate::PROTOCOL_VIOLATION,
+            Protocol(_) | OutOfStep(_) => sqlstate::PROTOCOL_VIOLATION,
             Closed | Io(_) => sqlstate::CONNECTION_EXCEPTION,
         }
     }

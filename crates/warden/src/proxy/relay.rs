@@ -297,21 +297,28 @@ impl Replies {
         }
     }
 
-    /// Waits until batch number `batch` has `due` answers (`true`) or an error (`false`).
-    async fn settled(&self, batch: u64, due: u64) -> bool {
+    /// Waits until batch number `batch` has `due` answers (`Some(true)`) or an error
+    /// (`Some(false)`). `None` if PostgreSQL has answered more batches than were sent: Warden has
+    /// lost count, and the session must end.
+    async fn settled(&self, batch: u64, due: u64) -> Option<bool> {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             self.waiting.store(true, Ordering::SeqCst);
-            if self.batches.load(Ordering::SeqCst) == batch {
+            let seen = self.batches.load(Ordering::SeqCst);
+            if seen > batch {
+                self.waiting.store(false, Ordering::SeqCst);
+                return None;
+            }
+            if seen == batch {
                 if self.failed.load(Ordering::SeqCst) {
                     self.waiting.store(false, Ordering::SeqCst);
-                    return false;
+                    return Some(false);
                 }
                 if self.answered.load(Ordering::SeqCst) >= due {
                     self.waiting.store(false, Ordering::SeqCst);
-                    return true;
+                    return Some(true);
                 }
             }
             changed.await;
@@ -433,6 +440,7 @@ pub async fn run(
         describing: false,
         replies,
         copy_in: None,
+        out_of_step: None,
     };
     let draining = drain(&mut shutdown, to_client.queue.clone());
     let expiry = expires(&session);
@@ -576,9 +584,6 @@ const KILL_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 fn copies_from_client(effects: &[(String, SessionEffect)]) -> bool {
     effects.iter().any(|(_, e)| *e == SessionEffect::CopyFromClient)
 }
-
-/// The longest name of a prepared statement or portal PostgreSQL keeps whole (NAMEDATALEN - 1).
-const MAX_NAME_BYTES: usize = 63;
 
 /// How long a stopping Warden waits for a session's statements in flight.
 const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -1134,6 +1139,9 @@ impl ClientSide<'_> {
                 if self.batch_denied {
                     return Ok(Step::Forward);
                 }
+                if let Some(refused) = self.refuse_long_name("", &[name]).await? {
+                    return Ok(refused);
+                }
                 let described = self.statements.get_mut(name).map(|p| {
                     let slot = p.described.get_or_insert_with(Described::default).clone();
                     // Portals bound before this Describe get the columns too.
@@ -1388,8 +1396,14 @@ impl ClientSide<'_> {
                     reason: format!("writing to PostgreSQL: {e}"),
                 })?;
             self.out.clear();
-            if self.replies.settled(self.rfq, self.replies_due).await {
-                return Ok(true);
+            match self.replies.settled(self.rfq, self.replies_due).await {
+                Some(true) => return Ok(true),
+                Some(false) => {}
+                None => {
+                    return Err(ProxyError::OutOfStep(
+                        "PostgreSQL answered more batches than the client sent".into(),
+                    ))
+                }
             }
             self.batch_denied = true;
         }
@@ -1397,23 +1411,21 @@ impl ClientSide<'_> {
         Ok(false)
     }
 
-    /// PostgreSQL tells prepared statements and portals apart by the first 63 bytes of their names
-    /// (NAMEDATALEN), so two longer names that begin alike are one name there: Warden, which keeps
-    /// names whole, refuses longer ones rather than decide one statement for what PostgreSQL runs as
-    /// another. No driver makes names that long.
+    /// A name PostgreSQL could take for another (`enforce::name_too_long`): refused.
     async fn refuse_long_name(&mut self, sql: &str, names: &[&str]) -> Result<Option<Step>, ProxyError> {
-        let Some(long) = names.iter().find(|n| n.len() > MAX_NAME_BYTES) else {
+        let Some(reason) = names.iter().find_map(|n| super::enforce::name_too_long(n)) else {
             return Ok(None);
         };
-        let shown: String = long.chars().take(24).flat_map(char::escape_default).collect();
-        let reason = format!(
-            "the name \"{shown}...\" is {} bytes long; PostgreSQL tells prepared statements and portals apart by their first {MAX_NAME_BYTES} bytes only",
-            long.len()
-        );
-        let hint = format!("use names of at most {MAX_NAME_BYTES} bytes");
-        self.deny_extended(sql, None, sqlstate::NAME_TOO_LONG, reason, hint, None)
-            .await
-            .map(Some)
+        self.deny_extended(
+            sql,
+            None,
+            sqlstate::NAME_TOO_LONG,
+            reason,
+            "use a shorter name".into(),
+            None,
+        )
+        .await
+        .map(Some)
     }
 
     /// Before a Bind or Execute uses what the Parse or Bind with stamp `stamp` (sent in batch
@@ -1618,6 +1630,9 @@ struct ServerSide<'a> {
     /// The `query` record of the statement that last began a COPY from the client
     /// (CopyInResponse): the Syncs the client sent during that COPY are ignored by PostgreSQL.
     copy_in: Option<u64>,
+    /// Why the session must end once what is being relayed has been written (Warden lost count of
+    /// PostgreSQL's answers).
+    out_of_step: Option<String>,
 }
 
 /// What happens to one message from PostgreSQL.
@@ -1646,6 +1661,9 @@ impl ServerSide<'_> {
                     Ok(Relay::Rewrite(bytes)) => out.extend_from_slice(&bytes),
                     Err(e) => return End::protocol(e.to_string()),
                 }
+                if self.out_of_step.is_some() {
+                    break;
+                }
             }
             // Recorded first: the statements ran, whether or not the client is still there to hear it.
             for mut outcome in finished.drain(..) {
@@ -1659,6 +1677,9 @@ impl ServerSide<'_> {
                     return End::io(format!("writing to client: {e}"));
                 }
                 out.clear();
+            }
+            if let Some(why) = self.out_of_step.take() {
+                return End::protocol(why);
             }
             if self.buf.capacity() - self.buf.len() < 4096 {
                 self.buf.reserve(8 * 1024);
@@ -1795,7 +1816,30 @@ impl ServerSide<'_> {
                 }
             }
             BackendMessage::ErrorResponse(e) => {
+                // A COPY from the client failed while a Sync the client sent during it is
+                // unresolved: PostgreSQL ignored that Sync if it read it before the error, and
+                // answers it if not. Warden cannot tell which, so it cannot keep count: the error
+                // is relayed and the session ends.
                 let text = format!("{}: {}", e.code().unwrap_or("?????"), e.message().unwrap_or(""));
+                // (A CopyFail's error comes once PostgreSQL has read all the client sent before it.)
+                let copy_failed_by_client =
+                    e.code() == Some("57014") && e.message().is_some_and(|m| m.starts_with("COPY from stdin failed"));
+                if let (Some(Pending::Simple(o) | Pending::Execute(o)), Some(copying)) = (q.front_mut(), self.copy_in) {
+                    if o.query_seq == copying
+                        && !copy_failed_by_client
+                        && q.iter()
+                            .any(|p| matches!(p, Pending::Sync(_, Some(d)) if *d == copying))
+                    {
+                        if let Some(Pending::Simple(o) | Pending::Execute(o)) = q.front_mut() {
+                            o.error = Some(text);
+                        }
+                        pop_outcome(&mut q, finished);
+                        self.out_of_step = Some(
+                            "a COPY failed while a Sync sent during it was unanswered, so Warden cannot tell which answers are whose; connect again".into(),
+                        );
+                        return Ok(relay);
+                    }
+                }
                 if let Some(Pending::Simple(o) | Pending::Execute(o)) = q.front() {
                     if o.denied {
                         // The denial, raised by Warden's stand-in: shown without its PL/pgSQL context.

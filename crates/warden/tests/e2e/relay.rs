@@ -353,6 +353,22 @@ async fn a_message_sent_during_copy_from_stdin_ends_the_session() {
         said.contains("08P01") && said.contains("during COPY FROM STDIN"),
         "{said}"
     );
+    // A COPY that fails (a bad row) with a Sync sent during it not yet read by PostgreSQL: whether
+    // PostgreSQL answers that Sync depends on when it read it, so Warden relays the error and ends
+    // the session rather than guess.
+    let (_, _, mut c) = alice_raw().await;
+    c.send(&[
+        raw::query("COPY orders (customer_id, status, total, region) FROM STDIN -- bad row"),
+        copy_data(b"not a number\tx\t1\teu\n"),
+        raw::sync(),
+    ])
+    .await;
+    let said = c.last_words(Duration::from_secs(5)).await.expect("the session went on");
+    assert!(said.contains("22P02"), "{said}");
+    assert!(
+        said.contains("08P01") && said.contains("cannot tell which answers"),
+        "{said}"
+    );
     // A COPY that fails before it starts leaves the session usable.
     let mut c = raw::Raw::connect_as(h.warden_port, &cred, "alice", "shop2").await;
     c.send(&[raw::query("COPY no_such_table FROM STDIN")]).await;
@@ -395,6 +411,22 @@ async fn names_longer_than_postgresql_keeps_are_refused() {
                 .any(|e| e.starts_with("42622") && e.contains("first 63 bytes")),
             "{refused:?}"
         );
+    }
+    // A name with characters outside ASCII may take more bytes in the database's encoding.
+    c.send(&[raw::parse(&"é".repeat(22), "SELECT 3"), raw::sync()]).await;
+    let refused = c.until_ready().await;
+    assert!(
+        raw::errors(&refused).iter().any(|e| e.starts_with("42622")),
+        "{refused:?}"
+    );
+    // SQL names too, and the client encoding stays UTF8 (PostgreSQL compares names in its own).
+    for sql in [
+        format!("PREPARE {} AS SELECT 1", "é".repeat(30)),
+        "SET client_encoding = 'LATIN1'".to_string(),
+    ] {
+        c.send(&[raw::query(&sql)]).await;
+        let refused = c.until_ready().await;
+        assert!(!raw::errors(&refused).is_empty(), "{sql}: {refused:?}");
     }
     // The 63-byte name still runs what it was parsed as.
     c.send(&[raw::bind("", &kept, &[]), raw::execute(""), raw::sync()])

@@ -149,6 +149,9 @@ fn identity_settings(session: &Session) -> Vec<(&'static str, String)> {
         // Statements are parsed with standard strings; a database or role default of `off` would make
         // PostgreSQL read backslashes differently. The startup value is also what RESET returns to.
         ("standard_conforming_strings", "on".to_string()),
+        // Statements and names are read as UTF-8; PostgreSQL converts from the client encoding, and
+        // a database default other than UTF8 would change the bytes it compares names by.
+        ("client_encoding", "UTF8".to_string()),
     ]
 }
 

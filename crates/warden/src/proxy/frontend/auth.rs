@@ -78,9 +78,9 @@ pub(super) async fn authenticate(
         .iter()
         .filter(|(k, _)| PASSED_PARAMS.contains(&k.to_ascii_lowercase().as_str()))
         .map(|(k, v)| {
-            // Statements are parsed as UTF-8: an encoding whose characters can hide a quote or a
-            // backslash would make PostgreSQL read them differently, so those become UTF8.
-            if k.eq_ignore_ascii_case("client_encoding") && warden_sql::unsafe_client_encoding(v) {
+            // Statements and names are read as UTF-8 (see `utf8_client_encoding`): any other
+            // client encoding becomes UTF8.
+            if k.eq_ignore_ascii_case("client_encoding") && !warden_sql::utf8_client_encoding(v) {
                 (k.clone(), "UTF8".to_string())
             } else {
                 (k.clone(), v.clone())
