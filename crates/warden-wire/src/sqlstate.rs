@@ -18,3 +18,4 @@ pub const INVALID_CURSOR_NAME: &str = "34000";
 pub const DUPLICATE_CURSOR: &str = "42P03";
 pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 pub const NAME_TOO_LONG: &str = "42622";
+pub const FEATURE_NOT_SUPPORTED: &str = "0A000";

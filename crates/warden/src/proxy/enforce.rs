@@ -187,6 +187,19 @@ impl Enforcer {
                 ));
             }
         }
+        // Two COPYs from the client in one Query: Warden tells a Sync PostgreSQL ignores during a
+        // COPY from one it answers by where the client's CopyDone falls, which it can do for one.
+        let copies = statements
+            .iter()
+            .filter(|s| s.effects.contains(&SessionEffect::CopyFromClient))
+            .count();
+        if copies > 1 {
+            return Ok(deny(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "more than one COPY ... FROM STDIN in one query string is not supported through Warden".into(),
+                "send each COPY as a query of its own".into(),
+            ));
+        }
         // What EXECUTE runs is decided as the statement it prepared, and what FETCH reads as the
         // query its cursor was declared with (most strings have neither). A name may stand for more
         // than one text (see `Named`): all must be allowed.

@@ -369,6 +369,17 @@ async fn a_message_sent_during_copy_from_stdin_ends_the_session() {
         said.contains("08P01") && said.contains("cannot tell which answers"),
         "{said}"
     );
+    // Two COPYs from the client in one query string are refused.
+    let (_, _, mut c) = alice_raw().await;
+    c.send(&[raw::query(
+        "COPY orders (status) FROM STDIN; COPY orders (status) FROM STDIN -- two copies",
+    )])
+    .await;
+    let refused = c.until_ready().await;
+    assert!(
+        raw::errors(&refused).iter().any(|e| e.starts_with("0A000")),
+        "{refused:?}"
+    );
     // A COPY that fails before it starts leaves the session usable.
     let mut c = raw::Raw::connect_as(h.warden_port, &cred, "alice", "shop2").await;
     c.send(&[raw::query("COPY no_such_table FROM STDIN")]).await;
