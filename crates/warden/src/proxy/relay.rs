@@ -581,6 +581,9 @@ fn data_row(body: &[u8], column: impl Fn(usize) -> ValueFormat) -> Option<Vec<Op
 /// How long the farewell, the shutdown and the cancel of an ended session may take.
 const KILL_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The `error` of a statement PostgreSQL skipped.
+const NOT_RUN: &str = "not run: an earlier message of the batch failed";
+
 fn copies_from_client(effects: &[(String, SessionEffect)]) -> bool {
     effects.iter().any(|(_, e)| *e == SessionEffect::CopyFromClient)
 }
@@ -1436,12 +1439,7 @@ impl ClientSide<'_> {
     /// something failed in the open batch, so PostgreSQL skips this message.
     async fn settle(&mut self, batch: u64, stamp: u64) -> Result<bool, ProxyError> {
         let unanswered = batch != self.rfq
-            && self
-                .queue
-                .lock()
-                .expect("relay queue lock poisoned")
-                .iter()
-                .any(|p| matches!(p, Pending::Parse(_, s) | Pending::Bind(_, s) if *s == stamp));
+            && self.queued(|p| matches!(p, Pending::Parse(_, s) | Pending::Bind(_, s) if *s == stamp));
         if unanswered && !self.batch_ran().await? {
             return Ok(false);
         }
@@ -1457,12 +1455,7 @@ impl ClientSide<'_> {
         let Some(seq) = self.copy_open else {
             return false;
         };
-        let open = self
-            .queue
-            .lock()
-            .expect("relay queue lock poisoned")
-            .iter()
-            .any(|p| matches!(p, Pending::Simple(o) | Pending::Execute(o) if o.query_seq == seq));
+        let open = self.queued(|p| matches!(p, Pending::Simple(o) | Pending::Execute(o) if o.query_seq == seq));
         if !open {
             self.copy_open = None;
         }
@@ -1471,11 +1464,12 @@ impl ClientSide<'_> {
 
     /// Whether a Close of statement `name` is waiting for PostgreSQL's answer.
     fn close_pending(&self, name: &str) -> bool {
-        self.queue
-            .lock()
-            .expect("relay queue lock poisoned")
-            .iter()
-            .any(|p| matches!(p, Pending::Close(Forget::Statement(n, _)) if n == name))
+        self.queued(|p| matches!(p, Pending::Close(Forget::Statement(n, _)) if n == name))
+    }
+
+    /// Whether anything still waiting for PostgreSQL's answer is `what`.
+    fn queued(&self, what: impl Fn(&Pending) -> bool) -> bool {
+        self.queue.lock().expect("relay queue lock poisoned").iter().any(what)
     }
 
     /// Forgets the names PostgreSQL has confirmed dropped since the last message (only what they
@@ -1884,7 +1878,7 @@ impl ServerSide<'_> {
                                     };
                                     o.error = Some(match text.take() {
                                         Some(t) if own => t,
-                                        _ => "not run: an earlier message of the batch failed".into(),
+                                        _ => NOT_RUN.into(),
                                     });
                                     finished.push(o);
                                 }
@@ -1922,8 +1916,7 @@ impl ServerSide<'_> {
                         }
                         // No answer came for it: PostgreSQL skipped it.
                         Pending::Execute(mut o) => {
-                            o.error
-                                .get_or_insert_with(|| "not run: an earlier message of the batch failed".into());
+                            o.error.get_or_insert_with(|| NOT_RUN.into());
                             finished.push(o);
                         }
                         Pending::Parse(name, parse) => unbound.push(Forget::Unparsed(name, parse)),
