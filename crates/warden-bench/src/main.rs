@@ -4,6 +4,7 @@
 //! Prints a table and writes a JSON report. A measurement, not a test: it asserts nothing about speed.
 
 mod analysis;
+mod fsync;
 mod idle;
 mod pgbench;
 mod procstat;
@@ -151,6 +152,8 @@ fn measure(
         pgbench::run(e, &warm, &logs).with_context(|| format!("warming up {name}"))?;
     }
 
+    let fsyncs = probe_fsync(t, seconds)?;
+
     let mut workloads = Vec::new();
     for protocol in [Protocol::Simple, Protocol::Extended] {
         for &clients in client_counts {
@@ -224,6 +227,7 @@ fn measure(
 
     let runs = report::aggregate(&samples);
     let checks = report::checks(&runs, Some(idle.bytes_per_session()));
+    let bounds = report::fsync_bounds(&runs, &fsyncs.under_load);
     let analysis = match &args.analysis {
         Some(p) => {
             analysis::parse_criterion(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
@@ -272,6 +276,26 @@ fn measure(
             c.measured
         );
     }
+    if !bounds.is_empty() {
+        println!("Bound by the audit fsync (with fsync = \"batch\" a statement reaches PostgreSQL only after its record's fdatasync):");
+        let (q, l) = (&fsyncs.quiet, &fsyncs.under_load);
+        println!(
+            "  fdatasync of a 512-byte append beside the audit log: {:.3} ms median when quiet; during 16 clients direct: mean {:.3} ms, p10 {:.3}, p50 {:.3}, p90 {:.3}, p99 {:.3} ({} appends)",
+            q.p50_ms, l.mean_ms, l.p10_ms, l.p50_ms, l.p90_ms, l.p99_ms, l.appends
+        );
+        for b in &bounds {
+            println!(
+                "  {}: {}: {}",
+                b.target,
+                b.why,
+                if b.out_of_reach {
+                    "out of reach with fsync = \"batch\" on this disk"
+                } else {
+                    "not bound by the fsync alone"
+                }
+            );
+        }
+    }
     for p in &profiles {
         println!(
             "perf profile of Warden (pgbench -S, 16 clients, simple): {}",
@@ -293,6 +317,11 @@ fn measure(
             "analysis": analysis,
         },
         "targets": checks,
+        "fsync": {
+            "quiet": fsyncs.quiet,
+            "during_direct_16_clients": fsyncs.under_load,
+            "bounds": bounds,
+        },
         "settings": {
             "quick": args.quick,
             "seconds": seconds,
@@ -312,6 +341,40 @@ fn measure(
     std::fs::write(&args.out, serde_json::to_string_pretty(&report)? + "\n")?;
     println!("\nreport: {}", args.out.display());
     Ok(())
+}
+
+struct FsyncProbes {
+    quiet: fsync::FsyncProbe,
+    under_load: fsync::FsyncProbe,
+}
+
+/// The fdatasync latency on the audit log's disk: quiet, then during one more 16-client run against
+/// direct PostgreSQL (the CPU load of the measured runs, without Warden's own fsyncs). Not counted
+/// among the runs.
+fn probe_fsync(t: &Targets, seconds: u32) -> Result<FsyncProbes> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = t.root.join("deploy/audit");
+    let quiet = fsync::probe(&dir, 500, &AtomicBool::new(false))?;
+    let stop = AtomicBool::new(false);
+    let w = Workload {
+        protocol: Protocol::Simple,
+        clients: 16,
+        connect_per_tx: false,
+        seconds,
+    };
+    let (under_load, run) = std::thread::scope(|s| {
+        let probing = s.spawn(|| fsync::probe(&dir, usize::MAX, &stop));
+        let run = pgbench::run(&t.direct, &w, &t.root.join("pgbench-logs"));
+        stop.store(true, Ordering::Relaxed);
+        (probing.join().expect("the fsync probe panicked"), run)
+    });
+    run.context("pgbench against direct while probing fdatasync")?;
+    let under_load = under_load?;
+    eprintln!(
+        "bench: fdatasync beside the audit log: median {:.3} ms quiet; mean {:.3} ms during 16 clients direct",
+        quiet.p50_ms, under_load.mean_ms
+    );
+    Ok(FsyncProbes { quiet, under_load })
 }
 
 /// `perf record -g` on Warden during one more 16-client simple-protocol run; writes perf.data and the

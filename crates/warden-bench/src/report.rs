@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::fsync::FsyncProbe;
 use crate::pgbench::Protocol;
 
 /// One pgbench run as measured.
@@ -140,29 +141,14 @@ pub fn checks(runs: &[Run], idle_bytes_per_session: Option<f64>) -> Vec<Check> {
     for p in [Protocol::Simple, Protocol::Extended] {
         if let Some(w) = find("warden", p, 16, false) {
             if let Some(b) = w.vs_pgbouncer {
-                out.push(check(
-                    format!("16 clients {}: warden TPS / pgbouncer >= 1.0", p.name()),
-                    b,
-                    1.0,
-                    b >= 1.0,
-                ));
+                out.push(check(tps_vs_pgbouncer(p), b, 1.0, b >= 1.0));
             }
             if let Some(d) = w.vs_direct {
-                out.push(check(
-                    format!("16 clients {}: warden TPS / direct >= 0.8", p.name()),
-                    d,
-                    0.8,
-                    d >= 0.8,
-                ));
+                out.push(check(tps_vs_direct(p), d, 0.8, d >= 0.8));
             }
             if let (Some(wp), Some(dp)) = (w.p99_ms, find("direct", p, 16, false).and_then(|d| d.p99_ms)) {
                 let r = wp / dp;
-                out.push(check(
-                    format!("16 clients {}: warden p99 / direct p99 <= 1.3", p.name()),
-                    r,
-                    1.3,
-                    r <= 1.3,
-                ));
+                out.push(check(p99_vs_direct(p), r, 1.3, r <= 1.3));
             }
         }
     }
@@ -187,6 +173,101 @@ pub fn checks(runs: &[Run], idle_bytes_per_session: Option<f64>) -> Vec<Check> {
         ));
     }
     out
+}
+
+/// For a 16-client TPS or p99 target not met: whether the audit fsync alone puts it out of reach.
+/// With `fsync = "batch"` a statement reaches PostgreSQL only after an fdatasync that began after its
+/// record was written. So each client's round trip through Warden is at least PostgreSQL's and
+/// pgbench's part (direct's round trip, which Warden's extra CPU only lengthens) plus one fdatasync,
+/// and each statement's latency is at least the fdatasync that covered it.
+#[derive(Debug, Serialize)]
+pub struct FsyncBound {
+    pub target: String,
+    /// What the target allows: each client's round trip (TPS targets: clients / TPS), or the p99.
+    pub allowed_ms: f64,
+    /// TPS targets: direct's round trip, which Warden's adds to.
+    pub direct_ms: Option<f64>,
+    /// What is left for Warden, its fdatasync included.
+    pub left_ms: f64,
+    /// The fdatasync figure compared with it (measured during a 16-client direct run): the mean for
+    /// TPS targets, the p99 for p99 targets.
+    pub fdatasync: &'static str,
+    pub fdatasync_ms: f64,
+    pub out_of_reach: bool,
+    pub why: String,
+}
+
+pub fn fsync_bounds(runs: &[Run], fdatasync: &FsyncProbe) -> Vec<FsyncBound> {
+    let find = |target: &str, p: Protocol| {
+        runs.iter()
+            .find(|r| r.target == target && r.protocol == p.name() && r.clients == 16 && !r.connect_per_tx)
+    };
+    let mut out = Vec::new();
+    for p in [Protocol::Simple, Protocol::Extended] {
+        let (Some(w), Some(d)) = (find("warden", p), find("direct", p)) else {
+            continue;
+        };
+        let round_trip = |tps: f64| f64::from(w.clients) / tps * 1e3;
+        let mut tps_bound = |target: String, tps: f64| {
+            let (allowed_ms, direct_ms) = (round_trip(tps), round_trip(d.tps));
+            let left_ms = allowed_ms - direct_ms;
+            let out_of_reach = left_ms < fdatasync.mean_ms;
+            out.push(FsyncBound {
+                why: format!(
+                    "{tps:.0} TPS allows {allowed_ms:.3} ms per round trip; direct's takes {direct_ms:.3} ms, \
+                     leaving {left_ms:.3} ms {} one fdatasync (mean {:.3} ms)",
+                    if out_of_reach { "<" } else { ">=" },
+                    fdatasync.mean_ms
+                ),
+                target,
+                allowed_ms,
+                direct_ms: Some(direct_ms),
+                left_ms,
+                fdatasync: "mean",
+                fdatasync_ms: fdatasync.mean_ms,
+                out_of_reach,
+            });
+        };
+        if let Some(b) = find("pgbouncer", p).filter(|_| w.vs_pgbouncer.is_some_and(|r| r < 1.0)) {
+            tps_bound(tps_vs_pgbouncer(p), b.tps);
+        }
+        if w.vs_direct.is_some_and(|r| r < 0.8) {
+            tps_bound(tps_vs_direct(p), 0.8 * d.tps);
+        }
+        if let (Some(wp), Some(dp)) = (w.p99_ms, d.p99_ms) {
+            if wp > 1.3 * dp {
+                let allowed_ms = 1.3 * dp;
+                let out_of_reach = fdatasync.p99_ms > allowed_ms;
+                out.push(FsyncBound {
+                    target: p99_vs_direct(p),
+                    why: format!(
+                        "1.3 x direct's p99 is {allowed_ms:.3} ms; the fdatasync alone has a p99 of {:.3} ms{}",
+                        fdatasync.p99_ms,
+                        if out_of_reach { "" } else { " (not the bound)" }
+                    ),
+                    allowed_ms,
+                    direct_ms: None,
+                    left_ms: allowed_ms,
+                    fdatasync: "p99",
+                    fdatasync_ms: fdatasync.p99_ms,
+                    out_of_reach,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn tps_vs_pgbouncer(p: Protocol) -> String {
+    format!("16 clients {}: warden TPS / pgbouncer >= 1.0", p.name())
+}
+
+fn tps_vs_direct(p: Protocol) -> String {
+    format!("16 clients {}: warden TPS / direct >= 0.8", p.name())
+}
+
+fn p99_vs_direct(p: Protocol) -> String {
+    format!("16 clients {}: warden p99 / direct p99 <= 1.3", p.name())
 }
 
 fn check(target: String, measured: f64, bound: f64, met: bool) -> Check {
@@ -256,5 +337,46 @@ mod tests {
         assert!(c.iter().any(|c| c.target.contains("pgbouncer") && c.met));
         assert!(c.iter().any(|c| c.target.contains("direct >= 0.8") && !c.met));
         assert!(c.iter().any(|c| c.target.contains("idle") && !c.met));
+    }
+
+    fn probe(mean_ms: f64, p99_ms: f64) -> FsyncProbe {
+        FsyncProbe {
+            appends: 100,
+            mean_ms,
+            p10_ms: mean_ms / 2.0,
+            p50_ms: mean_ms,
+            p90_ms: p99_ms / 2.0,
+            p99_ms,
+        }
+    }
+
+    #[test]
+    fn a_target_is_out_of_reach_when_one_fdatasync_is_more_than_it_leaves() {
+        let mut s = vec![
+            sample(0, "direct", 40_000.0),
+            sample(0, "pgbouncer", 24_000.0),
+            sample(0, "warden", 10_000.0),
+        ];
+        s[0].p99_ms = Some(0.8);
+        s[2].p99_ms = Some(3.0);
+        let runs = aggregate(&s);
+        let bounds = fsync_bounds(&runs, &probe(0.36, 1.2));
+        let of = |t: &str| bounds.iter().find(|b| b.target.contains(t)).unwrap();
+        // pgbouncer's TPS allows 16 / 24,000 s per round trip; direct's takes 16 / 40,000 s.
+        let b = of("pgbouncer >= 1.0");
+        assert!((b.allowed_ms - 0.6667).abs() < 1e-3 && (b.direct_ms.unwrap() - 0.4).abs() < 1e-9);
+        assert!((b.left_ms - 0.2667).abs() < 1e-3 && b.out_of_reach, "{b:?}");
+        // 0.8 x direct allows 0.5 ms: 0.1 ms left.
+        assert!((of("direct >= 0.8").left_ms - 0.1).abs() < 1e-9);
+        // p99: 1.3 x 0.8 ms allowed, below the fdatasync's own p99.
+        let b = of("p99");
+        assert!((b.allowed_ms - 1.04).abs() < 1e-9 && b.out_of_reach && b.fdatasync_ms == 1.2);
+        assert_eq!(bounds.len(), 3);
+        // A faster disk leaves them within reach as far as the fsync goes.
+        assert!(fsync_bounds(&runs, &probe(0.05, 0.5)).iter().all(|b| !b.out_of_reach));
+        // Targets met have no bound.
+        s[2].tps = 33_000.0;
+        s[2].p99_ms = Some(1.0);
+        assert!(fsync_bounds(&aggregate(&s), &probe(0.36, 1.2)).is_empty());
     }
 }
