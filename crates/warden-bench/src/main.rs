@@ -288,10 +288,10 @@ fn measure(
                 "  {}: {}: {}",
                 b.target,
                 b.why,
-                if b.out_of_reach {
-                    "out of reach with fsync = \"batch\" on this disk"
-                } else {
-                    "not bound by the fsync alone"
+                match (b.out_of_reach, b.fdatasync) {
+                    (true, "mean") => "out of reach with fsync = \"batch\" on this disk",
+                    (true, _) => "the fdatasync alone is over it (one probe, not Warden's own writer)",
+                    (false, _) => "not bound by the fsync alone (Warden's CPU, in the table, is what is left)",
                 }
             );
         }
@@ -362,10 +362,19 @@ fn probe_fsync(t: &Targets, seconds: u32) -> Result<FsyncProbes> {
         connect_per_tx: false,
         seconds,
     };
+    // Stops the probe however pgbench's run ends, a panic included.
+    struct Stop<'a>(&'a AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     let (under_load, run) = std::thread::scope(|s| {
         let probing = s.spawn(|| fsync::probe(&dir, usize::MAX, &stop));
-        let run = pgbench::run(&t.direct, &w, &t.root.join("pgbench-logs"));
-        stop.store(true, Ordering::Relaxed);
+        let run = {
+            let _stop = Stop(&stop);
+            pgbench::run(&t.direct, &w, &t.root.join("pgbench-logs"))
+        };
         (probing.join().expect("the fsync probe panicked"), run)
     });
     run.context("pgbench against direct while probing fdatasync")?;
