@@ -276,6 +276,11 @@ fn measure(
             c.measured
         );
     }
+    if args.quick {
+        println!(
+            "(--quick has no 1-client runs: the TPS targets' fsync floor needs them; only the p99 ones are compared)"
+        );
+    }
     if !bounds.is_empty() {
         println!("Bound by the audit fsync (with fsync = \"batch\" a statement reaches PostgreSQL only after its record's fdatasync):");
         let (q, l) = (&fsyncs.quiet, &fsyncs.under_load);
