@@ -4,6 +4,7 @@
 //! Prints a table and writes a JSON report. A measurement, not a test: it asserts nothing about speed.
 
 mod analysis;
+mod durable;
 mod fsync;
 mod idle;
 mod pgbench;
@@ -153,6 +154,7 @@ fn measure(
     }
 
     let fsyncs = probe_fsync(t, seconds)?;
+    let durable_reference = durable::measure(t, seconds, &logs)?;
 
     let mut workloads = Vec::new();
     for protocol in [Protocol::Simple, Protocol::Extended] {
@@ -228,6 +230,7 @@ fn measure(
     let runs = report::aggregate(&samples);
     let checks = report::checks(&runs, Some(idle.bytes_per_session()));
     let bounds = report::fsync_bounds(&runs, &fsyncs.under_load);
+    let durable_bounds = durable::bounds(&runs, &durable_reference);
     let analysis = match &args.analysis {
         Some(p) => {
             analysis::parse_criterion(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
@@ -301,6 +304,31 @@ fn measure(
             );
         }
     }
+    if !durable_bounds.is_empty() {
+        println!("Bound shown by PostgreSQL itself answering a one-row INSERT only once its commit is fdatasynced (group commit, same disk, {} clients):", durable::CLIENTS);
+        for d in &durable_reference {
+            println!(
+                "  {}: {:.0} TPS durable, {:.0} not durable ({:.2} x); p99 {:.3} ms durable",
+                d.protocol,
+                d.durable.tps,
+                d.not_durable.tps,
+                d.durable.tps / d.not_durable.tps,
+                d.durable.p99_ms.unwrap_or(f64::NAN)
+            );
+        }
+        for b in &durable_bounds {
+            println!(
+                "  {}: {}: {}",
+                b.target,
+                b.why,
+                if b.out_of_reach {
+                    "out of reach for a gateway that makes each statement durable first, on this disk"
+                } else {
+                    "not shown out of reach by the reference"
+                }
+            );
+        }
+    }
     for p in &profiles {
         println!(
             "perf profile of Warden (pgbench -S, 16 clients, simple): {}",
@@ -326,6 +354,8 @@ fn measure(
             "quiet": fsyncs.quiet,
             "during_direct_16_clients": fsyncs.under_load,
             "bounds": bounds,
+            "durable_reference": durable_reference,
+            "durable_bounds": durable_bounds,
         },
         "settings": {
             "quick": args.quick,

@@ -39,19 +39,41 @@ pub struct Outcome {
     pub transactions: u64,
 }
 
+/// What each transaction runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Script<'a> {
+    /// pgbench's built-in select-only (`-S`).
+    SelectOnly,
+    /// A script file (`-f`), with extra libpq environment (such as `PGOPTIONS`).
+    File(&'a Path, &'a [(&'a str, &'a str)]),
+}
+
+/// Select-only (`-S`).
 pub fn run(endpoint: &Endpoint, w: &Workload, log_dir: &Path) -> Result<Outcome> {
+    run_script(endpoint, w, Script::SelectOnly, log_dir)
+}
+
+pub fn run_script(endpoint: &Endpoint, w: &Workload, script: Script, log_dir: &Path) -> Result<Outcome> {
     if log_dir.exists() {
         std::fs::remove_dir_all(log_dir)?;
     }
     std::fs::create_dir_all(log_dir)?;
     let threads = w.clients.min(2);
     let mut cmd = Command::new("pgbench");
-    cmd.args(["-n", "-S", "-M", w.protocol.name()])
+    cmd.envs(endpoint.env());
+    match script {
+        Script::SelectOnly => {
+            cmd.arg("-S");
+        }
+        Script::File(path, env) => {
+            cmd.arg("-f").arg(path).envs(env.iter().copied());
+        }
+    }
+    cmd.args(["-n", "-M", w.protocol.name()])
         .args(["-c", &w.clients.to_string(), "-j", &threads.to_string()])
         .args(["-T", &w.seconds.to_string()])
         .arg("-l")
         .arg(format!("--log-prefix={}/tx", log_dir.display()))
-        .envs(endpoint.env())
         .current_dir(log_dir);
     if w.connect_per_tx {
         cmd.arg("-C");

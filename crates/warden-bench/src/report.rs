@@ -264,15 +264,15 @@ pub fn fsync_bounds(runs: &[Run], fdatasync: &FsyncProbe) -> Vec<FsyncBound> {
     out
 }
 
-fn tps_vs_pgbouncer(p: Protocol) -> String {
+pub fn tps_vs_pgbouncer(p: Protocol) -> String {
     format!("16 clients {}: warden TPS / pgbouncer >= 1.0", p.name())
 }
 
-fn tps_vs_direct(p: Protocol) -> String {
+pub fn tps_vs_direct(p: Protocol) -> String {
     format!("16 clients {}: warden TPS / direct >= 0.8", p.name())
 }
 
-fn p99_vs_direct(p: Protocol) -> String {
+pub fn p99_vs_direct(p: Protocol) -> String {
     format!("16 clients {}: warden p99 / direct p99 <= 1.3", p.name())
 }
 
