@@ -145,7 +145,7 @@ fn set_fsync(t: &Targets, on: bool) -> Result<()> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
-    /// PostgreSQL misses it when durable and meets it when not: durability alone misses it.
+    /// PostgreSQL misses it when durable and meets it when not: durability alone likely misses it.
     MissedByPostgresqlDurableToo,
     /// PostgreSQL meets it even when durable: the disk does not rule it out.
     ReachedByPostgresqlDurable,
