@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::pgbench::{self, Outcome, Protocol, Script, Workload};
-use crate::report::{p99_vs_direct, tps_vs_direct, tps_vs_pgbouncer, Run};
+use crate::report::{find_run, p99_vs_direct, tps_vs_direct, tps_vs_pgbouncer, Run};
 use crate::setup::{Targets, DATABASE, DIRECT_USER};
 
 pub const CLIENTS: u32 = 16;
@@ -193,18 +193,13 @@ pub struct DurableBound {
 /// For each 16-client target Warden missed: does PostgreSQL, answering each statement only once it is
 /// durable, miss it too, while meeting it when not durable?
 pub fn bounds(runs: &[Run], reference: &[DurableRun]) -> Vec<DurableBound> {
-    let find = |target: &str, protocol: &str| {
-        runs.iter()
-            .find(|r| r.target == target && r.protocol == protocol && r.clients == CLIENTS && !r.connect_per_tx)
-    };
+    let find = |target: &str, p: Protocol| find_run(runs, target, p, CLIENTS, false);
     let mut out = Vec::new();
-    for d in reference {
-        let p = if d.protocol == Protocol::Simple.name() {
-            Protocol::Simple
-        } else {
-            Protocol::Extended
+    for p in [Protocol::Simple, Protocol::Extended] {
+        let Some(d) = reference.iter().find(|d| d.protocol == p.name()) else {
+            continue;
         };
-        let (Some(w), Some(direct)) = (find("warden", d.protocol), find("direct", d.protocol)) else {
+        let (Some(w), Some(direct)) = (find("warden", p), find("direct", p)) else {
             continue;
         };
         let mut tps = |target: String, allowed: f64| {
@@ -217,7 +212,7 @@ pub fn bounds(runs: &[Run], reference: &[DurableRun]) -> Vec<DurableBound> {
                 verdict: Verdict::of(d.durable.tps >= allowed, d.not_durable.tps >= allowed),
             });
         };
-        if let Some(b) = find("pgbouncer", d.protocol).filter(|_| w.vs_pgbouncer.is_some_and(|r| r < 1.0)) {
+        if let Some(b) = find("pgbouncer", p).filter(|_| w.vs_pgbouncer.is_some_and(|r| r < 1.0)) {
             tps(tps_vs_pgbouncer(p), b.tps);
         }
         if w.vs_direct.is_some_and(|r| r < 0.8) {
@@ -245,21 +240,12 @@ pub fn bounds(runs: &[Run], reference: &[DurableRun]) -> Vec<DurableBound> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{aggregate, Sample};
+    use crate::report::{self, aggregate, Sample};
 
     fn sample(target: &'static str, tps: f64, p99_ms: f64) -> Sample {
         Sample {
-            round: 0,
-            target,
-            protocol: "simple",
-            clients: CLIENTS,
-            connect_per_tx: false,
-            tps,
-            latency_ms: 16.0 / tps * 1000.0,
             p99_ms: Some(p99_ms),
-            transactions: 1,
-            proxy_cpu_us_per_tx: None,
-            load_average: String::new(),
+            ..report::sample(0, target, tps)
         }
     }
 

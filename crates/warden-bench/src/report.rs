@@ -132,11 +132,15 @@ pub struct Check {
     pub met: bool,
 }
 
+/// The run of `target` in protocol `p` with `clients` clients, connecting per transaction or not.
+pub fn find_run<'a>(runs: &'a [Run], target: &str, p: Protocol, clients: u32, connect_per_tx: bool) -> Option<&'a Run> {
+    runs.iter().find(|r| {
+        r.target == target && r.protocol == p.name() && r.clients == clients && r.connect_per_tx == connect_per_tx
+    })
+}
+
 pub fn checks(runs: &[Run], idle_bytes_per_session: Option<f64>) -> Vec<Check> {
-    let find = |target: &str, p: Protocol, clients: u32, c: bool| {
-        runs.iter()
-            .find(|r| r.target == target && r.protocol == p.name() && r.clients == clients && r.connect_per_tx == c)
-    };
+    let find = |target: &str, p: Protocol, clients: u32, c: bool| find_run(runs, target, p, clients, c);
     let mut out = Vec::new();
     for p in [Protocol::Simple, Protocol::Extended] {
         if let Some(w) = find("warden", p, 16, false) {
@@ -201,10 +205,7 @@ pub struct FsyncBound {
 
 /// The bounds of the targets not met; TPS targets only when the run has 1-client runs (not `--quick`).
 pub fn fsync_bounds(runs: &[Run], fdatasync: &FsyncProbe) -> Vec<FsyncBound> {
-    let find = |target: &str, p: Protocol, clients: u32| {
-        runs.iter()
-            .find(|r| r.target == target && r.protocol == p.name() && r.clients == clients && !r.connect_per_tx)
-    };
+    let find = |target: &str, p: Protocol, clients: u32| find_run(runs, target, p, clients, false);
     let mut out = Vec::new();
     for p in [Protocol::Simple, Protocol::Extended] {
         let (Some(w), Some(d)) = (find("warden", p, 16), find("direct", p, 16)) else {
@@ -305,25 +306,27 @@ fn median_opt(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
     (!v.is_empty()).then(|| median(v.into_iter()))
 }
 
+/// A 16-client simple-protocol sample, for the tests here and in `durable`.
+#[cfg(test)]
+pub fn sample(round: u32, target: &'static str, tps: f64) -> Sample {
+    Sample {
+        round,
+        target,
+        protocol: "simple",
+        clients: 16,
+        connect_per_tx: false,
+        tps,
+        latency_ms: 16.0 / tps * 1000.0,
+        p99_ms: Some(2.0),
+        transactions: 1,
+        proxy_cpu_us_per_tx: None,
+        load_average: String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample(round: u32, target: &'static str, tps: f64) -> Sample {
-        Sample {
-            round,
-            target,
-            protocol: "simple",
-            clients: 16,
-            connect_per_tx: false,
-            tps,
-            latency_ms: 16.0 / tps * 1000.0,
-            p99_ms: Some(2.0),
-            transactions: 1,
-            proxy_cpu_us_per_tx: None,
-            load_average: String::new(),
-        }
-    }
 
     #[test]
     fn ratios_use_the_median_of_rounds() {
